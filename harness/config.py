@@ -1,0 +1,234 @@
+"""One dataclass per concern; presets are YAML files that set any field; the CLI overrides them.
+
+Every field has a one-line docstring-style comment; the resolved config (derived fields included)
+is saved with each run as config.yaml.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness import UserError
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny"  # "tiny" builds the embedded model; anything else is a Hub name or local path
+    hidden_size: int = 128  # tiny model: width
+    num_layers: int = 4  # tiny model: decoder layers
+    num_heads: int = 4  # tiny model: attention heads
+    warm_start_steps: int = 300  # tiny model: supervised steps on generated (question, answer) pairs
+    warm_start_batch: int = 256  # tiny model: sequences per supervised step
+    warm_start_lr: float = 2e-3  # tiny model: AdamW learning rate of the warm start
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+
+
+@dataclass
+class TaskConfig:
+    name: str = "chain_sum"  # an offline reasoning-gym task (see `harness tasks`)
+    eval_size: int = 200  # held-out prompts, drawn with a seed far from the training items
+    seed: int = 0  # data seed; the same for every arm and every training seed
+    format_weight: float = 0.1  # reward = correctness + format_weight * well-formed
+    options: dict[str, Any] = field(default_factory=dict)  # generator options, e.g. max_digits
+
+
+@dataclass
+class RolloutConfig:
+    batch_size: int = 256  # sampled completions per rollout step, for every arm
+    samples_per_prompt: int = 8  # completions per prompt (GRPO's group size G); must divide batch_size
+    temperature: float = 1.0  # sampling temperature
+    top_p: float = 1.0  # nucleus sampling
+    max_new_tokens: int = 6  # completion length cap
+    backend: str = "hf"  # hf (transformers generate) | vllm (GPU only)
+
+
+@dataclass
+class BudgetConfig:
+    unit: str = "completions"  # completions | tokens | steps: what is held equal across arms
+    total: int = 15360  # sampled completions (or tokens, or steps) per arm
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4  # policy AdamW learning rate, the same for every arm
+    epochs: int = 1  # passes over each rollout batch
+    minibatches: int = 2  # optimizer steps per pass
+    max_grad_norm: float = 1.0  # gradient clipping
+    weight_decay: float = 0.0  # AdamW weight decay
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0  # training seed (torch, numpy, random)
+    device: str = "cpu"  # cpu | cuda | cuda:N
+    threads: int = 0  # torch threads; 0 uses every core
+    eval_every: int = 0  # greedy held-out accuracy every N steps (0: start and end only)
+    checkpoint_every: int = 10  # steps between checkpoints that resume needs
+    results_dir: str = "results"  # where run folders go
+
+
+@dataclass
+class Config:
+    preset: str = "tiny"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    algorithms: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-algorithm options
+
+    @property
+    def completions_per_step(self) -> int:
+        return self.rollout.batch_size
+
+    @property
+    def prompts_per_step(self) -> int:
+        return self.rollout.batch_size // self.rollout.samples_per_prompt
+
+    def total_steps(self) -> int:
+        """Rollout steps that spend the budget (tokens: an upper bound, the runner stops early)."""
+        if self.budget.unit == "steps":
+            return self.budget.total
+        if self.budget.unit == "completions":
+            return math.ceil(self.budget.total / self.completions_per_step)
+        return math.ceil(self.budget.total / self.completions_per_step)  # >= 1 token per completion
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["derived"] = {"completions_per_step": self.completions_per_step,
+                           "prompts_per_step": self.prompts_per_step,
+                           "total_steps": self.total_steps()}
+        return data
+
+    def hash(self) -> str:
+        return config_hash(dataclasses.asdict(self))
+
+
+def config_hash(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def _merge(target: Any, values: dict[str, Any], where: str) -> None:
+    known = {f.name: f for f in dataclasses.fields(target)}
+    for key, value in values.items():
+        if key not in known:
+            raise UserError(f"unknown config field '{where}{key}'; valid: {', '.join(sorted(known))}")
+        current = getattr(target, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise UserError(f"config field '{where}{key}' must be a mapping, got {value!r}")
+            _merge(current, value, f"{where}{key}.")
+        elif key == "algorithms" or key == "options":
+            if not isinstance(value, dict):
+                raise UserError(f"config field '{where}{key}' must be a mapping, got {value!r}")
+            merged = dict(current)
+            for name, options in value.items():
+                merged[name] = {**merged.get(name, {}), **options} if isinstance(options, dict) else options
+            setattr(target, key, merged)
+        else:
+            setattr(target, key, _coerce(value, type(current), f"{where}{key}"))
+
+
+def _coerce(value: Any, kind: type, name: str) -> Any:
+    if kind is bool and isinstance(value, str):
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+    try:
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        return kind(value)
+    except (TypeError, ValueError):
+        raise UserError(f"config field '{name}' expects {kind.__name__}, got {value!r}") from None
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"malformed YAML in {path}{where}: {getattr(err, 'problem', err)}") from None
+    except OSError as err:
+        raise UserError(f"cannot read {path}: {err.strerror}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path} must hold a mapping of config sections, got {type(data).__name__}")
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'rollout.samples_per_prompt=4' -> (['rollout', 'samples_per_prompt'], 4)."""
+    if "=" not in text:
+        raise UserError(f"override '{text}' must look like section.field=value")
+    key, raw = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def nest(path: list[str], value: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {path[-1]: value}
+    for key in reversed(path[:-1]):
+        out = {key: out}
+    return out
+
+
+def load_config(preset: str = "tiny", config_file: str | None = None,
+                overrides: list[str] | None = None) -> Config:
+    """Defaults <- preset YAML <- --config file <- --set overrides, in that order."""
+    config = Config()
+    if preset not in preset_names():
+        raise UserError(f"unknown preset '{preset}'; valid: {', '.join(preset_names())}")
+    config.preset = preset
+    _merge(config, read_yaml(PRESET_DIR / f"{preset}.yaml"), "")
+    if config_file:
+        _merge(config, read_yaml(Path(config_file)), "")
+    for text in overrides or []:
+        _merge(config, nest(*parse_override(text)), "")
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    if config.budget.unit not in ("completions", "tokens", "steps"):
+        raise UserError(f"budget.unit '{config.budget.unit}' is not one of: completions, tokens, steps")
+    if config.budget.total <= 0:
+        raise UserError("budget.total must be positive")
+    if config.rollout.batch_size <= 0 or config.rollout.samples_per_prompt <= 0:
+        raise UserError("rollout.batch_size and rollout.samples_per_prompt must be positive")
+    if config.rollout.batch_size % config.rollout.samples_per_prompt:
+        raise UserError(
+            f"rollout.batch_size={config.rollout.batch_size} is not divisible by the group size "
+            f"rollout.samples_per_prompt={config.rollout.samples_per_prompt}; pick a multiple of it")
+    if config.rollout.batch_size % config.optim.minibatches:
+        raise UserError(
+            f"rollout.batch_size={config.rollout.batch_size} is not divisible into "
+            f"optim.minibatches={config.optim.minibatches}")
+    if config.rollout.backend not in ("hf", "vllm"):
+        raise UserError(f"rollout.backend '{config.rollout.backend}' is not one of: hf, vllm")
+    if config.model.dtype not in ("float32", "bfloat16", "float16"):
+        raise UserError(f"model.dtype '{config.model.dtype}' is not one of: float32, bfloat16, float16")
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Rebuild a Config from a saved config.yaml (derived fields dropped)."""
+    data = {k: v for k, v in data.items() if k != "derived"}
+    config = Config()
+    _merge(config, data, "")
+    return config

@@ -1,0 +1,39 @@
+"""The Task protocol shared by every task and the rollout/reward path."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class Example:
+    """One question: the compact prompt the model sees and what it is scored against."""
+
+    prompt: str  # compact text, e.g. "12+7-3="
+    answer: str  # the generator's reference answer, e.g. "16"
+    item: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)  # raw generator entry
+
+
+@dataclass(frozen=True)
+class Reward:
+    """Format and correctness kept apart, so that a run can show which one RL moved."""
+
+    format: float  # 1.0 when the completion ended with EOS and has the answer's shape
+    correct: float  # the generator's own score in [0, 1] (partial credit where it gives some)
+    total: float  # correct + format_weight * format
+
+    @property
+    def solved(self) -> bool:
+        return self.correct >= 1.0
+
+
+class Task(Protocol):
+    name: str
+    alphabet: str  # every character a prompt or an answer may hold
+
+    def train_examples(self, step: int, count: int) -> list[Example]: ...
+
+    def eval_examples(self) -> list[Example]: ...
+
+    def reward(self, completion: str, example: Example, finished: bool = True) -> Reward: ...
