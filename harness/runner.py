@@ -10,6 +10,7 @@ import dataclasses
 import os
 import platform
 import random
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -131,6 +132,16 @@ class Arm:
         random.setstate(state["rng"]["python"])
         return state["step"], state["counters"]
 
+    def save_final_model(self) -> None:
+        """The trained policy and its tokenizer as a Hugging Face folder (for `harness eval`, lm_eval)."""
+        folder = self.run_dir / "final_model"
+        staging = self.run_dir / ".final_model.tmp"
+        shutil.rmtree(staging, ignore_errors=True)
+        self.policy.save_pretrained(staging)
+        self.tokenizer.save_pretrained(staging)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(staging, folder)
+
     # ------------------------------------------------------------ the loop
 
     def evaluate(self) -> dict[str, float]:
@@ -201,8 +212,9 @@ class Arm:
                 if self.progress:
                     self.progress("train", step, total_steps, {"reward": record["reward/mean"],
                                                                "acc": record["reward/accuracy"]})
-        final_eval = self.evaluate()
         counters["wall"] = time.perf_counter() - started
+        final_eval = self.evaluate()
+        self.save_final_model()
         return {"steps": step, "counters": counters, "base_eval": counters["base_eval"], "final_eval": final_eval,
                 "state_bytes": model_state_bytes(self.algorithm.trained_models(), self.algorithm.optimizers(), frozen),
                 "exact_peaks": exact_peaks, "phase_totals": phase_totals, "probes": probes.summary(),
