@@ -1,0 +1,98 @@
+"""The comparison report: one self-contained HTML page (figures embedded) and a PDF made from it.
+
+    harness report COMPARISON_DIR      -> reports/<name>.html, reports/<name>.pdf
+
+The page answers first whether GRPO needed about half of PPO's resources for the same quality on
+this setup (ratios with 95% intervals over seeds, and a reading by a stated rule), then shows what
+an expert needs to check how that was measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+from pathlib import Path
+
+from harness import UserError, __version__
+
+__all__ = ["build_report", "register_cli", "render_html", "write_pdf"]
+
+TEMPLATES = Path(__file__).parent / "templates"
+
+
+def render_html(comparison_dir: Path | str, target: float | None = None) -> str:
+    """The report page as one HTML string, with nothing outside it (no network, no files)."""
+    import jinja2
+
+    from harness.report import content
+    from harness.report.data import load_comparison
+    from harness.report.figures import render_figures
+    from harness.report.stats import LEVEL
+
+    cmp = load_comparison(comparison_dir)
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=jinja2.select_autoescape(["html", "j2"]),
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    context = {
+        "cmp": cmp, "name": cmp.name, "plan": cmp.plan, "level": LEVEL,
+        "generated": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "version": __version__,
+        "arms": content.arm_table(cmp), "failed": [a for a in cmp.arms if not a.ok],
+        "verdict": content.verdict_section(cmp, target), "accuracy": content.accuracy_section(cmp),
+        "health": content.health_section(cmp), "method": content.method_section(cmp),
+        "figures": render_figures(cmp), "css": (TEMPLATES / "report.css").read_text(),
+    }
+    return env.get_template("report.html.j2").render(**context)
+
+
+def write_pdf(html: str, pdf_path: Path) -> None:
+    import logging
+
+    import weasyprint
+    logging.getLogger("weasyprint").setLevel(logging.ERROR)
+    logging.getLogger("fontTools").setLevel(logging.ERROR)
+    weasyprint.HTML(string=html, base_url=str(pdf_path.parent)).write_pdf(pdf_path)
+
+
+def build_report(comparison_dir: Path | str, out_dir: Path | str | None = None, target: float | None = None,
+                 pdf: bool = True) -> tuple[Path, Path | None]:
+    """Write <out_dir>/<name>.html and <name>.pdf (out_dir: ./reports); the PDF is None if it could not be made."""
+    from harness.io import atomic_write_text
+    comparison_dir = Path(comparison_dir)
+    html = render_html(comparison_dir, target)
+    out_dir = Path(out_dir) if out_dir is not None else Path("reports")
+    name = comparison_dir.resolve().name
+    html_path = out_dir / f"{name}.html"
+    atomic_write_text(html_path, html)
+    html_path.chmod(0o644)  # a report is for reading
+    if not pdf:
+        return html_path, None
+    pdf_path = out_dir / f"{name}.pdf"
+    try:
+        write_pdf(html, pdf_path)
+    except Exception as err:  # the HTML stands on its own; say why there is no PDF
+        print(f"report: no PDF ({type(err).__name__}: {err})", file=sys.stderr)
+        return html_path, None
+    return html_path, pdf_path
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    comparison_dir = Path(args.comparison_dir)
+    if not (comparison_dir / "comparison.json").exists():
+        raise UserError(f"{comparison_dir} holds no comparison.json: not a comparison folder (make one with 'harness compare')")
+    if args.target is not None and not 0 <= args.target <= 1:
+        raise UserError(f"--target is an accuracy between 0 and 1, not {args.target}")
+    html, pdf = build_report(comparison_dir, args.out, target=args.target, pdf=not args.no_pdf)
+    print(f"report: {html}")
+    if pdf:
+        print(f"report: {pdf}")
+    return 0
+
+
+def register_cli(subparsers) -> None:
+    report = subparsers.add_parser("report", help="write the HTML and PDF report of a comparison folder")
+    report.add_argument("comparison_dir", metavar="COMPARISON_DIR", help="a folder written by 'harness compare'")
+    report.add_argument("--out", help="folder for <name>.html and <name>.pdf (default: reports)")
+    report.add_argument("--target", type=float,
+                        help="held-out accuracy that arms are timed to (default: the lowest final accuracy of any finished arm)")
+    report.add_argument("--no-pdf", action="store_true", help="write the HTML only")
+    report.set_defaults(func=cmd_report)

@@ -1,0 +1,161 @@
+"""Read a comparison folder into arms, step tables and configs; nothing here may crash on a gap.
+
+A comparison folder holds comparison.json (the plan), config.yaml (the resolved config) and one
+folder per (algorithm, seed) arm with config.yaml, env.json, steps.jsonl and summary.json. An arm
+that failed, or never started, keeps whatever it managed to write.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from harness import UserError
+from harness.io import read_jsonl
+from harness.tables import headline
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def get(data: Any, *path: str) -> Any:
+    for key in path:
+        if not isinstance(data, dict):
+            return None
+        data = data.get(key)
+    return data
+
+
+@dataclass
+class Arm:
+    algo: str
+    seed: int
+    dir: Path
+    summary: dict[str, Any]
+    steps: pd.DataFrame
+    env: dict[str, Any]
+    config: dict[str, Any]
+    row: dict[str, Any] = field(default_factory=dict)  # harness.tables.headline(summary)
+
+    @property
+    def label(self) -> str:
+        return f"{self.algo} s{self.seed}"
+
+    @property
+    def status(self) -> str:
+        return self.summary.get("status") or "unknown"
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def error(self) -> str | None:
+        return self.summary.get("error")
+
+    def eval_curve(self) -> pd.DataFrame:
+        """Held-out accuracy against completions and wall time: start, every eval row, end."""
+        points = []
+        base = get(self.summary, "eval", "base", "accuracy")
+        if base is not None:
+            points.append({"completions": 0, "wall": 0.0, "accuracy": base})
+        if "eval/accuracy" in self.steps:
+            rows = self.steps.dropna(subset=["eval/accuracy"])
+            for _, r in rows.iterrows():
+                points.append({"completions": r.get("completions"), "wall": r.get("wall"),
+                               "accuracy": r["eval/accuracy"]})
+        final = get(self.summary, "eval", "final", "accuracy")
+        if final is not None:
+            completions = get(self.summary, "budget", "used", "completions")
+            if completions is None and len(self.steps):
+                completions = self.steps["completions"].iloc[-1]
+            wall = self.summary.get("wall_s")
+            if wall is None and len(self.steps):
+                wall = self.steps["wall"].iloc[-1]
+            if not points or points[-1]["completions"] != completions or points[-1]["accuracy"] != final:
+                points.append({"completions": completions, "wall": wall, "accuracy": final})
+        return pd.DataFrame(points, columns=["completions", "wall", "accuracy"])
+
+
+@dataclass
+class Comparison:
+    dir: Path
+    name: str
+    plan: dict[str, Any]
+    config: dict[str, Any]
+    arms: list[Arm]
+
+    @property
+    def algos(self) -> list[str]:
+        return list(self.plan.get("algos") or dict.fromkeys(a.algo for a in self.arms))
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(self.plan.get("seeds") or sorted({a.seed for a in self.arms}))
+
+    @property
+    def pair(self) -> tuple[str, str] | None:
+        """(numerator, denominator) of every ratio: grpo/ppo when both ran."""
+        algos = self.algos
+        if {"grpo", "ppo"} <= set(algos):
+            return "grpo", "ppo"
+        return (algos[0], algos[1]) if len(algos) >= 2 else None
+
+    def ok_arms(self, algo: str) -> list[Arm]:
+        return [a for a in self.arms if a.algo == algo and a.ok]
+
+    def arms_of(self, algo: str) -> list[Arm]:
+        return [a for a in self.arms if a.algo == algo]
+
+    def steps(self, ok_only: bool = True) -> pd.DataFrame:
+        """Every arm's steps.jsonl in one table, with algo, seed and status columns."""
+        frames = []
+        for arm in self.arms:
+            if arm.steps.empty or (ok_only and not arm.ok):
+                continue
+            frames.append(arm.steps.assign(algo=arm.algo, seed=arm.seed, status=arm.status))
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def load_arm(comparison_dir: Path, entry: dict[str, Any]) -> Arm:
+    arm_dir = comparison_dir / entry["dir"]
+    summary = _read_json(arm_dir / "summary.json")
+    if not isinstance(summary, dict):
+        reason = "not started: no summary.json" if not arm_dir.exists() else "no readable summary.json"
+        summary = {"status": "missing", "error": reason}
+    summary.setdefault("algo", entry.get("algo"))
+    summary.setdefault("seed", entry.get("seed"))
+    rows = read_jsonl(arm_dir / "steps.jsonl")
+    steps = pd.DataFrame(rows)
+    if not steps.empty:
+        steps = steps.sort_values("step", kind="stable").reset_index(drop=True) if "step" in steps else steps
+    return Arm(algo=entry.get("algo") or summary.get("algo"), seed=entry.get("seed", summary.get("seed")),
+               dir=arm_dir, summary=summary, steps=steps, env=_read_json(arm_dir / "env.json") or {},
+               config=_read_yaml(arm_dir / "config.yaml") or {}, row=headline(summary))
+
+
+def load_comparison(comparison_dir: Path | str) -> Comparison:
+    comparison_dir = Path(comparison_dir)
+    plan = _read_json(comparison_dir / "comparison.json")
+    if not isinstance(plan, dict):
+        raise UserError(f"{comparison_dir} holds no readable comparison.json: not a comparison folder "
+                        "(make one with 'harness compare')")
+    arms = [load_arm(comparison_dir, entry) for entry in plan.get("arms", [])]
+    return Comparison(dir=comparison_dir, name=comparison_dir.resolve().name, plan=plan,
+                      config=_read_yaml(comparison_dir / "config.yaml") or {}, arms=arms)
