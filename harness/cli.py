@@ -48,14 +48,26 @@ def config_from_args(args: argparse.Namespace, seed: int | None = None):
     if seed is not None:
         overrides.append(f"run.seed={seed}")
     config = load_config(args.preset, args.config, overrides)
-    check_names(config)
+    check_setup(config)
     return config
 
 
-def check_names(config) -> None:
+def check_setup(config, algos: list[str] = ()) -> None:
+    """Everything that can be checked before a folder is written: task, model path, device, options."""
+    from algorithms import get_algorithm
+    from algorithms.base import options_from
+    from harness.models import check_model_name
+    from harness.runner import check_device
     from tasks.gym import task_names
     if config.task.name not in task_names():
         raise UserError(f"unknown task '{config.task.name}'; valid: {', '.join(task_names())}")
+    check_model_name(config.model.name)
+    check_device(config.run.device)
+    for algo in algos:
+        try:
+            options_from(get_algorithm(algo).Config, config.algorithms.get(algo, {}))
+        except (ValueError, TypeError) as err:
+            raise UserError(f"algorithms.{algo}: {err}") from None
 
 
 def parse_algos(text: str) -> list[str]:
@@ -126,6 +138,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise UserError("harness run needs --algo (e.g. --algo grpo) or --run-dir of an existing run")
         algo = parse_algos(args.algo)[0]
         config = config_from_args(args)
+        check_setup(config, [algo])
         run_dir = Path(args.out or Path(config.run.results_dir) / f"{run_name(config, algo)}__{timestamp()}")
     with ArmProgress(f"{algo} s{config.run.seed}") as progress:
         summary = run_arm(config, algo, run_dir, resume=args.resume, progress=progress,

@@ -62,7 +62,7 @@ def run_arm_process(arm_dir: Path, resume: bool) -> int:
 
 
 def run_comparison(args: argparse.Namespace) -> int:
-    from harness.cli import config_from_args, parse_algos, timestamp
+    from harness.cli import check_setup, config_from_args, parse_algos, timestamp
     if args.resume:
         comparison_dir = Path(args.resume)
         if not (comparison_dir / "comparison.json").exists():
@@ -75,6 +75,7 @@ def run_comparison(args: argparse.Namespace) -> int:
         if args.seeds < 1:
             raise UserError("--seeds must be at least 1")
         config = config_from_args(args)
+        check_setup(config, algos)
         seeds = list(range(args.seed, args.seed + args.seeds))
         comparison_dir = Path(args.out or Path(config.run.results_dir) / f"compare__{config.task.name}__{timestamp()}")
         if (comparison_dir / "comparison.json").exists():

@@ -117,18 +117,24 @@ def build_or_load_tiny(cfg: ModelConfig, task: Task, progress=None) -> Path:
     return folder
 
 
-def resolve_model_path(cfg: ModelConfig, task: Task, progress=None) -> str:
-    if cfg.name == "tiny":
-        return str(build_or_load_tiny(cfg, task, progress))
-    path = Path(cfg.name).expanduser()
+def check_model_name(name: str) -> None:
+    """'tiny', a Hub name such as Qwen/Qwen2.5-0.5B-Instruct, or a local folder with config.json."""
+    if name == "tiny":
+        return
+    path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").exists():
-            raise UserError(f"model path '{cfg.name}' has no config.json: not a saved Hugging Face model")
-        return str(path)
-    looks_like_path = cfg.name.startswith((".", "/", "~")) or cfg.name.count("/") > 1
-    if looks_like_path:
-        raise UserError(f"model path '{cfg.name}' does not exist; use 'tiny' or a Hub name or local folder")
-    return cfg.name  # a Hub name such as Qwen/Qwen2.5-0.5B-Instruct
+            raise UserError(f"model path '{name}' has no config.json: not a saved Hugging Face model")
+        return
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise UserError(f"model path '{name}' does not exist; use 'tiny' or a Hub name or local folder")
+
+
+def resolve_model_path(cfg: ModelConfig, task: Task, progress=None) -> str:
+    check_model_name(cfg.name)
+    if cfg.name == "tiny":
+        return str(build_or_load_tiny(cfg, task, progress))
+    return str(Path(cfg.name).expanduser()) if Path(cfg.name).expanduser().exists() else cfg.name
 
 
 def load_policy(path: str, dtype: str = "float32", device: str = "cpu"):

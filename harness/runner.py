@@ -159,7 +159,7 @@ class Arm:
         step, counters = 0, {"completions": 0, "tokens": 0, "wall": 0.0, "base_eval": None}
         if resume and self.checkpoint_path().exists():
             step, counters = self.load_checkpoint()
-            rewrite_jsonl(steps_path, [r for r in read_jsonl(steps_path) if r["step"] < step])
+            rewrite_jsonl(steps_path, [r for r in read_jsonl(steps_path) if r["step"] <= step])
         else:
             steps_path.unlink(missing_ok=True)
         if counters["base_eval"] is None:

@@ -129,7 +129,8 @@ def target_accuracy(cmp: Comparison, target: float | None) -> dict[str, Any]:
         target, label = min(finals)
         source = f"the lowest final held-out accuracy of any finished arm ({label}), so that every arm reaches it"
     else:
-        return {"value": None, "source": "no finished arm measured accuracy", "resolution": resolution, "usable": False}
+        return {"value": None, "text": "—", "source": "no finished arm measured accuracy", "resolution": resolution,
+                "usable": False, "note": None}
     base = max(bases) if bases else None
     usable = base is None or target > base + 1e-12
     note = None if usable else (f"the target ({fmt(target, '%')}) is not above the start ({fmt(base, '%')}): "
@@ -146,12 +147,14 @@ def figure_values(arms: list[Arm], key: str) -> list[float]:
 
 def verdict_section(cmp: Comparison, target: float | None = None) -> dict[str, Any]:
     pair = cmp.pair
-    section: dict[str, Any] = {"claim": CLAIM, "band": BAND, "rule": RULE, "rows": [], "pair": pair}
+    section: dict[str, Any] = {"claim": CLAIM, "band": BAND, "rule": RULE, "rows": [], "pair": pair, "compute": None,
+                               "primary": None, "seeds": {}, "quality": Estimate(None), "quality_reading": "unknown",
+                               "quality_text": "—"}
     target_info = target_accuracy(cmp, target)
     section["target"] = target_info
     if pair is None:
         section.update(reading=INCONCLUSIVE, sentence="Inconclusive: a verdict needs two algorithms; this comparison ran "
-                       f"only {', '.join(cmp.algos)}.", primary=None)
+                       f"only {', '.join(cmp.algos) or 'none'}.")
         return section
     top, bottom = pair
     top_arms, bottom_arms = cmp.ok_arms(top), cmp.ok_arms(bottom)

@@ -156,6 +156,14 @@ def load_comparison(comparison_dir: Path | str) -> Comparison:
     if not isinstance(plan, dict):
         raise UserError(f"{comparison_dir} holds no readable comparison.json: not a comparison folder "
                         "(make one with 'harness compare')")
-    arms = [load_arm(comparison_dir, entry) for entry in plan.get("arms", [])]
-    return Comparison(dir=comparison_dir, name=comparison_dir.resolve().name, plan=plan,
-                      config=_read_yaml(comparison_dir / "config.yaml") or {}, arms=arms)
+    config = _read_yaml(comparison_dir / "config.yaml") or {}
+    # What the page names in its title: from the plan, else the resolved config, else a dash.
+    plan.setdefault("task", get(config, "task", "name") or "—")
+    plan.setdefault("preset", config.get("preset") or "—")
+    plan.setdefault("model", get(config, "model", "name") or "—")
+    budget = plan.get("budget") if isinstance(plan.get("budget"), dict) else {}
+    plan["budget"] = {"unit": budget.get("unit") or get(config, "budget", "unit") or "—",
+                      "total": budget.get("total") or get(config, "budget", "total") or "—"}
+    plan.setdefault("arms", [])
+    arms = [load_arm(comparison_dir, entry) for entry in plan["arms"]]
+    return Comparison(dir=comparison_dir, name=comparison_dir.resolve().name, plan=plan, config=config, arms=arms)

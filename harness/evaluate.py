@@ -1,0 +1,359 @@
+"""The lm-eval bridge: score a policy on its task's held-out split, and on standard benchmarks by name.
+
+Local tasks run fully offline: `tasks.lm_eval.write_local_tasks` writes the held-out split as JSONL
+and two lm-eval task YAMLs (greedy -> pass@1; k samples -> pass@k and maj@k), and
+`lm_eval.simple_evaluate` scores the in-memory model through `HFLM(pretrained=model, tokenizer=...)`.
+Greedy lm-eval generation stops where `harness.rollout.greedy_eval` stops (EOS or max_new_tokens,
+prompts encoded without special tokens), so pass@1 here equals the harness's own held-out accuracy.
+
+pass@k and maj@k show whether RL sharpened the distribution (maj@k up) or widened what the model can
+solve at all (pass@k up); DeepSeekMath (arXiv 2402.03300, section 5.2.2) found the first, not the second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import logging
+import random
+import re
+import sys
+import tempfile
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+from harness import UserError
+from tasks.lm_eval import LocalTasks, write_local_tasks
+from tasks.lm_eval.metrics import majority_at_k, majority_vote, pass_at_k  # noqa: F401  (the public API)
+
+DEFAULT_K = 8  # samples per prompt for maj@k and pass@k
+BATCH_SIZE = 256  # sequences per generate call, as greedy_eval
+
+
+# ---------------------------------------------------------------- running lm-eval quietly
+
+@contextlib.contextmanager
+def preserved_rng():
+    """lm-eval seeds the global generators; put them back so that a mid-training eval changes nothing."""
+    state = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
+             torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+    try:
+        yield
+    finally:
+        random.setstate(state[0])
+        np.random.set_state(state[1])
+        torch.set_rng_state(state[2])
+        if state[3] is not None:
+            torch.cuda.set_rng_state_all(state[3])
+
+
+@contextlib.contextmanager
+def quiet():
+    """lm-eval's progress bars and info logs off; its errors still raise."""
+    logger = logging.getLogger("lm_eval")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        import datasets
+        bars = datasets.utils.logging.is_progress_bar_enabled()
+        datasets.utils.logging.disable_progress_bar()
+    except ImportError:
+        bars = False
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        logger.setLevel(level)
+        if bars:
+            datasets.utils.logging.enable_progress_bar()
+
+
+def run_lm_eval(model, tokenizer, task_names: list[str], task_manager, *, seed: int, limit: int | None,
+                batch_size: int, add_bos_token: bool | None, log_samples: bool = True) -> dict[str, Any]:
+    """`lm_eval.simple_evaluate` on the in-memory model, every seed set to `seed`, no cache, no bootstrap.
+
+    The global random generators and the model's train/eval mode are left as they were found.
+    """
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+    with preserved_rng(), eval_mode(model), quiet():
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, add_bos_token=add_bos_token)
+        return lm_eval.simple_evaluate(
+            model=lm, tasks=task_names, task_manager=task_manager, limit=limit, log_samples=log_samples,
+            random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
+            bootstrap_iters=0)
+
+
+def model_max_length(model, tokenizer) -> int:
+    from lm_eval.models.utils import resolve_max_length
+    return resolve_max_length(model.config, tokenizer)
+
+
+@contextlib.contextmanager
+def eval_mode(model):
+    training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(training)
+
+
+# ---------------------------------------------------------------- scoring one policy
+
+def metrics_of(entry: dict[str, Any], filter_name: str) -> dict[str, float]:
+    """{'pass@4': 0.5, ...} from lm-eval's {'pass@4,samples': 0.5, 'pass@4_stderr,samples': 'N/A', ...}."""
+    suffix = f",{filter_name}"
+    return {key[: -len(suffix)]: float(value) for key, value in entry.items()
+            if key.endswith(suffix) and "_stderr" not in key}
+
+
+def write_samples(path: Path, samples: list[dict[str, Any]]) -> None:
+    """Each prompt's completions and extracted answers, for a look at what a policy got right."""
+    with open(path, "w") as handle:
+        for sample in sorted(samples, key=lambda s: s["doc_id"]):
+            row = {"doc_id": sample["doc_id"], "prompt": sample["doc"]["prompt"], "target": sample["target"],
+                   "completions": list(sample["resps"][0]), "answers": sample["filtered_resps"]}
+            handle.write(json.dumps(row, default=str) + "\n")
+
+
+def score_policy(model, tokenizer, task, *, k: int = DEFAULT_K, seed: int = 0, max_new_tokens: int,
+                 work_dir: Path, temperature: float = 1.0, top_p: float = 1.0, label: str = "policy",
+                 limit: int | None = None, extra_tasks: Iterable[str] = (), batch_size: int = BATCH_SIZE,
+                 log=print) -> dict[str, Any]:
+    """Score `model` on `task`'s held-out split with lm-eval: greedy pass@1, and maj@k / pass@k from
+    k samples per prompt (k = 0: greedy only). Plain JSON-able figures; see the module docstring.
+
+    The JSONL split and task YAMLs go to `work_dir` (absolute paths; reusable with `lm_eval`), and
+    each prompt's completions to `work_dir/samples_<label>_<lm-eval task>.jsonl`. `extra_tasks` are
+    standard lm-eval task names (gsm8k, ...), scored by `score_standard`.
+    """
+    from lm_eval.tasks import TaskManager
+    started = time.perf_counter()
+    limit_length = model_max_length(model, tokenizer)
+    if max_new_tokens >= limit_length:
+        raise UserError(f"max_new_tokens={max_new_tokens} leaves no room for the prompt in the model's "
+                        f"{limit_length} positions; lower rollout.max_new_tokens")
+    stop = [tokenizer.eos_token] if tokenizer.eos_token else []
+    local: LocalTasks = write_local_tasks(task, work_dir, max_gen_toks=max_new_tokens, stop=stop, k=k,
+                                          temperature=temperature, top_p=top_p)
+    names = [local.greedy] + ([local.sampled] if local.sampled else [])
+    task_manager = TaskManager(include_path=str(local.folder), include_defaults=False)
+    # Prompts are encoded without special tokens (no BOS), as the rollout encodes them.
+    output = run_lm_eval(model, tokenizer, names, task_manager, seed=seed, limit=limit, batch_size=batch_size,
+                         add_bos_token=False)
+    results = output["results"]
+    for name in names:
+        write_samples(local.folder / f"samples_{label}_{name}.jsonl", output["samples"][name])
+    greedy = metrics_of(results[local.greedy], "answer")
+    sampled = metrics_of(results[local.sampled], "samples") if local.sampled else {}
+    score = {
+        "task": task.name, "lm_eval_task": local.greedy, "lm_eval_task_sampled": local.sampled,
+        "n": len(output["samples"][local.greedy]), "k": k,
+        "pass@1": greedy["exact_match"],
+        "maj@k": sampled.get(f"maj@{k}"), "pass@k": sampled.get(f"pass@{k}"),
+        "sampled": sampled,  # pass@j and maj@j for j = 1, 2, 4, ... k, from the same k samples
+        "temperature": temperature, "top_p": top_p, "seed": seed, "max_new_tokens": max_new_tokens,
+        "work_dir": str(local.folder), "lm_eval_version": lm_eval_version(),
+    }
+    score["seconds"] = round(time.perf_counter() - started, 3)
+    extra = list(extra_tasks)
+    if extra:
+        score["extra"] = score_standard(model, tokenizer, extra, seed=seed, limit=limit,
+                                        batch_size=batch_size, log=log)
+    return score
+
+
+def lm_eval_version() -> str:
+    from importlib.metadata import version
+    return version("lm_eval")
+
+
+# ---------------------------------------------------------------- standard benchmarks by name
+
+@lru_cache(maxsize=1)
+def standard_task_names() -> frozenset[str]:
+    """Task, group and tag names of lm-eval's built-in tasks, read from the YAML text in about 2 s.
+
+    Building lm-eval's own index parses every YAML with its includes (about 35 s on 2 cores). This
+    scan reads the `task:`, `group:` and `tag:` keys instead; it finds all but a few dozen of the
+    ~14,700 names (some tags defined only in included templates).
+    """
+    import lm_eval
+    root = Path(lm_eval.__file__).parent / "tasks"
+    key = re.compile(r"""^["']?(?:task|group|tag)["']?[ \t]*:[ \t]*(.*)$""", re.M)
+    item = re.compile(r"""^[ \t]*-[ \t]*["']?([^\s"'#:]+)["']?[ \t]*(?:#.*)?$""")
+    names: set[str] = set()
+    for path in root.rglob("*yaml"):
+        text = path.read_text(errors="ignore")
+        for match in key.finditer(text):
+            rest = match.group(1).split("#")[0].strip()
+            if rest.startswith("["):
+                names.update(x.strip(" '\"") for x in rest.strip("[]").split(","))
+            elif rest:
+                names.add(rest.strip("'\""))
+            else:  # a block list: the "- name" lines that follow
+                for line in text[match.end() + 1:].splitlines():
+                    found = item.match(line)
+                    if found:
+                        names.add(found.group(1))
+                    elif not line.startswith((" ", "\t")):
+                        break
+    return frozenset(names)
+
+
+def split_task_names(names: Iterable[str]) -> tuple[list[str], list[str]]:
+    """(local gym tasks, standard lm-eval tasks); one clear error for any other name."""
+    from tasks.gym import task_names
+    local, standard = [], []
+    for name in names:
+        if name in task_names():
+            local.append(name)
+        elif name in standard_task_names():
+            standard.append(name)
+        else:
+            raise UserError(f"unknown task '{name}'; local tasks: {', '.join(task_names())}; "
+                            f"or an lm-eval task such as gsm8k, gsm8k_cot, minerva_math (list: lm_eval ls tasks)")
+    return local, standard
+
+
+@lru_cache(maxsize=1)
+def default_task_manager():
+    from lm_eval.tasks import TaskManager
+    with quiet():
+        return TaskManager()
+
+
+def not_available(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return f"not available: {type(err).__name__}: {lines[0] if lines else 'no message'}"
+
+
+def score_standard(model, tokenizer, names: Iterable[str], *, seed: int = 0, limit: int | None = None,
+                   batch_size: int = BATCH_SIZE, log=print) -> dict[str, Any]:
+    """Standard lm-eval tasks by name, each on its own so that one that cannot run spoils no other.
+
+    Returns {name: {"results": {task or subtask: {metric: value}}, "seconds": s}} or, where the data
+    cannot be had (offline, gated) or the task cannot run on this model, {name: "not available: ..."}.
+    """
+    out: dict[str, Any] = {}
+    for name in names:
+        started = time.perf_counter()
+        try:
+            output = run_lm_eval(model, tokenizer, [name], default_task_manager(), seed=seed, limit=limit,
+                                 batch_size=batch_size, add_bos_token=None, log_samples=False)
+        except Exception as err:  # data unreachable, gated, or a task this model cannot run
+            out[name] = not_available(err)
+            log(f"lm-eval task '{name}' {out[name]}; going on with the local tasks")
+            continue
+        results = {entry: {key: value for key, value in metrics.items()
+                           if isinstance(value, (int, float)) and "_stderr" not in key}
+                   for entry, metrics in output["results"].items()}
+        out[name] = {"results": results, "seconds": round(time.perf_counter() - started, 3)}
+    return out
+
+
+# ---------------------------------------------------------------- harness eval
+
+def eval_target(target: Path):
+    """(model folder, saved Config or None) for a run folder or a saved model folder."""
+    from harness.config import config_from_dict, read_yaml
+    if not target.exists():
+        raise UserError(f"{target} does not exist; give a run folder (with final_model/) or a saved model folder")
+    if (target / "config.yaml").exists():
+        if not (target / "final_model" / "config.json").exists():
+            raise UserError(f"run folder {target} has no final_model/: the run has not finished "
+                            f"(finish it with: harness run --run-dir {target} --resume)")
+        saved = read_yaml(target / "config.yaml")
+        saved.pop("algo", None)
+        return target / "final_model", config_from_dict(saved)
+    if (target / "config.json").exists():
+        return target, None
+    raise UserError(f"{target} is neither a run folder (config.yaml + final_model/) nor a saved model (config.json)")
+
+
+def format_score(name: str, score: dict[str, Any] | str) -> str:
+    if isinstance(score, str):
+        return f"{name:16s} {score}"
+    if "pass@1" in score:
+        sampled = (f"   maj@{score['k']} {score['maj@k']:6.1%}   pass@{score['k']} {score['pass@k']:6.1%}"
+                   if score.get("maj@k") is not None else "")
+        return (f"{name:16s} pass@1 {score['pass@1']:6.1%}{sampled}   "
+                f"(n={score['n']}, k={score['k']}, {score['seconds']:.1f} s)")
+    parts = [f"{entry} {metric} {value:.3f}" for entry, metrics in score["results"].items()
+             for metric, value in metrics.items() if metric != "sample_len"]
+    return f"{name:16s} " + "   ".join(parts) + f"   ({score['seconds']:.1f} s)"
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from harness.cli import quiet_libraries
+    from harness.config import RolloutConfig, TaskConfig
+    from harness.io import write_json
+    from harness.models import load_policy
+    from harness.runner import check_device
+    from tasks.gym import load_task
+    target = Path(args.target)
+    model_dir, config = eval_target(target)
+    names = [n.strip() for n in (args.tasks or "").split(",") if n.strip()]
+    if not names:
+        if config is None:
+            raise UserError("a model folder needs --tasks, e.g. --tasks chain_sum (or gsm8k on a machine with the data)")
+        names = [config.task.name]
+    local, standard = split_task_names(names)
+    if args.k < 0 or (args.limit is not None and args.limit <= 0):
+        raise UserError("--k must be 0 or more and --limit positive")
+    task_cfg = config.task if config else TaskConfig()
+    rollout = config.rollout if config else RolloutConfig()
+    max_new_tokens = args.max_new_tokens or rollout.max_new_tokens
+    out = Path(args.out) if args.out else (target / "lm_eval" if config else
+                                           Path(tempfile.mkdtemp(prefix=f"harness-eval-{model_dir.name}-")))
+    quiet_libraries()
+    check_device(args.device)
+    model, tokenizer = load_policy(str(model_dir), config.model.dtype if config else "float32", args.device)
+    scores: dict[str, Any] = {}
+    for name in local:
+        same = name == task_cfg.name  # the run's own task keeps its options and split
+        task = load_task(name, eval_size=task_cfg.eval_size, seed=task_cfg.seed,
+                         options=task_cfg.options if same else None)
+        scores[name] = score_policy(model, tokenizer, task, k=args.k, seed=args.seed, max_new_tokens=max_new_tokens,
+                                    work_dir=out, temperature=rollout.temperature, top_p=rollout.top_p,
+                                    label="eval", limit=args.limit)
+        print(format_score(name, scores[name]))
+    if standard:
+        for name, score in score_standard(model, tokenizer, standard, seed=args.seed, limit=args.limit,
+                                          log=lambda line: None).items():
+            scores[name] = score
+            print(format_score(name, score))
+    write_json(out / "scores.json", {"model": str(model_dir), "seed": args.seed, "scores": scores})
+    print(f"results: {out / 'scores.json'}")
+    if local:
+        print(f"rerun with lm_eval: lm_eval --model hf --model_args pretrained={model_dir},add_bos_token=False "
+              f"--include_path {out} --tasks {','.join(scores[n]['lm_eval_task'] for n in local)} "
+              f"--device {args.device} --batch_size {BATCH_SIZE} --seed {args.seed}")
+    return 0
+
+
+def register_cli(subparsers) -> None:
+    """`harness eval RUN_DIR_OR_MODEL [--tasks a,b] [--k 8] [--limit N] [--seed S]`."""
+    parser = subparsers.add_parser(
+        "eval", help="score a saved policy with lm-evaluation-harness",
+        description="Score a run's final policy (or a saved model folder) on local held-out tasks "
+                    "(greedy pass@1, maj@k, pass@k) and on standard lm-eval tasks by name.")
+    parser.add_argument("target", metavar="RUN_DIR_OR_MODEL", help="a run folder with final_model/, or a saved model folder")
+    parser.add_argument("--tasks", help="comma-separated: local tasks (chain_sum, ...) and/or lm-eval tasks "
+                                        "(gsm8k, gsm8k_cot, minerva_math, ...); default: the run's task")
+    parser.add_argument("--k", type=int, default=DEFAULT_K, help=f"samples per prompt for maj@k and pass@k (default {DEFAULT_K}; 0: greedy only)")
+    parser.add_argument("--limit", type=int, help="score only the first N prompts of each task")
+    parser.add_argument("--seed", type=int, default=0, help="seed of lm-eval's sampling (default 0)")
+    parser.add_argument("--max-new-tokens", type=int, help="completion length cap (default: the run's rollout.max_new_tokens)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    parser.add_argument("--out", help="where the JSONL, task YAMLs, samples and scores.json go "
+                                      "(default: RUN_DIR/lm_eval, or a new temporary folder for a model folder)")
+    parser.set_defaults(func=cmd_eval)

@@ -1,0 +1,38 @@
+"""Shared fixtures: an isolated model cache, offline Hugging Face, and one smoke comparison per session."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory):
+    """Every test builds the smoke model into one session cache, never the user's."""
+    if "HARNESS_CACHE" not in os.environ:
+        os.environ["HARNESS_CACHE"] = str(tmp_path_factory.mktemp("harness-cache"))
+    return Path(os.environ["HARNESS_CACHE"])
+
+
+def harness(*args, cwd=None, check=False):
+    """Run the console script as a user would; returns the CompletedProcess."""
+    exe = Path(sys.executable).with_name("harness")
+    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "harness"]
+    result = subprocess.run(command + list(args), capture_output=True, text=True, cwd=cwd, env=os.environ.copy())
+    if check and result.returncode != 0:
+        raise AssertionError(f"harness {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def smoke_comparison(tmp_path_factory):
+    """`harness compare --algos grpo,ppo --preset smoke` through the console script, once per session."""
+    out = tmp_path_factory.mktemp("compare") / "smoke"
+    result = harness("compare", "--algos", "grpo,ppo", "--preset", "smoke", "--no-report", "--out", str(out), check=True)
+    return out, result

@@ -1,0 +1,89 @@
+"""Hand-computed checks of PPO's pure functions (arithmetic in the comments)."""
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from algorithms.base import masked_mean, masked_whiten
+from algorithms.ppo import explained_variance, gae, ppo_loss, token_rewards
+
+
+def test_token_rewards_kl_everywhere_score_at_last_token():
+    logps = torch.tensor([[-1.0, -1.0, -1.0], [-2.0, -2.0, -2.0]])
+    ref = torch.tensor([[-1.5, -1.0, -0.5], [-1.0, -1.0, -1.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    rewards = token_rewards(torch.tensor([1.0, 0.5]), logps, ref, kl_coef=0.1, mask=mask)
+    # row 1: -0.1 * (logp - ref) = [-0.05, 0, 0.05], score 1 at t=2 -> [-0.05, 0, 1.05]
+    # row 2: -0.1 * (-1) = 0.1 on the two real tokens, score 0.5 at t=1, 0 on padding
+    assert_close(rewards, torch.tensor([[-0.05, 0.0, 1.05], [0.1, 0.6, 0.0]]))
+
+
+def test_token_rewards_without_reference_is_the_score_alone():
+    rewards = token_rewards(torch.tensor([2.0]), torch.zeros(1, 3), None, 0.1, torch.tensor([[1.0, 1.0, 0.0]]))
+    assert_close(rewards, torch.tensor([[0.0, 2.0, 0.0]]))
+
+
+def test_gae_with_gamma_lambda_one_is_return_minus_value():
+    rewards = torch.tensor([[0.0, 0.5, 1.0], [1.0, 0.0, 9.0]])
+    values = torch.tensor([[0.2, 0.4, 0.6], [0.5, 0.1, 7.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    advantages, returns = gae(rewards, values, mask, gamma=1.0, lam=1.0)
+    # row 1: returns-to-go [1.5, 1.5, 1.0]; minus values [0.2, 0.4, 0.6] -> [1.3, 1.1, 0.4]
+    # row 2: padding ignored: returns-to-go [1.0, 0.0]; minus [0.5, 0.1] -> [0.5, -0.1]
+    assert_close(returns, torch.tensor([[1.5, 1.5, 1.0], [1.0, 0.0, 0.0]]))
+    assert_close(advantages, torch.tensor([[1.3, 1.1, 0.4], [0.5, -0.1, 0.0]]))
+
+
+def test_gae_lambda_discounts_the_td_errors():
+    # one row, rewards [0, 1], values [0.5, 0.5], gamma 1, lambda 0.5
+    # delta_1 = 1 + 0 - 0.5 = 0.5; delta_0 = 0 + 0.5 - 0.5 = 0; A_1 = 0.5; A_0 = 0 + 0.5 * 0.5 = 0.25
+    advantages, returns = gae(torch.tensor([[0.0, 1.0]]), torch.tensor([[0.5, 0.5]]), torch.ones(1, 2), 1.0, 0.5)
+    assert_close(advantages, torch.tensor([[0.25, 0.5]]))
+    assert_close(returns, torch.tensor([[0.75, 1.0]]))
+
+
+def test_ppo_policy_clipping_at_both_bounds_and_value_clipping():
+    old = torch.zeros(1, 3)
+    logps = torch.log(torch.tensor([[1.5, 0.5, 1.0]]))
+    advantages = torch.tensor([[1.0, -1.0, 2.0]])
+    mask = torch.ones(1, 3)
+    values = torch.tensor([[1.0, 0.0, 0.5]])
+    old_values = torch.tensor([[0.0, 0.0, 0.5]])
+    returns = torch.tensor([[1.0, 1.0, 0.5]])
+    loss, stats = ppo_loss(logps, old, advantages, values, old_values, returns, mask, 0.2, 0.2, vf_coef=0.5)
+    # policy: max(-A r, -A clip(r)): t0 max(-1.5, -1.2) = -1.2; t1 max(0.5, 0.8) = 0.8; t2 max(-2, -2) = -2
+    # -> mean (-1.2 + 0.8 - 2) / 3 = -0.8
+    # value: t0 unclipped (1-1)^2 = 0, clipped (0.2-1)^2 = 0.64 -> 0.64; t1 1; t2 0 -> 0.5 * 1.64 / 3
+    assert stats["policy_loss"] == pytest.approx(-0.8)
+    assert stats["value_loss"] == pytest.approx(0.5 * 1.64 / 3)
+    assert_close(loss, torch.tensor(-0.8 + 0.5 * 0.5 * 1.64 / 3))
+    assert stats["clipfrac"] == pytest.approx(2 / 3)
+    assert stats["vf_clipfrac"] == pytest.approx(1 / 3)
+
+
+def test_ppo_masked_tokens_contribute_nothing():
+    logps = torch.tensor([[0.0, 3.0]], requires_grad=True)
+    values = torch.tensor([[0.0, 50.0]], requires_grad=True)
+    mask = torch.tensor([[1.0, 0.0]])
+    loss, stats = ppo_loss(logps, torch.zeros(1, 2), torch.tensor([[1.0, 9.0]]), values, torch.zeros(1, 2),
+                           torch.tensor([[0.0, -50.0]]), mask)
+    # the one real token: ratio 1, A 1 -> policy loss -1, value error 0
+    assert stats["policy_loss"] == pytest.approx(-1.0) and stats["value_loss"] == 0.0
+    loss.backward()
+    assert logps.grad[0, 1] == 0 and values.grad[0, 1] == 0
+
+
+def test_masked_whiten_and_mean():
+    values = torch.tensor([[1.0, 3.0, 100.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    # mean of [1, 3] = 2; variance 1 -> whitened [-1, 1], masked position 0
+    assert masked_mean(values, mask).item() == 2.0
+    assert_close(masked_whiten(values, mask), torch.tensor([[-1.0, 1.0, 0.0]]), atol=1e-6, rtol=0)
+
+
+def test_explained_variance_perfect_and_useless_critic():
+    returns = torch.tensor([[1.0, 2.0, 3.0]])
+    mask = torch.ones(1, 3)
+    assert explained_variance(returns, returns, mask) == pytest.approx(1.0)
+    # a constant critic explains nothing: residual variance equals the returns' variance
+    assert explained_variance(torch.full((1, 3), 7.0), returns, mask) == pytest.approx(0.0, abs=1e-6)
