@@ -1,0 +1,61 @@
+"""`harness bench probes`: what the measured probes cost, as a ratio of step time (target < 2%).
+
+Runs the same arm with probes on and off, alternating so that drift in the machine's speed hits
+both sides alike, and compares the median step time of each side.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+from pathlib import Path
+
+from harness.io import read_jsonl
+
+
+def step_times(run_dir: Path) -> list[float]:
+    return [row["time/step"] for row in read_jsonl(run_dir / "steps.jsonl")][1:]  # the first step warms caches
+
+
+def bench_probes(config, algo: str, repeats: int, echo=print) -> dict[str, float]:
+    from harness.runner import run_arm
+    times: dict[bool, list[float]] = {True: [], False: []}
+    with tempfile.TemporaryDirectory(prefix="harness-bench-") as scratch:
+        for repeat in range(repeats):
+            order = (True, False) if repeat % 2 == 0 else (False, True)
+            for enabled in order:
+                run_dir = Path(scratch) / f"{repeat}-{'on' if enabled else 'off'}"
+                summary = run_arm(config, algo, run_dir, probes_enabled=enabled)
+                if summary["status"] != "ok":
+                    raise RuntimeError(f"bench arm failed: {summary['error']}")
+                times[enabled] += step_times(run_dir)
+                echo(f"  repeat {repeat + 1}/{repeats} probes {'on ' if enabled else 'off'}: "
+                     f"median step {statistics.median(step_times(run_dir)) * 1000:.1f} ms")
+    on, off = statistics.median(times[True]), statistics.median(times[False])
+    return {"median_step_on_s": on, "median_step_off_s": off, "overhead": on / off - 1,
+            "steps_each": len(times[True])}
+
+
+def cmd_bench(args) -> int:
+    from harness.cli import config_from_args, parse_algos, quiet_libraries
+    quiet_libraries()
+    config = config_from_args(args)
+    algo = parse_algos(args.algo)[0]
+    print(f"bench probes: preset {config.preset}, {algo}, {config.total_steps()} steps per run, {args.repeats} repeats")
+    result = bench_probes(config, algo, args.repeats)
+    verdict = "within" if result["overhead"] < 0.02 else "ABOVE"
+    print(f"median step time: probes on {result['median_step_on_s'] * 1000:.2f} ms, "
+          f"off {result['median_step_off_s'] * 1000:.2f} ms over {result['steps_each']} steps each")
+    print(f"probe overhead: {result['overhead']:+.2%} of step time ({verdict} the 2% target)")
+    return 0
+
+
+def register_cli(subparsers) -> None:
+    from harness.cli import add_config_flags
+    bench = subparsers.add_parser("bench", help="benchmarks: `harness bench probes` measures probe overhead")
+    bench.add_argument("what", choices=["probes"], help="what to benchmark")
+    bench.add_argument("--algo", default="ppo", help="the arm to run (default ppo: the most probed)")
+    bench.add_argument("--repeats", type=int, default=4, help="on/off pairs (alternating order)")
+    add_config_flags(bench)
+    bench.set_defaults(func=cmd_bench, preset="smoke")
+    bench.set_defaults(overrides=["budget.total=640"])

@@ -1,0 +1,130 @@
+"""Exact accounting against hand-computed sizes, sampler threads, and the no-GPU path."""
+
+import threading
+
+import pytest
+import torch
+from torch import nn
+
+from algorithms.grpo import GRPO
+from algorithms.ppo import PPO
+from harness.config import ModelConfig, OptimConfig
+from harness.models import char_tokenizer, tiny_model
+from harness.probes import (NO_GPU, Probes, SavedActivations, Sampler, model_state_bytes, open_nvml,
+                            optimizer_state_bytes, parameter_bytes, rollout_tensor_bytes)
+
+
+def small_policy():
+    torch.manual_seed(0)
+    tokenizer = char_tokenizer("0123456789+-=")  # 13 characters + pad, eos, unk = 16 tokens
+    return tiny_model(ModelConfig(hidden_size=8, num_layers=1, num_heads=2), tokenizer)
+
+
+def qwen2_parameter_count(vocab, hidden, layers, intermediate):
+    # embeddings (tied with the LM head); per layer: q, k, v with biases, o without; gate, up, down;
+    # two RMSNorm weights; and the final norm.
+    attention = 3 * (hidden * hidden + hidden) + hidden * hidden
+    mlp = 3 * hidden * intermediate
+    return vocab * hidden + layers * (attention + mlp + 2 * hidden) + hidden
+
+
+def test_parameter_bytes_by_hand():
+    policy = small_policy()
+    # 16 * 8 + (3 * 72 + 64 + 3 * 8 * 32 + 16) + 8 = 128 + 1064 + 8 = 1200 parameters, 4 bytes each
+    assert qwen2_parameter_count(16, 8, 1, 32) == 1200
+    assert parameter_bytes(policy) == 1200 * 4
+
+
+def one_step(algorithm, policy):
+    """One AdamW step, so that the optimizer holds its state."""
+    loss = sum(p.sum() for m in algorithm.trained_models().values() for p in m.parameters())
+    loss.backward()
+    for optimizer in algorithm.optimizers().values():
+        optimizer.step()
+
+
+def test_adamw_holds_two_states_per_parameter():
+    policy = small_policy()
+    grpo = GRPO(policy, None, OptimConfig(), {})
+    one_step(grpo, policy)
+    tensors = len(list(policy.parameters()))  # 12 tensors (the tied head is the embedding)
+    # exp_avg and exp_avg_sq: 2 x 4800 bytes; and one float32 step counter per tensor: 12 x 4
+    assert optimizer_state_bytes(grpo.optimizer) == 2 * 4800 + tensors * 4
+    state = model_state_bytes(grpo.trained_models(), grpo.optimizers(), {})
+    assert state["policy"] == {"params": 4800, "grads": 4800, "optimizer": 9600 + tensors * 4,
+                               "total": 4800 * 4 + tensors * 4}
+
+
+def test_ppo_state_is_grpo_state_plus_the_critic():
+    grpo_policy, ppo_policy = small_policy(), small_policy()
+    grpo, ppo = GRPO(grpo_policy, None, OptimConfig(), {}), PPO(ppo_policy, None, OptimConfig(), {})
+    one_step(grpo, grpo_policy)
+    one_step(ppo, ppo_policy)
+    grpo_state = model_state_bytes(grpo.trained_models(), grpo.optimizers(), {"reference": grpo_policy})
+    ppo_state = model_state_bytes(ppo.trained_models(), ppo.optimizers(), {"reference": ppo_policy})
+    total = lambda state: sum(row["total"] for row in state.values())
+    assert total(ppo_state) == total(grpo_state) + ppo_state["critic"]["total"]
+    # the critic is the policy's decoder (1200 parameters, tied head not counted twice) + a value head of 8 + 1
+    assert ppo_state["critic"]["params"] == (1200 + 9) * 4
+    assert ppo_state["reference"] == {"params": 4800, "grads": 0, "optimizer": 0, "total": 4800}
+
+
+def test_saved_activations_by_hand():
+    layer = nn.Linear(3, 2, bias=False)
+    x = torch.randn(4, 3)
+    probe = SavedActivations([layer])
+    with probe.forward():
+        y = torch.relu(layer(x))
+        # matmul saves its input x (4 x 3 x 4 bytes = 48) and the weight (a parameter: not counted);
+        # relu saves its output (4 x 2 x 4 = 32)
+        loss = y.sum()
+    loss.backward()
+    assert probe.peak == 48 + 32
+
+
+def test_rollout_tensor_bytes_by_hand():
+    config = small_policy().config
+    sizes = rollout_tensor_bytes(config, batch_size=4, sequence_length=10, dtype=torch.float32)
+    # KV: 2 (k, v) x 1 layer x 4 x 10 x 2 heads x 4 head dim x 4 bytes = 2560; logits: 4 x 10 x 16 x 4 = 2560
+    assert sizes == {"kv_cache": 2560, "logits": 2560}
+
+
+def test_sampler_threads_stop_cleanly_even_when_the_arm_raises():
+    before = set(threading.enumerate())
+    with pytest.raises(RuntimeError):
+        with Probes("cpu", interval=0.001) as probes:
+            assert probes.rss.alive
+            raise RuntimeError("the arm crashed")
+    assert not probes.rss.alive
+    assert set(threading.enumerate()) == before
+    assert probes.rss.peaks["rss"] > 0
+
+
+def test_sampler_keeps_peaks():
+    values = iter([3, 9, 4] + [1] * 1000)
+    sampler = Sampler(lambda: {"x": next(values)}, interval=0.001).start()
+    while sampler.count < 3:
+        pass
+    sampler.stop()
+    assert sampler.peaks["x"] == 9
+
+
+def test_no_gpu_is_reported_in_words():
+    probes = Probes("cpu").start()
+    probes.stop()
+    assert probes.summary()["gpu"] == NO_GPU
+    module, reason = open_nvml(0)
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible here")
+    assert module is None and reason.startswith(NO_GPU) or reason.startswith("not measured")
+
+
+def test_arm_summary_says_why_gpu_figures_are_absent(smoke_comparison):
+    import json
+    out, _ = smoke_comparison
+    summary = json.loads((out / "chain_sum__ppo__s0" / "summary.json").read_text())
+    measured = summary["mem"]["measured"]
+    assert measured["gpu"] == NO_GPU and measured["rss_peak_net"] > 0
+    exact = summary["mem"]["exact"]
+    assert set(exact["models"]) == {"policy", "critic", "reference"}
+    assert exact["total"] == exact["model_state_total"] + exact["activations_peak"]
