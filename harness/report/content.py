@@ -83,11 +83,12 @@ def arm_table(cmp: Comparison) -> list[dict[str, Any]]:
     rows = []
     for arm in cmp.arms:
         r = arm.row
+        logged = int(arm.steps["step"].iloc[-1]) if "step" in arm.steps and len(arm.steps) else None
         rows.append({"label": arm.label, "status": arm.status, "ok": arm.ok, "error": arm.error,
-                     "steps": fmt(r.get("steps")), "completions": fmt(r.get("completions")),
-                     "wall": fmt(r.get("wall")), "acc_base": fmt(r.get("acc_base"), "%"),
-                     "acc_final": fmt(r.get("acc_final"), "%"), "dir": arm.dir.name,
-                     "last_step": int(arm.steps["step"].iloc[-1]) if "step" in arm.steps and len(arm.steps) else None})
+                     "steps": fmt(r.get("steps") if r.get("steps") is not None else logged),
+                     "completions": fmt(r.get("completions")), "wall": fmt(r.get("wall")),
+                     "acc_base": fmt(r.get("acc_base"), "%"), "acc_final": fmt(r.get("acc_final"), "%"),
+                     "dir": arm.dir.name})
     return rows
 
 
@@ -160,35 +161,10 @@ def verdict_section(cmp: Comparison, target: float | None = None) -> dict[str, A
     top_arms, bottom_arms = cmp.ok_arms(top), cmp.ok_arms(bottom)
     section["seeds"] = {top: len(top_arms), bottom: len(bottom_arms), "planned": len(cmp.seeds)}
 
-    # time to target: per arm, (completions, wall) at the first evaluation at or above the target
-    reached: dict[str, dict[str, list[float]]] = {}
-    for algo, arms in ((top, top_arms), (bottom, bottom_arms)):
-        hits = [reach(a.eval_curve(), target_info["value"]) if target_info.get("usable") else None for a in arms]
-        reached[algo] = {"completions": [h[0] for h in hits if h], "wall": [h[1] for h in hits if h],
-                         "of": len(arms)}
-    target_rows = [("to_target_completions", f"sampled completions to reach {target_info.get('text', 'the target')}", "count", "completions"),
-                   ("to_target_wall", f"wall time to reach {target_info.get('text', 'the target')}", "s", "wall")]
-
-    groups = [("Memory (peak)", MEMORY_FIGURES), ("Time", TIME_FIGURES)]
-    for group, figures in groups:
+    for group, figures in (("Memory (peak)", MEMORY_FIGURES), ("Time", TIME_FIGURES)):
         for key, label, unit in figures:
             section["rows"].append(ratio_row(cmp, group, key, label, unit, top_arms, bottom_arms, top, bottom))
-    for key, label, unit, field in target_rows:
-        row = {"group": "To the target accuracy", "key": key, "label": label, "unit": unit, "primary": False, "note": None}
-        if not target_info.get("usable"):
-            blank = cell(Estimate(None, note="no target"))
-            row.update(top=blank, bottom=blank, ratio=blank, reading="—", claim=True,
-                       note=target_info.get("note") or target_info["source"])
-        else:
-            t_est, b_est = mean_ci(reached[top][field]), mean_ci(reached[bottom][field])
-            ratio = ratio_ci(reached[top][field], reached[bottom][field])
-            row.update(top=cell(t_est, unit), bottom=cell(b_est, unit), ratio=cell(ratio, "ratio"),
-                       reading=ratio_reading(ratio), claim=True, ratio_est=ratio, top_est=t_est, bottom_est=b_est)
-            partial = [f"{algo}: {len(reached[algo][field])} of {reached[algo]['of']} seeds reached it"
-                       for algo in (top, bottom) if len(reached[algo][field]) < reached[algo]["of"]]
-            if partial:
-                row["note"] = "; ".join(partial) + " (means over those that did)"
-        section["rows"].append(row)
+    section["rows"].extend(target_rows(target_info, {top: top_arms, bottom: bottom_arms}))
 
     primary_key = next((k for k in PRIMARY_MEMORY if figure_values(top_arms, k) and figure_values(bottom_arms, k)), None)
     primary = next((r for r in section["rows"] if r["key"] == primary_key), None)
@@ -210,7 +186,38 @@ def verdict_section(cmp: Comparison, target: float | None = None) -> dict[str, A
     return section
 
 
-def ratio_row(cmp: Comparison, group: str, key: str, label: str, unit: str, top_arms, bottom_arms, top, bottom) -> dict[str, Any]:
+def target_rows(target_info: dict[str, Any], arms: dict[str, list[Arm]]) -> list[dict[str, Any]]:
+    """Sampled completions and wall time until the first held-out evaluation at or above the target."""
+    (top, top_arms), (bottom, bottom_arms) = arms.items()
+    text = target_info.get("text") or "the target"
+    rows = []
+    for key, label, unit, field in [("to_target_completions", f"sampled completions to reach {text}", "count", 0),
+                                    ("to_target_wall", f"wall time to reach {text}", "s", 1)]:
+        row = {"group": "To the target accuracy", "key": key, "label": label, "unit": unit, "primary": False,
+               "claim": True, "note": None}
+        if not target_info.get("usable"):
+            blank = Estimate(None, note="no target")
+            row.update(top=cell(blank), bottom=cell(blank), ratio=cell(blank), reading="—", ratio_est=blank,
+                       top_est=blank, bottom_est=blank, note=target_info.get("note") or target_info["source"])
+            rows.append(row)
+            continue
+        values, partial = {}, []
+        for algo, algo_arms in arms.items():
+            hits = [reach(a.eval_curve(), target_info["value"]) for a in algo_arms]
+            values[algo] = [h[field] for h in hits if h]
+            if len(values[algo]) < len(algo_arms):
+                partial.append(f"{algo}: {len(values[algo])} of {len(algo_arms)} seeds reached it")
+        top_est, bottom_est = mean_ci(values[top]), mean_ci(values[bottom])
+        ratio = ratio_ci(values[top], values[bottom])
+        row.update(top=cell(top_est, unit), bottom=cell(bottom_est, unit), ratio=cell(ratio, "ratio"),
+                   reading=ratio_reading(ratio), ratio_est=ratio, top_est=top_est, bottom_est=bottom_est,
+                   note="; ".join(partial) + " (means over those that did)" if partial else None)
+        rows.append(row)
+    return rows
+
+
+def ratio_row(cmp: Comparison, group: str, key: str, label: str, unit: str, top_arms, bottom_arms, top,
+              bottom) -> dict[str, Any]:
     exact = key in EXACT_KEYS
     top_values, bottom_values = figure_values(top_arms, key), figure_values(bottom_arms, key)
     top_est = mean_ci(top_values, exact=exact) if top_values else Estimate(None, note=not_measured_reason(cmp, key, top))
@@ -221,8 +228,8 @@ def ratio_row(cmp: Comparison, group: str, key: str, label: str, unit: str, top_
         ratio = Estimate(None, note="not measured")
     claim = key in CLAIM_KEYS
     return {"group": group, "key": key, "label": label, "unit": unit, "top_est": top_est, "bottom_est": bottom_est,
-            "top": cell(top_est, unit),
-            "bottom": cell(bottom_est, unit), "ratio": cell(ratio, "ratio"), "ratio_est": ratio, "claim": claim,
+            "top": cell(top_est, unit), "bottom": cell(bottom_est, unit), "ratio": cell(ratio, "ratio"),
+            "ratio_est": ratio, "claim": claim,
             "reading": ratio_reading(ratio) if claim and ratio.mean is not None else "—", "primary": False,
             "note": (None if claim else "the shared rollout path: equal by design" if key in SHARED_KEYS
                      else "higher is better; the claim reads as about 2")}

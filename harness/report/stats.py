@@ -61,7 +61,7 @@ def mean_ci(values: Sequence[float], exact: bool = False) -> Estimate:
     if exact:
         return Estimate(m, m, m, n, note="exact: the same for every seed")
     if n < 2:
-        return Estimate(m, n=1, note="one seed: an interval needs at least 2")
+        return Estimate(m, n=1, note="one seed (an interval needs ≥ 2)")
     half = t_quantile(n - 1) * stdev(values) / math.sqrt(n)
     return Estimate(m, m - half, m + half, n)
 
@@ -74,7 +74,7 @@ def difference_ci(a: Sequence[float], b: Sequence[float]) -> Estimate:
         return Estimate(None, note="not measured")
     d = mean(a) - mean(b)
     if len(a) < 2 or len(b) < 2:
-        return Estimate(d, n=min(len(a), len(b)), note="one seed: an interval needs at least 2")
+        return Estimate(d, n=min(len(a), len(b)), note="one seed (an interval needs ≥ 2)")
     va, vb = stdev(a) ** 2 / len(a), stdev(b) ** 2 / len(b)
     se = math.sqrt(va + vb)
     if se == 0:
@@ -102,7 +102,7 @@ def ratio_ci(top: Sequence[float], bottom: Sequence[float], exact: bool = False)
     if exact:
         return Estimate(ratio, ratio, ratio, n, note="exact: the same for every seed")
     if len(top) < 2 or len(bottom) < 2:
-        return Estimate(ratio, n=n, note="one seed: an interval needs at least 2")
+        return Estimate(ratio, n=n, note="one seed (an interval needs ≥ 2)")
     if mt <= 0 or mb <= 0:
         return Estimate(ratio, n=n, note="no log-ratio interval for non-positive means")
     vt = stdev(top) ** 2 / (len(top) * mt**2)
