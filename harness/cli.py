@@ -63,6 +63,9 @@ def check_setup(config, algos: list[str] = ()) -> None:
         raise UserError(f"unknown task '{config.task.name}'; valid: {', '.join(task_names())}")
     check_model_name(config.model.name)
     check_device(config.run.device)
+    if config.rollout.backend == "vllm":
+        raise UserError("rollout.backend=vllm is not available in this version: generation runs through "
+                        "transformers (rollout.backend=hf) on every device")
     for algo in algos:
         try:
             options_from(get_algorithm(algo).Config, config.algorithms.get(algo, {}))
