@@ -19,7 +19,6 @@ import json
 import logging
 import random
 import re
-import sys
 import tempfile
 import time
 from functools import lru_cache
@@ -75,6 +74,16 @@ def quiet():
             datasets.utils.logging.enable_progress_bar()
 
 
+@contextlib.contextmanager
+def eval_mode(model):
+    training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(training)
+
+
 def run_lm_eval(model, tokenizer, task_names: list[str], task_manager, *, seed: int, limit: int | None,
                 batch_size: int, add_bos_token: bool | None, log_samples: bool = True) -> dict[str, Any]:
     """`lm_eval.simple_evaluate` on the in-memory model, every seed set to `seed`, no cache, no bootstrap.
@@ -96,16 +105,6 @@ def model_max_length(model, tokenizer) -> int:
     return resolve_max_length(model.config, tokenizer)
 
 
-@contextlib.contextmanager
-def eval_mode(model):
-    training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(training)
-
-
 # ---------------------------------------------------------------- scoring one policy
 
 def metrics_of(entry: dict[str, Any], filter_name: str) -> dict[str, float]:
@@ -119,8 +118,10 @@ def write_samples(path: Path, samples: list[dict[str, Any]]) -> None:
     """Each prompt's completions and extracted answers, for a look at what a policy got right."""
     with open(path, "w") as handle:
         for sample in sorted(samples, key=lambda s: s["doc_id"]):
+            answers = sample["filtered_resps"]
+            answers = answers[0] if answers and isinstance(answers[0], list) else answers  # repeats: one list
             row = {"doc_id": sample["doc_id"], "prompt": sample["doc"]["prompt"], "target": sample["target"],
-                   "completions": list(sample["resps"][0]), "answers": sample["filtered_resps"]}
+                   "completions": list(sample["resps"][0]), "answers": list(answers)}
             handle.write(json.dumps(row, default=str) + "\n")
 
 
@@ -136,16 +137,20 @@ def score_policy(model, tokenizer, task, *, k: int = DEFAULT_K, seed: int = 0, m
     standard lm-eval task names (gsm8k, ...), scored by `score_standard`.
     """
     from lm_eval.tasks import TaskManager
+    if k < 0:
+        raise ValueError(f"k must be 0 (greedy only) or more, got {k}")
     started = time.perf_counter()
     limit_length = model_max_length(model, tokenizer)
     if max_new_tokens >= limit_length:
         raise UserError(f"max_new_tokens={max_new_tokens} leaves no room for the prompt in the model's "
                         f"{limit_length} positions; lower rollout.max_new_tokens")
+    check_prompts(tokenizer, task)
     stop = [tokenizer.eos_token] if tokenizer.eos_token else []
     local: LocalTasks = write_local_tasks(task, work_dir, max_gen_toks=max_new_tokens, stop=stop, k=k,
                                           temperature=temperature, top_p=top_p)
     names = [local.greedy] + ([local.sampled] if local.sampled else [])
-    task_manager = TaskManager(include_path=str(local.folder), include_defaults=False)
+    with quiet():
+        task_manager = TaskManager(include_path=str(local.folder), include_defaults=False)
     # Prompts are encoded without special tokens (no BOS), as the rollout encodes them.
     output = run_lm_eval(model, tokenizer, names, task_manager, seed=seed, limit=limit, batch_size=batch_size,
                          add_bos_token=False)
@@ -171,6 +176,16 @@ def score_policy(model, tokenizer, task, *, k: int = DEFAULT_K, seed: int = 0, m
     return score
 
 
+def check_prompts(tokenizer, task) -> None:
+    """One clear line when the tokenizer cannot spell the task's prompts (a tiny model of another task)."""
+    for example in task.eval_examples():
+        ids = tokenizer.encode(example.prompt, add_special_tokens=False)
+        decoded = tokenizer.decode(ids, skip_special_tokens=True)
+        if not ids or tokenizer.unk_token_id in ids or decoded.replace(" ", "") != example.prompt.replace(" ", ""):
+            raise UserError(f"this model's tokenizer cannot spell {task.name}'s prompts ('{example.prompt}' reads "
+                            f"back as '{decoded}'); score it on the task it was trained for")
+
+
 def lm_eval_version() -> str:
     from importlib.metadata import version
     return version("lm_eval")
@@ -179,34 +194,60 @@ def lm_eval_version() -> str:
 # ---------------------------------------------------------------- standard benchmarks by name
 
 @lru_cache(maxsize=1)
-def standard_task_names() -> frozenset[str]:
-    """Task, group and tag names of lm-eval's built-in tasks, read from the YAML text in about 2 s.
+def standard_task_index() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """({name: lm_eval/tasks/<family> folders that mention it}, {group: its member names}), in ~2 s.
 
-    Building lm-eval's own index parses every YAML with its includes (about 35 s on 2 cores). This
-    scan reads the `task:`, `group:` and `tag:` keys instead; it finds all but a few dozen of the
-    ~14,700 names (some tags defined only in included templates).
+    lm-eval's own index parses every built-in YAML with its includes (about 35 s on 2 cores). This
+    reads the `task:`, `group:` and `tag:` keys as text instead; it finds all but a few dozen of the
+    ~14,700 names (some tags are set only in included templates), and `task_manager_for` then
+    indexes only the families a name and its members live in.
     """
     import lm_eval
     root = Path(lm_eval.__file__).parent / "tasks"
-    key = re.compile(r"""^["']?(?:task|group|tag)["']?[ \t]*:[ \t]*(.*)$""", re.M)
+    key = re.compile(r"""^["']?(task|group|tag)["']?[ \t]*:[ \t]*(.*)$""", re.M)
     item = re.compile(r"""^[ \t]*-[ \t]*["']?([^\s"'#:]+)["']?[ \t]*(?:#.*)?$""")
-    names: set[str] = set()
+    families: dict[str, set[str]] = {}
+    members: dict[str, set[str]] = {}
     for path in root.rglob("*yaml"):
+        family = path.relative_to(root).parts[0]
         text = path.read_text(errors="ignore")
+        found: dict[str, set[str]] = {"task": set(), "group": set(), "tag": set(), "list": set()}
         for match in key.finditer(text):
-            rest = match.group(1).split("#")[0].strip()
+            kind, rest = match.group(1), match.group(2).split("#")[0].strip()
             if rest.startswith("["):
-                names.update(x.strip(" '\"") for x in rest.strip("[]").split(","))
+                found[kind].update(x.strip(" '\"") for x in rest.strip("[]").split(","))
             elif rest:
-                names.add(rest.strip("'\""))
-            else:  # a block list: the "- name" lines that follow
+                found[kind].add(rest.strip("'\""))
+            else:  # a block list: the "- name" lines that follow (a group's tasks, or tags)
                 for line in text[match.end() + 1:].splitlines():
-                    found = item.match(line)
-                    if found:
-                        names.add(found.group(1))
+                    entry = item.match(line)
+                    if entry:
+                        found["list" if kind == "task" else kind].add(entry.group(1))
                     elif not line.startswith((" ", "\t")):
                         break
-    return frozenset(names)
+        for name in set().union(*found.values()):
+            families.setdefault(name, set()).add(family)
+        for group in found["group"]:
+            members.setdefault(group, set()).update(found["list"] | found["task"])
+    return families, members
+
+
+def standard_task_names() -> set[str]:
+    return set(standard_task_index()[0])
+
+
+def task_families(name: str) -> set[str]:
+    """The family folders of `name` and, for a group, of its members, transitively."""
+    families, members = standard_task_index()
+    out: set[str] = set()
+    todo, seen = [name], set()
+    while todo:
+        current = todo.pop()
+        if current not in seen:
+            seen.add(current)
+            out |= families.get(current, set())
+            todo += members.get(current, ())
+    return out
 
 
 def split_task_names(names: Iterable[str]) -> tuple[list[str], list[str]]:
@@ -224,10 +265,19 @@ def split_task_names(names: Iterable[str]) -> tuple[list[str], list[str]]:
     return local, standard
 
 
-@lru_cache(maxsize=1)
-def default_task_manager():
+def task_manager_for(name: str):
+    """A TaskManager that indexes only the task families that define `name` (all of them if needed)."""
+    import lm_eval
     from lm_eval.tasks import TaskManager
+    root = Path(lm_eval.__file__).parent / "tasks"
+    _, members = standard_task_index()
+    wanted = {name} | members.get(name, set())
+    families = sorted(task_families(name))
     with quiet():
+        if families:
+            manager = TaskManager(include_path=[str(root / f) for f in families], include_defaults=False)
+            if wanted <= set(manager.all_tasks):
+                return manager
         return TaskManager()
 
 
@@ -247,7 +297,7 @@ def score_standard(model, tokenizer, names: Iterable[str], *, seed: int = 0, lim
     for name in names:
         started = time.perf_counter()
         try:
-            output = run_lm_eval(model, tokenizer, [name], default_task_manager(), seed=seed, limit=limit,
+            output = run_lm_eval(model, tokenizer, [name], task_manager_for(name), seed=seed, limit=limit,
                                  batch_size=batch_size, add_bos_token=None, log_samples=False)
         except Exception as err:  # data unreachable, gated, or a task this model cannot run
             out[name] = not_available(err)
@@ -317,11 +367,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     quiet_libraries()
     check_device(args.device)
     model, tokenizer = load_policy(str(model_dir), config.model.dtype if config else "float32", args.device)
+    # The run's own task keeps its options; every task its eval size and data seed.
+    local_tasks = [load_task(name, eval_size=task_cfg.eval_size, seed=task_cfg.seed,
+                             options=task_cfg.options if name == task_cfg.name else None) for name in local]
+    for task in local_tasks:
+        check_prompts(tokenizer, task)
     scores: dict[str, Any] = {}
-    for name in local:
-        same = name == task_cfg.name  # the run's own task keeps its options and split
-        task = load_task(name, eval_size=task_cfg.eval_size, seed=task_cfg.seed,
-                         options=task_cfg.options if same else None)
+    for task in local_tasks:
+        name = task.name
         scores[name] = score_policy(model, tokenizer, task, k=args.k, seed=args.seed, max_new_tokens=max_new_tokens,
                                     work_dir=out, temperature=rollout.temperature, top_p=rollout.top_p,
                                     label="eval", limit=args.limit)
@@ -333,9 +386,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
             print(format_score(name, score))
     write_json(out / "scores.json", {"model": str(model_dir), "seed": args.seed, "scores": scores})
     print(f"results: {out / 'scores.json'}")
+    lm_eval_names = [name for n in local for name in (scores[n]["lm_eval_task"], scores[n]["lm_eval_task_sampled"]) if name]
     if local:
         print(f"rerun with lm_eval: lm_eval --model hf --model_args pretrained={model_dir},add_bos_token=False "
-              f"--include_path {out} --tasks {','.join(scores[n]['lm_eval_task'] for n in local)} "
+              f"--include_path {out} --tasks {','.join(lm_eval_names)} "
               f"--device {args.device} --batch_size {BATCH_SIZE} --seed {args.seed}")
     return 0
 
