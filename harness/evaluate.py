@@ -281,6 +281,36 @@ def task_manager_for(name: str):
         return TaskManager()
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face Hub answers at all; False at once in offline mode."""
+    import socket
+    from urllib.parse import urlparse
+
+    import huggingface_hub.constants
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(huggingface_hub.constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def hub_offline():
+    """Offline mode for `datasets` and `huggingface_hub` for a while: data from the local cache or a
+    quick failure, instead of half a minute of retries against a Hub that cannot be reached."""
+    import datasets.config
+    import huggingface_hub.constants
+    saved = (datasets.config.HF_HUB_OFFLINE, datasets.config.HF_DATASETS_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE)
+    datasets.config.HF_HUB_OFFLINE = datasets.config.HF_DATASETS_OFFLINE = huggingface_hub.constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE, datasets.config.HF_DATASETS_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE = saved
+
+
 def not_available(err: BaseException) -> str:
     lines = str(err).strip().splitlines()
     return f"not available: {type(err).__name__}: {lines[0] if lines else 'no message'}"
@@ -294,13 +324,16 @@ def score_standard(model, tokenizer, names: Iterable[str], *, seed: int = 0, lim
     cannot be had (offline, gated) or the task cannot run on this model, {name: "not available: ..."}.
     """
     out: dict[str, Any] = {}
+    names = list(names)
+    offline = bool(names) and not hub_reachable()
     for name in names:
         started = time.perf_counter()
         try:
-            output = run_lm_eval(model, tokenizer, [name], task_manager_for(name), seed=seed, limit=limit,
-                                 batch_size=batch_size, add_bos_token=None, log_samples=False)
+            with hub_offline() if offline else contextlib.nullcontext():
+                output = run_lm_eval(model, tokenizer, [name], task_manager_for(name), seed=seed, limit=limit,
+                                     batch_size=batch_size, add_bos_token=None, log_samples=False)
         except Exception as err:  # data unreachable, gated, or a task this model cannot run
-            out[name] = not_available(err)
+            out[name] = not_available(err) + (" (no connection to the Hub: only locally cached data)" if offline else "")
             log(f"lm-eval task '{name}' {out[name]}; going on with the local tasks")
             continue
         results = {entry: {key: value for key, value in metrics.items()
