@@ -18,10 +18,8 @@ import io
 import json
 import logging
 import random
-import re
 import tempfile
 import time
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -31,6 +29,7 @@ import torch
 from harness import UserError
 from tasks.lm_eval import LocalTasks, write_local_tasks
 from tasks.lm_eval.metrics import majority_at_k, majority_vote, pass_at_k  # noqa: F401  (the public API)
+from tasks.lm_eval.standard import standard_task_index, standard_task_names, task_families, tasks_root
 
 DEFAULT_K = 8  # samples per prompt for maj@k and pass@k
 BATCH_SIZE = 256  # sequences per generate call, as greedy_eval
@@ -193,63 +192,6 @@ def lm_eval_version() -> str:
 
 # ---------------------------------------------------------------- standard benchmarks by name
 
-@lru_cache(maxsize=1)
-def standard_task_index() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
-    """({name: lm_eval/tasks/<family> folders that mention it}, {group: its member names}), in ~2 s.
-
-    lm-eval's own index parses every built-in YAML with its includes (about 35 s on 2 cores). This
-    reads the `task:`, `group:` and `tag:` keys as text instead; it finds all but a few dozen of the
-    ~14,700 names (some tags are set only in included templates), and `task_manager_for` then
-    indexes only the families a name and its members live in.
-    """
-    import lm_eval
-    root = Path(lm_eval.__file__).parent / "tasks"
-    key = re.compile(r"""^["']?(task|group|tag)["']?[ \t]*:[ \t]*(.*)$""", re.M)
-    item = re.compile(r"""^[ \t]*-[ \t]*["']?([^\s"'#:]+)["']?[ \t]*(?:#.*)?$""")
-    families: dict[str, set[str]] = {}
-    members: dict[str, set[str]] = {}
-    for path in root.rglob("*yaml"):
-        family = path.relative_to(root).parts[0]
-        text = path.read_text(errors="ignore")
-        found: dict[str, set[str]] = {"task": set(), "group": set(), "tag": set(), "list": set()}
-        for match in key.finditer(text):
-            kind, rest = match.group(1), match.group(2).split("#")[0].strip()
-            if rest.startswith("["):
-                found[kind].update(x.strip(" '\"") for x in rest.strip("[]").split(","))
-            elif rest:
-                found[kind].add(rest.strip("'\""))
-            else:  # a block list: the "- name" lines that follow (a group's tasks, or tags)
-                for line in text[match.end() + 1:].splitlines():
-                    entry = item.match(line)
-                    if entry:
-                        found["list" if kind == "task" else kind].add(entry.group(1))
-                    elif not line.startswith((" ", "\t")):
-                        break
-        for name in set().union(*found.values()):
-            families.setdefault(name, set()).add(family)
-        for group in found["group"]:
-            members.setdefault(group, set()).update(found["list"] | found["task"])
-    return families, members
-
-
-def standard_task_names() -> set[str]:
-    return set(standard_task_index()[0])
-
-
-def task_families(name: str) -> set[str]:
-    """The family folders of `name` and, for a group, of its members, transitively."""
-    families, members = standard_task_index()
-    out: set[str] = set()
-    todo, seen = [name], set()
-    while todo:
-        current = todo.pop()
-        if current not in seen:
-            seen.add(current)
-            out |= families.get(current, set())
-            todo += members.get(current, ())
-    return out
-
-
 def split_task_names(names: Iterable[str]) -> tuple[list[str], list[str]]:
     """(local gym tasks, standard lm-eval tasks); one clear error for any other name."""
     from tasks.gym import task_names
@@ -267,9 +209,8 @@ def split_task_names(names: Iterable[str]) -> tuple[list[str], list[str]]:
 
 def task_manager_for(name: str):
     """A TaskManager that indexes only the task families that define `name` (all of them if needed)."""
-    import lm_eval
     from lm_eval.tasks import TaskManager
-    root = Path(lm_eval.__file__).parent / "tasks"
+    root = tasks_root()
     _, members = standard_task_index()
     wanted = {name} | members.get(name, set())
     families = sorted(task_families(name))
@@ -390,13 +331,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise UserError("a model folder needs --tasks, e.g. --tasks chain_sum (or gsm8k on a machine with the data)")
         names = [config.task.name]
     local, standard = split_task_names(names)
-    if args.k < 0 or (args.limit is not None and args.limit <= 0):
-        raise UserError("--k must be 0 or more and --limit positive")
+    if args.k < 0 or (args.limit is not None and args.limit <= 0) or (args.max_new_tokens or 1) <= 0:
+        raise UserError("--k must be 0 or more, --limit and --max-new-tokens positive")
     task_cfg = config.task if config else TaskConfig()
     rollout = config.rollout if config else RolloutConfig()
     max_new_tokens = args.max_new_tokens or rollout.max_new_tokens
-    out = Path(args.out) if args.out else (target / "lm_eval" if config else
-                                           Path(tempfile.mkdtemp(prefix=f"harness-eval-{model_dir.name}-")))
     quiet_libraries()
     check_device(args.device)
     model, tokenizer = load_policy(str(model_dir), config.model.dtype if config else "float32", args.device)
@@ -405,6 +344,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                              options=task_cfg.options if name == task_cfg.name else None) for name in local]
     for task in local_tasks:
         check_prompts(tokenizer, task)
+    out = Path(args.out) if args.out else (target / "lm_eval" if config else
+                                           Path(tempfile.mkdtemp(prefix=f"harness-eval-{model_dir.name}-")))
     scores: dict[str, Any] = {}
     for task in local_tasks:
         name = task.name

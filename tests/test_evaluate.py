@@ -272,3 +272,11 @@ def test_numbers_are_compared_and_voted_on_by_value():
         ["16", "16", "16", "16", "0", "-16", "16=", "x"]
     answers = [canonical_number(t) for t in ["016", "7", "+16", "7"]]
     assert majority_vote(answers) == "16"  # 2 votes for 16 against 2 for 7, and 16 came first
+
+
+def test_standard_task_names_are_found_without_lm_evals_full_index():
+    from tasks.lm_eval.standard import standard_task_names, task_families
+    names = standard_task_names()
+    assert {"gsm8k", "gsm8k_cot", "minerva_math", "minerva_math_algebra", "mmlu"} <= names
+    assert "no_such_task" not in names
+    assert {"benchmarks", "minerva_math"} <= task_families("minerva_math")  # the group, then its members
