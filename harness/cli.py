@@ -31,6 +31,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--budget", type=int, help="budget per arm, in budget.unit (default: sampled completions)")
     group.add_argument("--budget-unit", choices=["completions", "tokens", "steps"], help="what is held equal")
     group.add_argument("--device", help="cpu, cuda or cuda:N")
+    group.add_argument("--eval-tasks", help="extra lm-eval benchmarks by name, e.g. gsm8k,gsm8k_cot (need the Hub)")
     group.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                        help="override any config field, e.g. --set rollout.samples_per_prompt=4 (repeatable)")
     group.add_argument("--results-dir", help="where run folders go (default: results)")
@@ -40,7 +41,8 @@ def config_from_args(args: argparse.Namespace, seed: int | None = None):
     from harness.config import load_config
     overrides = list(args.overrides)
     flag_fields = {"model": "model.name", "task": "task.name", "budget": "budget.total",
-                   "budget_unit": "budget.unit", "device": "run.device", "results_dir": "run.results_dir"}
+                   "budget_unit": "budget.unit", "device": "run.device", "results_dir": "run.results_dir",
+                   "eval_tasks": "run.eval_tasks"}
     for flag, field in flag_fields.items():
         value = getattr(args, flag, None)
         if value is not None:

@@ -74,6 +74,9 @@ class RunConfig:
     threads: int = 0  # torch threads; 0 uses every core
     eval_every: int = 0  # greedy held-out accuracy every N steps (0: start and end only)
     checkpoint_every: int = 10  # steps between checkpoints that resume needs
+    lm_eval: bool = True  # score the base and final policy with lm-evaluation-harness
+    lm_eval_k: int = 8  # samples per prompt for maj@k and pass@k (0: greedy pass@1 only)
+    eval_tasks: str = ""  # extra lm-eval benchmarks by name, comma-separated (e.g. gsm8k)
     results_dir: str = "results"  # where run folders go
 
 

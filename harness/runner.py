@@ -148,6 +148,18 @@ class Arm:
         return greedy_eval(self.policy, self.tokenizer, self.task, self.task.eval_examples(),
                            self.config.rollout.max_new_tokens)
 
+    def lm_eval(self, label: str) -> dict[str, Any] | None:
+        """lm-evaluation-harness scores (greedy pass@1, maj@k, pass@k) of the policy as it is now."""
+        run = self.config.run
+        if not run.lm_eval:
+            return None
+        from harness.evaluate import score_policy
+        extra = [name.strip() for name in run.eval_tasks.split(",") if name.strip()]
+        return score_policy(self.policy, self.tokenizer, self.task, k=run.lm_eval_k, seed=run.seed,
+                            max_new_tokens=self.config.rollout.max_new_tokens, work_dir=self.run_dir / "lm_eval",
+                            temperature=self.config.rollout.temperature, top_p=self.config.rollout.top_p,
+                            label=label, extra_tasks=extra, log=lambda line: None)
+
     def budget_left(self, counters: dict[str, Any], step: int) -> bool:
         budget = self.config.budget
         spent = {"completions": counters["completions"], "tokens": counters["tokens"], "steps": step}[budget.unit]
@@ -164,6 +176,7 @@ class Arm:
             steps_path.unlink(missing_ok=True)
         if counters["base_eval"] is None:
             counters["base_eval"] = self.evaluate()
+            counters["base_lm_eval"] = self.lm_eval("base")
         total_steps = config.total_steps()
         frozen = {"reference": self.reference} if self.reference is not None else {}
         activations = SavedActivations(list(self.algorithm.trained_models().values()))
@@ -214,8 +227,10 @@ class Arm:
                                                                "acc": record["reward/accuracy"]})
         counters["wall"] = time.perf_counter() - started
         final_eval = self.evaluate()
+        final_lm_eval = self.lm_eval("final")
         self.save_final_model()
         return {"steps": step, "counters": counters, "base_eval": counters["base_eval"], "final_eval": final_eval,
+                "lm_eval": {"base": counters.get("base_lm_eval"), "final": final_lm_eval},
                 "state_bytes": model_state_bytes(self.algorithm.trained_models(), self.algorithm.optimizers(), frozen),
                 "exact_peaks": exact_peaks, "phase_totals": phase_totals, "probes": probes.summary(),
                 "device_name": probes.device_name()}
@@ -271,7 +286,8 @@ def summarize(config: Config, algo: str, result: dict[str, Any], status: str = "
                    "used": {"completions": counters.get("completions", 0), "tokens": counters.get("tokens", 0),
                             "steps": steps}},
         "steps": steps, "wall_s": wall,
-        "eval": {"base": result.get("base_eval"), "final": result.get("final_eval")},
+        "eval": {"base": result.get("base_eval"), "final": result.get("final_eval"),
+                 "lm_eval": result.get("lm_eval")},
         "mem": {"exact": {"models": state, "model_state_total": model_total,
                           "activations_peak": exact.get("activations"),
                           "rollout_peak": {k: exact.get(k) for k in ("kv_cache", "logits")},

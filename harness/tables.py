@@ -66,6 +66,8 @@ def headline(summary: dict[str, Any]) -> dict[str, Any]:
         "gen_tokens_per_s": _get(summary, "tput", "gen_tokens_per_s"),
         "phases_per_step": _get(summary, "time", "phases_per_step_s") or {},
         "models": models,
+        "lm_eval_base": _get(summary, "eval", "lm_eval", "base"),
+        "lm_eval_final": _get(summary, "eval", "lm_eval", "final"),
     }
     if row["acc_base"] is not None and row["acc_final"] is not None:
         row["acc_delta"] = row["acc_final"] - row["acc_base"]
@@ -119,6 +121,19 @@ def render_terminal(summaries: list[dict[str, Any]], algos: list[str], console=N
                      _fmt(r["wall"], "s"), _fmt(r["acc_base"], "%"), _fmt(r["acc_final"], "%"),
                      _fmt(r.get("acc_delta"), "%"))
     console.print(arms)
+
+    scored = [r for r in rows if isinstance(r["lm_eval_base"], dict) and isinstance(r["lm_eval_final"], dict)]
+    if scored:
+        k = scored[0]["lm_eval_final"].get("k")
+        lm = Table(title=f"lm-eval on held-out prompts: greedy pass@1; maj@{k} and pass@{k} from {k} samples")
+        lm.add_column("arm")
+        for metric in ("pass@1", "maj@k", "pass@k"):
+            lm.add_column(f"{metric.replace('@k', f'@{k}')} start -> end", justify="right")
+        for r in scored:
+            lm.add_row(f"{r['algo']} s{r['seed']}", *(f"{_fmt(r['lm_eval_base'].get(m), '%')} -> "
+                                                      f"{_fmt(r['lm_eval_final'].get(m), '%')}"
+                                                      for m in ("pass@1", "maj@k", "pass@k")))
+        console.print(lm)
 
     memory = Table(title="Memory by model and category (MiB; exact = counted from tensor shapes)")
     memory.add_column("arm")

@@ -1,0 +1,55 @@
+"""Offline reasoning-gym tasks: compact prompts, disjoint splits, and the pure reward."""
+
+import pytest
+
+from tasks.base import Example
+from tasks.gym import load_task
+
+
+@pytest.fixture(scope="module")
+def chain_sum():
+    return load_task("chain_sum", eval_size=200)
+
+
+def test_train_and_eval_splits_do_not_overlap(chain_sum):
+    eval_prompts = {e.prompt for e in chain_sum.eval_examples()}
+    train_prompts = {e.prompt for step in range(20) for e in chain_sum.train_examples(step, 32)}
+    assert len(eval_prompts) > 100 and not eval_prompts & train_prompts
+
+
+def test_the_same_step_gives_the_same_prompts(chain_sum):
+    again = load_task("chain_sum", eval_size=200)
+    assert chain_sum.train_examples(7, 16) == again.train_examples(7, 16)
+    assert chain_sum.train_examples(7, 16) != chain_sum.train_examples(8, 16)
+
+
+def test_prompts_are_compact_and_in_the_alphabet(chain_sum):
+    for example in chain_sum.eval_examples()[:50]:
+        assert example.prompt.endswith("=") and set(example.prompt) <= set(chain_sum.alphabet)
+        assert eval(example.prompt[:-1]) == int(example.answer)  # "12-40=" -> -28
+
+
+def test_reward_keeps_format_and_correctness_apart(chain_sum):
+    example = Example(prompt="4-1=", answer="3", item={"answer": "3", "metadata": {}})
+    right = chain_sum.reward("3", example)
+    assert (right.format, right.correct, right.total, right.solved) == (1.0, 1.0, 1.1, True)
+    wrong = chain_sum.reward("4", example)
+    assert (wrong.format, wrong.correct, wrong.total, wrong.solved) == (1.0, 0.0, 0.1, False)
+    garbled = chain_sum.reward("3+", example)  # not a number: no format credit
+    assert (garbled.format, garbled.solved) == (0.0, False)
+    unfinished = chain_sum.reward("3", example, finished=False)  # right digits, but no EOS
+    assert (unfinished.format, unfinished.correct) == (0.0, 1.0)
+
+
+def test_spell_backward_partial_credit_and_the_overshoot_fix():
+    task = load_task("spell_backward", eval_size=20)
+    example = next(e for e in task.eval_examples())
+    assert task.reward(example.answer, example).solved
+    # one wrong last letter: reasoning-gym's partial credit (len - 1) / len, not solved
+    almost = example.answer[:-1] + ("a" if example.answer[-1] != "a" else "b")
+    n = len(example.answer)
+    assert task.reward(almost, example).correct == pytest.approx((n - 1) / n)
+    # a 9-letter answer extended by one letter: the float sum overshoots 1 in reasoning-gym
+    long = Example(prompt="abcdefghi>", answer="ihgfedcba", item={"answer": "ihgfedcba", "metadata": {}})
+    extended = task.reward("ihgfedcbax", long)
+    assert extended.correct == 0.8 and not extended.solved
