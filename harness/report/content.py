@@ -16,6 +16,14 @@ EXACT_KEYS = {"mem_model_state"}  # counted from shapes and dtypes only: identic
 SHARED_KEYS = {"mem_rollout_kv", "mem_rollout_logits"}  # the shared rollout path: equal in every arm by design
 CLAIM_KEYS = ({key for key, _, _ in MEMORY_FIGURES} - SHARED_KEYS) | {"time_per_step", "wall", "to_target_completions",
                                                                        "to_target_wall"}
+ROW_NOTES = {
+    "mem_rollout_kv": "the shared rollout path: equal by design",
+    "mem_rollout_logits": "the shared rollout path: equal by design",
+    "time_per_step": "wall time / steps; periodic held-out evaluations included",
+    "wall": "the whole budget; periodic held-out evaluations included",
+    "samples_per_s": "higher is better; the claim reads as about 2",
+    "gen_tokens_per_s": "higher is better; the claim reads as about 2",
+}
 HEALTH = [
     ("loss/kl", "KL to reference (k3)", "{:.4g}"),
     ("loss/approx_kl", "approx. KL, old to new policy", "{:.3g}"),
@@ -48,7 +56,7 @@ def fmt(value: Any, unit: str = "") -> str:
     if isinstance(value, float):
         if value != 0 and abs(value) < 0.01:
             return f"{value:.2e}"
-        return f"{value:,.3f}" if abs(value) < 100 else f"{value:,.1f}"
+        return f"{value:,.3f}" if abs(value) < 10 else f"{value:,.1f}" if abs(value) < 1000 else f"{value:,.0f}"
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
@@ -148,7 +156,7 @@ def figure_values(arms: list[Arm], key: str) -> list[float]:
 
 def verdict_section(cmp: Comparison, target: float | None = None) -> dict[str, Any]:
     pair = cmp.pair
-    section: dict[str, Any] = {"claim": CLAIM, "band": BAND, "rule": RULE, "rows": [], "pair": pair, "compute": None,
+    section: dict[str, Any] = {"claim": CLAIM, "band": BAND, "rule": RULE, "rows": [], "pair": pair, "compute": [],
                                "primary": None, "seeds": {}, "quality": Estimate(None), "quality_reading": "unknown",
                                "quality_text": "—"}
     target_info = target_accuracy(cmp, target)
@@ -173,17 +181,31 @@ def verdict_section(cmp: Comparison, target: float | None = None) -> dict[str, A
     reading = verdict(memory, difference)
     if primary:
         primary["primary"] = True
-    compute = next((r for r in section["rows"] if r["key"] == "time_per_step"), None)
-    if compute and compute["ratio_est"].mean is not None:
-        est = compute["ratio_est"]
-        section["compute"] = (f"Compute: {top.upper()}'s time per step was {est.mean:.2f} of {bottom.upper()}'s "
-                              f"({fmt_interval(est, 'ratio')}): {compute['reading']}.")
-    else:
-        section["compute"] = None
+    section["compute"] = compute_lines(section, top, bottom)
     section.update(primary=primary, quality=difference, quality_reading=quality_reading(difference),
                    quality_text=fmt_points(difference), reading=reading,
                    sentence=verdict_sentence(cmp, top, bottom, primary, memory, difference, reading))
     return section
+
+
+def compute_lines(section: dict[str, Any], top: str, bottom: str) -> list[str]:
+    """Beside the verdict: time per step, and what reaching the target accuracy took."""
+    rows = {r["key"]: r for r in section["rows"]}
+    T, B = top.upper(), bottom.upper()
+
+    def ratio(key: str) -> str:
+        est = rows[key]["ratio_est"]
+        interval = fmt_interval(est, "ratio")
+        return f"{est.mean:.2f}× {B}'s ({interval if interval.startswith('[') else interval}; {rows[key]['reading']})"
+    lines = []
+    if rows["time_per_step"]["ratio_est"].mean is not None:
+        lines.append(f"Compute: {T}'s time per step was {ratio('time_per_step')}.")
+    if rows["to_target_completions"]["ratio_est"].mean is not None:
+        lines.append(f"To reach {section['target']['text']} held-out accuracy, {T} needed "
+                     f"{ratio('to_target_completions')} sampled completions"
+                     + (f" and {ratio('to_target_wall')} wall time" if rows["to_target_wall"]["ratio_est"].mean is not None
+                        else "") + ".")
+    return lines
 
 
 def target_rows(target_info: dict[str, Any], arms: dict[str, list[Arm]]) -> list[dict[str, Any]]:
@@ -231,8 +253,7 @@ def ratio_row(cmp: Comparison, group: str, key: str, label: str, unit: str, top_
             "top": cell(top_est, unit), "bottom": cell(bottom_est, unit), "ratio": cell(ratio, "ratio"),
             "ratio_est": ratio, "claim": claim,
             "reading": ratio_reading(ratio) if claim and ratio.mean is not None else "—", "primary": False,
-            "note": (None if claim else "the shared rollout path: equal by design" if key in SHARED_KEYS
-                     else "higher is better; the claim reads as about 2")}
+            "note": ROW_NOTES.get(key)}
 
 
 PRIMARY_WORDS = {"mem_cuda_allocated": "CUDA allocator peak", "mem_exact_total": "exact model state + saved activations"}

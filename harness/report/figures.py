@@ -78,6 +78,25 @@ def seed_band(curves: list[pd.DataFrame], x: str, y: str, points: int = 80) -> p
     return pd.DataFrame({x: grid, "mean": mean, "lo": mean - half, "hi": mean + half, "n": n})
 
 
+def plot_seeds(ax, cmp: Comparison, curves_of, x: str, y: str, palette: dict[str, str]) -> bool:
+    """One thin line per arm (for wall time, where seeds do not share an x grid); failed arms dashed."""
+    drawn = False
+    for algo in cmp.algos:
+        first = True
+        for arm in cmp.arms_of(algo):
+            curve = curves_of(arm)
+            if not (len(curve) and x in curve and y in curve and curve[y].notna().any()):
+                continue
+            curve = curve.dropna(subset=[x, y])
+            label = (f"{algo} (one line per seed)" if first else None) if arm.ok else f"{arm.label} ({arm.status})"
+            ax.plot(curve[x], curve[y], color=palette[algo], linewidth=1 if arm.ok else 0.8, alpha=0.85,
+                    linestyle="-" if arm.ok else "--", marker="o" if len(curve) < 12 else None, markersize=2.5,
+                    label=label)
+            first = first and not arm.ok
+            drawn = True
+    return drawn
+
+
 def plot_band(ax, cmp: Comparison, curves_of, x: str, y: str, palette: dict[str, str]) -> bool:
     """Draw every algorithm's seed band on ax, failed arms as thin dashed lines; False if nothing."""
     drawn = False
@@ -106,6 +125,17 @@ def step_curves(arm: Arm) -> pd.DataFrame:
     return arm.steps
 
 
+SMOOTH = 5  # steps in the rolling mean of the training reward (per-step reward is noisy)
+
+
+def reward_curves(arm: Arm) -> pd.DataFrame:
+    if "reward/mean" not in arm.steps:
+        return arm.steps
+    steps = arm.steps.copy()
+    steps["reward/mean"] = steps["reward/mean"].rolling(SMOOTH, min_periods=1).mean()
+    return steps
+
+
 def eval_curves(arm: Arm) -> pd.DataFrame:
     return arm.eval_curve()
 
@@ -123,10 +153,11 @@ def fig_learning(cmp: Comparison) -> str:
     """Reward (train) and held-out accuracy against sampled completions and against wall time."""
     palette = algo_palette(cmp.algos)
     fig, axes = plt.subplots(2, 2, figsize=(WIDTH, 5.4), sharey="row")
-    for col, (x, xlabel) in enumerate([("completions", "sampled completions"), ("wall", "wall time (s)")]):
-        drawn = plot_band(axes[0, col], cmp, step_curves, x, "reward/mean", palette)
-        _finish(axes[0, col], xlabel, "mean reward (train)", drawn, "no steps logged")
-        drawn = plot_band(axes[1, col], cmp, eval_curves, x, "accuracy", palette)
+    for col, (x, xlabel, plot) in enumerate([("completions", "sampled completions", plot_band),
+                                             ("wall", "wall time (s)", plot_seeds)]):
+        drawn = plot(axes[0, col], cmp, reward_curves, x, "reward/mean", palette)
+        _finish(axes[0, col], xlabel, f"training reward ({SMOOTH}-step mean)", drawn, "no steps logged")
+        drawn = plot(axes[1, col], cmp, eval_curves, x, "accuracy", palette)
         _finish(axes[1, col], xlabel, "held-out accuracy (greedy)", drawn, "no accuracy measured")
     fig.tight_layout()
     return to_data_uri(fig)
