@@ -173,7 +173,7 @@ def test_verdict_and_headline_figures(report):
     primary = v["primary"]
     assert primary["key"] == "mem_exact_total" and primary["ratio_est"].mean < 1  # GRPO drops the critic
     assert "Student-t" in html and "delta method" in html  # the interval methods are stated
-    assert "lm-eval" in html and "Not measured" in html  # room left for lm-eval results
+    assert "these arms recorded no lm-eval results" in html  # the fixture predates lm-eval in every arm
 
 
 def test_method_section_marks_differing_config_fields(report):
@@ -310,15 +310,23 @@ def test_gpu_figures_when_present_and_the_allocator_peak_decides(tmp_path):
 def test_lm_eval_results_render_when_present(tmp_path):
     folder = copy_fixture(tmp_path)
 
-    def add_lm_eval(summary):
-        summary["eval"]["lm_eval"] = {"base": {"pass@1": 0.2, "maj@k": 0.25, "pass@k": 0.4, "k": 8},
-                                      "final": {"pass@1": 0.3, "maj@k": 0.35, "pass@k": 0.5, "k": 8}}
+    def add_lm_eval(summary):  # the shape harness.evaluate.score_policy writes
+        gsm8k = {"gsm8k": {"results": {"gsm8k": {"exact_match,strict-match": 0.1}}, "seconds": 3.0}}
+        summary["eval"]["lm_eval"] = {
+            "base": {"pass@1": 0.2, "maj@k": 0.25, "pass@k": 0.4, "k": 8, "n": 200, "extra": gsm8k},
+            "final": {"pass@1": 0.3, "maj@k": 0.35, "pass@k": 0.5, "k": 8, "n": 200,
+                      "extra": {"mmlu": "not available: no connection to the Hub"}}}
     edit_summaries(folder, add_lm_eval)
     accuracy = content.accuracy_section(load_comparison(folder))
-    assert accuracy["lm_eval"] is not None
+    assert accuracy["lm_eval"] is not None and accuracy["lm_metrics"] == ["pass@1", "maj@8", "pass@8"]
     first = accuracy["lm_eval"][0]
-    assert (first["when"], first["k"]) == ("before", "8")
+    assert first["when"] == "before"
     assert [c["value"] for c in first["metrics"]] == ["20.0%", "25.0%", "40.0%"]
+    extra = {t["name"]: t for t in accuracy["lm_extra"]}
+    assert extra["gsm8k"]["metrics"] == ["exact_match,strict-match"] and len(extra["gsm8k"]["rows"]) == 2
+    assert extra["mmlu"]["why_not"] == "not available: no connection to the Hub"
+    html = render_html(folder)
+    assert "maj@8" in html and "lm-eval benchmark: gsm8k" in html and "recorded no lm-eval results" not in html
 
 
 def test_target_accuracy_and_time_to_reach_it(tmp_path):

@@ -286,27 +286,64 @@ def verdict_sentence(cmp, top, bottom, primary, memory: Estimate, difference: Es
 # ---------------------------------------------------------------- accuracy
 
 def accuracy_section(cmp: Comparison) -> dict[str, Any]:
-    rows, lm_rows = [], []
-    lm_present = False
+    rows = []
     for algo in cmp.algos:
         arms = cmp.ok_arms(algo)
         base, final = figure_values(arms, "acc_base"), figure_values(arms, "acc_final")
         change = [a.row["acc_final"] - a.row["acc_base"] for a in arms
                   if a.row.get("acc_final") is not None and a.row.get("acc_base") is not None]
         n_eval = {get(a.summary, "eval", "final", "n") for a in arms} - {None}
-        rows.append({"algo": algo, "seeds": len(arms), "base": cell(mean_ci(base), "%"), "final": cell(mean_ci(final), "%"),
-                     "change": cell(mean_ci(change), "pts"),
+        rows.append({"algo": algo, "seeds": len(arms), "base": cell(mean_ci(base), "%"),
+                     "final": cell(mean_ci(final), "%"), "change": cell(mean_ci(change), "pts"),
                      "n": ", ".join(str(n) for n in sorted(n_eval)) or "—"})
+    return {"rows": rows, **lm_eval_section(cmp)}
+
+
+def lm_eval_section(cmp: Comparison) -> dict[str, Any]:
+    """lm-evaluation-harness scores before and after (summary.eval.lm_eval), seed means with intervals."""
+    rows, ks, n = [], set(), set()
+    extra: dict[str, dict[str, Any]] = {}  # standard benchmarks by name: {(algo, when): [metrics, ...]} or why not
+    for algo in cmp.algos:
+        arms = cmp.ok_arms(algo)
         for when in ("base", "final"):
-            metrics = [get(a.summary, "eval", "lm_eval", when) for a in arms]
-            metrics = [m for m in metrics if isinstance(m, dict)]
-            lm_present = lm_present or bool(metrics)
-            ks = {m.get("k") for m in metrics} - {None}
-            lm_rows.append({"algo": algo, "when": "before" if when == "base" else "after",
-                            "k": ", ".join(str(k) for k in sorted(ks)) or "—",
-                            "metrics": [cell(mean_ci([m.get(name) for m in metrics if m.get(name) is not None]), "%")
-                                        for name in LM_EVAL_METRICS]})
-    return {"rows": rows, "lm_eval": lm_rows if lm_present else None, "lm_metrics": LM_EVAL_METRICS}
+            scores = [s for s in (get(a.summary, "eval", "lm_eval", when) for a in arms) if isinstance(s, dict)]
+            ks |= {s.get("k") for s in scores} - {None}
+            n |= {s.get("n") for s in scores} - {None}
+            rows.append({"algo": algo, "when": "before" if when == "base" else "after", "scored": len(scores),
+                         "metrics": [cell(mean_ci([s.get(m) for s in scores]), "%") for m in LM_EVAL_METRICS]})
+            for score in scores:
+                for name, result in (score.get("extra") or {}).items():
+                    entry = extra.setdefault(name, {"why_not": None, "cells": {}})
+                    if isinstance(result, dict) and isinstance(result.get("results"), dict) and result["results"]:
+                        metrics = result["results"].get(name) or next(iter(result["results"].values()))
+                        entry["cells"].setdefault((algo, when), []).append(metrics)
+                    else:
+                        entry["why_not"] = str(result)
+    present = any(r["scored"] for r in rows)
+    k = "/".join(str(v) for v in sorted(ks)) or "k"
+    labels = [m.replace("@k", f"@{k}") for m in LM_EVAL_METRICS]
+    why_not = None
+    if not present:
+        off = [a for a in cmp.arms if a.config and get(a.config, "run", "lm_eval") is False]
+        why_not = ("not measured: run.lm_eval was off in these arms" if off else
+                   "not measured: these arms recorded no lm-eval results (summary.eval.lm_eval)")
+    return {"lm_eval": rows if present else None, "lm_metrics": labels, "lm_why_not": why_not,
+            "lm_n": ", ".join(str(v) for v in sorted(n)) or "—", "lm_k": k, "lm_extra": extra_tables(cmp, extra)}
+
+
+def extra_tables(cmp: Comparison, extra: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    tables = []
+    for name, entry in extra.items():
+        metrics = list(dict.fromkeys(m for values in entry["cells"].values() for v in values for m in v))
+        rows = []
+        for algo in cmp.algos:
+            for when in ("base", "final"):
+                values = entry["cells"].get((algo, when), [])
+                if values:
+                    rows.append({"algo": algo, "when": "before" if when == "base" else "after",
+                                 "metrics": [cell(mean_ci([v.get(m) for v in values])) for m in metrics]})
+        tables.append({"name": name, "metrics": metrics, "rows": rows, "why_not": None if rows else entry["why_not"]})
+    return tables
 
 
 # ---------------------------------------------------------------- training health
