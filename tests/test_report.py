@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from harness.report import build_report, render_html
-from harness.report import content
+from harness.report import build_report, content, render_html
 from harness.report.data import load_comparison
 from harness.report.stats import (INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, Estimate, difference_ci, mean_ci,
                                   quality_reading, ratio_ci, ratio_reading, t_quantile, verdict)
+from harness.report.verdict import verdict_section
 
 FIXTURES = Path(__file__).parent / "fixtures" / "report"
 COMPARE = FIXTURES / "compare"
@@ -128,7 +128,7 @@ def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("reports")
     html_path, pdf_path = build_report(COMPARE, out)
     return {"html_path": html_path, "pdf_path": pdf_path, "html": html_path.read_text(),
-            "verdict": content.verdict_section(load_comparison(COMPARE))}
+            "verdict": verdict_section(load_comparison(COMPARE))}
 
 
 def test_report_files_are_named_after_the_comparison(report):
@@ -249,7 +249,7 @@ def test_a_failed_arm_still_renders_and_says_why(tmp_path):
     assert "drawn dashed" in html
     assert "not drawn" not in html
     cmp = load_comparison(folder)
-    v = content.verdict_section(cmp)
+    v = verdict_section(cmp)
     assert v["seeds"]["ppo"] == len(cmp.seeds) - 1  # ratios use the finished arms only
 
 
@@ -261,7 +261,7 @@ def test_an_algorithm_with_no_finished_arm_is_inconclusive_with_the_reason(tmp_p
     shutil.rmtree(next(folder.glob("*__ppo__s0")))  # one never even started
     html = render_html(folder)
     cmp = load_comparison(folder)
-    v = content.verdict_section(cmp)
+    v = verdict_section(cmp)
     assert v["reading"] == INCONCLUSIVE
     assert "arm process exited with status -9" in v["sentence"]
     assert "not started" in html
@@ -298,7 +298,7 @@ def test_gpu_figures_when_present_and_the_allocator_peak_decides(tmp_path):
             "nvml": {"used_peak": 7 * gib * scale, "process_peak": 6.5 * gib * scale, "util_mean": 0.8,
                      "power_mean_w": 400, "energy_j": 1e5}}
     edit_summaries(folder, add_gpu)
-    v = content.verdict_section(load_comparison(folder))
+    v = verdict_section(load_comparison(folder))
     assert v["primary"]["key"] == "mem_cuda_allocated"
     rows = {r["key"]: r for r in v["rows"]}
     assert rows["mem_cuda_allocated"]["ratio_est"].mean == pytest.approx(0.5)
@@ -342,14 +342,14 @@ def test_target_accuracy_and_time_to_reach_it(tmp_path):
         rows[1]["eval/accuracy"] = 0.3
         (arm_dir / "steps.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     cmp = load_comparison(folder)
-    v = content.verdict_section(cmp, target=0.3)
+    v = verdict_section(cmp, target=0.3)
     rows = {r["key"]: r for r in v["rows"]}
     grpo = [a.steps.iloc[1] for a in cmp.arms if a.algo == "grpo"]
     assert rows["to_target_completions"]["top_est"].mean == pytest.approx(sum(v["completions"] for v in grpo) / len(grpo))
     assert rows["to_target_wall"]["top_est"].mean == pytest.approx(sum(v["wall"] for v in grpo) / len(grpo))
     assert rows["to_target_completions"]["ratio_est"].mean == pytest.approx(1.0)  # same completions per step
     assert v["target"]["source"] == "set with --target"
-    default = content.verdict_section(cmp)
+    default = verdict_section(cmp)
     assert default["target"]["value"] == 0.5 and "lowest final" in default["target"]["source"]
 
 
@@ -365,7 +365,7 @@ def test_missing_keys_say_not_measured(tmp_path):
         rows = [json.loads(line) for line in steps.read_text().splitlines()]
         steps.write_text("".join(json.dumps({k: v for k, v in r.items() if not k.startswith("loss/")}) + "\n" for r in rows))
     html = render_html(folder)
-    v = content.verdict_section(load_comparison(folder))
+    v = verdict_section(load_comparison(folder))
     rows = {r["key"]: r for r in v["rows"]}
     assert rows["samples_per_s"]["top"]["value"] == "—" and rows["samples_per_s"]["top"]["interval"] == "not measured"
     assert "Time per step by phase: not drawn: no finished arm recorded phase times" in html

@@ -27,7 +27,7 @@ def render_html(comparison_dir: Path | str, target: float | None = None) -> str:
     """The report page as one HTML string, with nothing outside it (no network, no files)."""
     import jinja2
 
-    from harness.report import content
+    from harness.report import content, verdict
     from harness.report.data import load_comparison
     from harness.report.figures import render_figures
     from harness.report.stats import LEVEL
@@ -39,7 +39,7 @@ def render_html(comparison_dir: Path | str, target: float | None = None) -> str:
         "cmp": cmp, "name": cmp.name, "plan": cmp.plan, "level": LEVEL,
         "generated": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "version": __version__,
         "arms": content.arm_table(cmp), "failed": [a for a in cmp.arms if not a.ok],
-        "verdict": content.verdict_section(cmp, target), "accuracy": content.accuracy_section(cmp),
+        "verdict": verdict.verdict_section(cmp, target), "accuracy": content.accuracy_section(cmp),
         "health": content.health_section(cmp), "method": content.method_section(cmp),
         "figures": render_figures(cmp), "css": (TEMPLATES / "report.css").read_text(),
     }

@@ -167,7 +167,7 @@ def exact_memory_frame(cmp: Comparison) -> pd.DataFrame:
     """Seed-mean exact bytes per (algo, model, category), activations as their own model."""
     rows = []
     for algo in cmp.algos:
-        arms = [a for a in cmp.arms_of(algo) if get(a.summary, "mem", "exact", "models")]
+        arms = [a for a in cmp.ok_arms(algo) if get(a.summary, "mem", "exact", "models")]
         for arm in arms:
             for model, sizes in get(arm.summary, "mem", "exact", "models").items():
                 for category in ("params", "grads", "optimizer"):
