@@ -3,6 +3,7 @@ files, a failed arm, a real browser (headless Chromium) and the PDF through popp
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import re
@@ -144,7 +145,6 @@ def test_html_has_every_section_and_figure(report):
     for name in FIGURES:
         match = re.search(rf'<figure id="figure-{name}">\s*<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
         assert match, f"figure {name} is missing: " + (re.findall(r'missing-figure">([^<]*)', html) or [""])[0]
-        import base64
         width, height = png_size(base64.b64decode(match.group(1)))
         assert width > 300 and height > 100
     assert "not drawn" not in html
@@ -374,7 +374,7 @@ def test_missing_keys_say_not_measured(tmp_path):
 
 # ---------------------------------------------------------------- the command
 
-def test_cli_report_writes_both_files(tmp_path, capsys):
+def test_cli_report_prints_the_path_and_rejects_a_bad_folder(tmp_path, capsys):
     from harness.cli import main
     code = main(["report", str(COMPARE), "--out", str(tmp_path), "--no-pdf"])
     assert code == 0
