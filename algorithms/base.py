@@ -108,4 +108,17 @@ def options_from(cls: type, options: dict[str, Any]) -> Any:
     unknown = sorted(set(options) - known)
     if unknown:
         raise ValueError(f"unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
-    return cls(**options)
+    values = {}
+    for f in fields(cls):
+        if f.name in options:
+            kind = type(f.default)
+            value = options[f.name]
+            if kind is float and isinstance(value, (int, str)) and not isinstance(value, bool):
+                try:
+                    value = float(value)
+                except ValueError:
+                    raise ValueError(f"{f.name} expects a number, got {value!r}") from None
+            if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+                raise ValueError(f"{f.name} expects {kind.__name__}, got {value!r}")
+            values[f.name] = value
+    return cls(**values)

@@ -182,7 +182,20 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise UserError(f"override '{text}' must look like section.field=value")
     key, raw = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+    return key.strip().split("."), parse_scalar(raw)
+
+
+def parse_scalar(raw: str) -> Any:
+    """YAML's reading of a flag value, except that 2e-4 is a number (YAML 1.1 wants 2.0e-4)."""
+    for kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            pass
+    try:
+        return yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        return raw
 
 
 def nest(path: list[str], value: Any) -> dict[str, Any]:

@@ -74,6 +74,17 @@ def check_device(device: str) -> None:
         raise UserError(f"unknown device '{device}'; valid: cpu, cuda, cuda:N")
 
 
+def injected_fault(algo: str, step: int) -> None:
+    """Test hook: HARNESS_INJECT_FAULT=ALGO:STEP:oom|error makes that arm fail at that step."""
+    spec = os.environ.get("HARNESS_INJECT_FAULT", "")
+    if spec.count(":") == 2:
+        target, at, kind = spec.split(":")
+        if target == algo and int(at) == step:
+            if kind == "oom":
+                raise torch.OutOfMemoryError("injected: tried to allocate 1.00 GiB")
+            raise RuntimeError("injected failure")
+
+
 class Arm:
     """Everything one arm holds while it trains."""
 
@@ -168,7 +179,9 @@ class Arm:
     def train(self, resume: bool = False, probes_enabled: bool = True) -> dict[str, Any]:
         config, run_dir = self.config, self.run_dir
         steps_path = run_dir / "steps.jsonl"
-        step, counters = 0, {"completions": 0, "tokens": 0, "wall": 0.0, "base_eval": None}
+        # Everything a resumed run must carry on from lives in counters (saved with each checkpoint).
+        step, counters = 0, {"completions": 0, "tokens": 0, "wall": 0.0, "base_eval": None,
+                             "phase_totals": {}, "exact_peaks": {"activations": 0, "kv_cache": 0, "logits": 0}}
         if resume and self.checkpoint_path().exists():
             step, counters = self.load_checkpoint()
             rewrite_jsonl(steps_path, [r for r in read_jsonl(steps_path) if r["step"] <= step])
@@ -180,11 +193,9 @@ class Arm:
         total_steps = config.total_steps()
         frozen = {"reference": self.reference} if self.reference is not None else {}
         activations = SavedActivations(list(self.algorithm.trained_models().values()))
-        exact_peaks = {"activations": 0, "kv_cache": 0, "logits": 0}
-        phase_totals: dict[str, float] = {}
+        exact_peaks, phase_totals = counters["exact_peaks"], counters["phase_totals"]
         probes = Probes(config.run.device, enabled=probes_enabled)
         started = time.perf_counter() - counters["wall"]
-        last_eval = counters["base_eval"]
         with probes:
             while step < total_steps and self.budget_left(counters, step):
                 step_start = time.perf_counter()
@@ -197,6 +208,7 @@ class Arm:
                     prepare_stats = self.algorithm.prepare(batch)
                 self.algorithm.activation_probe = activations if probes_enabled else None
                 with probes.phase("update"):
+                    injected_fault(self.algo_name, step + 1)
                     update_stats = self.algorithm.update(batch)
                 step_time = time.perf_counter() - step_start
                 times = probes.take_step_times()
@@ -215,8 +227,7 @@ class Arm:
                 record = self.step_record(step, counters, rollout, prepare_stats, update_stats, times, step_time,
                                           state_bytes, activations.peak, rollout_bytes, probes)
                 if config.run.eval_every and step % config.run.eval_every == 0:
-                    last_eval = self.evaluate()
-                    record.update({f"eval/{k}": v for k, v in last_eval.items()})
+                    record.update({f"eval/{k}": v for k, v in self.evaluate().items()})
                 counters["wall"] = time.perf_counter() - started
                 record["wall"] = counters["wall"]
                 append_jsonl(steps_path, record)

@@ -113,3 +113,17 @@ def test_malformed_yaml_config(tmp_path):
     result = harness("compare", "--config", str(bad), "--results-dir", str(tmp_path / "r"))
     assert result.returncode == 2
     assert f"malformed YAML in {bad}" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_one_arm_out_of_memory_is_recorded_and_the_other_arm_goes_on(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_INJECT_FAULT", "ppo:2:oom")
+    out = tmp_path / "cmp"
+    result = harness("compare", "--algos", "grpo,ppo", "--preset", "smoke", "--no-report", "--out", str(out),
+                     "--set", "run.lm_eval=false")
+    assert result.returncode == 1  # not every arm finished
+    grpo = json.loads((out / "chain_sum__grpo__s0" / "summary.json").read_text())
+    ppo = json.loads((out / "chain_sum__ppo__s0" / "summary.json").read_text())
+    assert grpo["status"] == "ok" and grpo["steps"] == 3
+    assert ppo["status"] == "oom" and ppo["error"].startswith("out of memory at step 2")
+    assert [r["step"] for r in read_rows(out / "chain_sum__ppo__s0" / "steps.jsonl")] == [1]  # step 1 kept
+    assert "oom" in result.stdout
