@@ -79,21 +79,28 @@ def seed_band(curves: list[pd.DataFrame], x: str, y: str, points: int = 80) -> p
 
 
 def plot_seeds(ax, cmp: Comparison, curves_of, x: str, y: str, palette: dict[str, str]) -> bool:
-    """One thin line per arm (for wall time, where seeds do not share an x grid); failed arms dashed."""
+    """Wall time, where seeds end at different times: a thin line per seed over its whole run, and the
+    seed mean with its 95% band over the range every seed covers; failed arms dashed."""
     drawn = False
     for algo in cmp.algos:
-        first = True
+        ok_curves = []
         for arm in cmp.arms_of(algo):
             curve = curves_of(arm)
             if not (len(curve) and x in curve and y in curve and curve[y].notna().any()):
                 continue
             curve = curve.dropna(subset=[x, y])
-            label = (f"{algo} (one line per seed)" if first else None) if arm.ok else f"{arm.label} ({arm.status})"
-            ax.plot(curve[x], curve[y], color=palette[algo], linewidth=1 if arm.ok else 0.8, alpha=0.85,
-                    linestyle="-" if arm.ok else "--", marker="o" if len(curve) < 12 else None, markersize=2.5,
-                    label=label)
-            first = first and not arm.ok
+            ax.plot(curve[x], curve[y], color=palette[algo], linewidth=0.7 if arm.ok else 0.8,
+                    alpha=0.45 if arm.ok else 0.9, linestyle="-" if arm.ok else "--",
+                    label=None if arm.ok else f"{arm.label} ({arm.status})")
+            ok_curves += [curve] if arm.ok else []
             drawn = True
+        band = seed_band(ok_curves, x, y)
+        if len(band) > 1:
+            n = int(band["n"].iloc[0])
+            ax.plot(band[x], band["mean"], color=palette[algo], linewidth=1.6,
+                    label=f"{algo} ({n} seed{'s' * (n != 1)}; thin: each seed)")
+            if n >= 2:
+                ax.fill_between(band[x], band["lo"], band["hi"], color=palette[algo], alpha=0.2, linewidth=0)
     return drawn
 
 
