@@ -93,8 +93,10 @@ def warm_start(model, tokenizer, task: Task, cfg: ModelConfig, seed: int, progre
 def tiny_key(cfg: ModelConfig, task: Task) -> str:
     fields = {k: getattr(cfg, k) for k in ("hidden_size", "num_layers", "num_heads", "warm_start_steps",
                                            "warm_start_batch", "warm_start_lr")}
+    # The warm-start pairs skip the held-out prompts, so the eval split is part of what shapes the weights.
     return config_hash({"model": fields, "task": task.name, "alphabet": task.alphabet,
-                        "options": getattr(task, "options", {}), "version": 1})
+                        "options": getattr(task, "options", {}), "seed": getattr(task, "seed", 0),
+                        "eval_size": len(task.eval_examples()), "version": 1})
 
 
 def build_or_load_tiny(cfg: ModelConfig, task: Task, progress=None) -> Path:

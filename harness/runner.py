@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from algorithms import get_algorithm
+from algorithms.base import options_from
 from harness import UserError, __version__
 from harness.config import Config
 from harness.io import append_jsonl, read_json, read_jsonl, rewrite_jsonl, write_json
@@ -319,7 +320,13 @@ def run_arm(config: Config, algo: str, run_dir: Path, resume: bool = False, prog
     from harness.io import write_yaml
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_yaml(run_dir / "config.yaml", {**config.to_dict(), "algo": algo})
+    resolved = config.to_dict()
+    try:  # the algorithm's options with its defaults filled in, so that the run says what it ran
+        options = options_from(get_algorithm(algo).Config, config.algorithms.get(algo, {}))
+        resolved["derived"]["algorithm_options"] = dataclasses.asdict(options)
+    except (ValueError, TypeError) as err:
+        raise UserError(f"algorithms.{algo}: {err}") from None
+    write_yaml(run_dir / "config.yaml", {**resolved, "algo": algo})
     write_json(run_dir / "env.json", environment(config.run.device))
     write_json(run_dir / "summary.json", {"algo": algo, "seed": config.run.seed, "status": "running"})
     arm = None
