@@ -40,8 +40,12 @@ def cmd_bench(args) -> int:
     from harness.cli import config_from_args, parse_algos, quiet_libraries
     quiet_libraries()
     config = config_from_args(args)
+    if args.budget is None:
+        config.budget.unit, config.budget.total = "steps", 20
+    config.run.lm_eval, config.run.eval_every = False, 0  # time the training steps alone
     algo = parse_algos(args.algo)[0]
-    print(f"bench probes: preset {config.preset}, {algo}, {config.total_steps()} steps per run, {args.repeats} repeats")
+    print(f"bench probes: preset {config.preset}, {algo}, {config.total_steps()} steps per run, {args.repeats} repeats "
+          "(20 steps unless --budget; lm-eval and periodic evals off)")
     result = bench_probes(config, algo, args.repeats)
     verdict = "within" if result["overhead"] < 0.02 else "ABOVE"
     print(f"median step time: probes on {result['median_step_on_s'] * 1000:.2f} ms, "
@@ -58,4 +62,3 @@ def register_cli(subparsers) -> None:
     bench.add_argument("--repeats", type=int, default=4, help="on/off pairs (alternating order)")
     add_config_flags(bench)
     bench.set_defaults(func=cmd_bench, preset="smoke")
-    bench.set_defaults(overrides=["budget.total=640"])
