@@ -61,4 +61,4 @@ def register_cli(subparsers) -> None:
     bench.add_argument("--algo", default="ppo", help="the arm to run (default ppo: the most probed)")
     bench.add_argument("--repeats", type=int, default=4, help="on/off pairs (alternating order)")
     add_config_flags(bench)
-    bench.set_defaults(func=cmd_bench, preset="smoke")
+    bench.set_defaults(func=cmd_bench)

@@ -183,7 +183,7 @@ def build_parser() -> Parser:
     compare.add_argument("--out", help="comparison folder (default: results/compare__TASK__TIME)")
     compare.add_argument("--resume", metavar="DIR", help="finish an interrupted comparison folder")
     compare.add_argument("--no-report", action="store_true", help="skip the HTML/PDF report")
-    compare.add_argument("--no-probes", action="store_true", help="turn measured probes off (exact accounting stays)")
+    compare.add_argument("--no-probes", action="store_true", help="turn probes off: samplers, CUDA peaks and saved-activation hooks (state bytes stay)")
     add_config_flags(compare)
     compare.set_defaults(func=cmd_compare)
 
@@ -192,7 +192,7 @@ def build_parser() -> Parser:
     run.add_argument("--out", help="run folder (default: results/TASK__ALGO__sSEED__TIME)")
     run.add_argument("--run-dir", help="an existing run folder: train from its config.yaml")
     run.add_argument("--resume", action="store_true", help="with --run-dir: continue from its checkpoint")
-    run.add_argument("--no-probes", action="store_true", help="turn measured probes off (exact accounting stays)")
+    run.add_argument("--no-probes", action="store_true", help="turn probes off: samplers, CUDA peaks and saved-activation hooks (state bytes stay)")
     add_config_flags(run)
     run.set_defaults(func=cmd_run)
 

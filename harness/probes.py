@@ -89,9 +89,18 @@ class SavedActivations:
             self.peak = max(self.peak, self._current)
         return tensor
 
+    def new_step(self) -> None:
+        """Measure the next forward. Every minibatch of a step has the same shapes, hence the same
+        saved bytes: one forward per step gives the exact peak without hooking them all."""
+        self._armed = True
+
     @contextmanager
     def forward(self):
         """Wrap one forward pass (whose backward follows before the next forward)."""
+        if not getattr(self, "_armed", True):
+            yield
+            return
+        self._armed = False
         self._current, self._seen = 0, set()
         with torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t):
             yield
@@ -173,7 +182,11 @@ class Sampler:
 
 def rss_reader(baseline: int):
     process = psutil.Process(os.getpid())
-    return lambda: {"rss": process.memory_info().rss, "rss_net": process.memory_info().rss - baseline}
+
+    def read() -> dict[str, float]:
+        rss = process.memory_info().rss
+        return {"rss": rss, "rss_net": rss - baseline}
+    return read
 
 
 def open_nvml(device_index: int):

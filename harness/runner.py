@@ -207,6 +207,7 @@ class Arm:
                 batch = rollout.batch
                 with probes.phase("critic" if "critic" in self.algorithm.trained_models() else "advantages"):
                     prepare_stats = self.algorithm.prepare(batch)
+                activations.new_step()
                 self.algorithm.activation_probe = activations if probes_enabled else None
                 with probes.phase("update"):
                     injected_fault(self.algo_name, step + 1)
