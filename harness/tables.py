@@ -27,7 +27,8 @@ TIME_FIGURES = [
 ]
 
 
-def _get(data: Any, *path: str) -> Any:
+def get_path(data: Any, *path: str) -> Any:
+    """data[path[0]][path[1]]..., or None where a key is missing."""
     for key in path:
         if not isinstance(data, dict):
             return None
@@ -43,31 +44,31 @@ def _max_or_none(values: Any) -> float | None:
 
 def headline(summary: dict[str, Any]) -> dict[str, Any]:
     """The figures of one arm that tables, ratios, the report and the CI gate use."""
-    models = _get(summary, "mem", "exact", "models") or {}
-    measured = _get(summary, "mem", "measured") or {}
+    models = get_path(summary, "mem", "exact", "models") or {}
+    measured = get_path(summary, "mem", "measured") or {}
     row = {
         "algo": summary.get("algo"), "seed": summary.get("seed"), "status": summary.get("status"),
         "error": summary.get("error"), "steps": summary.get("steps"),
-        "completions": _get(summary, "budget", "used", "completions"),
-        "acc_base": _get(summary, "eval", "base", "accuracy"),
-        "acc_final": _get(summary, "eval", "final", "accuracy"),
-        "mem_exact_total": _get(summary, "mem", "exact", "total"),
-        "mem_model_state": _get(summary, "mem", "exact", "model_state_total"),
-        "mem_activations": _get(summary, "mem", "exact", "activations_peak"),
-        "mem_rollout_kv": _get(summary, "mem", "exact", "rollout_peak", "kv_cache"),
-        "mem_rollout_logits": _get(summary, "mem", "exact", "rollout_peak", "logits"),
+        "completions": get_path(summary, "budget", "used", "completions"),
+        "acc_base": get_path(summary, "eval", "base", "accuracy"),
+        "acc_final": get_path(summary, "eval", "final", "accuracy"),
+        "mem_exact_total": get_path(summary, "mem", "exact", "total"),
+        "mem_model_state": get_path(summary, "mem", "exact", "model_state_total"),
+        "mem_activations": get_path(summary, "mem", "exact", "activations_peak"),
+        "mem_rollout_kv": get_path(summary, "mem", "exact", "rollout_peak", "kv_cache"),
+        "mem_rollout_logits": get_path(summary, "mem", "exact", "rollout_peak", "logits"),
         "mem_rss_net": measured.get("rss_peak_net"),
         "mem_cuda_allocated": _max_or_none(measured.get("cuda_allocated_peak")),
         "mem_cuda_reserved": _max_or_none(measured.get("cuda_reserved_peak")),
-        "mem_nvml_used": _get(measured, "nvml", "used_peak"),
-        "time_per_step": _get(summary, "time", "per_step_s"),
+        "mem_nvml_used": get_path(measured, "nvml", "used_peak"),
+        "time_per_step": get_path(summary, "time", "per_step_s"),
         "wall": summary.get("wall_s"),
-        "samples_per_s": _get(summary, "tput", "samples_per_s"),
-        "gen_tokens_per_s": _get(summary, "tput", "gen_tokens_per_s"),
-        "phases_per_step": _get(summary, "time", "phases_per_step_s") or {},
+        "samples_per_s": get_path(summary, "tput", "samples_per_s"),
+        "gen_tokens_per_s": get_path(summary, "tput", "gen_tokens_per_s"),
+        "phases_per_step": get_path(summary, "time", "phases_per_step_s") or {},
         "models": models,
-        "lm_eval_base": _get(summary, "eval", "lm_eval", "base"),
-        "lm_eval_final": _get(summary, "eval", "lm_eval", "final"),
+        "lm_eval_base": get_path(summary, "eval", "lm_eval", "base"),
+        "lm_eval_final": get_path(summary, "eval", "lm_eval", "final"),
     }
     if row["acc_base"] is not None and row["acc_final"] is not None:
         row["acc_delta"] = row["acc_final"] - row["acc_base"]
@@ -155,13 +156,13 @@ def render_terminal(summaries: list[dict[str, Any]], algos: list[str], console=N
     for key, label, unit in MEMORY_FIGURES + TIME_FIGURES:
         if all(r[key] is None for r in rows):
             continue
-        ratio = _get(ratios, "figures", key, "ratio") if ratios else None
+        ratio = get_path(ratios, "figures", key, "ratio") if ratios else None
         cells = [_fmt(r[key], unit) for r in rows] + ([_fmt(ratio, "") if ratio else "—"] if ratios else [])
         figures.add_row(label, *cells)
     for phase in phase_names:
         cells = [_fmt(r["phases_per_step"].get(phase), "s") for r in rows]
         figures.add_row(f"time per step: {phase}", *cells, *([""] if ratios else []))
     console.print(figures)
-    gpu_notes = {(_get(s, "mem", "measured", "gpu")) for s in summaries if s and _get(s, "mem", "measured", "gpu")}
+    gpu_notes = {(get_path(s, "mem", "measured", "gpu")) for s in summaries if s and get_path(s, "mem", "measured", "gpu")}
     for note in sorted(gpu_notes):
         console.print(f"GPU figures: {note}")

@@ -5,21 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness.report.data import Arm, Comparison, get
+from harness.report.data import HEALTH_METRICS, Arm, Comparison, get
 from harness.report.stats import Estimate, mean_ci
 
 MIB = 1024 * 1024
-HEALTH = [
-    ("loss/kl", "KL to reference (k3)"),
-    ("loss/approx_kl", "approx. KL, old to new policy"),
-    ("loss/clipfrac", "clip fraction"),
-    ("loss/entropy", "entropy (nats/token)"),
-    ("completion/len_mean", "completion length (tokens)"),
-    ("loss/grad_norm", "gradient norm"),
-    ("loss/value_loss", "PPO: value loss"),
-    ("loss/explained_variance", "PPO: explained variance"),
-    ("loss/zero_adv_frac", "GRPO: share of groups with zero reward spread"),
-]
 LM_EVAL_METRICS = ["pass@1", "maj@k", "pass@k"]
 
 
@@ -158,7 +147,7 @@ def extra_tables(cmp: Comparison, extra: dict[str, dict[str, Any]]) -> list[dict
 def health_section(cmp: Comparison) -> list[dict[str, Any]]:
     """Per metric and algorithm: the mean over training and the last step, seed means with intervals."""
     rows = []
-    for key, label in HEALTH:
+    for key, label in HEALTH_METRICS:
         cells = {}
         for algo in cmp.algos:
             arms = [a for a in cmp.ok_arms(algo) if key in a.steps and a.steps[key].notna().any()]

@@ -17,7 +17,21 @@ import yaml
 
 from harness import UserError
 from harness.io import read_jsonl
+from harness.tables import get_path as get
 from harness.tables import headline
+
+# (steps.jsonl key, label) of the training-health panels; the last three belong to one algorithm each.
+HEALTH_METRICS = [
+    ("loss/kl", "KL to reference (k3)"),
+    ("loss/approx_kl", "approx. KL, old to new policy"),
+    ("loss/clipfrac", "clip fraction"),
+    ("loss/entropy", "entropy (nats/token)"),
+    ("completion/len_mean", "completion length (tokens)"),
+    ("loss/grad_norm", "gradient norm"),
+    ("loss/value_loss", "PPO: value loss"),
+    ("loss/explained_variance", "PPO: explained variance"),
+    ("loss/zero_adv_frac", "GRPO: share of groups with zero reward spread"),
+]
 
 
 def _read_json(path: Path) -> Any:
@@ -34,12 +48,6 @@ def _read_yaml(path: Path) -> Any:
         return None
 
 
-def get(data: Any, *path: str) -> Any:
-    for key in path:
-        if not isinstance(data, dict):
-            return None
-        data = data.get(key)
-    return data
 
 
 @dataclass

@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from harness.report.data import Arm, Comparison, get  # noqa: E402
+from harness.report.data import HEALTH_METRICS, Arm, Comparison, get  # noqa: E402
 from harness.report.stats import mean_ci, t_quantile  # noqa: E402
 
 MIB = 1024 * 1024
@@ -28,19 +28,6 @@ ALGO_COLORS = {"grpo": "#1f77b4", "ppo": "#d95f02"}
 CATEGORY_SHADES = {"params": 1.0, "grads": 0.72, "optimizer": 0.45}
 MODEL_COLORS = {"policy": "#4c72b0", "critic": "#dd8452", "reference": "#55a868"}
 PHASE_ORDER = ["generate", "score", "logprobs", "reference", "advantages", "critic", "update"]
-
-# (step key, panel title); the last three belong to one algorithm each.
-HEALTH_METRICS = [
-    ("loss/kl", "KL to reference (k3)"),
-    ("loss/approx_kl", "approx. KL, old to new policy"),
-    ("loss/clipfrac", "clip fraction"),
-    ("loss/entropy", "entropy (nats/token)"),
-    ("completion/len_mean", "completion length (tokens)"),
-    ("loss/grad_norm", "gradient norm"),
-    ("loss/value_loss", "PPO: value loss"),
-    ("loss/explained_variance", "PPO: explained variance"),
-    ("loss/zero_adv_frac", "GRPO: groups with zero reward spread"),
-]
 
 
 class NoData(Exception):
