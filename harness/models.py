@@ -76,7 +76,7 @@ def warm_start(model, tokenizer, task: Task, cfg: ModelConfig, seed: int, progre
     losses = []
     model.train()
     for step in range(cfg.warm_start_steps):
-        # Steps from 10 million on: far past any RL step, so warm-start pairs are never RL prompts.
+        # Steps from 10 million on, far past any RL step: the warm start draws other items than the arms.
         examples = task.train_examples(10_000_000 + step, cfg.warm_start_batch)
         batch = supervised_batch(tokenizer, [e.prompt for e in examples], [e.answer for e in examples])
         loss = model(**batch).loss

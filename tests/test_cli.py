@@ -127,3 +127,12 @@ def test_one_arm_out_of_memory_is_recorded_and_the_other_arm_goes_on(tmp_path, m
     assert ppo["status"] == "oom" and ppo["error"].startswith("out of memory at step 2")
     assert [r["step"] for r in read_rows(out / "chain_sum__ppo__s0" / "steps.jsonl")] == [1]  # step 1 kept
     assert "oom" in result.stdout
+    # the comparison resumes: the finished GRPO arm is kept as it was, the PPO arm runs again
+    monkeypatch.delenv("HARNESS_INJECT_FAULT")
+    grpo_before = (out / "chain_sum__grpo__s0" / "summary.json").read_text()
+    resumed = harness("compare", "--resume", str(out), "--no-report")
+    assert resumed.returncode == 0, resumed.stderr
+    assert (out / "chain_sum__grpo__s0" / "summary.json").read_text() == grpo_before
+    ppo = json.loads((out / "chain_sum__ppo__s0" / "summary.json").read_text())
+    assert ppo["status"] == "ok" and ppo["steps"] == 3
+    assert [r["step"] for r in read_rows(out / "chain_sum__ppo__s0" / "steps.jsonl")] == [1, 2, 3]
