@@ -103,9 +103,8 @@ class Config:
         """Rollout steps that spend the budget (tokens: an upper bound, the runner stops early)."""
         if self.budget.unit == "steps":
             return self.budget.total
-        if self.budget.unit == "completions":
-            return math.ceil(self.budget.total / self.completions_per_step)
-        return math.ceil(self.budget.total / self.completions_per_step)  # >= 1 token per completion
+        # completions: exact; tokens: every completion has at least one token, so this bounds it
+        return math.ceil(self.budget.total / self.completions_per_step)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

@@ -108,7 +108,6 @@ class Arm:
             raise UserError(f"algorithms.{algo}: {err}") from None
         self.reference = frozen_copy(self.policy) if self.algorithm.needs_reference else None
         self.algorithm.reference = self.reference
-        self.model_path = model_path
         self.parameter_count = sum(p.numel() for p in self.policy.parameters())
 
     def _warm_start_progress(self, step: int, total: int, loss: float) -> None:
