@@ -39,11 +39,11 @@ def bench_probes(config, algo: str, repeats: int, echo=print) -> dict[str, float
 def cmd_bench(args) -> int:
     from harness.cli import config_from_args, parse_algos, quiet_libraries
     quiet_libraries()
-    config = config_from_args(args)
+    algo = parse_algos(args.algo)[0]
+    config = config_from_args(args, [algo])
     if args.budget is None:
         config.budget.unit, config.budget.total = "steps", 20
     config.run.lm_eval, config.run.eval_every = False, 0  # time the training steps alone
-    algo = parse_algos(args.algo)[0]
     print(f"bench probes: preset {config.preset}, {algo}, {config.total_steps()} steps per run, {args.repeats} repeats "
           "(20 steps unless --budget; lm-eval and periodic evals off)")
     result = bench_probes(config, algo, args.repeats)

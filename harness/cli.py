@@ -37,7 +37,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--results-dir", help="where run folders go (default: results)")
 
 
-def config_from_args(args: argparse.Namespace, seed: int | None = None):
+def config_from_args(args: argparse.Namespace, algos: list[str] = (), seed: int | None = None):
     from harness.config import load_config
     overrides = list(args.overrides)
     flag_fields = {"model": "model.name", "task": "task.name", "budget": "budget.total",
@@ -50,16 +50,14 @@ def config_from_args(args: argparse.Namespace, seed: int | None = None):
     if seed is not None:
         overrides.append(f"run.seed={seed}")
     config = load_config(args.preset, args.config, overrides)
-    check_setup(config)
+    check_setup(config, algos)
     return config
 
 
 def check_setup(config, algos: list[str] = ()) -> None:
     """Everything that can be checked before a folder is written: task, model path, device, options."""
-    from algorithms import get_algorithm
-    from algorithms.base import options_from
     from harness.models import check_model_name
-    from harness.runner import check_device
+    from harness.runner import algorithm_options, check_device
     from tasks.gym import task_names
     if config.task.name not in task_names():
         raise UserError(f"unknown task '{config.task.name}'; valid: {', '.join(task_names())}")
@@ -69,10 +67,7 @@ def check_setup(config, algos: list[str] = ()) -> None:
         raise UserError("rollout.backend=vllm is not available in this version: generation runs through "
                         "transformers (rollout.backend=hf) on every device")
     for algo in algos:
-        try:
-            options_from(get_algorithm(algo).Config, config.algorithms.get(algo, {}))
-        except (ValueError, TypeError) as err:
-            raise UserError(f"algorithms.{algo}: {err}") from None
+        algorithm_options(config, algo)
 
 
 def parse_algos(text: str) -> list[str]:
@@ -142,8 +137,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not args.algo:
             raise UserError("harness run needs --algo (e.g. --algo grpo) or --run-dir of an existing run")
         algo = parse_algos(args.algo)[0]
-        config = config_from_args(args)
-        check_setup(config, [algo])
+        config = config_from_args(args, [algo])
         run_dir = Path(args.out or Path(config.run.results_dir) / f"{run_name(config, algo)}__{timestamp()}")
     with ArmProgress(f"{algo} s{config.run.seed}") as progress:
         summary = run_arm(config, algo, run_dir, resume=args.resume, progress=progress,

@@ -11,7 +11,7 @@ from typing import Any
 from harness import UserError
 from harness.config import Config, config_from_dict, read_yaml
 from harness.io import read_json, write_json, write_yaml
-from harness.runner import load_summary, run_name
+from harness.runner import configured_task, load_summary, run_name
 
 FAIRNESS = [
     "same base model and weights, tokenizer, task and prompt order for every arm",
@@ -44,11 +44,9 @@ def prepare_model(config: Config) -> None:
     if config.model.name != "tiny":
         return
     from harness.cli import ArmProgress
-    from harness.models import build_or_load_tiny, cache_dir, tiny_key
-    from tasks.gym import load_task
-    task = load_task(config.task.name, eval_size=config.task.eval_size, seed=config.task.seed,
-                     format_weight=config.task.format_weight, options=config.task.options)
-    if (cache_dir() / f"tiny-{task.name}-{tiny_key(config.model, task)}" / "config.json").exists():
+    from harness.models import build_or_load_tiny, tiny_folder
+    task = configured_task(config)
+    if (tiny_folder(config.model, task) / "config.json").exists():
         return
     with ArmProgress("tiny model") as progress:
         build_or_load_tiny(config.model, task, progress=lambda s, n, loss: progress("warm start", s, n, {"loss": loss}))
@@ -62,7 +60,7 @@ def run_arm_process(arm_dir: Path, resume: bool) -> int:
 
 
 def run_comparison(args: argparse.Namespace) -> int:
-    from harness.cli import check_setup, config_from_args, parse_algos, timestamp
+    from harness.cli import config_from_args, parse_algos, timestamp
     if args.resume:
         comparison_dir = Path(args.resume)
         if not (comparison_dir / "comparison.json").exists():
@@ -74,8 +72,7 @@ def run_comparison(args: argparse.Namespace) -> int:
         algos = parse_algos(args.algos)
         if args.seeds < 1:
             raise UserError("--seeds must be at least 1")
-        config = config_from_args(args)
-        check_setup(config, algos)
+        config = config_from_args(args, algos)
         seeds = list(range(args.seed, args.seed + args.seeds))
         comparison_dir = Path(args.out or Path(config.run.results_dir) / f"compare__{config.task.name}__{timestamp()}")
         if (comparison_dir / "comparison.json").exists():

@@ -99,9 +99,14 @@ def tiny_key(cfg: ModelConfig, task: Task) -> str:
                         "eval_size": len(task.eval_examples()), "version": 1})
 
 
+def tiny_folder(cfg: ModelConfig, task: Task) -> Path:
+    """Where the warm-started tiny model of this config and task is cached (config.json inside once built)."""
+    return cache_dir() / f"tiny-{task.name}-{tiny_key(cfg, task)}"
+
+
 def build_or_load_tiny(cfg: ModelConfig, task: Task, progress=None) -> Path:
     """The cached warm-started tiny model's folder, built (atomically) when missing."""
-    folder = cache_dir() / f"tiny-{task.name}-{tiny_key(cfg, task)}"
+    folder = tiny_folder(cfg, task)
     if (folder / "config.json").exists():
         return folder
     tokenizer = char_tokenizer(task.alphabet)
@@ -136,7 +141,8 @@ def resolve_model_path(cfg: ModelConfig, task: Task, progress=None) -> str:
     check_model_name(cfg.name)
     if cfg.name == "tiny":
         return str(build_or_load_tiny(cfg, task, progress))
-    return str(Path(cfg.name).expanduser()) if Path(cfg.name).expanduser().exists() else cfg.name
+    path = Path(cfg.name).expanduser()
+    return str(path) if path.exists() else cfg.name  # a local folder, else a Hub name
 
 
 def load_policy(path: str, dtype: str = "float32", device: str = "cpu"):

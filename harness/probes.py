@@ -77,6 +77,7 @@ class SavedActivations:
     def __init__(self, models: list[torch.nn.Module]):
         self.parameter_storages = {p.untyped_storage().data_ptr() for m in models for p in m.parameters()}
         self.peak = 0
+        self._armed = True  # measure the next forward (see new_step)
         self._current = 0
         self._seen: set[tuple[int, int]] = set()
 
@@ -97,7 +98,7 @@ class SavedActivations:
     @contextmanager
     def forward(self):
         """Wrap one forward pass (whose backward follows before the next forward)."""
-        if not getattr(self, "_armed", True):
+        if not self._armed:
             yield
             return
         self._armed = False

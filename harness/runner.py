@@ -75,6 +75,19 @@ def check_device(device: str) -> None:
         raise UserError(f"unknown device '{device}'; valid: cpu, cuda, cuda:N")
 
 
+def algorithm_options(config: Config, algo: str):
+    """The algorithm's config dataclass from config.algorithms.<algo>, defaults filled in; one clear line if bad."""
+    try:
+        return options_from(get_algorithm(algo).Config, config.algorithms.get(algo, {}))
+    except (ValueError, TypeError) as err:
+        raise UserError(f"algorithms.{algo}: {err}") from None
+
+
+def configured_task(config: Config):
+    return load_task(config.task.name, eval_size=config.task.eval_size, seed=config.task.seed,
+                     format_weight=config.task.format_weight, options=config.task.options)
+
+
 def injected_fault(algo: str, step: int) -> None:
     """Test hook: HARNESS_INJECT_FAULT=ALGO:STEP:oom|error makes that arm fail at that step."""
     spec = os.environ.get("HARNESS_INJECT_FAULT", "")
@@ -95,17 +108,13 @@ class Arm:
         check_device(config.run.device)
         if config.run.threads:
             torch.set_num_threads(config.run.threads)
-        self.task = load_task(config.task.name, eval_size=config.task.eval_size, seed=config.task.seed,
-                              format_weight=config.task.format_weight, options=config.task.options)
+        self.task = configured_task(config)
         model_path = resolve_model_path(config.model, self.task, progress=self._warm_start_progress)
         seed_everything(config.run.seed)
         self.policy, self.tokenizer = load_policy(model_path, config.model.dtype, config.run.device)
         self.policy.eval()
-        options = config.algorithms.get(algo, {})
-        try:
-            self.algorithm = get_algorithm(algo)(self.policy, None, config.optim, options, seed=config.run.seed)
-        except (ValueError, TypeError) as err:
-            raise UserError(f"algorithms.{algo}: {err}") from None
+        options = dataclasses.asdict(algorithm_options(config, algo))
+        self.algorithm = get_algorithm(algo)(self.policy, None, config.optim, options, seed=config.run.seed)
         self.reference = frozen_copy(self.policy) if self.algorithm.needs_reference else None
         self.algorithm.reference = self.reference
         self.parameter_count = sum(p.numel() for p in self.policy.parameters())
@@ -321,11 +330,8 @@ def run_arm(config: Config, algo: str, run_dir: Path, resume: bool = False, prog
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = config.to_dict()
-    try:  # the algorithm's options with its defaults filled in, so that the run says what it ran
-        options = options_from(get_algorithm(algo).Config, config.algorithms.get(algo, {}))
-        resolved["derived"]["algorithm_options"] = dataclasses.asdict(options)
-    except (ValueError, TypeError) as err:
-        raise UserError(f"algorithms.{algo}: {err}") from None
+    # the algorithm's options with its defaults filled in, so that the run says what it ran
+    resolved["derived"]["algorithm_options"] = dataclasses.asdict(algorithm_options(config, algo))
     write_yaml(run_dir / "config.yaml", {**resolved, "algo": algo})
     write_json(run_dir / "env.json", environment(config.run.device))
     write_json(run_dir / "summary.json", {"algo": algo, "seed": config.run.seed, "status": "running"})
