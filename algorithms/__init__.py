@@ -5,8 +5,8 @@ from __future__ import annotations
 import importlib
 
 REGISTRY = {
-    "grpo": "algorithms.grpo:GRPO",
-    "ppo": "algorithms.ppo:PPO",
+    "grpo": "harness.algorithms.grpo:GRPO",
+    "ppo": "harness.algorithms.ppo:PPO",
 }
 
 
@@ -18,3 +18,16 @@ def get_algorithm(name: str):
     """The algorithm class registered as `name` (KeyError when there is none)."""
     module, cls = REGISTRY[name].split(":")
     return getattr(importlib.import_module(module), cls)
+
+
+def check_algorithms(names: list[str]) -> None:
+    """ValueError naming the first unknown algorithm, with the valid names."""
+    for name in names:
+        if name not in REGISTRY:
+            raise ValueError(f"unknown algorithm '{name}'; valid: {', '.join(algorithm_names())}")
+
+
+def parse_options(name: str, options: dict):
+    """The typed options of algorithm `name` from a plain mapping (YAML, --set), defaults filled in."""
+    from harness.algorithms.base import options_from
+    return options_from(get_algorithm(name).Config, options)

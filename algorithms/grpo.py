@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from algorithms.base import RolloutBatch, activation_scope, masked_mean, minibatch_indices, options_from, policy_forward
+from harness.algorithms.base import RolloutBatch, activation_scope, masked_mean, minibatch_indices, options_from, policy_forward
 
 AGGREGATIONS = ("sequence", "token", "dr_grpo")
 SCALES = ("group", "batch", "none")

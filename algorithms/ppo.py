@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from algorithms.base import RolloutBatch, activation_scope, masked_mean, masked_whiten, minibatch_indices, options_from, policy_forward
-from algorithms.grpo import kl_k3, mean_stats
+from harness.algorithms.base import RolloutBatch, activation_scope, masked_mean, masked_whiten, minibatch_indices, options_from, policy_forward
+from harness.algorithms.grpo import kl_k3, mean_stats
 
 
 @dataclass

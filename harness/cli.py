@@ -1,16 +1,13 @@
-"""The `harness` command: compare, run, and the tools around them."""
+"""The `harness` command. argparse lives here and nowhere else: each subcommand turns its flags into a
+Config and paths and calls a function of `harness.commands`, imported only when that subcommand runs
+(so that `harness --help` answers without importing torch)."""
 
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
-import time
-from pathlib import Path
-from typing import Any
 
-from harness import UserError
+from harness import UserError, __version__
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -22,12 +19,14 @@ class Parser(argparse.ArgumentParser):
         raise UserError(f"{message} (see '{self.prog} --help')")
 
 
+# ---------------------------------------------------------------- shared flags
+
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("configuration (preset <- --config <- flags <- --set)")
-    group.add_argument("--preset", default="tiny", help="YAML preset: tiny (default), smoke, ...")
+    group.add_argument("--preset", default="tiny", help="YAML preset: tiny (default), smoke, ... (see 'harness presets')")
     group.add_argument("--config", help="a YAML file of config sections applied over the preset")
     group.add_argument("--model", help="'tiny' (embedded) or a Hugging Face name or local folder")
-    group.add_argument("--task", help="offline task, e.g. chain_sum or spell_backward")
+    group.add_argument("--task", help="offline task, e.g. chain_sum or spell_backward (see 'harness tasks')")
     group.add_argument("--budget", type=int, help="budget per arm, in budget.unit (default: sampled completions)")
     group.add_argument("--budget-unit", choices=["completions", "tokens", "steps"], help="what is held equal")
     group.add_argument("--device", help="cpu, cuda or cuda:N")
@@ -37,186 +36,201 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--results-dir", help="where run folders go (default: results)")
 
 
-def config_from_args(args: argparse.Namespace, algos: list[str] = (), seed: int | None = None):
+FLAG_FIELDS = {"model": "model.name", "task": "task.name", "budget": "budget.total", "budget_unit": "budget.unit",
+               "device": "run.device", "results_dir": "run.results_dir", "eval_tasks": "run.eval_tasks"}
+
+
+def config_from_args(args: argparse.Namespace):
+    """preset <- --config <- named flags <- --set, validated."""
     from harness.config import load_config
-    overrides = list(args.overrides)
-    flag_fields = {"model": "model.name", "task": "task.name", "budget": "budget.total",
-                   "budget_unit": "budget.unit", "device": "run.device", "results_dir": "run.results_dir",
-                   "eval_tasks": "run.eval_tasks"}
-    for flag, field in flag_fields.items():
-        value = getattr(args, flag, None)
-        if value is not None:
-            overrides.insert(0, f"{field}={value}")
-    if seed is not None:
-        overrides.append(f"run.seed={seed}")
-    config = load_config(args.preset, args.config, overrides)
-    check_setup(config, algos)
-    return config
-
-
-def check_setup(config, algos: list[str] = ()) -> None:
-    """Everything that can be checked before a folder is written: task, model path, device, options."""
-    from harness.models import check_model_name
-    from harness.runner import algorithm_options, check_device
-    from tasks.gym import task_names
-    if config.task.name not in task_names():
-        raise UserError(f"unknown task '{config.task.name}'; valid: {', '.join(task_names())}")
-    check_model_name(config.model.name)
-    check_device(config.run.device)
-    if config.rollout.backend == "vllm":
-        raise UserError("rollout.backend=vllm is not available in this version: generation runs through "
-                        "transformers (rollout.backend=hf) on every device")
-    for algo in algos:
-        algorithm_options(config, algo)
+    overrides = [f"{field}={getattr(args, flag)}" for flag, field in FLAG_FIELDS.items()
+                 if getattr(args, flag, None) is not None]
+    return load_config(args.preset, args.config, overrides + list(args.overrides))
 
 
 def parse_algos(text: str) -> list[str]:
-    from algorithms import algorithm_names
+    from harness.algorithms import check_algorithms
     algos = [a.strip() for a in text.split(",") if a.strip()]
-    unknown = [a for a in algos if a not in algorithm_names()]
-    if unknown or not algos:
-        raise UserError(f"unknown algorithm '{','.join(unknown) or text}'; valid: {', '.join(algorithm_names())}")
+    if not algos:
+        raise UserError(f"--algos names no algorithm: '{text}'")
+    try:
+        check_algorithms(algos)
+    except ValueError as err:
+        raise UserError(str(err)) from None
     if len(set(algos)) != len(algos):
         raise UserError(f"--algos names an algorithm twice: {text}")
     return algos
 
 
-def quiet_libraries() -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import transformers
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+def add_probe_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-probes", action="store_true",
+                        help="turn probes off: samplers, CUDA peaks and live-tensor tracking (model-state bytes stay)")
 
 
-def timestamp() -> str:
-    return time.strftime("%Y%m%d-%H%M%S")
-
-
-# ---------------------------------------------------------------- progress
-
-class ArmProgress:
-    """A rich progress bar for one arm (warm start, then training)."""
-
-    def __init__(self, label: str):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-        self.label = label
-        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                                 transient=False)
-        self.tasks: dict[str, Any] = {}
-
-    def __enter__(self):
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.progress.stop()
-
-    def __call__(self, phase: str, done: int, total: int, info: dict[str, float]) -> None:
-        if phase not in self.tasks:
-            self.tasks[phase] = self.progress.add_task(f"{self.label} {phase}", total=total, info="")
-        text = "  ".join(f"{k} {v:.3f}" for k, v in info.items())
-        self.progress.update(self.tasks[phase], completed=done, info=text)
-
-
-# ---------------------------------------------------------------- run
-
-def cmd_run(args: argparse.Namespace) -> int:
-    from harness.config import config_from_dict, read_yaml
-    from harness.runner import run_arm, run_name
-    quiet_libraries()
-    if args.run_dir:
-        run_dir = Path(args.run_dir)
-        if not (run_dir / "config.yaml").exists():
-            raise UserError(f"{run_dir} holds no config.yaml: not a run folder")
-        saved = read_yaml(run_dir / "config.yaml")
-        algo = saved.pop("algo", None) or args.algo
-        config = config_from_dict(saved)
-        parse_algos(algo)
-    else:
-        if not args.algo:
-            raise UserError("harness run needs --algo (e.g. --algo grpo) or --run-dir of an existing run")
-        algo = parse_algos(args.algo)[0]
-        config = config_from_args(args, [algo])
-        run_dir = Path(args.out or Path(config.run.results_dir) / f"{run_name(config, algo)}__{timestamp()}")
-    with ArmProgress(f"{algo} s{config.run.seed}") as progress:
-        summary = run_arm(config, algo, run_dir, resume=args.resume, progress=progress,
-                          probes_enabled=not args.no_probes)
-    print_arm(summary, run_dir)
-    return EXIT_OK if summary["status"] == "ok" else EXIT_FAILED
-
-
-def print_arm(summary: dict[str, Any], run_dir: Path) -> None:
-    from rich.console import Console
-    console = Console()
-    if summary["status"] != "ok":
-        console.print(f"[red]{summary['algo']} s{summary['seed']}: {summary['status']}: {summary['error']}[/red]")
-    else:
-        base, final = summary["eval"]["base"]["accuracy"], summary["eval"]["final"]["accuracy"]
-        console.print(f"{summary['algo']} s{summary['seed']}: accuracy {base:.1%} -> {final:.1%} in "
-                      f"{summary['steps']} steps, {summary['wall_s']:.1f} s")
-    console.print(f"results: {run_dir}")
-
-
-# ---------------------------------------------------------------- compare
+# ---------------------------------------------------------------- handlers
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from harness.compare import run_comparison
+    from harness.commands import compare
+    from harness.terminal import quiet_libraries
     quiet_libraries()
-    return run_comparison(args)
+    if args.resume:
+        return compare.resume(args.resume, report=not args.no_report)
+    algos = parse_algos(args.algos)
+    if args.seeds < 1:
+        raise UserError("--seeds must be at least 1")
+    config = config_from_args(args)
+    return compare.compare(config, algos, list(range(args.seed, args.seed + args.seeds)), out=args.out,
+                           report=not args.no_report)
 
 
-def build_parser() -> Parser:
-    parser = Parser(prog="harness", description="Equal-budget GRPO vs PPO: what each costs and what each buys.")
-    sub = parser.add_subparsers(dest="command", parser_class=Parser, metavar="COMMAND")
-
-    compare = sub.add_parser("compare", help="run each algorithm under the same budget and compare")
-    compare.add_argument("--algos", default="grpo,ppo", help="comma-separated algorithms (default: grpo,ppo)")
-    compare.add_argument("--seeds", type=int, default=1, help="seeds per algorithm (0, 1, ... N-1)")
-    compare.add_argument("--seed", type=int, default=0, help="first seed")
-    compare.add_argument("--out", help="comparison folder (default: results/compare__TASK__TIME)")
-    compare.add_argument("--resume", metavar="DIR", help="finish an interrupted comparison folder")
-    compare.add_argument("--no-report", action="store_true", help="skip the HTML/PDF report")
-    compare.add_argument("--no-probes", action="store_true", help="turn probes off: samplers, CUDA peaks and saved-activation hooks (state bytes stay)")
-    add_config_flags(compare)
-    compare.set_defaults(func=cmd_compare)
-
-    run = sub.add_parser("run", help="train one arm")
-    run.add_argument("--algo", help="algorithm, e.g. grpo")
-    run.add_argument("--out", help="run folder (default: results/TASK__ALGO__sSEED__TIME)")
-    run.add_argument("--run-dir", help="an existing run folder: train from its config.yaml")
-    run.add_argument("--resume", action="store_true", help="with --run-dir: continue from its checkpoint")
-    run.add_argument("--no-probes", action="store_true", help="turn probes off: samplers, CUDA peaks and saved-activation hooks (state bytes stay)")
-    add_config_flags(run)
-    run.set_defaults(func=cmd_run)
-
-    # Subcommands that live in their own modules register themselves here.
-    for module in ("harness.evaluate", "harness.report", "harness.gate", "harness.bench"):
-        try:
-            register = __import__(module, fromlist=["register_cli"]).register_cli
-        except (ImportError, AttributeError):
-            continue
-        register(sub)
-
-    for name, helptext, func in [("tasks", "list the offline tasks", cmd_tasks),
-                                 ("presets", "list the presets", cmd_presets)]:
-        sub.add_parser(name, help=helptext).set_defaults(func=func)
-    return parser
+def cmd_run(args: argparse.Namespace) -> int:
+    from harness.commands import run
+    from harness.terminal import quiet_libraries
+    quiet_libraries()
+    if args.run_dir:
+        return run.run_folder(args.run_dir, resume=args.resume, probes=not args.no_probes)
+    if args.resume:
+        raise UserError("--resume needs --run-dir: the folder of the run to continue")
+    if not args.algo:
+        raise UserError("harness run needs --algo (e.g. --algo grpo) or --run-dir of an existing run")
+    algo = parse_algos(args.algo)[0]
+    return run.run(config_from_args(args), algo, out=args.out, probes=not args.no_probes)
 
 
-def cmd_tasks(args) -> int:
-    from tasks.gym import GYM_TASKS
+def cmd_eval(args: argparse.Namespace) -> int:
+    from harness.commands.eval import evaluate
+    return evaluate(args.target, tasks=args.tasks, k=args.k, limit=args.limit, seed=args.seed,
+                    max_new_tokens=args.max_new_tokens, device=args.device, out=args.out)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from harness.commands.report import report
+    return report(args.comparison_dir, args.out, target=args.target, pdf=not args.no_pdf)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from harness.commands.check import check, parse_tolerance
+    return check(args.dir, args.baseline, parse_tolerance(args.tolerance, "--tolerance"),
+                 parse_tolerance(args.exact_tolerance, "--exact-tolerance"), args.strict_config)
+
+
+def cmd_baseline(args: argparse.Namespace) -> int:
+    from harness.commands.check import write_baseline
+    return write_baseline(args.dir, args.out)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from harness.commands.bench import bench_probes_command
+    from harness.terminal import quiet_libraries
+    quiet_libraries()
+    algo = parse_algos(args.algo)[0]
+    if args.budget is None:
+        args.overrides = ["budget.unit=steps", "budget.total=20", *args.overrides]
+    return bench_probes_command(config_from_args(args), algo, args.repeats)
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    from harness.tasks.gym import GYM_TASKS
     for name, spec in sorted(GYM_TASKS.items()):
         print(f"{name:16s} reasoning-gym '{spec.generator}', options {spec.options}")
     return EXIT_OK
 
 
-def cmd_presets(args) -> int:
+def cmd_presets(args: argparse.Namespace) -> int:
     from harness.config import PRESET_DIR, preset_names
     for name in preset_names():
         first = (PRESET_DIR / f"{name}.yaml").read_text().splitlines()[0].lstrip("# ")
         print(f"{name:12s} {first}")
     return EXIT_OK
+
+
+# ---------------------------------------------------------------- the parser
+
+def build_parser() -> Parser:
+    parser = Parser(prog="harness", description="Equal-budget GRPO vs PPO: what each costs and what each buys.")
+    parser.add_argument("--version", action="version", version=f"harness {__version__}")
+    sub = parser.add_subparsers(dest="command", parser_class=Parser, metavar="COMMAND")
+
+    compare = sub.add_parser("compare", help="run each algorithm under the same budget and compare",
+                             description="Train every algorithm with every seed under the same budget, each arm "
+                                         "in its own process; print the tables and write the HTML/PDF report.")
+    compare.add_argument("--algos", default="grpo,ppo", help="comma-separated algorithms (default: grpo,ppo)")
+    compare.add_argument("--seeds", type=int, default=1, help="seeds per algorithm: SEED, SEED+1, ... (default 1)")
+    compare.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    compare.add_argument("--out", help="comparison folder (default: results/compare__TASK__TIME)")
+    compare.add_argument("--resume", metavar="DIR", help="finish an interrupted comparison folder")
+    compare.add_argument("--no-report", action="store_true", help="skip the HTML/PDF report")
+    add_config_flags(compare)
+    compare.set_defaults(func=cmd_compare)
+
+    run = sub.add_parser("run", help="train one arm", description="Train one (algorithm, seed) arm in this process.")
+    run.add_argument("--algo", help="algorithm, e.g. grpo")
+    run.add_argument("--out", help="run folder (default: results/TASK__ALGO__sSEED__TIME)")
+    run.add_argument("--run-dir", help="an existing run folder: train from its config.yaml")
+    run.add_argument("--resume", action="store_true", help="with --run-dir: continue from its checkpoint")
+    add_probe_flag(run)
+    add_config_flags(run)
+    run.set_defaults(func=cmd_run)
+
+    evaluate = sub.add_parser(
+        "eval", help="score a saved policy with lm-evaluation-harness",
+        description="Score a run's final policy (or a saved model folder) on local held-out tasks "
+                    "(greedy pass@1, maj@k, pass@k) and on standard lm-eval tasks by name.")
+    evaluate.add_argument("target", metavar="RUN_DIR_OR_MODEL", help="a run folder with final_model/, or a saved model folder")
+    evaluate.add_argument("--tasks", help="comma-separated: local tasks (chain_sum, ...) and/or lm-eval tasks "
+                                          "(gsm8k, gsm8k_cot, minerva_math, ...); default: the run's task")
+    evaluate.add_argument("--k", type=int, default=8, help="samples per prompt for maj@k and pass@k (default 8; 0: greedy only)")
+    evaluate.add_argument("--limit", type=int, help="score only the first N prompts of each task")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of lm-eval's sampling (default 0)")
+    evaluate.add_argument("--max-new-tokens", type=int, help="completion length cap (default: the run's rollout.max_new_tokens)")
+    evaluate.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    evaluate.add_argument("--out", help="where the JSONL, task YAMLs, samples and scores.json go "
+                                        "(default: RUN_DIR/lm_eval, or a new temporary folder for a model folder)")
+    evaluate.set_defaults(func=cmd_eval)
+
+    report = sub.add_parser("report", help="write the HTML and PDF report of a comparison folder",
+                            description="Write <name>.html (self-contained) and <name>.pdf of a comparison folder.")
+    report.add_argument("comparison_dir", metavar="COMPARISON_DIR", help="a folder written by 'harness compare'")
+    report.add_argument("--out", help="folder for <name>.html and <name>.pdf (default: reports)")
+    report.add_argument("--target", type=float,
+                        help="held-out accuracy that arms are timed to (default: the lowest final accuracy of any finished arm)")
+    report.add_argument("--no-pdf", action="store_true", help="write the HTML only")
+    report.set_defaults(func=cmd_report)
+
+    check = sub.add_parser(
+        "check", help="memory-regression gate: compare a run or comparison with a baseline (exit 1 on growth)",
+        description="Compare each arm's memory figures with a baseline written by 'harness baseline'. "
+                    "Exit 0: nothing regressed; 1: a figure grew past its tolerance or an arm did not "
+                    "finish; 2: bad input (missing files, a baseline of another preset or device).")
+    check.add_argument("dir", metavar="RUN_OR_COMPARISON_DIR", help="a run folder or a comparison folder")
+    check.add_argument("--baseline", required=True, metavar="FILE", help="e.g. results/baselines/cpu-smoke.json")
+    check.add_argument("--tolerance", default="5%",
+                       help="allowed growth of GPU allocator and NVML peaks (default 5%%); "
+                            "compared only when both sides ran on the same kind of GPU")
+    check.add_argument("--exact-tolerance", default="0%",
+                       help="allowed growth of exact accounting (default 0%%: it is deterministic)")
+    check.add_argument("--strict-config", action="store_true",
+                       help="a config that differs from the baseline's is an error (exit 2), not a warning")
+    check.set_defaults(func=cmd_check)
+
+    baseline = sub.add_parser("baseline", help="write a memory baseline from a run or comparison",
+                              description="Write the memory figures of each arm, with the preset, config "
+                                          "hash, device and versions they were measured with.")
+    baseline.add_argument("dir", metavar="RUN_OR_COMPARISON_DIR", help="a finished run or comparison folder")
+    baseline.add_argument("--out", required=True, metavar="FILE", help="e.g. results/baselines/NAME.json")
+    baseline.set_defaults(func=cmd_baseline)
+
+    bench = sub.add_parser("bench", help="benchmarks: `harness bench probes` measures probe overhead",
+                           description="Benchmarks whose output is quoted, never asserted.")
+    bench.add_argument("what", choices=["probes"], help="what to benchmark")
+    bench.add_argument("--algo", default="ppo", help="the arm to run (default ppo: the most probed)")
+    bench.add_argument("--repeats", type=int, default=4, help="on/off pairs (alternating order)")
+    add_config_flags(bench)
+    bench.set_defaults(func=cmd_bench)
+
+    sub.add_parser("tasks", help="list the offline tasks").set_defaults(func=cmd_tasks)
+    sub.add_parser("presets", help="list the presets").set_defaults(func=cmd_presets)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,8 +7,6 @@ is saved with each run as config.yaml.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +15,7 @@ from typing import Any
 import yaml
 
 from harness import UserError
+from harness.io import config_hash
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
@@ -115,10 +114,6 @@ class Config:
 
     def hash(self) -> str:
         return config_hash(dataclasses.asdict(self))
-
-
-def config_hash(data: Any) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def preset_names() -> list[str]:
@@ -239,6 +234,37 @@ def validate(config: Config) -> None:
         raise UserError(f"rollout.backend '{config.rollout.backend}' is not one of: hf, vllm")
     if config.model.dtype not in ("float32", "bfloat16", "float16"):
         raise UserError(f"model.dtype '{config.model.dtype}' is not one of: float32, bfloat16, float16")
+
+
+def make_task(config: Config):
+    """The task this config names, with its eval split, data seed, format weight and options."""
+    from harness.tasks.gym import load_task
+    return load_task(config.task.name, eval_size=config.task.eval_size, seed=config.task.seed,
+                     format_weight=config.task.format_weight, options=config.task.options)
+
+
+def algorithm_options(config: Config, algo: str):
+    """The typed options of `algo` from config.algorithms.<algo>, defaults filled in; one clear line if bad."""
+    from harness.algorithms import parse_options
+    try:
+        return parse_options(algo, config.algorithms.get(algo, {}))
+    except (ValueError, TypeError) as err:
+        raise UserError(f"algorithms.{algo}: {err}") from None
+
+
+def check_setup(config: Config, algos: list[str] = ()) -> None:
+    """Everything that can be checked before a folder is written: task, model path, device, options."""
+    from harness.models import check_device, check_model_name
+    from harness.tasks.gym import task_names
+    if config.task.name not in task_names():
+        raise UserError(f"unknown task '{config.task.name}'; valid: {', '.join(task_names())}")
+    check_model_name(config.model.name)
+    check_device(config.run.device)
+    if config.rollout.backend == "vllm":
+        raise UserError("rollout.backend=vllm is not available in this version: generation runs through "
+                        "transformers (rollout.backend=hf) on every device")
+    for algo in algos:
+        algorithm_options(config, algo)
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:

@@ -1,6 +1,6 @@
 """The lm-eval bridge: score a policy on its task's held-out split, and on standard benchmarks by name.
 
-Local tasks run fully offline: `tasks.lm_eval.write_local_tasks` writes the held-out split as JSONL
+Local tasks run fully offline: `harness.tasks.lm_eval.write_local_tasks` writes the held-out split as JSONL
 and two lm-eval task YAMLs (greedy -> pass@1; k samples -> pass@k and maj@k), and
 `lm_eval.simple_evaluate` scores the in-memory model through `HFLM(pretrained=model, tokenizer=...)`.
 Greedy lm-eval generation stops where `harness.rollout.greedy_eval` stops (EOS or max_new_tokens,
@@ -12,13 +12,11 @@ solve at all (pass@k up); DeepSeekMath (arXiv 2402.03300, section 5.2.2) found t
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
 import logging
 import random
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -27,9 +25,9 @@ import numpy as np
 import torch
 
 from harness import UserError
-from tasks.lm_eval import LocalTasks, write_local_tasks
-from tasks.lm_eval.metrics import majority_at_k, majority_vote, pass_at_k  # noqa: F401  (the public API)
-from tasks.lm_eval.standard import standard_task_index, standard_task_names, task_families, tasks_root
+from harness.tasks.lm_eval import LocalTasks, write_local_tasks
+from harness.tasks.lm_eval.metrics import majority_at_k, majority_vote, pass_at_k  # noqa: F401  (the public API)
+from harness.tasks.lm_eval.standard import standard_task_index, standard_task_names, task_families, tasks_root
 
 DEFAULT_K = 8  # samples per prompt for maj@k and pass@k
 BATCH_SIZE = 256  # sequences per generate call, as greedy_eval
@@ -194,7 +192,7 @@ def lm_eval_version() -> str:
 
 def split_task_names(names: Iterable[str]) -> tuple[list[str], list[str]]:
     """(local gym tasks, standard lm-eval tasks); one clear error for any other name."""
-    from tasks.gym import task_names
+    from harness.tasks.gym import task_names
     local, standard = [], []
     for name in names:
         if name in task_names():
@@ -282,106 +280,3 @@ def score_standard(model, tokenizer, names: Iterable[str], *, seed: int = 0, lim
                    for entry, metrics in output["results"].items()}
         out[name] = {"results": results, "seconds": round(time.perf_counter() - started, 3)}
     return out
-
-
-# ---------------------------------------------------------------- harness eval
-
-def eval_target(target: Path):
-    """(model folder, saved Config or None) for a run folder or a saved model folder."""
-    from harness.config import config_from_dict, read_yaml
-    if not target.exists():
-        raise UserError(f"{target} does not exist; give a run folder (with final_model/) or a saved model folder")
-    if (target / "config.yaml").exists():
-        if not (target / "final_model" / "config.json").exists():
-            raise UserError(f"run folder {target} has no final_model/: the run has not finished "
-                            f"(finish it with: harness run --run-dir {target} --resume)")
-        saved = read_yaml(target / "config.yaml")
-        saved.pop("algo", None)
-        return target / "final_model", config_from_dict(saved)
-    if (target / "config.json").exists():
-        return target, None
-    raise UserError(f"{target} is neither a run folder (config.yaml + final_model/) nor a saved model (config.json)")
-
-
-def format_score(name: str, score: dict[str, Any] | str) -> str:
-    if isinstance(score, str):
-        return f"{name:16s} {score}"
-    if "pass@1" in score:
-        sampled = (f"   maj@{score['k']} {score['maj@k']:6.1%}   pass@{score['k']} {score['pass@k']:6.1%}"
-                   if score.get("maj@k") is not None else "")
-        return (f"{name:16s} pass@1 {score['pass@1']:6.1%}{sampled}   "
-                f"(n={score['n']}, k={score['k']}, {score['seconds']:.1f} s)")
-    parts = [f"{entry} {metric} {value:.3f}" for entry, metrics in score["results"].items()
-             for metric, value in metrics.items() if metric != "sample_len"]
-    return f"{name:16s} " + "   ".join(parts) + f"   ({score['seconds']:.1f} s)"
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    from harness.cli import quiet_libraries
-    from harness.config import RolloutConfig, TaskConfig
-    from harness.io import write_json
-    from harness.models import load_policy
-    from harness.runner import check_device
-    from tasks.gym import load_task
-    target = Path(args.target)
-    model_dir, config = eval_target(target)
-    names = [n.strip() for n in (args.tasks or "").split(",") if n.strip()]
-    if not names:
-        if config is None:
-            raise UserError("a model folder needs --tasks, e.g. --tasks chain_sum (or gsm8k on a machine with the data)")
-        names = [config.task.name]
-    local, standard = split_task_names(names)
-    if args.k < 0 or (args.limit is not None and args.limit <= 0) or (args.max_new_tokens or 1) <= 0:
-        raise UserError("--k must be 0 or more, --limit and --max-new-tokens positive")
-    task_cfg = config.task if config else TaskConfig()
-    rollout = config.rollout if config else RolloutConfig()
-    max_new_tokens = args.max_new_tokens or rollout.max_new_tokens
-    quiet_libraries()
-    check_device(args.device)
-    model, tokenizer = load_policy(str(model_dir), config.model.dtype if config else "float32", args.device)
-    # The run's own task keeps its options; every task its eval size and data seed.
-    local_tasks = [load_task(name, eval_size=task_cfg.eval_size, seed=task_cfg.seed,
-                             options=task_cfg.options if name == task_cfg.name else None) for name in local]
-    for task in local_tasks:
-        check_prompts(tokenizer, task)
-    out = Path(args.out) if args.out else (target / "lm_eval" if config else
-                                           Path(tempfile.mkdtemp(prefix=f"harness-eval-{model_dir.name}-")))
-    scores: dict[str, Any] = {}
-    for task in local_tasks:
-        name = task.name
-        scores[name] = score_policy(model, tokenizer, task, k=args.k, seed=args.seed, max_new_tokens=max_new_tokens,
-                                    work_dir=out, temperature=rollout.temperature, top_p=rollout.top_p,
-                                    label="eval", limit=args.limit)
-        print(format_score(name, scores[name]))
-    if standard:
-        for name, score in score_standard(model, tokenizer, standard, seed=args.seed, limit=args.limit,
-                                          log=lambda line: None).items():
-            scores[name] = score
-            print(format_score(name, score))
-    write_json(out / "scores.json", {"model": str(model_dir), "seed": args.seed, "scores": scores})
-    print(f"results: {out / 'scores.json'}")
-    lm_eval_names = [name for n in local for name in (scores[n]["lm_eval_task"], scores[n]["lm_eval_task_sampled"]) if name]
-    if local:
-        print(f"rerun with lm_eval: lm_eval --model hf --model_args pretrained={model_dir},add_bos_token=False "
-              f"--include_path {out} --tasks {','.join(lm_eval_names)} "
-              f"--device {args.device} --batch_size {BATCH_SIZE} --seed {args.seed}")
-    return 0
-
-
-def register_cli(subparsers) -> None:
-    """`harness eval RUN_DIR_OR_MODEL [--tasks a,b] [--k 8] [--limit N] [--seed S]`."""
-    parser = subparsers.add_parser(
-        "eval", help="score a saved policy with lm-evaluation-harness",
-        description="Score a run's final policy (or a saved model folder) on local held-out tasks "
-                    "(greedy pass@1, maj@k, pass@k) and on standard lm-eval tasks by name.")
-    parser.add_argument("target", metavar="RUN_DIR_OR_MODEL", help="a run folder with final_model/, or a saved model folder")
-    parser.add_argument("--tasks", help="comma-separated: local tasks (chain_sum, ...) and/or lm-eval tasks "
-                                        "(gsm8k, gsm8k_cot, minerva_math, ...); default: the run's task")
-    parser.add_argument("--k", type=int, default=DEFAULT_K, help=f"samples per prompt for maj@k and pass@k (default {DEFAULT_K}; 0: greedy only)")
-    parser.add_argument("--limit", type=int, help="score only the first N prompts of each task")
-    parser.add_argument("--seed", type=int, default=0, help="seed of lm-eval's sampling (default 0)")
-    parser.add_argument("--max-new-tokens", type=int, help="completion length cap (default: the run's rollout.max_new_tokens)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    parser.add_argument("--out", help="where the JSONL, task YAMLs, samples and scores.json go "
-                                      "(default: RUN_DIR/lm_eval, or a new temporary folder for a model folder)")
-    parser.set_defaults(func=cmd_eval)

@@ -13,14 +13,18 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from harness import UserError
-from harness.config import ModelConfig, config_hash
-from tasks.base import Task
+from harness.io import config_hash
+from harness.tasks.base import Task
+
+if TYPE_CHECKING:
+    from harness.config import ModelConfig
 
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -122,6 +126,13 @@ def build_or_load_tiny(cfg: ModelConfig, task: Task, progress=None) -> Path:
     except OSError:  # another process built it first
         shutil.rmtree(staging, ignore_errors=True)
     return folder
+
+
+def check_device(device: str) -> None:
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device} asked for, but no CUDA GPU is visible here; use --device cpu")
+    if device not in ("cpu",) and not device.startswith("cuda"):
+        raise UserError(f"unknown device '{device}'; valid: cpu, cuda, cuda:N")
 
 
 def check_model_name(name: str) -> None:

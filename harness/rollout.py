@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import torch
 
-from algorithms.base import RolloutBatch, policy_forward
+from harness.algorithms.base import RolloutBatch, policy_forward
 from harness.config import RolloutConfig
-from tasks.base import Example, Reward, Task
+from harness.tasks.base import Example, Reward, Task
 
 
 @dataclass

@@ -19,15 +19,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from algorithms import get_algorithm
-from algorithms.base import options_from
 from harness import UserError, __version__
-from harness.config import Config
+from harness.algorithms import get_algorithm
+from harness.config import Config, algorithm_options, make_task
 from harness.io import append_jsonl, read_json, read_jsonl, rewrite_jsonl, write_json
-from harness.models import frozen_copy, load_policy, resolve_model_path
+from harness.models import check_device, frozen_copy, load_policy, resolve_model_path
 from harness.probes import Probes, SavedActivations, model_flops, model_state_bytes, peak_flops, rollout_tensor_bytes
 from harness.rollout import generate, greedy_eval
-from tasks.gym import load_task, task_names
 
 
 def seed_everything(seed: int) -> None:
@@ -68,26 +66,6 @@ def environment(device: str) -> dict[str, Any]:
     return env
 
 
-def check_device(device: str) -> None:
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device} asked for, but no CUDA GPU is visible here; use --device cpu")
-    if device not in ("cpu",) and not device.startswith("cuda"):
-        raise UserError(f"unknown device '{device}'; valid: cpu, cuda, cuda:N")
-
-
-def algorithm_options(config: Config, algo: str):
-    """The algorithm's config dataclass from config.algorithms.<algo>, defaults filled in; one clear line if bad."""
-    try:
-        return options_from(get_algorithm(algo).Config, config.algorithms.get(algo, {}))
-    except (ValueError, TypeError) as err:
-        raise UserError(f"algorithms.{algo}: {err}") from None
-
-
-def configured_task(config: Config):
-    return load_task(config.task.name, eval_size=config.task.eval_size, seed=config.task.seed,
-                     format_weight=config.task.format_weight, options=config.task.options)
-
-
 def injected_fault(algo: str, step: int) -> None:
     """Test hook: HARNESS_INJECT_FAULT=ALGO:STEP:oom|error makes that arm fail at that step."""
     spec = os.environ.get("HARNESS_INJECT_FAULT", "")
@@ -108,7 +86,7 @@ class Arm:
         check_device(config.run.device)
         if config.run.threads:
             torch.set_num_threads(config.run.threads)
-        self.task = configured_task(config)
+        self.task = make_task(config)
         model_path = resolve_model_path(config.model, self.task, progress=self._warm_start_progress)
         seed_everything(config.run.seed)
         self.policy, self.tokenizer = load_policy(model_path, config.model.dtype, config.run.device)

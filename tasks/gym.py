@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import reasoning_gym
 
-from tasks.base import Example, Reward
+from harness.tasks.base import Example, Reward
 
 TRAIN_SEED_OFFSET = 1_000_000_000  # far beyond any eval split's size: no seed + i can collide
 TRAIN_CHUNK = 4096  # train items are generated in chunks of this many, chunk k with its own seed

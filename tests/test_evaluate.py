@@ -19,9 +19,9 @@ from harness.evaluate import majority_at_k, pass_at_k, score_policy, score_stand
 from harness.io import write_yaml
 from harness.models import load_policy, resolve_model_path
 from harness.rollout import completion_mask, decode_completions, greedy_eval, sample
-from tasks.gym import load_task, task_names
-from tasks.lm_eval import write_local_tasks
-from tasks.lm_eval.metrics import canonical_number, majority_vote, sampled_scores
+from harness.tasks.gym import load_task, task_names
+from harness.tasks.lm_eval import write_local_tasks
+from harness.tasks.lm_eval.metrics import canonical_number, majority_vote, sampled_scores
 
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 os.environ.update(OFFLINE)  # before `datasets` reads them at import; the fixture below enforces them too
@@ -275,7 +275,7 @@ def test_numbers_are_compared_and_voted_on_by_value():
 
 
 def test_standard_task_names_are_found_without_lm_evals_full_index():
-    from tasks.lm_eval.standard import standard_task_names, task_families
+    from harness.tasks.lm_eval.standard import standard_task_names, task_families
     names = standard_task_names()
     assert {"gsm8k", "gsm8k_cot", "minerva_math", "minerva_math_algebra", "mmlu"} <= names
     assert "no_such_task" not in names

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from harness.cli import main
-from harness.gate import compare_arm, parse_tolerance, verdict
+from harness.commands.check import compare_arm, parse_tolerance, verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from algorithms.grpo import aggregate, group_advantages, grpo_loss, kl_k3
+from harness.algorithms.grpo import aggregate, group_advantages, grpo_loss, kl_k3
 
 
 def test_equal_rewards_in_a_group_give_zero_advantage():

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from algorithms.base import masked_mean, masked_whiten
-from algorithms.ppo import explained_variance, gae, ppo_loss, token_rewards
+from harness.algorithms.base import masked_mean, masked_whiten
+from harness.algorithms.ppo import explained_variance, gae, ppo_loss, token_rewards
 
 
 def test_token_rewards_kl_everywhere_score_at_last_token():

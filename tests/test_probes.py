@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from algorithms.grpo import GRPO
-from algorithms.ppo import PPO
+from harness.algorithms.grpo import GRPO
+from harness.algorithms.ppo import PPO
 from harness.config import ModelConfig, OptimConfig
 from harness.models import char_tokenizer, tiny_model
 from harness.probes import (NO_GPU, Probes, SavedActivations, Sampler, model_state_bytes, open_nvml,

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from algorithms.base import RolloutBatch, policy_forward
+from harness.algorithms.base import RolloutBatch, policy_forward
 from harness.config import load_config
 from harness.models import load_policy, resolve_model_path
 from harness.rollout import completion_mask, generate, greedy_eval
-from tasks.gym import load_task
+from harness.tasks.gym import load_task
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,8 @@
 
 import pytest
 
-from tasks.base import Example
-from tasks.gym import load_task
+from harness.tasks.base import Example
+from harness.tasks.gym import load_task
 
 
 @pytest.fixture(scope="module")

@@ -9,14 +9,13 @@ an expert needs to check how that was measured.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import sys
 from pathlib import Path
 
-from harness import UserError, __version__
+from harness import __version__
 
-__all__ = ["build_report", "register_cli", "render_html", "write_pdf"]
+__all__ = ["build_report", "render_html", "write_pdf"]
 
 TEMPLATES = Path(__file__).parent / "templates"
 # A gap in the data renders as nothing rather than stopping the report; the tests make this strict.
@@ -75,26 +74,3 @@ def build_report(comparison_dir: Path | str, out_dir: Path | str | None = None, 
         print(f"report: no PDF ({type(err).__name__}: {err})", file=sys.stderr)
         return html_path, None
     return html_path, pdf_path
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    comparison_dir = Path(args.comparison_dir)
-    if not (comparison_dir / "comparison.json").exists():
-        raise UserError(f"{comparison_dir} holds no comparison.json: not a comparison folder (make one with 'harness compare')")
-    if args.target is not None and not 0 <= args.target <= 1:
-        raise UserError(f"--target is an accuracy between 0 and 1, not {args.target}")
-    html, pdf = build_report(comparison_dir, args.out, target=args.target, pdf=not args.no_pdf)
-    print(f"report: {html}")
-    if pdf:
-        print(f"report: {pdf}")
-    return 0
-
-
-def register_cli(subparsers) -> None:
-    report = subparsers.add_parser("report", help="write the HTML and PDF report of a comparison folder")
-    report.add_argument("comparison_dir", metavar="COMPARISON_DIR", help="a folder written by 'harness compare'")
-    report.add_argument("--out", help="folder for <name>.html and <name>.pdf (default: reports)")
-    report.add_argument("--target", type=float,
-                        help="held-out accuracy that arms are timed to (default: the lowest final accuracy of any finished arm)")
-    report.add_argument("--no-pdf", action="store_true", help="write the HTML only")
-    report.set_defaults(func=cmd_report)

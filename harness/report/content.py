@@ -75,7 +75,7 @@ def arm_table(cmp: Comparison) -> list[dict[str, Any]]:
 
 
 def figure_values(arms: list[Arm], key: str) -> list[float]:
-    """One headline figure (harness.tables.headline key) of each arm that has it."""
+    """One headline figure (harness.results.headline key) of each arm that has it."""
     return [a.row[key] for a in arms if a.row.get(key) is not None]
 
 
@@ -173,21 +173,6 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): data}
 
 
-def algorithm_defaults(algo: str) -> dict[str, Any]:
-    """The algorithm's option defaults (dataclass <Class>Config beside its class), for the side-by-side."""
-    import dataclasses
-    try:
-        from algorithms import get_algorithm
-        cls = get_algorithm(algo)
-        module = __import__(cls.__module__, fromlist=["_"])
-        config_cls = getattr(module, f"{cls.__name__}Config", None)
-        if config_cls is None or not dataclasses.is_dataclass(config_cls):
-            return {}
-        return dataclasses.asdict(config_cls())
-    except Exception:
-        return {}
-
-
 def config_section(cmp: Comparison) -> dict[str, Any]:
     """The resolved config of each algorithm's first arm, side by side; differing fields marked."""
     columns, flat = [], {}
@@ -195,8 +180,10 @@ def config_section(cmp: Comparison) -> dict[str, Any]:
         arms = cmp.arms_of(algo)
         arm = next((a for a in arms if a.config), None)
         config = dict(arm.config) if arm else {}
-        options = {**algorithm_defaults(algo), **(get(config, "algorithms", algo) or {})}
+        # The options the arm ran with, defaults filled in, as its config.yaml recorded them.
+        options = get(config, "derived", "algorithm_options") or get(config, "algorithms", algo) or {}
         config.pop("algorithms", None)
+        config["derived"] = {k: v for k, v in (config.get("derived") or {}).items() if k != "algorithm_options"}
         flat_config = flatten(config)
         flat_config.update({f"algorithm.{k}": v for k, v in options.items()})
         columns.append(f"{algo} ({arm.label})" if arm else algo)

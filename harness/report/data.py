@@ -17,8 +17,8 @@ import yaml
 
 from harness import UserError
 from harness.io import read_jsonl
-from harness.tables import get_path as get
-from harness.tables import headline
+from harness.results import get_path as get
+from harness.results import arm_pair, headline
 
 # (steps.jsonl key, label) of the training-health panels; the last three belong to one algorithm each.
 HEALTH_METRICS = [
@@ -59,7 +59,7 @@ class Arm:
     steps: pd.DataFrame
     env: dict[str, Any]
     config: dict[str, Any]
-    row: dict[str, Any] = field(default_factory=dict)  # harness.tables.headline(summary)
+    row: dict[str, Any] = field(default_factory=dict)  # harness.results.headline(summary)
 
     @property
     def label(self) -> str:
@@ -120,10 +120,7 @@ class Comparison:
     @property
     def pair(self) -> tuple[str, str] | None:
         """(numerator, denominator) of every ratio: grpo/ppo when both ran."""
-        algos = self.algos
-        if {"grpo", "ppo"} <= set(algos):
-            return "grpo", "ppo"
-        return (algos[0], algos[1]) if len(algos) >= 2 else None
+        return arm_pair(self.algos)
 
     def ok_arms(self, algo: str) -> list[Arm]:
         return [a for a in self.arms if a.algo == algo and a.ok]

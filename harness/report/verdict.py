@@ -9,7 +9,7 @@ from harness.report.content import cell, figure_values, fmt, fmt_interval, fmt_p
 from harness.report.data import Arm, Comparison, get
 from harness.report.stats import (BAND, CLAIM, INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, RULE, Estimate,
                                   difference_ci, mean_ci, quality_reading, ratio_ci, ratio_reading, verdict)
-from harness.tables import MEMORY_FIGURES, TIME_FIGURES
+from harness.results import MEMORY_FIGURES, TIME_FIGURES
 
 # The memory figure the verdict rests on: the allocator peak where a GPU measured it, else the exact total.
 PRIMARY_MEMORY = ["mem_cuda_allocated", "mem_exact_total"]

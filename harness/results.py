@@ -1,4 +1,6 @@
-"""Headline figures of each arm, GRPO/PPO ratios, and the terminal tables that show them."""
+"""The contract between the writers of results (the runner) and their readers (terminal tables, the
+report, the CI gate): the headline figures of an arm's summary.json, their labels and units, which two
+algorithms every ratio is taken between, and how figures are formatted."""
 
 from __future__ import annotations
 
@@ -75,15 +77,23 @@ def headline(summary: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+def arm_pair(algos: list[str]) -> tuple[str, str] | None:
+    """(numerator, denominator) of every ratio: grpo/ppo when both ran, else the first two algorithms."""
+    if {"grpo", "ppo"} <= set(algos):
+        return "grpo", "ppo"
+    return (algos[0], algos[1]) if len(algos) >= 2 else None
+
+
 def arm_rows(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [headline(s) for s in summaries if s]
 
 
 def ratio_rows(summaries: list[dict[str, Any]], algos: list[str]) -> dict[str, Any]:
     """numerator/denominator of the seed-mean of every figure (grpo/ppo when both ran)."""
-    if len(algos) < 2:
+    pair = arm_pair(algos)
+    if pair is None:
         return {}
-    numerator, denominator = ("grpo", "ppo") if {"grpo", "ppo"} <= set(algos) else (algos[0], algos[1])
+    numerator, denominator = pair
     rows = [r for r in arm_rows(summaries) if r["status"] == "ok"]
     out: dict[str, Any] = {"numerator": numerator, "denominator": denominator, "figures": {}}
     for key, label, _ in MEMORY_FIGURES + TIME_FIGURES:
@@ -95,7 +105,7 @@ def ratio_rows(summaries: list[dict[str, Any]], algos: list[str]) -> dict[str, A
     return out
 
 
-def _fmt(value: Any, unit: str) -> str:
+def fmt(value: Any, unit: str) -> str:
     if value is None:
         return "—"
     if unit == "MiB":
@@ -105,64 +115,3 @@ def _fmt(value: Any, unit: str) -> str:
     if isinstance(value, float):
         return f"{value:,.3f}" if abs(value) < 100 else f"{value:,.1f}"
     return f"{value:,}"
-
-
-def render_terminal(summaries: list[dict[str, Any]], algos: list[str], console=None) -> None:
-    from rich.console import Console
-    from rich.table import Table
-    console = console or Console()
-    rows = arm_rows(summaries)
-
-    arms = Table(title="Arms: what each bought (greedy accuracy on held-out prompts)")
-    for column in ("arm", "status", "steps", "completions", "wall s", "acc start", "acc end", "change"):
-        arms.add_column(column, justify="right" if column not in ("arm", "status") else "left")
-    for r in rows:
-        status = r["status"] if r["status"] == "ok" else f"[red]{r['status']}[/red]: {r['error']}"
-        arms.add_row(f"{r['algo']} s{r['seed']}", status, _fmt(r["steps"], ""), _fmt(r["completions"], ""),
-                     _fmt(r["wall"], "s"), _fmt(r["acc_base"], "%"), _fmt(r["acc_final"], "%"),
-                     _fmt(r.get("acc_delta"), "%"))
-    console.print(arms)
-
-    scored = [r for r in rows if isinstance(r["lm_eval_base"], dict) and isinstance(r["lm_eval_final"], dict)]
-    if scored:
-        k = scored[0]["lm_eval_final"].get("k")
-        lm = Table(title=f"lm-eval on held-out prompts: greedy pass@1; maj@{k} and pass@{k} from {k} samples")
-        lm.add_column("arm")
-        for metric in ("pass@1", "maj@k", "pass@k"):
-            lm.add_column(f"{metric.replace('@k', f'@{k}')} start -> end", justify="right")
-        for r in scored:
-            lm.add_row(f"{r['algo']} s{r['seed']}", *(f"{_fmt(r['lm_eval_base'].get(m), '%')} -> "
-                                                      f"{_fmt(r['lm_eval_final'].get(m), '%')}"
-                                                      for m in ("pass@1", "maj@k", "pass@k")))
-        console.print(lm)
-
-    memory = Table(title="Memory by model and category (MiB; exact = counted from tensor shapes)")
-    memory.add_column("arm")
-    for column in ("model", "params", "grads", "optimizer", "total"):
-        memory.add_column(column, justify="right" if column != "model" else "left")
-    for r in rows:
-        for model, sizes in r["models"].items():
-            memory.add_row(f"{r['algo']} s{r['seed']}", model, *(_fmt(sizes[k], "MiB") for k in ("params", "grads", "optimizer", "total")))
-    console.print(memory)
-
-    figures = Table(title="Cost per arm (MiB, seconds)")
-    figures.add_column("figure")
-    for r in rows:
-        figures.add_column(f"{r['algo']} s{r['seed']}", justify="right")
-    ratios = ratio_rows(summaries, algos)
-    if ratios:
-        figures.add_column(f"{ratios['numerator']}/{ratios['denominator']}", justify="right", style="bold")
-    phase_names = sorted({p for r in rows for p in r["phases_per_step"]})
-    for key, label, unit in MEMORY_FIGURES + TIME_FIGURES:
-        if all(r[key] is None for r in rows):
-            continue
-        ratio = get_path(ratios, "figures", key, "ratio") if ratios else None
-        cells = [_fmt(r[key], unit) for r in rows] + ([_fmt(ratio, "") if ratio else "—"] if ratios else [])
-        figures.add_row(label, *cells)
-    for phase in phase_names:
-        cells = [_fmt(r["phases_per_step"].get(phase), "s") for r in rows]
-        figures.add_row(f"time per step: {phase}", *cells, *([""] if ratios else []))
-    console.print(figures)
-    gpu_notes = {(get_path(s, "mem", "measured", "gpu")) for s in summaries if s and get_path(s, "mem", "measured", "gpu")}
-    for note in sorted(gpu_notes):
-        console.print(f"GPU figures: {note}")

@@ -12,7 +12,6 @@ finish), 2 bad input (a missing file, a baseline of another preset or device).
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from typing import Any
 from harness import UserError
 from harness.config import config_from_dict, read_yaml
 from harness.io import read_json, write_json
-from harness.tables import MEMORY_FIGURES, headline
+from harness.results import MEMORY_FIGURES, headline
 
 EXIT_OK, EXIT_REGRESSED = 0, 1
 BASELINE_FORMAT = 1
@@ -346,39 +345,3 @@ def write_baseline(folder: str, out: str, echo=print) -> int:
          f"config {measured.config_hash}, {measured.device_name or measured.device}, "
          f"torch {measured.versions.get('torch')}, arms {', '.join(arm_names(measured.arms))}")
     return EXIT_OK
-
-
-# ---------------------------------------------------------------- CLI
-
-def cmd_check(args: argparse.Namespace) -> int:
-    return check(args.dir, args.baseline, parse_tolerance(args.tolerance, "--tolerance"),
-                 parse_tolerance(args.exact_tolerance, "--exact-tolerance"), args.strict_config)
-
-
-def cmd_baseline(args: argparse.Namespace) -> int:
-    return write_baseline(args.dir, args.out)
-
-
-def register_cli(sub) -> None:
-    check_parser = sub.add_parser(
-        "check", help="memory-regression gate: compare a run or comparison with a baseline (exit 1 on growth)",
-        description="Compare each arm's memory figures with a baseline written by 'harness baseline'. "
-                    "Exit 0: nothing regressed; 1: a figure grew past its tolerance or an arm did not "
-                    "finish; 2: bad input (missing files, a baseline of another preset or device).")
-    check_parser.add_argument("dir", metavar="RUN_OR_COMPARISON_DIR", help="a run folder or a comparison folder")
-    check_parser.add_argument("--baseline", required=True, metavar="FILE", help="e.g. results/baselines/cpu-smoke.json")
-    check_parser.add_argument("--tolerance", default="5%",
-                              help="allowed growth of GPU allocator and NVML peaks (default 5%%); "
-                                   "compared only when both sides ran on the same kind of GPU")
-    check_parser.add_argument("--exact-tolerance", default="0%",
-                              help="allowed growth of exact accounting (default 0%%: it is deterministic)")
-    check_parser.add_argument("--strict-config", action="store_true",
-                              help="a config that differs from the baseline's is an error (exit 2), not a warning")
-    check_parser.set_defaults(func=cmd_check)
-
-    baseline_parser = sub.add_parser("baseline", help="write a memory baseline from a run or comparison",
-                                     description="Write the memory figures of each arm, with the preset, config "
-                                                 "hash, device and versions they were measured with.")
-    baseline_parser.add_argument("dir", metavar="RUN_OR_COMPARISON_DIR", help="a finished run or comparison folder")
-    baseline_parser.add_argument("--out", required=True, metavar="FILE", help="e.g. results/baselines/NAME.json")
-    baseline_parser.set_defaults(func=cmd_baseline)

@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 from harness.io import read_jsonl
+from harness.runner import run_arm
 
 
 def step_times(run_dir: Path) -> list[float]:
@@ -18,7 +19,6 @@ def step_times(run_dir: Path) -> list[float]:
 
 
 def bench_probes(config, algo: str, repeats: int, echo=print) -> dict[str, float]:
-    from harness.runner import run_arm
     times: dict[bool, list[float]] = {True: [], False: []}
     with tempfile.TemporaryDirectory(prefix="harness-bench-") as scratch:
         for repeat in range(repeats):
@@ -36,29 +36,14 @@ def bench_probes(config, algo: str, repeats: int, echo=print) -> dict[str, float
             "steps_each": len(times[True])}
 
 
-def cmd_bench(args) -> int:
-    from harness.cli import config_from_args, parse_algos, quiet_libraries
-    quiet_libraries()
-    algo = parse_algos(args.algo)[0]
-    config = config_from_args(args, [algo])
-    if args.budget is None:
-        config.budget.unit, config.budget.total = "steps", 20
+def bench_probes_command(config, algo: str, repeats: int) -> int:
+    """`harness bench probes`: print the median step time with probes on and off, and the overhead."""
     config.run.lm_eval, config.run.eval_every = False, 0  # time the training steps alone
-    print(f"bench probes: preset {config.preset}, {algo}, {config.total_steps()} steps per run, {args.repeats} repeats "
-          "(20 steps unless --budget; lm-eval and periodic evals off)")
-    result = bench_probes(config, algo, args.repeats)
+    print(f"bench probes: preset {config.preset}, {algo}, {config.total_steps()} steps per run, {repeats} repeats "
+          "(lm-eval and periodic evals off)")
+    result = bench_probes(config, algo, repeats)
     verdict = "within" if result["overhead"] < 0.02 else "ABOVE"
     print(f"median step time: probes on {result['median_step_on_s'] * 1000:.2f} ms, "
           f"off {result['median_step_off_s'] * 1000:.2f} ms over {result['steps_each']} steps each")
     print(f"probe overhead: {result['overhead']:+.2%} of step time ({verdict} the 2% target)")
     return 0
-
-
-def register_cli(subparsers) -> None:
-    from harness.cli import add_config_flags
-    bench = subparsers.add_parser("bench", help="benchmarks: `harness bench probes` measures probe overhead")
-    bench.add_argument("what", choices=["probes"], help="what to benchmark")
-    bench.add_argument("--algo", default="ppo", help="the arm to run (default ppo: the most probed)")
-    bench.add_argument("--repeats", type=int, default=4, help="on/off pairs (alternating order)")
-    add_config_flags(bench)
-    bench.set_defaults(func=cmd_bench)

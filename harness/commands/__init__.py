@@ -1,0 +1,1 @@
+"""The commands behind the CLI: each callable from Python with a Config and paths."""

@@ -1,0 +1,93 @@
+"""`harness eval`: lm-eval scores of a saved policy (a run folder's final_model/, or a model folder)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from harness import UserError
+from harness.config import RolloutConfig, TaskConfig, config_from_dict, read_yaml
+from harness.evaluate import (BATCH_SIZE, DEFAULT_K, check_prompts, score_policy, score_standard,
+                              split_task_names)
+from harness.io import write_json
+from harness.models import check_device, load_policy
+from harness.tasks.gym import load_task
+from harness.terminal import quiet_libraries
+
+
+def eval_target(target: Path):
+    """(model folder, saved Config or None) for a run folder or a saved model folder."""
+    if not target.exists():
+        raise UserError(f"{target} does not exist; give a run folder (with final_model/) or a saved model folder")
+    if (target / "config.yaml").exists():
+        if not (target / "final_model" / "config.json").exists():
+            raise UserError(f"run folder {target} has no final_model/: the run has not finished "
+                            f"(finish it with: harness run --run-dir {target} --resume)")
+        saved = read_yaml(target / "config.yaml")
+        saved.pop("algo", None)
+        return target / "final_model", config_from_dict(saved)
+    if (target / "config.json").exists():
+        return target, None
+    raise UserError(f"{target} is neither a run folder (config.yaml + final_model/) nor a saved model (config.json)")
+
+
+def format_score(name: str, score: dict[str, Any] | str) -> str:
+    if isinstance(score, str):
+        return f"{name:16s} {score}"
+    if "pass@1" in score:
+        sampled = (f"   maj@{score['k']} {score['maj@k']:6.1%}   pass@{score['k']} {score['pass@k']:6.1%}"
+                   if score.get("maj@k") is not None else "")
+        return (f"{name:16s} pass@1 {score['pass@1']:6.1%}{sampled}   "
+                f"(n={score['n']}, k={score['k']}, {score['seconds']:.1f} s)")
+    parts = [f"{entry} {metric} {value:.3f}" for entry, metrics in score["results"].items()
+             for metric, value in metrics.items() if metric != "sample_len"]
+    return f"{name:16s} " + "   ".join(parts) + f"   ({score['seconds']:.1f} s)"
+
+
+def evaluate(target: Path | str, tasks: str | None = None, k: int = DEFAULT_K, limit: int | None = None,
+             seed: int = 0, max_new_tokens: int | None = None, device: str = "cpu", out: Path | str | None = None) -> int:
+    """`harness eval`: score a run's final policy, or a saved model folder, with lm-eval; print and save the scores."""
+    target = Path(target)
+    model_dir, config = eval_target(target)
+    names = [n.strip() for n in (tasks or "").split(",") if n.strip()]
+    if not names:
+        if config is None:
+            raise UserError("a model folder needs --tasks, e.g. --tasks chain_sum (or gsm8k on a machine with the data)")
+        names = [config.task.name]
+    local, standard = split_task_names(names)
+    if k < 0 or (limit is not None and limit <= 0) or (max_new_tokens is not None and max_new_tokens <= 0):
+        raise UserError("--k must be 0 or more, --limit and --max-new-tokens positive")
+    task_cfg = config.task if config else TaskConfig()
+    rollout = config.rollout if config else RolloutConfig()
+    max_new_tokens = max_new_tokens or rollout.max_new_tokens
+    quiet_libraries()
+    check_device(device)
+    model, tokenizer = load_policy(str(model_dir), config.model.dtype if config else "float32", device)
+    # The run's own task keeps its options; every task its eval size and data seed.
+    local_tasks = [load_task(name, eval_size=task_cfg.eval_size, seed=task_cfg.seed,
+                             options=task_cfg.options if name == task_cfg.name else None) for name in local]
+    for task in local_tasks:
+        check_prompts(tokenizer, task)
+    out = Path(out) if out else (target / "lm_eval" if config else
+                                           Path(tempfile.mkdtemp(prefix=f"harness-eval-{model_dir.name}-")))
+    scores: dict[str, Any] = {}
+    for task in local_tasks:
+        name = task.name
+        scores[name] = score_policy(model, tokenizer, task, k=k, seed=seed, max_new_tokens=max_new_tokens,
+                                    work_dir=out, temperature=rollout.temperature, top_p=rollout.top_p,
+                                    label="eval", limit=limit)
+        print(format_score(name, scores[name]))
+    if standard:
+        for name, score in score_standard(model, tokenizer, standard, seed=seed, limit=limit,
+                                          log=lambda line: None).items():
+            scores[name] = score
+            print(format_score(name, score))
+    write_json(out / "scores.json", {"model": str(model_dir), "seed": seed, "scores": scores})
+    print(f"results: {out / 'scores.json'}")
+    lm_eval_names = [name for n in local for name in (scores[n]["lm_eval_task"], scores[n]["lm_eval_task_sampled"]) if name]
+    if local:
+        print(f"rerun with lm_eval: lm_eval --model hf --model_args pretrained={model_dir},add_bos_token=False "
+              f"--include_path {out} --tasks {','.join(lm_eval_names)} "
+              f"--device {device} --batch_size {BATCH_SIZE} --seed {seed}")
+    return 0
