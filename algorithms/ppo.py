@@ -1,8 +1,11 @@
 """PPO for language models (InstructGPT, arXiv 2203.02155) with a learned critic the policy's size.
 
 The critic is a copy of the policy's decoder with a scalar value head, initialized from the
-policy's weights. The per-token reward is -kl_coef * (logp - ref_logp), with the task's score added
-at the last completion token; advantages come from GAE and are whitened over the batch.
+policy's weights, trained by its own AdamW. The per-token reward is -kl_coef * (logp - ref_logp),
+with the task's score added at the last completion token; advantages come from GAE and are
+whitened over the batch. By default the critic is updated in its own pass after the policy's (verl,
+OpenRLHF), so the two models' activations are never alive together; `critic_pass: joint` runs one
+backward through both (old TRL's PolicyAndValueWrapper).
 """
 
 from __future__ import annotations
@@ -13,20 +16,32 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from harness.algorithms.base import RolloutBatch, activation_scope, masked_mean, masked_whiten, minibatch_indices, options_from, policy_forward
-from harness.algorithms.grpo import kl_k3, mean_stats
+from harness.algorithms.base import (Algorithm, RolloutBatch, aggregate, autocast, check_choice, check_range,
+                                     checkpointing_is_on, checkpointing_on, clipped_surrogate, masked_mean,
+                                     masked_whiten, ratio_stats, upcast)
+
+CRITIC_PASSES = ("separate", "joint")
 
 
 @dataclass
 class PPOConfig:
-    kl_coef: float = 0.05  # per-token KL penalty in the reward (TRL's former default)
+    kl_coef: float = 0.05  # per-token KL penalty in the reward (TRL's former default); 0 drops the reference
     gamma: float = 1.0  # discount
     lam: float = 0.95  # GAE lambda
     clip_eps: float = 0.2  # policy ratio clip
     vf_clip: float = 0.2  # value clip around the rollout's values
-    vf_coef: float = 0.1  # weight of the value loss
     critic_lr: float = 0.0  # critic AdamW learning rate; 0 uses the policy's
     whiten: bool = True  # whiten advantages over the batch
+    critic_pass: str = "separate"  # separate (verl, OpenRLHF) | joint (one backward through both models)
+
+    def __post_init__(self):
+        check_range("kl_coef", self.kl_coef, 0)
+        check_range("gamma", self.gamma, 0, 1)
+        check_range("lam", self.lam, 0, 1)
+        check_range("clip_eps", self.clip_eps, 0, 1, low_open=True)
+        check_range("vf_clip", self.vf_clip, 0, low_open=True)
+        check_range("critic_lr", self.critic_lr, 0)
+        check_choice("critic_pass", self.critic_pass, CRITIC_PASSES)
 
 
 def token_rewards(scores, logps, ref_logps, kl_coef, mask):
@@ -61,34 +76,33 @@ def gae(rewards, values, mask, gamma=1.0, lam=0.95):
     return advantages, (advantages + values) * mask
 
 
-def explained_variance(values, returns, mask) -> float:
+@torch.no_grad()
+def explained_variance(values, returns, mask) -> torch.Tensor:
     """1 - Var[returns - values] / Var[returns] over the masked positions (1 is a perfect critic)."""
     residual = returns - values
     var_returns = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
     var_residual = masked_mean((residual - masked_mean(residual, mask)) ** 2, mask)
-    return (1 - var_residual / var_returns.clamp(min=1e-8)).item()
+    return 1 - var_residual / var_returns.clamp(min=1e-8)
 
 
-def ppo_loss(logps, old_logps, advantages, values, old_values, returns, mask, clip_eps=0.2, vf_clip=0.2, vf_coef=0.1):
-    """Clipped policy loss plus vf_coef times the clipped value loss, token means over `[B, T]`."""
-    mask = mask.to(logps.dtype)
-    ratio = torch.exp(logps - old_logps)
-    pg_losses = torch.max(-advantages * ratio, -advantages * torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps))
-    policy_loss = masked_mean(pg_losses, mask)
+def ppo_policy_loss(logps, old_logps, advantages, mask, clip_eps=0.2, denominator=None):
+    """Clipped surrogate, token mean over `[B, T]` -> (loss, stats: policy_loss, clipfrac, approx_kl)."""
+    loss = aggregate(clipped_surrogate(logps, old_logps, advantages, clip_eps, clip_eps), mask, "token", denominator)
+    return loss, {"policy_loss": loss.detach(), **ratio_stats(logps, old_logps, advantages, mask, clip_eps, clip_eps)}
+
+
+def value_loss(values, old_values, returns, mask, vf_clip=0.2, denominator=None):
+    """Clipped value loss 0.5 * max((v - R)^2, (clip(v, v_old +- vf_clip) - R)^2), token mean.
+
+    Returns (loss, stats: value_loss, vf_clipfrac). The critic has its own optimizer, so no value
+    coefficient: Adam is invariant to a loss's scale.
+    """
     values_clipped = old_values + torch.clamp(values - old_values, -vf_clip, vf_clip)
-    vf_losses = torch.max((values - returns) ** 2, (values_clipped - returns) ** 2)
-    value_loss = 0.5 * masked_mean(vf_losses, mask)
-    loss = policy_loss + vf_coef * value_loss
+    losses = torch.max((values - returns) ** 2, (values_clipped - returns) ** 2)
+    loss = 0.5 * aggregate(losses, mask, "token", denominator)
     with torch.no_grad():
-        delta = old_logps - logps
-        stats = {
-            "policy_loss": policy_loss.item(),
-            "value_loss": value_loss.item(),
-            "clipfrac": masked_mean(((ratio - 1).abs() > clip_eps).to(mask.dtype), mask).item(),
-            "vf_clipfrac": masked_mean(((values - old_values).abs() > vf_clip).to(mask.dtype), mask).item(),
-            "approx_kl": masked_mean(torch.exp(-delta) + delta - 1, mask).item(),
-        }
-    return loss, stats
+        clipfrac = masked_mean(((values - old_values).abs() > vf_clip).to(values.dtype), mask.to(values.dtype))
+    return loss, {"value_loss": loss.detach(), "vf_clipfrac": clipfrac}
 
 
 class ValueModel(nn.Module):
@@ -98,37 +112,42 @@ class ValueModel(nn.Module):
         super().__init__()
         self.backbone = copy.deepcopy(policy.get_decoder())  # same size, initialized from the policy
         self.backbone.requires_grad_(True)
+        if checkpointing_is_on(policy):
+            checkpointing_on(self.backbone)
         self.value_head = nn.Linear(policy.config.hidden_size, 1)
         nn.init.normal_(self.value_head.weight, std=1 / (policy.config.hidden_size + 1))
         nn.init.zeros_(self.value_head.bias)
+        self.value_head.to(device=next(self.backbone.parameters()).device,
+                           dtype=next(self.backbone.parameters()).dtype)
 
     def forward(self, batch: RolloutBatch) -> torch.Tensor:
         """Values `[B, T]`: the state before each completion token."""
+        length = batch.completion_mask.shape[1]
         position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
         hidden = self.backbone(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                position_ids=position_ids, use_cache=False).last_hidden_state
-        values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1).float()
-        return values[:, batch.prompt_length - 1: -1]
+        hidden = hidden[:, -(length + 1):-1]  # [B, T, H] the states that predict each completion token
+        return upcast(self.value_head(hidden).squeeze(-1))
 
 
-class PPO:
+class PPO(Algorithm):
     name = "ppo"
     Config = PPOConfig
+    uses_critic = True
 
-    def __init__(self, policy, reference, optim, options: dict | None = None, seed: int = 0):
-        self.cfg = options_from(PPOConfig, options or {})
-        self.policy, self.reference, self.optim = policy, reference, optim
-        device = next(policy.parameters()).device
-        self.critic = ValueModel(policy).to(device)
-        self.optimizer = torch.optim.AdamW(policy.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
-        self.critic_optimizer = torch.optim.AdamW(self.critic.parameters(), lr=self.cfg.critic_lr or optim.lr,
-                                                  weight_decay=optim.weight_decay)
-        self.generator = torch.Generator().manual_seed(seed)
-        self.activation_probe = None  # set by the harness to count saved activations
+    def __init__(self, policy, options, settings, seed=0):
+        super().__init__(policy, options, settings, seed)
+        self.critic = ValueModel(policy)
+        self.critic_optimizer = torch.optim.AdamW(self.critic.parameters(), lr=options.critic_lr or settings.lr,
+                                                  weight_decay=settings.weight_decay)
 
     @property
     def needs_reference(self) -> bool:
-        return self.cfg.kl_coef > 0
+        return self.options.kl_coef > 0
+
+    @property
+    def critic_pass(self) -> str:
+        return self.options.critic_pass
 
     def trained_models(self) -> dict[str, nn.Module]:
         return {"policy": self.policy, "critic": self.critic}
@@ -137,42 +156,25 @@ class PPO:
         return {"policy": self.optimizer, "critic": self.critic_optimizer}
 
     @torch.no_grad()
-    def prepare(self, batch: RolloutBatch) -> dict[str, float]:
+    def compute_values(self, batch: RolloutBatch) -> None:
         self.critic.eval()
-        mask = batch.completion_mask
-        values = self.critic(batch) * mask  # [B, T]
-        rewards = token_rewards(batch.scores, batch.old_logps, batch.ref_logps, self.cfg.kl_coef, mask)
-        advantages, returns = gae(rewards, values, mask, self.cfg.gamma, self.cfg.lam)
-        batch.advantages = masked_whiten(advantages, mask) if self.cfg.whiten else advantages
-        batch.extras.update(values=values, returns=returns)
-        return {"explained_variance": explained_variance(values, returns, mask),
-                "value_mean": masked_mean(values, mask).item()}
+        with autocast(self.critic, self.settings.autocast_dtype):
+            values = torch.cat([self.critic(part) for part in batch.split(self.settings.logprob_batch_size)])
+        batch.values = values * batch.completion_mask  # [B, T]
 
-    def update(self, batch: RolloutBatch) -> dict[str, float]:
-        self.policy.train()
-        self.critic.train()
-        history = []
-        for _ in range(self.optim.epochs):
-            for index in minibatch_indices(batch.size, self.optim.minibatches, self.generator):
-                mb = batch.select(index)
-                with activation_scope(self.activation_probe):
-                    logps, entropy = policy_forward(self.policy, mb, with_entropy=True)
-                    values = self.critic(mb)
-                loss, stats = ppo_loss(logps, mb.old_logps, mb.advantages, values, mb.extras["values"],
-                                       mb.extras["returns"], mb.completion_mask, self.cfg.clip_eps,
-                                       self.cfg.vf_clip, self.cfg.vf_coef)
-                self.optimizer.zero_grad(set_to_none=True)
-                self.critic_optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.optim.max_grad_norm)
-                torch.nn.utils.clip_grad_norm_(self.critic.parameters(), self.optim.max_grad_norm)
-                self.optimizer.step()
-                self.critic_optimizer.step()
-                stats.update(loss=loss.item(), entropy=masked_mean(entropy.detach(), mb.completion_mask).item(),
-                             grad_norm=grad_norm.item())
-                if mb.ref_logps is not None:
-                    stats["kl"] = masked_mean(kl_k3(logps.detach(), mb.ref_logps), mb.completion_mask).item()
-                history.append(stats)
-        self.policy.eval()
-        self.critic.eval()
-        return mean_stats(history)
+    @torch.no_grad()
+    def prepare(self, batch: RolloutBatch) -> dict[str, torch.Tensor]:
+        mask = batch.completion_mask
+        rewards = token_rewards(batch.scores, batch.old_logps, batch.ref_logps, self.options.kl_coef, mask)
+        advantages, batch.returns = gae(rewards, batch.values, mask, self.options.gamma, self.options.lam)
+        batch.advantages = masked_whiten(advantages, mask) if self.options.whiten else advantages
+        return {"explained_variance": explained_variance(batch.values, batch.returns, mask),
+                "value_mean": masked_mean(batch.values, mask)}
+
+    def policy_loss(self, logps, mb: RolloutBatch, denominator):
+        return ppo_policy_loss(logps, mb.old_logps, mb.advantages, mb.completion_mask, self.options.clip_eps,
+                               denominator)
+
+    def critic_loss(self, mb: RolloutBatch, denominator):
+        return value_loss(self.critic(mb), mb.values, mb.returns, mb.completion_mask, self.options.vf_clip,
+                          denominator)

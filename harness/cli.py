@@ -23,7 +23,7 @@ class Parser(argparse.ArgumentParser):
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("configuration (preset <- --config <- flags <- --set)")
-    group.add_argument("--preset", default="tiny", help="YAML preset: tiny (default), smoke, ... (see 'harness presets')")
+    group.add_argument("--preset", help="YAML preset: tiny (default), smoke, ... (see 'harness presets')")
     group.add_argument("--config", help="a YAML file of config sections applied over the preset")
     group.add_argument("--model", help="'tiny' (embedded) or a Hugging Face name or local folder")
     group.add_argument("--task", help="offline task, e.g. chain_sum or spell_backward (see 'harness tasks')")
@@ -40,12 +40,12 @@ FLAG_FIELDS = {"model": "model.name", "task": "task.name", "budget": "budget.tot
                "device": "run.device", "results_dir": "run.results_dir", "eval_tasks": "run.eval_tasks"}
 
 
-def config_from_args(args: argparse.Namespace):
+def config_from_args(args: argparse.Namespace, default_preset: str = "tiny"):
     """preset <- --config <- named flags <- --set, validated."""
     from harness.config import load_config
     overrides = [f"{field}={getattr(args, flag)}" for flag, field in FLAG_FIELDS.items()
                  if getattr(args, flag, None) is not None]
-    return load_config(args.preset, args.config, overrides + list(args.overrides))
+    return load_config(args.preset or default_preset, args.config, overrides + list(args.overrides))
 
 
 def parse_algos(text: str) -> list[str]:
@@ -120,13 +120,15 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from harness.commands.bench import bench_probes_command
+    from harness.commands import bench
     from harness.terminal import quiet_libraries
     quiet_libraries()
+    if args.what == "memory":
+        return bench.bench_memory_command(config_from_args(args, default_preset="tiny-realistic-vocab"))
     algo = parse_algos(args.algo)[0]
     if args.budget is None:
         args.overrides = ["budget.unit=steps", "budget.total=20", *args.overrides]
-    return bench_probes_command(config_from_args(args), algo, args.repeats)
+    return bench.bench_probes_command(config_from_args(args), algo, args.repeats)
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
@@ -220,9 +222,11 @@ def build_parser() -> Parser:
     baseline.add_argument("--out", required=True, metavar="FILE", help="e.g. results/baselines/NAME.json")
     baseline.set_defaults(func=cmd_baseline)
 
-    bench = sub.add_parser("bench", help="benchmarks: `harness bench probes` measures probe overhead",
-                           description="Benchmarks whose output is quoted, never asserted.")
-    bench.add_argument("what", choices=["probes"], help="what to benchmark")
+    bench = sub.add_parser("bench", help="benchmarks: probe overhead, the log-prob path's memory",
+                           description="Benchmarks whose output is quoted, never asserted. probes: step time with "
+                                       "probes on and off; memory: the update's peak of live tensors with the old "
+                                       "and the new log-prob path (default preset tiny-realistic-vocab).")
+    bench.add_argument("what", choices=["probes", "memory"], help="what to benchmark")
     bench.add_argument("--algo", default="ppo", help="the arm to run (default ppo: the most probed)")
     bench.add_argument("--repeats", type=int, default=4, help="on/off pairs (alternating order)")
     add_config_flags(bench)

@@ -18,6 +18,7 @@ from harness import UserError
 from harness.io import config_hash
 
 PRESET_DIR = Path(__file__).parent / "presets"
+PRECISIONS = ("fp32", "bf16-mixed", "bf16")
 
 
 @dataclass
@@ -29,7 +30,9 @@ class ModelConfig:
     warm_start_steps: int = 300  # tiny model: supervised steps on generated (question, answer) pairs
     warm_start_batch: int = 256  # tiny model: sequences per supervised step
     warm_start_lr: float = 2e-3  # tiny model: AdamW learning rate of the warm start
-    dtype: str = "float32"  # float32 | bfloat16 | float16
+    vocab_pad_to: int = 0  # tiny model: pad embedding and LM head to this many rows (151936: Qwen2.5's); 0: none
+    precision: str = "fp32"  # fp32 | bf16-mixed (bf16 compute, fp32 weights and AdamW state) | bf16 (pure)
+    gradient_checkpointing: bool = False  # recompute activations in backward (transformers' checkpointing)
 
 
 @dataclass
@@ -48,6 +51,7 @@ class RolloutConfig:
     temperature: float = 1.0  # sampling temperature
     top_p: float = 1.0  # nucleus sampling
     max_new_tokens: int = 6  # completion length cap
+    logprob_batch_size: int = 0  # rows per no-grad forward for old/reference log-probs and values (0: all)
     backend: str = "hf"  # hf (transformers generate) | vllm (GPU only)
 
 
@@ -62,6 +66,8 @@ class OptimConfig:
     lr: float = 1e-4  # policy AdamW learning rate, the same for every arm
     epochs: int = 1  # passes over each rollout batch
     minibatches: int = 2  # optimizer steps per pass
+    micro_batch_size: int = 0  # rows per forward/backward, gradients accumulated (0: the whole minibatch)
+    entropy_coef: float = 0.0  # entropy bonus in the loss (0: entropy is a statistic, under no_grad)
     max_grad_norm: float = 1.0  # gradient clipping
     weight_decay: float = 0.0  # AdamW weight decay
 
@@ -73,6 +79,7 @@ class RunConfig:
     threads: int = 0  # torch threads; 0 uses every core
     eval_every: int = 0  # greedy held-out accuracy every N steps (0: start and end only)
     checkpoint_every: int = 10  # steps between checkpoints that resume needs
+    memory_every: int = 10  # live-tensor peaks on the second step and every N after (1: every step; 0: off)
     lm_eval: bool = True  # score the base and final policy with lm-evaluation-harness
     lm_eval_k: int = 8  # samples per prompt for maj@k and pass@k (0: greedy pass@1 only)
     eval_tasks: str = ""  # extra lm-eval benchmarks by name, comma-separated (e.g. gsm8k)
@@ -232,8 +239,31 @@ def validate(config: Config) -> None:
             f"optim.minibatches={config.optim.minibatches}")
     if config.rollout.backend not in ("hf", "vllm"):
         raise UserError(f"rollout.backend '{config.rollout.backend}' is not one of: hf, vllm")
-    if config.model.dtype not in ("float32", "bfloat16", "float16"):
-        raise UserError(f"model.dtype '{config.model.dtype}' is not one of: float32, bfloat16, float16")
+    if config.model.precision not in PRECISIONS:
+        raise UserError(f"model.precision '{config.model.precision}' is not one of: {', '.join(PRECISIONS)}")
+    minibatch = config.rollout.batch_size // config.optim.minibatches
+    micro = config.optim.micro_batch_size
+    if micro < 0 or (micro and minibatch % micro):
+        raise UserError(f"optim.micro_batch_size={micro} does not divide a minibatch of {minibatch} rows "
+                        f"(rollout.batch_size / optim.minibatches); pick a divisor of {minibatch}, or 0 for all")
+    if config.rollout.logprob_batch_size < 0:
+        raise UserError("rollout.logprob_batch_size must be 0 (all rows) or positive")
+    if config.run.memory_every < 0:
+        raise UserError("run.memory_every must be 0 (off) or positive")
+
+
+def train_settings(config: Config):
+    """What the algorithms' shared loop needs from this config."""
+    import torch
+
+    from harness.algorithms.base import TrainSettings
+    return TrainSettings(
+        lr=config.optim.lr, weight_decay=config.optim.weight_decay, epochs=config.optim.epochs,
+        minibatches=config.optim.minibatches, micro_batch_size=config.optim.micro_batch_size,
+        max_grad_norm=config.optim.max_grad_norm, entropy_coef=config.optim.entropy_coef,
+        temperature=config.rollout.temperature, max_new_tokens=config.rollout.max_new_tokens,
+        logprob_batch_size=config.rollout.logprob_batch_size,
+        autocast_dtype=torch.bfloat16 if config.model.precision == "bf16-mixed" else None)
 
 
 def make_task(config: Config):

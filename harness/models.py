@@ -9,6 +9,8 @@ hash of everything that determines its weights.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import json
 import os
 import shutil
 import tempfile
@@ -17,9 +19,11 @@ from typing import TYPE_CHECKING
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from transformers import (AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedTokenizerFast, Qwen2Config,
+                          Qwen2ForCausalLM)
 
 from harness import UserError
+from harness.algorithms.base import checkpointing_on
 from harness.io import config_hash
 from harness.tasks.base import Task
 
@@ -27,7 +31,8 @@ if TYPE_CHECKING:
     from harness.config import ModelConfig
 
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# The dtype weights are stored in: bf16-mixed keeps fp32 master weights (and so fp32 AdamW state).
+WEIGHT_DTYPES = {"fp32": torch.float32, "bf16-mixed": torch.float32, "bf16": torch.bfloat16}
 
 
 def cache_dir() -> Path:
@@ -48,8 +53,10 @@ def char_tokenizer(alphabet: str) -> PreTrainedTokenizerFast:
 
 
 def tiny_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerFast) -> Qwen2ForCausalLM:
+    """A Qwen2 of the configured width and depth; with `vocab_pad_to`, embedding and LM head have that
+    many rows (a real model's vocabulary) while the tokenizer keeps the task's characters."""
     config = Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, intermediate_size=4 * cfg.hidden_size,
+        vocab_size=max(len(tokenizer), cfg.vocab_pad_to), hidden_size=cfg.hidden_size, intermediate_size=4 * cfg.hidden_size,
         num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
         num_key_value_heads=cfg.num_heads, max_position_embeddings=64, tie_word_embeddings=True,
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
@@ -96,7 +103,7 @@ def warm_start(model, tokenizer, task: Task, cfg: ModelConfig, seed: int, progre
 
 def tiny_key(cfg: ModelConfig, task: Task) -> str:
     fields = {k: getattr(cfg, k) for k in ("hidden_size", "num_layers", "num_heads", "warm_start_steps",
-                                           "warm_start_batch", "warm_start_lr")}
+                                           "warm_start_batch", "warm_start_lr", "vocab_pad_to")}
     # The warm-start pairs skip the held-out prompts, so the eval split is part of what shapes the weights.
     return config_hash({"model": fields, "task": task.name, "alphabet": task.alphabet,
                         "options": getattr(task, "options", {}), "seed": getattr(task, "seed", 0),
@@ -108,19 +115,51 @@ def tiny_folder(cfg: ModelConfig, task: Task) -> Path:
     return cache_dir() / f"tiny-{task.name}-{tiny_key(cfg, task)}"
 
 
+# The padded model (vocab_pad_to) starts from the warm-started unpadded one; this many more supervised
+# steps on it teach it to put no probability on the extra rows (their logits fall as Adam pushes them).
+PAD_WARM_START_STEPS, PAD_WARM_START_BATCH = 100, 32
+
+
+@torch.no_grad()
+def padding_mass(model, tokenizer, task: Task, rows: int = 64) -> float:
+    """Mean probability the model gives the rows past the tokenizer's vocabulary, at the first answer token."""
+    examples = task.eval_examples()[:rows]
+    batch = supervised_batch(tokenizer, [e.prompt for e in examples], [e.answer for e in examples])
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   position_ids=batch["position_ids"]).logits[:, -1]
+    return torch.softmax(logits.float(), -1)[:, len(tokenizer):].sum(-1).mean().item()
+
+
 def build_or_load_tiny(cfg: ModelConfig, task: Task, progress=None) -> Path:
-    """The cached warm-started tiny model's folder, built (atomically) when missing."""
+    """The cached warm-started tiny model's folder, built (atomically) when missing.
+
+    With `vocab_pad_to`, the unpadded model is built (or found) first, its embedding and LM head are
+    padded to that many rows, and a short supervised pass teaches it to give the new rows no mass;
+    the mass left on them is written to warm_start.json beside the weights.
+    """
     folder = tiny_folder(cfg, task)
     if (folder / "config.json").exists():
         return folder
     tokenizer = char_tokenizer(task.alphabet)
-    torch.manual_seed(0)
-    model = tiny_model(cfg, tokenizer)
-    warm_start(model, tokenizer, task, cfg, seed=0, progress=progress)
+    notes: dict[str, float] = {}
+    if cfg.vocab_pad_to > len(tokenizer):
+        unpadded = build_or_load_tiny(dataclasses.replace(cfg, vocab_pad_to=0), task, progress)
+        model = AutoModelForCausalLM.from_pretrained(unpadded)
+        torch.manual_seed(0)
+        model.resize_token_embeddings(cfg.vocab_pad_to, mean_resizing=False)
+        pad_cfg = dataclasses.replace(cfg, warm_start_steps=PAD_WARM_START_STEPS, warm_start_batch=PAD_WARM_START_BATCH)
+        notes["padding_mass_before"] = padding_mass(model, tokenizer, task)
+        warm_start(model, tokenizer, task, pad_cfg, seed=1, progress=progress)
+        notes.update(padded_rows=cfg.vocab_pad_to - len(tokenizer), padding_mass_after=padding_mass(model, tokenizer, task))
+    else:
+        torch.manual_seed(0)
+        model = tiny_model(cfg, tokenizer)
+        warm_start(model, tokenizer, task, cfg, seed=0, progress=progress)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
+    (staging / "warm_start.json").write_text(json.dumps(notes, indent=2) + "\n")
     try:
         staging.rename(folder)
     except OSError:  # another process built it first
@@ -156,23 +195,40 @@ def resolve_model_path(cfg: ModelConfig, task: Task, progress=None) -> str:
     return str(path) if path.exists() else cfg.name  # a local folder, else a Hub name
 
 
-def load_policy(path: str, dtype: str = "float32", device: str = "cpu"):
-    """(model, tokenizer) from a saved folder or the Hub; one clear line when it cannot be had."""
+def load_policy(path: str, precision: str = "fp32", device: str = "cpu", gradient_checkpointing: bool = False):
+    """(model, tokenizer) from a saved folder or the Hub; one clear line when it cannot be had.
+
+    The model's own generation_config (a Hub model may set repetition_penalty, top_k, ...) is kept
+    as `hub_generation_config` and replaced by one that holds only the special tokens: the harness
+    samples with explicit parameters.
+    """
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=WEIGHT_DTYPES[precision])
     except OSError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"cannot load model '{path}': {first}") from None
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.hub_generation_config = model.generation_config
+    model.generation_config = GenerationConfig(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                                               bos_token_id=model.generation_config.bos_token_id)
+    if gradient_checkpointing:
+        enable_gradient_checkpointing(model, path)
     return model.to(device), tokenizer
 
 
-def frozen_copy(model):
-    """The reference policy: same weights, no gradients, eval mode."""
+def enable_gradient_checkpointing(model, name: str = "the model") -> None:
+    """transformers' activation checkpointing (non-reentrant), or one clear line if the model has none."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise UserError(f"model.gradient_checkpointing: {name} ({type(model).__name__}) does not support "
+                        "gradient checkpointing; set it to false")
+    checkpointing_on(model)
+
+
+def frozen_copy(model, dtype: torch.dtype | None = None):
+    """The reference policy: same weights (in `dtype` if given), no gradients, eval mode."""
     reference = copy.deepcopy(model).eval()
     reference.requires_grad_(False)
-    return reference
+    return reference.to(dtype) if dtype is not None else reference

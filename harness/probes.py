@@ -1,8 +1,5 @@
-"""What each arm costs: exact memory accounting, GPU allocator and NVML figures, RSS, time, FLOPs.
-
-Exact accounting (bytes of parameters, gradients, optimizer state, saved activations, rollout
-tensors) depends only on shapes and dtypes, so it is the same on every machine and CI can compare
-it to the byte. Allocator, NVML and RSS figures are measured, and are reported apart from it.
+"""What each arm costs, beside the live-tensor peaks of harness.memory: model-state bytes (arithmetic:
+they follow from the sizes), GPU allocator and NVML figures, RSS and time (measured), FLOPs (arithmetic).
 """
 
 from __future__ import annotations
@@ -66,68 +63,16 @@ def model_state_bytes(trained: dict[str, torch.nn.Module], optimizers: dict[str,
     return out
 
 
-class SavedActivations:
-    """Peak bytes of tensors saved for backward, via saved_tensors_hooks; parameters excluded.
-
-    Every tensor packed during one forward stays alive until its backward, so the bytes packed
-    between `start()` and the backward are that step's activation footprint; storages saved twice
-    count once.
-    """
-
-    def __init__(self, models: list[torch.nn.Module]):
-        self.parameter_storages = {p.untyped_storage().data_ptr() for m in models for p in m.parameters()}
-        self.peak = 0
-        self._armed = True  # measure the next forward (see new_step)
-        self._current = 0
-        self._seen: set[tuple[int, int]] = set()
-
-    def _pack(self, tensor: torch.Tensor):
-        storage = tensor.untyped_storage()
-        key = (storage.data_ptr(), storage.nbytes())
-        if storage.data_ptr() not in self.parameter_storages and key not in self._seen:
-            self._seen.add(key)
-            self._current += storage.nbytes()
-            self.peak = max(self.peak, self._current)
-        return tensor
-
-    def new_step(self) -> None:
-        """Measure the next forward. Every minibatch of a step has the same shapes, hence the same
-        saved bytes: one forward per step gives the exact peak without hooking them all."""
-        self._armed = True
-
-    @contextmanager
-    def forward(self):
-        """Wrap one forward pass (whose backward follows before the next forward)."""
-        if not self._armed:
-            yield
-            return
-        self._armed = False
-        self._current, self._seen = 0, set()
-        with torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t):
-            yield
-
-
-def rollout_tensor_bytes(config, batch_size: int, sequence_length: int, dtype: torch.dtype) -> dict[str, int]:
-    """KV cache at full length and the full-sequence logits of the log-prob pass (float32)."""
-    heads = config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    element = torch.tensor([], dtype=dtype).element_size()
-    kv_cache = 2 * config.num_hidden_layers * batch_size * sequence_length * kv_heads * head_dim * element
-    logits = batch_size * sequence_length * config.vocab_size * 4
-    return {"kv_cache": kv_cache, "logits": logits}
-
-
-# ---------------------------------------------------------------- FLOPs
-
 def model_flops(parameters: int, tokens: int, backward: bool) -> float:
     """2 N per token forward, 6 N with backward (Kaplan et al. 2020), attention left out."""
     return (6 if backward else 2) * parameters * tokens
 
 
-def peak_flops(device_name: str | None, dtype: str) -> float | None:
+def peak_flops(device_name: str | None, precision: str) -> float | None:
+    """The device's dense peak FLOP/s for the compute dtype of `precision` (fp32, bf16-mixed, bf16)."""
     if not device_name:
         return None
+    dtype = "float32" if precision == "fp32" else "bfloat16"
     for fragment, table in DEVICE_PEAK_FLOPS.items():
         if fragment in device_name:
             return table.get(dtype)

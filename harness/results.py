@@ -9,21 +9,22 @@ from typing import Any
 
 MIB = 1024 * 1024
 
-# (key, label, unit) of every headline figure, in the order tables show them.
+# (key, label, unit) of every headline figure, in the order tables show them. Each label says whether
+# the figure is measured or arithmetic (follows from the model sizes).
 MEMORY_FIGURES = [
-    ("mem_exact_total", "exact total (model state + activations)", "MiB"),
-    ("mem_model_state", "exact model state (params + grads + optimizer)", "MiB"),
-    ("mem_activations", "exact saved activations, peak", "MiB"),
-    ("mem_rollout_kv", "exact rollout KV cache, peak", "MiB"),
-    ("mem_rollout_logits", "exact rollout logits, peak", "MiB"),
-    ("mem_rss_net", "measured RSS peak, net of start", "MiB"),
-    ("mem_cuda_allocated", "measured CUDA allocated peak", "MiB"),
-    ("mem_cuda_reserved", "measured CUDA reserved peak", "MiB"),
-    ("mem_nvml_used", "measured NVML device memory peak", "MiB"),
+    ("mem_live_peak", "measured: step peak of live tensors (max over phases)", "MiB"),
+    ("mem_model_state", "arithmetic: model state (params + grads + optimizer)", "MiB"),
+    ("mem_rss_net", "measured: RSS peak, net of start", "MiB"),
+    ("mem_cuda_allocated", "measured: CUDA allocated peak", "MiB"),
+    ("mem_cuda_reserved", "measured: CUDA reserved peak", "MiB"),
+    ("mem_nvml_used", "measured: NVML device memory peak", "MiB"),
 ]
+# The phases of a step in the order they run; an arm records the ones it has.
+PHASES = ["generate", "score", "old_logprobs", "ref_logprobs", "values", "advantages", "policy_update",
+          "critic_update", "joint_update"]
 TIME_FIGURES = [
-    ("time_per_step", "time per step", "s"),
-    ("wall", "wall time", "s"),
+    ("time_per_step", "measured: time per step (tracked steps and evaluations left out)", "s"),
+    ("wall", "measured: training time for the budget (evaluations left out)", "s"),
     ("samples_per_s", "samples / s", "1/s"),
     ("gen_tokens_per_s", "generated tokens / s", "1/s"),
 ]
@@ -46,25 +47,25 @@ def _max_or_none(values: Any) -> float | None:
 
 def headline(summary: dict[str, Any]) -> dict[str, Any]:
     """The figures of one arm that tables, ratios, the report and the CI gate use."""
-    models = get_path(summary, "mem", "exact", "models") or {}
+    models = get_path(summary, "mem", "arithmetic", "models") or {}
     measured = get_path(summary, "mem", "measured") or {}
+    phases = get_path(summary, "mem", "live", "phases") or {}
     row = {
         "algo": summary.get("algo"), "seed": summary.get("seed"), "status": summary.get("status"),
         "error": summary.get("error"), "steps": summary.get("steps"),
         "completions": get_path(summary, "budget", "used", "completions"),
         "acc_base": get_path(summary, "eval", "base", "accuracy"),
         "acc_final": get_path(summary, "eval", "final", "accuracy"),
-        "mem_exact_total": get_path(summary, "mem", "exact", "total"),
-        "mem_model_state": get_path(summary, "mem", "exact", "model_state_total"),
-        "mem_activations": get_path(summary, "mem", "exact", "activations_peak"),
-        "mem_rollout_kv": get_path(summary, "mem", "exact", "rollout_peak", "kv_cache"),
-        "mem_rollout_logits": get_path(summary, "mem", "exact", "rollout_peak", "logits"),
+        "mem_live_peak": get_path(summary, "mem", "live", "peak"),
+        "mem_live_peak_phase": get_path(summary, "mem", "live", "peak_phase"),
+        "mem_live_phases": {phase: row.get("total") for phase, row in phases.items()},
+        "mem_model_state": get_path(summary, "mem", "arithmetic", "model_state_total"),
         "mem_rss_net": measured.get("rss_peak_net"),
         "mem_cuda_allocated": _max_or_none(measured.get("cuda_allocated_peak")),
         "mem_cuda_reserved": _max_or_none(measured.get("cuda_reserved_peak")),
         "mem_nvml_used": get_path(measured, "nvml", "used_peak"),
         "time_per_step": get_path(summary, "time", "per_step_s"),
-        "wall": summary.get("wall_s"),
+        "wall": get_path(summary, "time", "train_s") or summary.get("wall_s"),
         "samples_per_s": get_path(summary, "tput", "samples_per_s"),
         "gen_tokens_per_s": get_path(summary, "tput", "gen_tokens_per_s"),
         "phases_per_step": get_path(summary, "time", "phases_per_step_s") or {},

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
+from transformers import GenerationConfig
 
-from harness.algorithms.base import RolloutBatch, policy_forward
+from harness.algorithms.base import NoMeter, RolloutBatch, TrainSettings, autocast, batched_logps
 from harness.config import RolloutConfig
 from harness.tasks.base import Example, Reward, Task
 
@@ -37,56 +37,86 @@ def encode_prompts(tokenizer, prompts: list[str], device) -> dict[str, torch.Ten
 
 
 def decode_completions(tokenizer, completion_ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
+    """Text before EOS. A model padded past its tokenizer (vocab_pad_to) may sample a row the tokenizer
+    has no token for: it reads as U+FFFD, which no answer contains."""
+    vocabulary = len(tokenizer)
     rows = [ids[: int(m.sum())].tolist() for ids, m in zip(completion_ids, mask)]
-    return tokenizer.batch_decode(rows, skip_special_tokens=True)
+    texts = tokenizer.batch_decode([[i for i in row if i < vocabulary] for row in rows], skip_special_tokens=True)
+    return [text + "\ufffd" if any(i >= vocabulary for i in row) else text for text, row in zip(texts, rows)]
+
+
+def sampling_config(tokenizer, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
+                    greedy: bool = False) -> GenerationConfig:
+    """Explicit sampling parameters, every logits processor off: the sampler's distribution is the
+    policy's softmax(logits / temperature), truncated by top-p only, which the trainer's log-probs assume.
+
+    transformers fills any field left None from the model's own generation_config (a Hub model may set
+    repetition_penalty, top_k, no_repeat_ngram_size, ...): `sample` hides that config while it
+    generates, and the fields that matter are set to their neutral values here as well.
+    """
+    neutral = dict(top_k=0, min_p=0.0, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0,
+                   repetition_penalty=1.0, encoder_repetition_penalty=1.0, no_repeat_ngram_size=0,
+                   encoder_no_repeat_ngram_size=0, min_length=0, min_new_tokens=0, length_penalty=1.0,
+                   renormalize_logits=False, num_beams=1, num_return_sequences=1, suppress_tokens=[],
+                   begin_suppress_tokens=[])
+    sampling = {"do_sample": False} if greedy else {"do_sample": True, "temperature": temperature, "top_p": top_p}
+    return GenerationConfig(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                            eos_token_id=tokenizer.eos_token_id, **neutral, **sampling)
 
 
 @torch.no_grad()
 def sample(policy, tokenizer, prompts: list[str], max_new_tokens: int, temperature: float = 1.0,
-           top_p: float = 1.0, greedy: bool = False) -> tuple[torch.Tensor, torch.Tensor, int]:
+           top_p: float = 1.0, greedy: bool = False, autocast_dtype=None) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(input_ids `[B, P + T]`, prompt attention_mask `[B, P]`, P): prompts, then sampled completions."""
     device = next(policy.parameters()).device
     encoded = encode_prompts(tokenizer, prompts, device)
-    sampling = {"do_sample": False} if greedy else {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
-    output = policy.generate(**encoded, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=tokenizer.eos_token_id, **sampling)
+    config = sampling_config(tokenizer, max_new_tokens, temperature, top_p, greedy)
+    hub_config = policy.generation_config
+    policy.generation_config = GenerationConfig(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    try:
+        with autocast(policy, autocast_dtype):
+            output = policy.generate(**encoded, generation_config=config)
+    finally:
+        policy.generation_config = hub_config
     return output, encoded["attention_mask"], encoded["input_ids"].shape[1]
 
 
 def generate(policy, reference, tokenizer, task: Task, examples: list[Example], cfg: RolloutConfig,
-             timer=None) -> Rollout:
-    """Sample `samples_per_prompt` completions per example (grouped contiguously) and score them."""
-    timer = timer or NoTimer()
+             settings: TrainSettings | None = None, meter=None) -> Rollout:
+    """Sample `samples_per_prompt` completions per example (grouped contiguously), score them, and
+    compute the sampler's and the reference's log-probs in no-grad micro-batches."""
+    meter = meter or NoMeter()
+    settings = settings or TrainSettings(temperature=cfg.temperature)
     group = [e for e in examples for _ in range(cfg.samples_per_prompt)]
-    with timer.phase("generate"):
+    with meter.phase("generate"):
         input_ids, prompt_mask, prompt_length = sample(policy, tokenizer, [e.prompt for e in group],
-                                                       cfg.max_new_tokens, cfg.temperature, cfg.top_p)
-    completion_ids = input_ids[:, prompt_length:]  # [B, T]
-    mask, finished = completion_mask(completion_ids, tokenizer.eos_token_id)
-    with timer.phase("score"):
+                                                       cfg.max_new_tokens, cfg.temperature, cfg.top_p,
+                                                       autocast_dtype=settings.autocast_dtype)
+    with meter.phase("score"):
+        completion_ids = input_ids[:, prompt_length:]  # [B, T]
+        mask, finished = completion_mask(completion_ids, tokenizer.eos_token_id)
         texts = decode_completions(tokenizer, completion_ids, mask)
-        done = finished.tolist()
-        rewards = [task.reward(text, example, finished=d) for text, example, d in zip(texts, group, done)]
-    batch = RolloutBatch(input_ids=input_ids, attention_mask=torch.cat([prompt_mask, mask.long()], dim=1),
-                         completion_mask=mask, prompt_length=prompt_length,
-                         scores=torch.tensor([r.total for r in rewards]), group_size=cfg.samples_per_prompt,
-                         old_logps=torch.empty(0))
-    with timer.phase("logprobs"), torch.no_grad():
-        batch.old_logps = policy_forward(policy, batch)[0]
+        rewards = [task.reward(text, example, finished=done) for text, example, done in zip(texts, group, finished.tolist())]
+        batch = RolloutBatch(input_ids=input_ids, attention_mask=torch.cat([prompt_mask, mask.long()], dim=1),
+                             completion_mask=mask, prompt_length=prompt_length, group_size=cfg.samples_per_prompt,
+                             scores=torch.tensor([r.total for r in rewards], device=input_ids.device))
+    with meter.phase("old_logprobs"):
+        batch.old_logps = batched_logps(policy, batch, settings)
     if reference is not None:
-        with timer.phase("reference"), torch.no_grad():
-            batch.ref_logps = policy_forward(reference, batch)[0]
+        with meter.phase("ref_logprobs"):
+            batch.ref_logps = batched_logps(reference, batch, settings)
     return Rollout(batch=batch, completions=texts, rewards=rewards)
 
 
 @torch.no_grad()
 def greedy_eval(policy, tokenizer, task: Task, examples: list[Example], max_new_tokens: int,
-                batch_size: int = 256) -> dict[str, float]:
+                batch_size: int = 256, autocast_dtype=None) -> dict[str, float]:
     """Greedy held-out figures: accuracy (solved), mean correctness score, well-formed rate."""
     rewards: list[Reward] = []
     for start in range(0, len(examples), batch_size):
         chunk = examples[start: start + batch_size]
-        input_ids, _, prompt_length = sample(policy, tokenizer, [e.prompt for e in chunk], max_new_tokens, greedy=True)
+        input_ids, _, prompt_length = sample(policy, tokenizer, [e.prompt for e in chunk], max_new_tokens,
+                                             greedy=True, autocast_dtype=autocast_dtype)
         completion_ids = input_ids[:, prompt_length:]
         mask, finished = completion_mask(completion_ids, tokenizer.eos_token_id)
         texts = decode_completions(tokenizer, completion_ids, mask)
@@ -96,8 +126,3 @@ def greedy_eval(policy, tokenizer, task: Task, examples: list[Example], max_new_
             "score": sum(r.correct for r in rewards) / count,
             "format": sum(r.format for r in rewards) / count,
             "n": len(rewards)}
-
-
-class NoTimer:
-    def phase(self, name):
-        return nullcontext()

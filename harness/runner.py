@@ -2,6 +2,10 @@
 
 `harness compare` starts each arm as its own process (`harness run --run-dir DIR`), so that one
 arm's peak memory, allocator state or crash cannot touch another's figures.
+
+A step: sample and score (the shared rollout), the sampler's and the reference's log-probs, the
+critic's values where the algorithm has a critic, advantages, then the algorithm's update; every
+phase is timed, and on tracked steps the peak of live tensors is recorded per phase.
 """
 
 from __future__ import annotations
@@ -21,10 +25,13 @@ import torch
 
 from harness import UserError, __version__
 from harness.algorithms import get_algorithm
-from harness.config import Config, algorithm_options, make_task
-from harness.io import append_jsonl, read_json, read_jsonl, rewrite_jsonl, write_json
-from harness.models import check_device, frozen_copy, load_policy, resolve_model_path
-from harness.probes import Probes, SavedActivations, model_flops, model_state_bytes, peak_flops, rollout_tensor_bytes
+from harness.checkpoint import RunState, load_checkpoint, save_checkpoint
+from harness.config import Config, algorithm_options, make_task, train_settings
+from harness.io import append_jsonl, read_json, read_jsonl, rewrite_jsonl, write_json, write_yaml
+from harness.memory import LiveTensors, step_peak
+from harness.meter import StepMeter, is_tracked_step, non_finite, step_flops, step_record, to_floats
+from harness.models import WEIGHT_DTYPES, check_device, frozen_copy, load_policy, resolve_model_path
+from harness.probes import Probes, model_state_bytes
 from harness.rollout import generate, greedy_eval
 
 
@@ -77,6 +84,10 @@ def injected_fault(algo: str, step: int) -> None:
             raise RuntimeError("injected failure")
 
 
+class Diverged(Exception):
+    """A step produced a non-finite loss, gradient norm or log-prob."""
+
+
 class Arm:
     """Everything one arm holds while it trains."""
 
@@ -89,46 +100,33 @@ class Arm:
         self.task = make_task(config)
         model_path = resolve_model_path(config.model, self.task, progress=self._warm_start_progress)
         seed_everything(config.run.seed)
-        self.policy, self.tokenizer = load_policy(model_path, config.model.dtype, config.run.device)
+        self.policy, self.tokenizer = load_policy(model_path, config.model.precision, config.run.device,
+                                                  config.model.gradient_checkpointing)
         self.policy.eval()
-        options = dataclasses.asdict(algorithm_options(config, algo))
-        self.algorithm = get_algorithm(algo)(self.policy, None, config.optim, options, seed=config.run.seed)
-        self.reference = frozen_copy(self.policy) if self.algorithm.needs_reference else None
-        self.algorithm.reference = self.reference
-        self.parameter_count = sum(p.numel() for p in self.policy.parameters())
+        self.settings = train_settings(config)
+        self.algorithm = get_algorithm(algo)(self.policy, algorithm_options(config, algo), self.settings,
+                                             seed=config.run.seed)
+        # A frozen reference is stored in the compute dtype: bf16 under bf16-mixed (2 bytes per parameter).
+        reference_dtype = torch.bfloat16 if config.model.precision != "fp32" else WEIGHT_DTYPES["fp32"]
+        self.reference = frozen_copy(self.policy, reference_dtype) if self.algorithm.needs_reference else None
+        self.model_sizes = {name: sum(p.numel() for p in model.parameters())
+                            for name, model in self.algorithm.trained_models().items()}
 
     def _warm_start_progress(self, step: int, total: int, loss: float) -> None:
         if self.progress:
             self.progress("warm start", step, total, {"loss": loss})
 
-    # ------------------------------------------------------------ checkpoints
+    def frozen_models(self) -> dict[str, torch.nn.Module]:
+        return {"reference": self.reference} if self.reference is not None else {}
+
+    def state_bytes(self) -> dict[str, dict[str, int]]:
+        """Arithmetic: bytes of parameters, gradients and optimizer state of each model, from their sizes."""
+        return model_state_bytes(self.algorithm.trained_models(), self.algorithm.optimizers(), self.frozen_models())
+
+    # ------------------------------------------------------------ files
 
     def checkpoint_path(self) -> Path:
         return self.run_dir / "checkpoint" / "state.pt"
-
-    def save_checkpoint(self, step: int, counters: dict[str, Any]) -> None:
-        state = {"step": step, "counters": counters,
-                 "models": {k: m.state_dict() for k, m in self.algorithm.trained_models().items()},
-                 "optimizers": {k: o.state_dict() for k, o in self.algorithm.optimizers().items()},
-                 "generator": self.algorithm.generator.get_state(),
-                 "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}}
-        path = self.checkpoint_path()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-
-    def load_checkpoint(self) -> tuple[int, dict[str, Any]]:
-        state = torch.load(self.checkpoint_path(), weights_only=False)
-        for name, model in self.algorithm.trained_models().items():
-            model.load_state_dict(state["models"][name])
-        for name, optimizer in self.algorithm.optimizers().items():
-            optimizer.load_state_dict(state["optimizers"][name])
-        self.algorithm.generator.set_state(state["generator"])
-        torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
-        random.setstate(state["rng"]["python"])
-        return state["step"], state["counters"]
 
     def save_final_model(self) -> None:
         """The trained policy and its tokenizer as a Hugging Face folder (for `harness eval`, lm_eval)."""
@@ -140,11 +138,11 @@ class Arm:
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(staging, folder)
 
-    # ------------------------------------------------------------ the loop
+    # ------------------------------------------------------------ evaluation
 
     def evaluate(self) -> dict[str, float]:
         return greedy_eval(self.policy, self.tokenizer, self.task, self.task.eval_examples(),
-                           self.config.rollout.max_new_tokens)
+                           self.config.rollout.max_new_tokens, autocast_dtype=self.settings.autocast_dtype)
 
     def lm_eval(self, label: str) -> dict[str, Any] | None:
         """lm-evaluation-harness scores (greedy pass@1, maj@k, pass@k) of the policy as it is now."""
@@ -158,145 +156,133 @@ class Arm:
                             temperature=self.config.rollout.temperature, top_p=self.config.rollout.top_p,
                             label=label, extra_tasks=extra, log=lambda line: None)
 
-    def budget_left(self, counters: dict[str, Any], step: int) -> bool:
+    # ------------------------------------------------------------ the loop
+
+    def budget_left(self, state: RunState) -> bool:
         budget = self.config.budget
-        spent = {"completions": counters["completions"], "tokens": counters["tokens"], "steps": step}[budget.unit]
-        return spent < budget.total
+        spent = {"completions": state.completions, "tokens": state.tokens, "steps": state.step}[budget.unit]
+        return spent < budget.total and state.step < self.config.total_steps()
 
     def train(self, resume: bool = False, probes_enabled: bool = True) -> dict[str, Any]:
-        config, run_dir = self.config, self.run_dir
-        steps_path = run_dir / "steps.jsonl"
-        # Everything a resumed run must carry on from lives in counters (saved with each checkpoint).
-        step, counters = 0, {"completions": 0, "tokens": 0, "wall": 0.0, "base_eval": None,
-                             "phase_totals": {}, "exact_peaks": {"activations": 0, "kv_cache": 0, "logits": 0}}
+        config, steps_path = self.config, self.run_dir / "steps.jsonl"
+        state = RunState()
         if resume and self.checkpoint_path().exists():
-            step, counters = self.load_checkpoint()
-            rewrite_jsonl(steps_path, [r for r in read_jsonl(steps_path) if r["step"] <= step])
+            state = load_checkpoint(self.checkpoint_path(), self.algorithm)
+            rewrite_jsonl(steps_path, [r for r in read_jsonl(steps_path) if r["step"] <= state.step])
         else:
             steps_path.unlink(missing_ok=True)
-        if counters["base_eval"] is None:
-            counters["base_eval"] = self.evaluate()
-            counters["base_lm_eval"] = self.lm_eval("base")
-        total_steps = config.total_steps()
-        frozen = {"reference": self.reference} if self.reference is not None else {}
-        activations = SavedActivations(list(self.algorithm.trained_models().values()))
-        exact_peaks, phase_totals = counters["exact_peaks"], counters["phase_totals"]
+        if state.base_eval is None:
+            state.base_eval = self.evaluate()
+            state.base_lm_eval = self.lm_eval("base")
+        live = None
+        if probes_enabled and config.run.memory_every:
+            live = LiveTensors(self.algorithm.trained_models().values(), self.frozen_models().values(),
+                               self.algorithm.optimizers().values())
         probes = Probes(config.run.device, enabled=probes_enabled)
-        started = time.perf_counter() - counters["wall"]
+        meter = StepMeter(probes, live)
         with probes:
-            while step < total_steps and self.budget_left(counters, step):
-                step_start = time.perf_counter()
-                seed_everything(step_seed(config.run.seed, step))
-                examples = self.task.train_examples(step, config.prompts_per_step)
-                rollout = generate(self.policy, self.reference, self.tokenizer, self.task, examples,
-                                   config.rollout, timer=probes)
-                batch = rollout.batch
-                with probes.phase("critic" if "critic" in self.algorithm.trained_models() else "advantages"):
-                    prepare_stats = self.algorithm.prepare(batch)
-                activations.new_step()
-                self.algorithm.activation_probe = activations if probes_enabled else None
-                with probes.phase("update"):
-                    injected_fault(self.algo_name, step + 1)
-                    update_stats = self.algorithm.update(batch)
-                step_time = time.perf_counter() - step_start
-                times = probes.take_step_times()
-                for phase, seconds in times.items():
-                    phase_totals[phase] = phase_totals.get(phase, 0.0) + seconds
-                generated = int(batch.completion_mask.sum().item())
-                counters["completions"] += batch.size
-                counters["tokens"] += generated
-                step += 1
-                state_bytes = model_state_bytes(self.algorithm.trained_models(), self.algorithm.optimizers(), frozen)
-                sequence_length = batch.input_ids.shape[1]
-                rollout_bytes = rollout_tensor_bytes(self.policy.config, batch.size, sequence_length, self.policy.dtype)
-                exact_peaks["activations"] = max(exact_peaks["activations"], activations.peak)
-                for key, value in rollout_bytes.items():
-                    exact_peaks[key] = max(exact_peaks[key], value)
-                record = self.step_record(step, counters, rollout, prepare_stats, update_stats, times, step_time,
-                                          state_bytes, activations.peak, rollout_bytes, probes)
-                if config.run.eval_every and step % config.run.eval_every == 0:
+            while self.budget_left(state):
+                record = self.train_step(state, meter, probes)
+                if config.run.eval_every and state.step % config.run.eval_every == 0:
+                    started = time.perf_counter()
                     record.update({f"eval/{k}": v for k, v in self.evaluate().items()})
-                counters["wall"] = time.perf_counter() - started
-                record["wall"] = counters["wall"]
+                    record["time/eval"] = time.perf_counter() - started
+                    state.eval_s += record["time/eval"]
                 append_jsonl(steps_path, record)
-                if config.run.checkpoint_every and step % config.run.checkpoint_every == 0:
-                    self.save_checkpoint(step, counters)
+                if record.get("diverged"):
+                    raise Diverged(f"diverged at step {state.step}: {record['diverged']}")
+                if config.run.checkpoint_every and state.step % config.run.checkpoint_every == 0:
+                    save_checkpoint(self.checkpoint_path(), state, self.algorithm)
                 if self.progress:
-                    self.progress("train", step, total_steps, {"reward": record["reward/mean"],
-                                                               "acc": record["reward/accuracy"]})
-        counters["wall"] = time.perf_counter() - started
+                    self.progress("train", state.step, config.total_steps(),
+                                  {"reward": record["reward/mean"], "acc": record["reward/accuracy"]})
         final_eval = self.evaluate()
         final_lm_eval = self.lm_eval("final")
         self.save_final_model()
-        return {"steps": step, "counters": counters, "base_eval": counters["base_eval"], "final_eval": final_eval,
-                "lm_eval": {"base": counters.get("base_lm_eval"), "final": final_lm_eval},
-                "state_bytes": model_state_bytes(self.algorithm.trained_models(), self.algorithm.optimizers(), frozen),
-                "exact_peaks": exact_peaks, "phase_totals": phase_totals, "probes": probes.summary(),
-                "device_name": probes.device_name()}
+        return {"state": state, "final_eval": final_eval, "final_lm_eval": final_lm_eval,
+                "state_bytes": self.state_bytes(), "probes": probes.summary(), "device_name": probes.device_name()}
 
-    def step_record(self, step, counters, rollout, prepare_stats, update_stats, times, step_time,
-                    state_bytes, activation_peak, rollout_bytes, probes) -> dict[str, Any]:
-        batch, rewards = rollout.batch, rollout.rewards
-        generated = int(batch.completion_mask.sum().item())
-        trained_tokens = int(batch.attention_mask.sum().item()) * self.config.optim.epochs
-        n_models = len(self.algorithm.trained_models())
-        flops = (model_flops(self.parameter_count, int(batch.attention_mask.sum().item()), backward=False)
-                 * (2 + (self.reference is not None) + (n_models > 1))  # generate + old logps + ref + critic values
-                 + model_flops(self.parameter_count, trained_tokens, backward=True) * n_models)
-        record: dict[str, Any] = {
-            "step": step, "completions": counters["completions"], "tokens": counters["tokens"],
-            "reward/mean": batch.scores.mean().item(), "reward/std": batch.scores.std().item(),
-            "reward/accuracy": sum(r.solved for r in rewards) / len(rewards),
-            "reward/correct": sum(r.correct for r in rewards) / len(rewards),
-            "reward/format": sum(r.format for r in rewards) / len(rewards),
-            "completion/len_mean": generated / batch.size,
-            "time/step": step_time,
-            "tput/gen_tokens_per_s": generated / max(times.get("generate", 0.0), 1e-9),
-            "tput/train_tokens_per_s": trained_tokens / max(times.get("update", 0.0), 1e-9),
-            "tput/samples_per_s": batch.size / step_time,
-            "flops/step": flops,
-        }
-        peak = peak_flops(probes.device_name(), self.config.model.dtype)
-        if peak:
-            record["flops/mfu"] = flops / step_time / peak
-        record.update({f"loss/{k}": v for k, v in {**prepare_stats, **update_stats}.items()})
-        record.update({f"time/{k}": v for k, v in times.items()})
-        for model, row in state_bytes.items():
-            for category, value in row.items():
-                record[f"mem/exact/{model}/{category}"] = value
-        record["mem/exact/activations"] = activation_peak
-        record.update({f"mem/exact/rollout/{k}": v for k, v in rollout_bytes.items()})
-        record.update(probes.step_memory())
+    def train_step(self, state: RunState, meter: StepMeter, probes: Probes) -> dict[str, Any]:
+        """One rollout batch and the algorithm's update on it; the step's record."""
+        config, algorithm = self.config, self.algorithm
+        started = time.perf_counter()
+        seed_everything(step_seed(config.run.seed, state.step))
+        examples = self.task.train_examples(state.step, config.prompts_per_step)
+        tracked = is_tracked_step(state.step, config.run.memory_every, config.total_steps())
+        with meter.step(tracked):
+            rollout = generate(self.policy, self.reference, self.tokenizer, self.task, examples, config.rollout,
+                               self.settings, meter)
+            batch = rollout.batch
+            meter.retag_rollout(batch)
+            if algorithm.uses_critic:
+                with meter.phase("values"):
+                    algorithm.compute_values(batch)
+            with meter.phase("advantages"):
+                prepare_stats = algorithm.prepare(batch)
+            meter.retag_rollout(batch)
+            injected_fault(self.algo_name, state.step + 1)
+            update_stats = algorithm.update(batch, meter)
+        step_time = time.perf_counter() - started
+        times = probes.take_step_times()
+        stats = to_floats({**prepare_stats, **update_stats})
+        logps_ok = bool(torch.isfinite(batch.old_logps[batch.completion_mask.bool()]).all())
+        state.step += 1
+        state.completions += batch.size
+        state.tokens += int(batch.completion_mask.sum().item())
+        state.train_s += step_time
+        if meter.tracked_peaks:
+            state.tracked_steps += 1
+            state.tracked_s += step_time
+        for phase, seconds in times.items():
+            state.phase_totals[phase] = state.phase_totals.get(phase, 0.0) + seconds
+        for phase, peak in meter.tracked_peaks.items():
+            if peak["total"] > state.live_peaks.get(phase, {}).get("total", -1):
+                state.live_peaks[phase] = peak
+        flops = step_flops(self.model_sizes, int(batch.attention_mask.sum().item()), config.optim.epochs,
+                           self.reference is not None)
+        record = step_record(state.step, state, rollout, stats, times, step_time, flops, probes.device_name(),
+                             config.model.precision, self.state_bytes(), meter.tracked_peaks, probes.step_memory())
+        record["train_s"], record["wall"] = state.train_s, state.train_s + state.eval_s
+        problem = non_finite(stats) or (None if logps_ok else "the sampler's log-probs hold a non-finite value")
+        if problem:
+            record["diverged"] = problem
         return record
 
 
+# ---------------------------------------------------------------- the arm's summary
+
 def summarize(config: Config, algo: str, result: dict[str, Any], status: str = "ok", error: str | None = None) -> dict[str, Any]:
-    counters = result.get("counters", {})
-    state = result.get("state_bytes", {})
-    exact = result.get("exact_peaks", {})
-    model_total = sum(row["total"] for row in state.values())
-    wall = counters.get("wall", 0.0)
-    steps = result.get("steps", 0)
-    phase_totals = result.get("phase_totals", {})
+    state: RunState = result.get("state") or RunState()
+    models = result.get("state_bytes", {})
+    model_total = sum(row["total"] for row in models.values())
+    steps = state.step
+    untracked = steps - state.tracked_steps
+    # Time per step leaves out the steps that carried the live-tensor tracker, unless every step did.
+    per_step = ((state.train_s - state.tracked_s) / untracked if untracked else
+                state.train_s / steps if steps else None)
+    peak, peak_phase = step_peak(state.live_peaks)
     summary = {
         "algo": algo, "seed": config.run.seed, "task": config.task.name, "preset": config.preset,
         "model": config.model.name, "status": status, "error": error,
         "budget": {"unit": config.budget.unit, "total": config.budget.total,
-                   "used": {"completions": counters.get("completions", 0), "tokens": counters.get("tokens", 0),
-                            "steps": steps}},
-        "steps": steps, "wall_s": wall,
-        "eval": {"base": result.get("base_eval"), "final": result.get("final_eval"),
-                 "lm_eval": result.get("lm_eval")},
-        "mem": {"exact": {"models": state, "model_state_total": model_total,
-                          "activations_peak": exact.get("activations"),
-                          "rollout_peak": {k: exact.get(k) for k in ("kv_cache", "logits")},
-                          "total": model_total + (exact.get("activations") or 0)},
-                "measured": result.get("probes", {})},
-        "time": {"total_s": wall, "per_step_s": wall / steps if steps else None,
-                 "phases_s": phase_totals,
-                 "phases_per_step_s": {k: v / steps for k, v in phase_totals.items()} if steps else {}},
-        "tput": {"samples_per_s": counters.get("completions", 0) / wall if wall else None,
-                 "gen_tokens_per_s": counters.get("tokens", 0) / phase_totals["generate"] if phase_totals.get("generate") else None},
+                   "used": {"completions": state.completions, "tokens": state.tokens, "steps": steps}},
+        "steps": steps, "wall_s": state.train_s + state.eval_s,
+        "eval": {"base": state.base_eval, "final": result.get("final_eval"),
+                 "lm_eval": {"base": state.base_lm_eval, "final": result.get("final_lm_eval")}},
+        "mem": {
+            "live": {"peak": peak if state.live_peaks else None, "peak_phase": peak_phase,
+                     "phases": state.live_peaks, "tracked_steps": state.tracked_steps,
+                     "every": config.run.memory_every},
+            "arithmetic": {"models": models, "model_state_total": model_total},
+            "measured": result.get("probes", {}),
+        },
+        "time": {"train_s": state.train_s, "eval_s": state.eval_s, "per_step_s": per_step,
+                 "per_step_excludes_tracked": bool(untracked and state.tracked_steps),
+                 "phases_s": state.phase_totals,
+                 "phases_per_step_s": {k: v / steps for k, v in state.phase_totals.items()} if steps else {}},
+        "tput": {"samples_per_s": state.completions / state.train_s if state.train_s else None,
+                 "gen_tokens_per_s": (state.tokens / state.phase_totals["generate"]
+                                      if state.phase_totals.get("generate") else None)},
     }
     return summary
 
@@ -304,7 +290,6 @@ def summarize(config: Config, algo: str, result: dict[str, Any], status: str = "
 def run_arm(config: Config, algo: str, run_dir: Path, resume: bool = False, progress=None,
             probes_enabled: bool = True) -> dict[str, Any]:
     """Train one arm and write its folder; a failure is recorded in summary.json, not lost."""
-    from harness.io import write_yaml
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = config.to_dict()
@@ -316,18 +301,32 @@ def run_arm(config: Config, algo: str, run_dir: Path, resume: bool = False, prog
     arm = None
     try:
         arm = Arm(config, algo, run_dir, progress)
-        result = arm.train(resume=resume, probes_enabled=probes_enabled)
-        summary = summarize(config, algo, result)
+        summary = summarize(config, algo, arm.train(resume=resume, probes_enabled=probes_enabled))
     except UserError:
         (run_dir / "summary.json").unlink(missing_ok=True)
         raise
+    except Diverged as err:
+        summary = summarize(config, algo, {"state": _partial_state(run_dir)}, "diverged", str(err))
     except torch.OutOfMemoryError as err:
-        summary = summarize(config, algo, {"steps": _last_step(run_dir)}, "oom", f"out of memory at step {_last_step(run_dir) + 1}: {str(err).splitlines()[0]}")
+        summary = summarize(config, algo, {"state": _partial_state(run_dir)}, "oom",
+                            f"out of memory at step {_last_step(run_dir) + 1}: {str(err).splitlines()[0]}")
     except Exception as err:  # recorded, so that the other arms of a comparison go on
-        summary = summarize(config, algo, {"steps": _last_step(run_dir)}, "failed",
-                            f"failed at step {_last_step(run_dir) + 1}: {type(err).__name__}: {err}")
+        last = _last_step(run_dir)
+        where = f"at step {last + 1}" if last or (run_dir / "steps.jsonl").exists() else "before the first step"
+        summary = summarize(config, algo, {"state": _partial_state(run_dir)}, "failed",
+                            f"failed {where}: {type(err).__name__}: {err}")
     write_json(run_dir / "summary.json", summary)
     return summary
+
+
+def _partial_state(run_dir: Path) -> RunState:
+    """What the steps written before a failure say (steps and budget used)."""
+    rows = read_jsonl(run_dir / "steps.jsonl")
+    if not rows:
+        return RunState()
+    last = rows[-1]
+    return RunState(step=last["step"], completions=last["completions"], tokens=last["tokens"],
+                    train_s=last.get("train_s", 0.0))
 
 
 def _last_step(run_dir: Path) -> int:

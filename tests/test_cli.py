@@ -29,7 +29,8 @@ def test_compare_smoke_end_to_end(smoke_comparison):
         assert [r["step"] for r in rows] == [1, 2, 3]
         assert rows[-1]["completions"] == 96
         for key in ("reward/mean", "reward/std", "reward/accuracy", "loss/policy_loss", "loss/entropy",
-                    "completion/len_mean", "time/step", "mem/exact/policy/params"):
+                    "completion/len_mean", "time/step", "mem/model_state/policy/params", "mem/live/peak",
+                    "mem/live/policy_update/total", "mem/live/generate/kv_cache"):
             assert key in rows[0], key
         config = yaml.safe_load((folder / "config.yaml").read_text())
         assert config["derived"]["completions_per_step"] == 32 and config["algo"] == arm["algo"]
@@ -54,10 +55,12 @@ def test_same_seed_gives_identical_steps(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     for folder in (a, b):
         harness("run", "--algo", "ppo", "--preset", "smoke", "--out", str(folder), check=True)
-    drop = ("time/", "tput/", "wall", "mem/rss", "mem/cuda", "mem/nvml", "flops/mfu")
+    drop = ("time/", "tput/", "wall", "train_s", "mem/rss", "mem/cuda", "mem/nvml", "flops/mfu")
     rows_a = [{k: v for k, v in r.items() if not k.startswith(drop)} for r in read_rows(a / "steps.jsonl")]
     rows_b = [{k: v for k, v in r.items() if not k.startswith(drop)} for r in read_rows(b / "steps.jsonl")]
     assert rows_a == rows_b and len(rows_a) == 3
+    # the per-phase peaks of live tensors are among what repeats to the byte
+    assert all(r["mem/live/peak"] > 0 and r["mem/live/peak_phase"] for r in rows_a)
 
 
 def test_killed_run_resumes_from_its_checkpoint(tmp_path):
@@ -96,6 +99,10 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path):
     (["compare", "--model", "./no/such/model"], "model path './no/such/model' does not exist"),
     (["compare", "--set", "algorithms.grpo.betta=0.1", "--preset", "smoke"], "algorithms.grpo: unknown option(s) betta"),
     (["compare", "--device", "tpu"], "unknown device 'tpu'"),
+    (["compare", "--set", "model.precision=fp8"], "model.precision 'fp8' is not one of: fp32, bf16-mixed, bf16"),
+    (["compare", "--set", "algorithms.ppo.critic_pass=both"],
+     "algorithms.ppo: critic_pass 'both' is not one of: separate, joint"),
+    (["compare", "--set", "optim.micro_batch_size=3"], "optim.micro_batch_size=3 does not divide a minibatch of 128 rows"),
     (["compare", "--bogus-flag"], "unrecognized arguments: --bogus-flag"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):

@@ -1,7 +1,7 @@
 """The memory-regression gate: `harness check` and `harness baseline` on real smoke runs.
 
-Two runs are shared by the whole file: the smoke comparison (grpo, ppo) and one GRPO arm with a
-rollout batch twice the size (a bigger footprint: activations, KV cache and logits double).
+Two runs are shared by the whole file: the session's smoke comparison (grpo, ppo; conftest.py) and
+one GRPO arm with a rollout batch twice the size (a bigger footprint: activations and the KV cache grow).
 """
 
 from __future__ import annotations
@@ -29,10 +29,8 @@ def run_harness(*args: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def smoke(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("gate") / "smoke"
-    run_harness("compare", "--algos", "grpo,ppo", "--preset", "smoke", "--no-report", "--out", str(out))
-    return out
+def smoke(smoke_comparison) -> Path:
+    return smoke_comparison[0]
 
 
 @pytest.fixture(scope="session")
@@ -76,14 +74,17 @@ def test_baseline_records_what_it_was_measured_with(smoke, baseline):
     assert data["config_hash"] == json.loads((smoke / "comparison.json").read_text())["config_hash"]
     assert data["versions"]["torch"] and data["versions"]["harness"]
     assert [(a["algo"], a["seed"]) for a in data["arms"]] == [("grpo", 0), ("ppo", 0)]
-    assert data["arms"][1]["mem"]["exact"]["models"]["critic"]["params"] > 0
+    assert data["arms"][1]["mem"]["arithmetic"]["models"]["critic"]["params"] > 0
+    assert data["arms"][1]["mem"]["live"]["phases"]["critic_update"]["total"] > 0
 
 
 def test_identical_run_passes(capsys, smoke, baseline):
     code, out, _ = check(capsys, smoke, baseline)
     assert code == 0, out
     assert "REGRESSED" not in out and "improved" not in out
-    assert "ok: nothing regressed in 21 figures" in out  # 9 exact rows for grpo, 12 for ppo (a critic)
+    # grpo: the live peak, 6 phases, model state, policy params/grads/optimizer, reference params = 12;
+    # ppo: the live peak, 8 phases (values, critic_update), model state, 3 policy, 3 critic, 1 reference = 17
+    assert "ok: nothing regressed in 29 figures" in out
     assert "info, not gated" in out  # RSS is shown, never gated
 
 
@@ -92,10 +93,11 @@ def test_bigger_footprint_fails_and_names_what_grew(capsys, bigger, baseline):
     assert code == 1, out
     assert "warning: config differs from the baseline's" in out and "rollout.batch_size 32 -> 64" in out
     grew = re.findall(r"^  - grpo s0 (.+?):", out, re.M)
-    assert grew == ["exact total (model state + activations)", "exact saved activations, peak",
-                    "exact rollout KV cache, peak", "exact rollout logits, peak"]
-    assert "+100.0%" in out  # KV cache and logits double with the batch
-    assert "policy params" in out and "REGRESSED: 4 of 9 figures" in out
+    # twice the rows: every phase that holds per-row tensors grows; the model state does not
+    assert grew == ["measured: step peak of live tensors (max over phases)", "live tensors: generate",
+                    "live tensors: score", "live tensors: old_logprobs", "live tensors: ref_logprobs",
+                    "live tensors: advantages", "live tensors: policy_update"]
+    assert "policy params" in out and "REGRESSED: 7 of 12 figures" in out
 
 
 def test_bigger_footprint_within_exact_tolerance_passes(capsys, bigger, baseline):
@@ -114,8 +116,8 @@ def test_better_run_passes_and_says_it_improved(capsys, smoke, bigger, tmp_path)
     assert main(["baseline", str(bigger), "--out", str(bigger_baseline)]) == 0
     code, out, _ = check(capsys, smoke / "chain_sum__grpo__s0", bigger_baseline)
     assert code == 0, out
-    assert "ok: nothing regressed in 9 figures; 4 improved:" in out
-    assert "  - grpo s0 exact saved activations, peak: -" in out
+    assert "ok: nothing regressed in 12 figures; 7 improved:" in out
+    assert "  - grpo s0 live tensors: policy_update: -" in out
 
 
 # ---------------------------------------------------------------- bad input: exit 2, one line
@@ -188,7 +190,7 @@ def test_gpu_peaks_are_compared_with_tolerance_on_the_same_gpu(capsys, smoke, tm
     code, out, _ = check(capsys, as_gpu_run(smoke, tmp_path / "b", "NVIDIA H100", int(10.3 * gb)), gpu_baseline)
     assert code == 0 and "within tolerance" in out, out
     code, out, _ = check(capsys, as_gpu_run(smoke, tmp_path / "c", "NVIDIA H100", 11 * gb), gpu_baseline)
-    assert code == 1 and "  - grpo s0 measured CUDA allocated peak: +1.00 GiB (+10.0%)" in out, out
+    assert code == 1 and "  - grpo s0 measured: CUDA allocated peak: +1.00 GiB (+10.0%)" in out, out
     code, out, _ = check(capsys, as_gpu_run(smoke, tmp_path / "d", "NVIDIA H100", 11 * gb), gpu_baseline,
                          "--tolerance", "15%")
     assert code == 0, out
@@ -212,16 +214,17 @@ def test_verdicts():
 
 
 def test_a_new_model_is_a_regression_and_a_dropped_one_an_improvement():
-    grpo = {"exact": {"models": {"policy": {"params": 8, "grads": 8, "optimizer": 16, "total": 32}},
-                      "model_state_total": 32, "activations_peak": 10, "total": 42}}
-    ppo = {"exact": {"models": {"policy": {"params": 8, "grads": 8, "optimizer": 16, "total": 32},
-                                "critic": {"params": 8, "grads": 8, "optimizer": 16, "total": 32}},
-                     "model_state_total": 64, "activations_peak": 10, "total": 74}}
+    policy = {"params": 8, "grads": 8, "optimizer": 16, "total": 32}
+    grpo = {"arithmetic": {"models": {"policy": policy}, "model_state_total": 32},
+            "live": {"peak": 50, "phases": {"policy_update": {"total": 50}}}}
+    ppo = {"arithmetic": {"models": {"policy": policy, "critic": dict(policy)}, "model_state_total": 64},
+           "live": {"peak": 90, "phases": {"policy_update": {"total": 80}, "critic_update": {"total": 90}}}}
     grew = {r.label.strip(): r.verdict for r in compare_arm("a", grpo, ppo, 0.0, 0.05, False)}
-    assert grew["critic params"] == grew["critic optimizer"] == grew["exact total (model state + activations)"] == "regressed"
-    assert grew["policy params"] == "same"
+    assert grew["critic params"] == grew["critic optimizer"] == "regressed"
+    assert grew["measured: step peak of live tensors (max over phases)"] == "regressed"
+    assert grew["live tensors: policy_update"] == "regressed" and grew["policy params"] == "same"
     shrank = {r.label.strip(): r.verdict for r in compare_arm("a", ppo, grpo, 0.0, 0.05, False)}
-    assert shrank["critic params"] == shrank["exact model state (params + grads + optimizer)"] == "improved"
+    assert shrank["critic params"] == shrank["arithmetic: model state (params + grads + optimizer)"] == "improved"
 
 
 # ---------------------------------------------------------------- CI files

@@ -1,12 +1,11 @@
 """Seeded golden trajectory: the smoke arms' first losses, committed as JSON.
 
 A silent change in the math (a sign, a normalizer, a mask shifted by one) moves these numbers even
-when every unit test still passes. After an intended change, regenerate with
-`UPDATE_GOLDEN=1 python -m pytest tests/test_golden.py` and say why in the commit message.
+when every unit test still passes. After an intended change, record them again with
+`python tests/golden/record.py` and say why in the commit message; this test only compares.
 """
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -24,8 +23,6 @@ def trajectory(folder: Path) -> list[dict[str, float]]:
 def test_smoke_trajectory_matches_golden(smoke_comparison):
     out, _ = smoke_comparison
     now = {algo: trajectory(out / f"chain_sum__{algo}__s0") for algo in ("grpo", "ppo")}
-    if os.environ.get("UPDATE_GOLDEN"):
-        GOLDEN.write_text(json.dumps(now, indent=2, sort_keys=True) + "\n")
     golden = json.loads(GOLDEN.read_text())
     for algo, rows in golden.items():
         assert len(now[algo]) == len(rows)

@@ -1,12 +1,17 @@
 """The shared rollout: masks up to EOS, log-probs aligned with what generate sampled, groups."""
 
+import dataclasses
+import math
+
 import pytest
 import torch
+from transformers import GenerationConfig
 
-from harness.algorithms.base import RolloutBatch, policy_forward
+from harness.algorithms.base import RolloutBatch, completion_logps, entropy_from_logits, selective_log_softmax
 from harness.config import load_config
 from harness.models import load_policy, resolve_model_path
-from harness.rollout import completion_mask, generate, greedy_eval
+from harness.algorithms.base import TrainSettings
+from harness.rollout import completion_mask, encode_prompts, generate, greedy_eval, sampling_config
 from harness.tasks.gym import load_task
 
 
@@ -42,9 +47,6 @@ def test_groups_are_contiguous_and_logps_match_generate(smoke):
     # masked positions are padding, unmasked ones are the sampled tokens up to EOS
     completion = batch.input_ids[:, batch.prompt_length:]
     assert (completion[batch.completion_mask == 0] == tokenizer.pad_token_id).all()
-    # re-scoring the same sequences gives the same log-probs: old_logps are those of the sampler
-    again, _ = policy_forward(policy, batch)
-    torch.testing.assert_close(again * batch.completion_mask, batch.old_logps * batch.completion_mask)
     assert (batch.old_logps[batch.completion_mask.bool()] <= 0).all()
 
 
@@ -58,8 +60,8 @@ def test_left_padding_does_not_change_log_probs(smoke):
         ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(r)) + r + answer_ids for r in rows])
         prompt_mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
         mask = torch.ones(len(rows), len(answer_ids))
-        batch = RolloutBatch(ids, torch.cat([prompt_mask, mask.long()], 1), mask, width, torch.zeros(len(rows)), 1, None)
-        return policy_forward(policy, batch)[0]
+        batch = RolloutBatch(ids, torch.cat([prompt_mask, mask.long()], 1), mask, width, torch.zeros(len(rows)), 1)
+        return completion_logps(policy, batch)[0]
     alone = logps(["1+2="], "3")[0]
     padded = logps(["1+2=", "10+20="], "3")[0]
     torch.testing.assert_close(alone, padded, atol=1e-5, rtol=1e-5)
@@ -70,3 +72,58 @@ def test_greedy_eval_counts_solved_answers(smoke):
     figures = greedy_eval(policy, tokenizer, task, task.eval_examples(), config.rollout.max_new_tokens)
     assert figures["n"] == config.task.eval_size
     assert 0 <= figures["accuracy"] <= figures["score"] <= 1 and 0 <= figures["format"] <= 1
+
+
+def test_selective_log_softmax_equals_log_softmax_and_gather():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5, 11) * 4
+    targets = torch.randint(0, 11, (3, 5))
+    expected = torch.log_softmax(logits, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(selective_log_softmax(logits, targets), expected, atol=1e-6, rtol=0)
+    # bf16 logits are upcast row by row: the same figure to bf16's resolution
+    torch.testing.assert_close(selective_log_softmax(logits.bfloat16(), targets),
+                               torch.log_softmax(logits.bfloat16().float(), -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1),
+                               atol=1e-6, rtol=0)
+    # entropy: uniform logits over 11 tokens -> log 11
+    torch.testing.assert_close(entropy_from_logits(torch.zeros(1, 2, 11)), torch.full((1, 2), math.log(11)))
+
+
+def test_sampler_scores_equal_the_trainers_old_logps_whatever_the_hub_generation_config(smoke, tmp_path):
+    """A Hub model's generation_config (repetition penalty, top-k, ...) must not change what is sampled:
+    the logits generate sampled from, after temperature and top-p = 1, are the ones the trainer scores."""
+    config, task, policy, tokenizer = smoke
+    folder = tmp_path / "model"
+    policy.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    saved = GenerationConfig.from_pretrained(folder)
+    saved.update(repetition_penalty=1.3, top_k=3, no_repeat_ngram_size=1, do_sample=True, temperature=0.3)
+    saved.save_pretrained(folder)
+    model, tok = load_policy(str(folder))
+    assert model.hub_generation_config.repetition_penalty == 1.3  # kept for reference, not used
+    examples = task.train_examples(0, 4)
+    rollout_cfg = dataclasses.replace(config.rollout, temperature=0.7, samples_per_prompt=2)
+    torch.manual_seed(0)
+    rollout = generate(model, None, tok, task, examples, rollout_cfg, TrainSettings(temperature=0.7))
+    batch = rollout.batch
+    mask = batch.completion_mask.bool()
+    prompts = [e.prompt for e in examples for _ in range(2)]
+    encoded = encode_prompts(tok, prompts, "cpu")
+    model.generation_config = model.hub_generation_config  # as a Hub model arrives, penalties and all
+
+    def sampler_logps(**sampling):
+        """generate's processed scores (what it sampled from) at the tokens of `batch`."""
+        torch.manual_seed(0)
+        out = model.generate(**encoded, output_scores=True, return_dict_in_generate=True, **sampling)
+        steps = torch.stack([torch.log_softmax(score.float(), -1) for score in out.scores], 1)  # [B, T, V]
+        width = min(steps.shape[1], batch.completion_mask.shape[1])
+        targets = batch.input_ids[:, batch.prompt_length:batch.prompt_length + width]
+        return out.sequences, steps[:, :width].gather(-1, targets.unsqueeze(-1)).squeeze(-1), width
+
+    # the harness's explicit sampling parameters win over the Hub config: same completions, and the
+    # distribution generate sampled from is the one the trainer's old log-probs score
+    sequences, picked, width = sampler_logps(generation_config=sampling_config(tok, config.rollout.max_new_tokens, 0.7))
+    assert torch.equal(sequences, batch.input_ids)
+    torch.testing.assert_close(picked[mask], batch.old_logps[mask], atol=1e-5, rtol=1e-5)
+    # the control: the same temperature passed alone leaves the Hub's penalties on, and the scores differ
+    _, hub_picked, width = sampler_logps(do_sample=True, temperature=0.7, max_new_tokens=config.rollout.max_new_tokens)
+    assert not torch.allclose(hub_picked[mask[:, :width]], batch.old_logps[:, :width][mask[:, :width]], atol=1e-3)

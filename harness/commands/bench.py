@@ -1,4 +1,7 @@
-"""`harness bench probes`: what the measured probes cost, as a ratio of step time (target < 2%).
+"""Benchmarks whose output is quoted in notes, never asserted in tests.
+
+`harness bench probes`: what the measured probes cost, as a ratio of step time.
+`harness bench memory`: the update phase's peak of live tensors with the old and the new log-prob path.
 
 Runs the same arm with probes on and off, alternating so that drift in the machine's speed hits
 both sides alike, and compares the median step time of each side.
@@ -10,7 +13,14 @@ import statistics
 import tempfile
 from pathlib import Path
 
+import torch
+
+from harness.algorithms.base import RolloutBatch, completion_logits, entropy_from_logits, selective_log_softmax
+from harness.algorithms.grpo import grpo_loss
+from harness.config import make_task
 from harness.io import read_jsonl
+from harness.memory import LiveTensors
+from harness.models import char_tokenizer, tiny_model
 from harness.runner import run_arm
 
 
@@ -46,4 +56,78 @@ def bench_probes_command(config, algo: str, repeats: int) -> int:
     print(f"median step time: probes on {result['median_step_on_s'] * 1000:.2f} ms, "
           f"off {result['median_step_off_s'] * 1000:.2f} ms over {result['steps_each']} steps each")
     print(f"probe overhead: {result['overhead']:+.2%} of step time ({verdict} the 2% target)")
+    return 0
+
+
+# ---------------------------------------------------------------- harness bench memory
+
+def old_logprob_path(model, batch, temperature: float = 1.0):
+    """How log-probs were computed before this harness followed TRL: logits for every position, a full
+    fp32 log_softmax over the vocabulary, and entropy with its gradient. Kept here only to measure it."""
+    position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=position_ids,
+                   use_cache=False).logits
+    logits = logits[:, batch.prompt_length - 1: -1].float() / temperature
+    log_probs = torch.log_softmax(logits, dim=-1)
+    logps = log_probs.gather(-1, batch.input_ids[:, batch.prompt_length:].unsqueeze(-1)).squeeze(-1)
+    entropy = -(log_probs.exp() * log_probs).sum(-1)
+    return logps, entropy
+
+
+def new_logprob_path(model, batch, temperature: float = 1.0):
+    """The harness's path: logits of the completion positions only, selective log-softmax, entropy under no_grad."""
+    logits = completion_logits(model, batch, temperature)
+    logps = selective_log_softmax(logits, batch.input_ids[:, batch.prompt_length:])
+    with torch.no_grad():
+        entropy = entropy_from_logits(logits.detach())
+    return logps, entropy
+
+
+def update_peak(model, batch, path) -> dict[str, int]:
+    """Peak of live tensors over one forward and backward of GRPO's loss on `batch`."""
+    live = LiveTensors(trained=[model])
+    model.train()
+    with live, live.phase("policy_update"):
+        logps, entropy = path(model, batch)
+        loss, _ = grpo_loss(logps, batch.old_logps, batch.advantages, batch.completion_mask, ref_logps=None, beta=0.0)
+        loss = loss - 0.0 * entropy.mean()  # the old path kept entropy in the graph; keep its tensors alive alike
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    return live.step_peaks["policy_update"]
+
+
+def synthetic_batch(config, vocabulary: int, rows: int) -> RolloutBatch:
+    """A minibatch of the config's shapes: prompts of the task's length, full-length completions."""
+    task = make_task(config)
+    prompt = max(len(e.prompt) for e in task.eval_examples())
+    completion = config.rollout.max_new_tokens
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, vocabulary, (rows, prompt + completion), generator=generator)
+    mask = torch.ones(rows, completion)
+    return RolloutBatch(input_ids=ids, attention_mask=torch.ones_like(ids), completion_mask=mask,
+                        prompt_length=prompt, scores=torch.rand(rows, generator=generator),
+                        group_size=config.rollout.samples_per_prompt, old_logps=-torch.rand(rows, completion),
+                        advantages=torch.randn(rows, completion, generator=generator))
+
+
+def bench_memory_command(config) -> int:
+    """`harness bench memory`: the update phase's peak of live tensors on this config's shapes, with the
+    old log-prob path and the new one (random weights: memory does not depend on them)."""
+    task = make_task(config)
+    tokenizer = char_tokenizer(task.alphabet)
+    torch.manual_seed(0)
+    model = tiny_model(config.model, tokenizer)
+    vocabulary = model.config.vocab_size
+    rows = config.rollout.batch_size // config.optim.minibatches
+    batch = synthetic_batch(config, len(tokenizer), rows)
+    print(f"bench memory: preset {config.preset}, vocabulary {vocabulary:,} rows, a minibatch of {rows} sequences "
+          f"({batch.prompt_length} prompt + {batch.completion_mask.shape[1]} completion tokens), fp32; "
+          "measured: peak of live tensors over one forward and backward")
+    peaks = {"old": update_peak(model, batch, old_logprob_path), "new": update_peak(model, batch, new_logprob_path)}
+    for name, label in (("old", "full fp32 log_softmax at every position, entropy with grad"),
+                        ("new", "completion positions only, selective log-softmax, entropy under no_grad")):
+        parts = ", ".join(f"{k} {v / 2**20:,.1f}" for k, v in peaks[name].items() if k != "total")
+        print(f"  {name}: {peaks[name]['total'] / 2**20:,.1f} MiB  ({label}; MiB by category: {parts})")
+    ratio = peaks["old"]["total"] / peaks["new"]["total"]
+    print(f"old / new = {ratio:.2f}x ({'meets' if ratio >= 2 else 'BELOW'} the 2x target)")
     return 0

@@ -1,7 +1,8 @@
 """`harness check` and `harness baseline`: a memory-regression gate for CI, against committed baselines.
 
-Exact accounting (bytes counted from tensor shapes, and the activation peak of seeded rollouts) is
-deterministic for a seed, a config and a torch version, so it is compared to the byte by default.
+The peaks of live tensors per phase (measured by following every tensor an op makes) and the model
+state (arithmetic, from the sizes) are deterministic for a seed, a config and a torch version, so
+they are compared to the byte by default.
 Allocator and NVML peaks are measured and move a little between identical runs: they are compared
 with a tolerance, and only when both sides ran on the same kind of GPU. RSS moves by megabytes
 between identical runs on the CPU: it is shown, never gated.
@@ -21,12 +22,12 @@ from typing import Any
 from harness import UserError
 from harness.config import config_from_dict, read_yaml
 from harness.io import read_json, write_json
-from harness.results import MEMORY_FIGURES, headline
+from harness.results import MEMORY_FIGURES, PHASES, headline
 
 EXIT_OK, EXIT_REGRESSED = 0, 1
-BASELINE_FORMAT = 1
+BASELINE_FORMAT = 2
 
-EXACT = {"mem_exact_total", "mem_model_state", "mem_activations", "mem_rollout_kv", "mem_rollout_logits"}
+EXACT = {"mem_live_peak", "mem_model_state"}  # deterministic: compared to the byte
 GPU = {"mem_cuda_allocated", "mem_cuda_reserved", "mem_nvml_used"}  # other memory figures: shown, not gated
 MODEL_CATEGORIES = ("params", "grads", "optimizer")
 # Config fields that cannot change a footprint: where results go; seeds are matched arm by arm.
@@ -133,11 +134,18 @@ def arm_figures(mem: dict[str, Any]) -> list[tuple[str, str, str, float | None]]
     for key, label, _ in MEMORY_FIGURES:
         kind = "exact" if key in EXACT else "gpu" if key in GPU else "info"
         out.append((key, label, kind, row[key]))
+        if key == "mem_live_peak":
+            for phase, total in sorted(row["mem_live_phases"].items(), key=lambda item: phase_rank(item[0])):
+                out.append((f"live.{phase}", f"  live tensors: {phase}", "exact", total))
         if key == "mem_model_state":
             for model, sizes in sorted(row["models"].items()):
                 for category in MODEL_CATEGORIES:
                     out.append((f"{model}.{category}", f"  {model} {category}", "exact", sizes.get(category, 0)))
     return out
+
+
+def phase_rank(phase: str) -> int:
+    return PHASES.index(phase) if phase in PHASES else len(PHASES)
 
 
 @dataclass

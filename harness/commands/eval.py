@@ -63,7 +63,7 @@ def evaluate(target: Path | str, tasks: str | None = None, k: int = DEFAULT_K, l
     max_new_tokens = max_new_tokens or rollout.max_new_tokens
     quiet_libraries()
     check_device(device)
-    model, tokenizer = load_policy(str(model_dir), config.model.dtype if config else "float32", device)
+    model, tokenizer = load_policy(str(model_dir), config.model.precision if config else "fp32", device)
     # The run's own task keeps its options; every task its eval size and data seed.
     local_tasks = [load_task(name, eval_size=task_cfg.eval_size, seed=task_cfg.seed,
                              options=task_cfg.options if name == task_cfg.name else None) for name in local]

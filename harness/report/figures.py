@@ -20,14 +20,13 @@ import seaborn as sns  # noqa: E402
 
 from harness.report.data import HEALTH_METRICS, Arm, Comparison, get  # noqa: E402
 from harness.report.stats import mean_ci, t_quantile  # noqa: E402
+from harness.results import PHASES  # noqa: E402
 
 MIB = 1024 * 1024
 WIDTH = 7.2  # inches: the A4 text width at the report's margins
 DPI = 150
 ALGO_COLORS = {"grpo": "#1f77b4", "ppo": "#d95f02"}
-CATEGORY_SHADES = {"params": 1.0, "grads": 0.72, "optimizer": 0.45}
-MODEL_COLORS = {"policy": "#4c72b0", "critic": "#dd8452", "reference": "#55a868"}
-PHASE_ORDER = ["generate", "score", "logprobs", "reference", "advantages", "critic", "update"]
+LIVE_CATEGORIES = ["params", "grads", "optimizer", "activations", "temporaries", "kv_cache", "rollout", "other"]
 
 
 class NoData(Exception):
@@ -157,35 +156,23 @@ def fig_learning(cmp: Comparison) -> str:
     return to_data_uri(fig)
 
 
-def exact_memory_frame(cmp: Comparison) -> pd.DataFrame:
-    """Seed-mean exact bytes per (algo, model, category), activations as their own model."""
+def live_memory_frame(cmp: Comparison) -> pd.DataFrame:
+    """Seed-mean peak bytes of live tensors per (algo, phase, category), from summary.mem.live.phases."""
     rows = []
-    for algo in cmp.algos:
-        arms = [a for a in cmp.ok_arms(algo) if get(a.summary, "mem", "exact", "models")]
-        for arm in arms:
-            for model, sizes in get(arm.summary, "mem", "exact", "models").items():
-                for category in ("params", "grads", "optimizer"):
-                    rows.append({"algo": algo, "seed": arm.seed, "model": model, "category": category,
-                                 "bytes": sizes.get(category) or 0})
-            activations = get(arm.summary, "mem", "exact", "activations_peak")
-            if activations is not None:
-                rows.append({"algo": algo, "seed": arm.seed, "model": "activations", "category": "saved for backward",
-                             "bytes": activations})
-    frame = pd.DataFrame(rows, columns=["algo", "seed", "model", "category", "bytes"])
+    for arm in cmp.arms:
+        if not arm.ok:
+            continue
+        for phase, peak in (get(arm.summary, "mem", "live", "phases") or {}).items():
+            for category, value in peak.items():
+                if category != "total":
+                    rows.append({"algo": arm.algo, "seed": arm.seed, "phase": phase, "category": category,
+                                 "bytes": value})
+    frame = pd.DataFrame(rows, columns=["algo", "seed", "phase", "category", "bytes"])
     if frame.empty:
         return frame
-    frame = frame.groupby(["algo", "model", "category"], sort=False, as_index=False)["bytes"].mean()
-    order = {m: i for i, m in enumerate(["policy", "critic", "reference", "activations"])}
-    frame["order"] = frame["model"].map(lambda m: order.get(m, len(order) - 0.5))
-    return frame.sort_values(["algo", "order"], kind="stable").drop(columns="order")
-
-
-def segment_color(model: str, category: str) -> tuple:
-    if model == "activations":
-        return (0.77, 0.31, 0.32)
-    base = np.array(matplotlib.colors.to_rgb(MODEL_COLORS.get(model, "#8172b3")))
-    shade = CATEGORY_SHADES.get(category, 1.0)
-    return tuple(1 - shade * (1 - base))  # lighter for grads and optimizer state
+    # a category absent from a seed's phase is 0 there, so fill before the mean over seeds
+    full = frame.pivot_table(index=["algo", "seed", "phase"], columns="category", values="bytes", fill_value=0)
+    return full.groupby(level=["algo", "phase"]).mean().stack().rename("bytes").reset_index()
 
 
 def measured_memory_frame(cmp: Comparison) -> pd.DataFrame:
@@ -202,32 +189,38 @@ def t_errorbar(values) -> tuple[float, float]:
 
 
 def fig_memory(cmp: Comparison) -> str:
-    """Exact memory by model and category (stacked), beside the measured peaks (kept apart)."""
-    exact = exact_memory_frame(cmp)
+    """Measured peak of live tensors in each phase of a step, by category (stacked), one bar per
+    algorithm; beside it the measured RSS, allocator and NVML peaks (kept apart)."""
+    live = live_memory_frame(cmp)
     measured = measured_memory_frame(cmp)
-    if exact.empty and measured.empty:
+    if live.empty and measured.empty:
         raise NoData("no arm recorded memory")
-    fig, (left, right) = plt.subplots(1, 2, figsize=(WIDTH, 3.6), gridspec_kw={"width_ratios": [1.1, 1]})
-    algos = [a for a in cmp.algos if a in set(exact["algo"])]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(WIDTH, 3.8), gridspec_kw={"width_ratios": [1.6, 1]})
+    algos = [a for a in cmp.algos if not live.empty and a in set(live["algo"])]
+    phases = [p for p in PHASES if not live.empty and p in set(live["phase"])]
+    categories = [c for c in LIVE_CATEGORIES if not live.empty and c in set(live["category"])]
+    colors = dict(zip(categories, sns.color_palette("tab10", len(categories))))
+    width = 0.8 / max(len(algos), 1)
     legend = {}
-    for i, algo in enumerate(algos):
-        bottom = 0.0
-        for _, seg in exact[exact["algo"] == algo].iterrows():
-            height = seg["bytes"] / MIB
-            if height <= 0:
+    for a, algo in enumerate(algos):
+        for p, phase in enumerate(phases):
+            cells = live[(live["algo"] == algo) & (live["phase"] == phase)].set_index("category")["bytes"]
+            if cells.empty:
                 continue
-            label = f"{seg['model']} {seg['category']}" if seg["model"] != "activations" else "activations (saved for backward)"
-            bar = left.bar(i, height, bottom=bottom, color=segment_color(seg["model"], seg["category"]),
-                           edgecolor="white", linewidth=0.5, width=0.6)
-            legend.setdefault(label, bar)
-            bottom += height
-        left.text(i, bottom, f"{bottom:,.2f}", ha="center", va="bottom", fontsize=8)
-    left.set_xticks(range(len(algos)), algos)
-    left.set_ylabel("MiB (exact, counted from shapes)")
-    left.set_title("exact: model state + activations", fontsize=9)
+            x, bottom = p + (a - (len(algos) - 1) / 2) * width, 0.0
+            for category in categories:
+                height = float(cells.get(category, 0)) / MIB
+                if height > 0:
+                    legend.setdefault(category, left.bar(x, height, bottom=bottom, width=width * 0.92,
+                                                         color=colors[category], edgecolor="white", linewidth=0.4))
+                    bottom += height
+            left.text(x, bottom, algo, ha="center", va="bottom", fontsize=5, rotation=90)
+    left.set_xticks(range(len(phases)), [p.replace("_", " ") for p in phases], rotation=30, ha="right", fontsize=7)
+    left.set_ylabel("MiB (measured: live tensors)")
+    left.set_title("peak of live tensors per phase (seed mean)", fontsize=9)
     if legend:
-        left.legend(legend.values(), legend.keys(), fontsize=6, frameon=False, loc="upper left", ncol=2)
-        left.set_ylim(top=left.get_ylim()[1] * 1.45)
+        left.legend(legend.values(), legend.keys(), fontsize=6, frameon=False, loc="upper left", ncol=3)
+        left.set_ylim(top=left.get_ylim()[1] * 1.35)
     if measured.empty:
         reasons = sorted({str(get(a.summary, "mem", "measured", "gpu")) for a in cmp.arms
                           if isinstance(get(a.summary, "mem", "measured", "gpu"), str)})
@@ -258,7 +251,7 @@ def fig_phases(cmp: Comparison) -> str:
     if frame.empty:
         raise NoData("no finished arm recorded phase times")
     means = frame.groupby(["algo", "phase"], as_index=False)["s"].mean()
-    phases = sorted(set(means["phase"]), key=lambda p: (PHASE_ORDER.index(p) if p in PHASE_ORDER else 99, p))
+    phases = sorted(set(means["phase"]), key=lambda p: (PHASES.index(p) if p in PHASES else 99, p))
     colors = dict(zip(phases, sns.color_palette("Set2", len(phases))))
     algos = [a for a in cmp.algos if a in set(means["algo"])]
     fig, ax = plt.subplots(figsize=(WIDTH, 0.7 + 0.55 * len(algos)))
@@ -345,7 +338,7 @@ def fig_health(cmp: Comparison) -> str:
 
 FIGURES = [
     ("learning", "Reward and held-out accuracy against sampled completions and wall time", fig_learning),
-    ("memory", "Memory: exact accounting by model and category, and measured peaks", fig_memory),
+    ("memory", "Memory: peak of live tensors in each phase of a step, and measured peaks", fig_memory),
     ("phases", "Time per step by phase", fig_phases),
     ("throughput", "Throughput", fig_throughput),
     ("health", "Training health over training", fig_health),

@@ -1,0 +1,82 @@
+"""What a resumed arm carries on from: the run state, the algorithm's state and the random generators.
+
+A checkpoint holds tensors and plain containers only, so `torch.load(..., weights_only=True)` reads
+it: a crafted file cannot run code on resume. Anything else is refused with one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from harness import UserError
+from harness.io import atomic_write_with
+
+FORMAT = 2
+
+
+@dataclass
+class RunState:
+    """The counters of one arm: everything the step loop adds up, saved with each checkpoint."""
+
+    step: int = 0
+    completions: int = 0
+    tokens: int = 0
+    train_s: float = 0.0  # seconds of training steps; periodic held-out evaluations excluded
+    eval_s: float = 0.0  # seconds of periodic held-out evaluations
+    tracked_steps: int = 0  # steps that ran with the live-tensor tracker
+    tracked_s: float = 0.0  # their seconds (left out of time per step)
+    phase_totals: dict[str, float] = field(default_factory=dict)  # seconds per phase, summed
+    live_peaks: dict[str, dict[str, int]] = field(default_factory=dict)  # phase -> largest peak of live tensors
+    base_eval: dict[str, Any] | None = None
+    base_lm_eval: dict[str, Any] | None = None
+
+
+def rng_state() -> dict[str, Any]:
+    """The global generators as tensors and plain values (numpy's key array as a tensor)."""
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                      "has_gauss": int(has_gauss), "gauss": float(gauss)}}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_tuples(state["python"]))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["position"], n["has_gauss"], n["gauss"]))
+
+
+def _tuples(value: Any) -> Any:
+    """random.setstate wants tuples where a round trip may give lists."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def save_checkpoint(path: Path, state: RunState, algorithm) -> None:
+    payload = {"format": FORMAT, "run_state": dataclasses.asdict(state), "algorithm": algorithm.state_dict(),
+               "rng": rng_state()}
+    atomic_write_with(Path(path), lambda handle: torch.save(payload, handle))
+
+
+def load_checkpoint(path: Path, algorithm) -> RunState:
+    """Restore the algorithm and the generators; the run state to carry on from."""
+    try:
+        payload = torch.load(path, weights_only=True, map_location="cpu")
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise UserError(f"checkpoint {path} cannot be loaded safely (weights only): {first}; "
+                        "delete the checkpoint folder to start the arm afresh") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise UserError(f"checkpoint {path} is not a checkpoint of this harness version (format {FORMAT}); "
+                        "delete the checkpoint folder to start the arm afresh")
+    algorithm.load_state_dict(payload["algorithm"])
+    set_rng_state(payload["rng"])
+    known = {f.name for f in dataclasses.fields(RunState)}
+    return RunState(**{k: v for k, v in payload["run_state"].items() if k in known})

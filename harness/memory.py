@@ -1,0 +1,175 @@
+"""Peak bytes of live tensors per phase of a step, by category: torch's MemTracker, kept lean.
+
+`torch.distributed._tools.mem_tracker.MemTracker` is a dispatch mode that sees every tensor an op
+creates, follows each storage until it is freed, and sorts storages into parameters, buffers,
+gradients, activations (made in forward), temporaries (made in backward) and optimizer state. The
+same code runs on real tensors (what a run measures) and on fake ones (what `harness estimate`
+predicts), and for given shapes it gives the same bytes on every machine: the CI gate compares it
+to the byte.
+
+What this subclass changes, and why:
+- no per-module statistics: the upstream module hooks refuse a module called twice in one context
+  (generate calls the model once per token) and cost most of the tracker's time; "in backward" is
+  read from autograd's engine instead;
+- the peak is reset at each phase boundary, so each phase keeps its own peak and breakdown;
+- a `Rollout` category for the rollout batch's tensors, retagged once the rollout is built.
+During activation checkpointing's recomputation the recomputed activations count as temporaries;
+the totals, which the verdict reads, are unaffected.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterable
+
+import torch
+from torch.distributed._tools.mem_tracker import _TOTAL_KEY, MemTracker, _RefType
+
+# Our names for MemTracker's categories, in the order tables show them.
+CATEGORIES = {"Parameter": "params", "Buffer": "params", "Gradient": "grads", "Optstate": "optimizer",
+              "Activation": "activations", "Temp": "temporaries", "Rollout": "rollout", "Other": "other"}
+# In the generate phase, what forward creates and keeps is the KV cache (and the sampler's logits).
+PHASE_LABELS = {"generate": {"activations": "kv_cache"}}
+
+
+class _Category(_RefType):
+    PARAM = "Parameter"
+    BUFFER = "Buffer"
+    GRAD = "Gradient"
+    ACT = "Activation"
+    TEMP = "Temp"
+    OPT = "Optstate"
+    OTH = "Other"
+    ROLLOUT = "Rollout"
+
+
+def in_backward() -> bool:
+    """Whether autograd's engine is running a backward pass on this thread."""
+    return torch._C._current_graph_task_id() != -1
+
+
+class _Backward:
+    """The one thing MemTracker asks its module tracker (`is_bw`), answered without module hooks."""
+
+    parents: tuple = ()
+
+    @property
+    def is_bw(self) -> bool:
+        return in_backward()
+
+    def register_user_hooks(self, *hooks) -> None:
+        pass
+
+    def clear_user_hooks(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+class _LeanTracker(MemTracker):
+    def __init__(self) -> None:
+        super().__init__()
+        self._ref_class = _Category
+        self._mod_tracker = _Backward()
+
+    def _update_peak_stats(self, peak_state) -> None:
+        for device, snapshot in self._curr_mem_snap.items():
+            if self._peak_mem.get(device, 0) < snapshot[_TOTAL_KEY]:
+                self._peak_mem[device] = snapshot[_TOTAL_KEY]
+                self._peak_mem_snap[device] = dict(snapshot)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        if self._in_opt:
+            category = _Category.OPT
+        else:
+            category = _Category.TEMP if in_backward() else _Category.ACT
+        outputs = result if isinstance(result, (tuple, list)) else (result,)
+        for output in outputs:
+            if isinstance(output, torch.Tensor):
+                self._track(category, output)
+        self._update_peak_stats(None)
+        return result
+
+    def reset_peak(self) -> None:
+        self._peak_mem_snap = self.get_tracker_snapshot()
+        self._peak_mem = {device: snap[_TOTAL_KEY] for device, snap in self._peak_mem_snap.items()}
+
+    def peak(self) -> dict[str, int]:
+        """The peak since the last reset: {"total": bytes, category: bytes, ...} summed over devices."""
+        return by_category(self._peak_mem_snap)
+
+
+def by_category(snapshot: dict) -> dict[str, int]:
+    """A MemTracker snapshot {device: {category: bytes, "Total": bytes}} as {"total": bytes, our_name: bytes}."""
+    out = {"total": 0}
+    for device_snapshot in snapshot.values():
+        for key, value in device_snapshot.items():
+            name = "total" if key == _TOTAL_KEY else CATEGORIES[getattr(key, "value", key)]
+            if value or name == "total":
+                out[name] = out.get(name, 0) + value
+    return out
+
+
+class LiveTensors:
+    """Per-phase peaks of the live tensors of one arm.
+
+        live = LiveTensors(trained=[policy, critic], frozen=[reference], optimizers=[...])
+        with live:                       # one step
+            with live.phase("generate"): ...
+            live.retag_rollout(batch.tensors())
+        live.step_peaks                  # {phase: {"total": bytes, "params": ..., ...}}
+    """
+
+    def __init__(self, trained: Iterable[torch.nn.Module] = (), frozen: Iterable[torch.nn.Module] = (),
+                 optimizers: Iterable[torch.optim.Optimizer] = ()):
+        self._tracker = _LeanTracker()
+        self._trained = list(trained)
+        self._tracker.track_external(*self._trained, *frozen, *optimizers)
+        self.step_peaks: dict[str, dict[str, int]] = {}
+
+    def __enter__(self) -> "LiveTensors":
+        self.step_peaks = {}
+        self._tracker.__enter__()
+        for model in self._trained:  # gradients are tracked from hooks as they are made; exit removes the hooks
+            self._tracker._track_module_params_and_buffers(model, install_grad_hooks=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._tracker.__exit__(*exc)
+
+    @contextmanager
+    def phase(self, name: str):
+        """Record the peak of live tensors while the block runs (the max over repeats of a phase in a step)."""
+        self._tracker.reset_peak()
+        try:
+            yield
+        finally:
+            peak = self._tracker.peak()
+            for old, new in PHASE_LABELS.get(name, {}).items():
+                if old in peak:
+                    peak[new] = peak.pop(old)
+            if peak["total"] > self.step_peaks.get(name, {}).get("total", -1):
+                self.step_peaks[name] = peak
+
+    def retag_rollout(self, tensors: Iterable[torch.Tensor]) -> None:
+        """Count these tensors (the rollout batch) as `rollout` from now on."""
+        for tensor in tensors:
+            if tensor is not None:
+                self._tracker._update_and_maybe_create_winfos(tensor, _Category.ROLLOUT)
+
+    def current(self) -> dict[str, int]:
+        """Live tensors now, by category."""
+        return by_category(self._tracker.get_tracker_snapshot())
+
+
+def step_peak(phase_peaks: dict[str, dict[str, int]]) -> tuple[int, str | None]:
+    """(bytes, phase) of the largest phase peak: the step's peak of live tensors."""
+    if not phase_peaks:
+        return 0, None
+    phase = max(phase_peaks, key=lambda name: phase_peaks[name]["total"])
+    return phase_peaks[phase]["total"], phase

@@ -1,0 +1,234 @@
+"""The training stack every algorithm shares: the algorithm contract, micro-batching with gradient
+accumulation, separate and joint critic passes, gradient checkpointing, bf16-mixed, entropy."""
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from harness.algorithms import get_algorithm, parse_options
+from harness.algorithms.base import (Algorithm, RolloutBatch, TrainSettings, completion_logps, minibatch_indices)
+from harness.algorithms.grpo import GRPO, GRPOConfig
+from harness.algorithms.ppo import PPO, PPOConfig, value_loss
+from harness.config import ModelConfig
+from harness.models import char_tokenizer, enable_gradient_checkpointing, tiny_model
+
+
+def small_policy(dtype=torch.float64):
+    torch.manual_seed(0)
+    tokenizer = char_tokenizer("0123456789+-=")
+    return tiny_model(ModelConfig(hidden_size=16, num_layers=2, num_heads=2), tokenizer).to(dtype)
+
+
+def rollout_batch(policy, rows=8, prompt=4, completion=5, group=4, seed=1) -> RolloutBatch:
+    """Random prompts and completions of different lengths, scored at random, with the policy's log-probs."""
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, 16, (rows, prompt + completion), generator=generator)
+    lengths = torch.randint(1, completion + 1, (rows,), generator=generator)
+    completion_mask = (torch.arange(completion)[None, :] < lengths[:, None]).to(torch.float64)
+    attention = torch.cat([torch.ones(rows, prompt, dtype=torch.long), completion_mask.long()], 1)
+    batch = RolloutBatch(input_ids=ids, attention_mask=attention, completion_mask=completion_mask, prompt_length=prompt,
+                         scores=torch.rand(rows, generator=generator, dtype=torch.float64), group_size=group)
+    with torch.no_grad():
+        batch.old_logps = completion_logps(policy, batch)[0]
+        batch.ref_logps = batch.old_logps + 0.1 * torch.randn(rows, completion, generator=generator, dtype=torch.float64)
+    return batch
+
+
+def trained(algorithm_class, options, settings, batch_rows=8, **batch_kwargs):
+    """(algorithm after one update, its stats) from a fresh small policy."""
+    policy = small_policy()
+    algorithm = algorithm_class(policy, options, settings, seed=3)
+    batch = rollout_batch(policy, rows=batch_rows, **batch_kwargs)
+    if algorithm.uses_critic:
+        algorithm.compute_values(batch)
+    algorithm.prepare(batch)
+    stats = algorithm.update(batch)
+    return algorithm, {k: float(v) for k, v in stats.items()}
+
+
+def assert_same_models(a: Algorithm, b: Algorithm, atol=1e-10):
+    for name, model in a.trained_models().items():
+        other = dict(b.trained_models()[name].named_parameters())
+        for pname, param in model.named_parameters():
+            assert_close(param, other[pname], atol=atol, rtol=0, msg=f"{name}.{pname}")
+
+
+# ---------------------------------------------------------------- micro-batching
+
+@pytest.mark.parametrize("algorithm_class, options", [(GRPO, GRPOConfig()), (GRPO, GRPOConfig(aggregation="token")),
+                                                      (PPO, PPOConfig())])
+def test_micro_batches_of_one_two_and_all_rows_make_the_same_update(algorithm_class, options):
+    # 8 rows, 2 minibatches of 4 rows: micro-batches of 1, 2 and 4 rows accumulate the same gradient
+    # (float64, so the only difference is the order of the sums)
+    results = [trained(algorithm_class, options, TrainSettings(lr=1e-3, minibatches=2, micro_batch_size=micro))
+               for micro in (1, 2, 0)]
+    for algorithm, stats in results[1:]:
+        assert_same_models(results[0][0], algorithm)
+        for key, value in results[0][1].items():
+            assert stats[key] == pytest.approx(value, abs=1e-9), key
+
+
+def test_the_update_moved_the_policy():
+    # the test above would pass for an update that does nothing: this one would not
+    before = small_policy()
+    algorithm, stats = trained(GRPO, GRPOConfig(), TrainSettings(lr=1e-3))
+    moved = [not torch.equal(p, q) for p, q in zip(before.parameters(), algorithm.policy.parameters())]
+    assert sum(moved) > len(moved) // 2 and stats["grad_norm"] > 0
+
+
+# ---------------------------------------------------------------- the critic's pass
+
+def test_separate_and_joint_critic_passes_make_the_same_updates():
+    separate, stats_separate = trained(PPO, PPOConfig(critic_pass="separate"), TrainSettings(lr=1e-3, epochs=2))
+    joint, stats_joint = trained(PPO, PPOConfig(critic_pass="joint"), TrainSettings(lr=1e-3, epochs=2))
+    assert_same_models(separate, joint)
+    for key in ("policy_loss", "value_loss", "clipfrac", "grad_norm", "critic_grad_norm"):
+        assert stats_separate[key] == pytest.approx(stats_joint[key], abs=1e-9), key
+
+
+def test_the_separate_critic_pass_is_the_value_loss_alone():
+    settings = TrainSettings(lr=1e-3, minibatches=2)
+    ppo, _ = trained(PPO, PPOConfig(critic_pass="separate"), settings)
+    # by hand: the critic trained on its clipped value loss over the same minibatches, nothing else
+    policy = small_policy()
+    fresh = PPO(policy, PPOConfig(), settings, seed=3)
+    batch = rollout_batch(policy)
+    fresh.compute_values(batch)
+    fresh.prepare(batch)
+    generator = torch.Generator().manual_seed(3)
+    critic, optimizer = fresh.critic, fresh.critic_optimizer
+    critic.train()
+    for index in minibatch_indices(batch.size, settings.minibatches, generator):
+        mb = batch.select(index)
+        optimizer.zero_grad()
+        loss, _ = value_loss(critic(mb), mb.values, mb.returns, mb.completion_mask, 0.2)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(critic.parameters(), settings.max_grad_norm)
+        optimizer.step()
+    for (name, param), other in zip(ppo.critic.named_parameters(), critic.parameters()):
+        assert_close(param, other, atol=1e-10, rtol=0, msg=name)
+
+
+# ---------------------------------------------------------------- checkpointing, precision, entropy
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
+    plain, checkpointed = small_policy(), small_policy()
+    enable_gradient_checkpointing(checkpointed)
+    batch = rollout_batch(plain)
+    grads = []
+    for model in (plain, checkpointed):
+        model.train()
+        logps, _ = completion_logps(model, batch)
+        loss = -(logps * batch.completion_mask).sum()
+        loss.backward()
+        grads.append((loss.detach(), [p.grad for p in model.parameters()]))
+    assert_close(grads[0][0], grads[1][0], atol=1e-12, rtol=0)
+    for a, b in zip(grads[0][1], grads[1][1]):
+        assert_close(a, b, atol=1e-12, rtol=0)
+
+
+def test_bf16_mixed_computes_in_bf16_over_fp32_weights():
+    policy = small_policy(torch.float32)
+    algorithm = GRPO(policy, GRPOConfig(), TrainSettings(lr=1e-3, autocast_dtype=torch.bfloat16))
+    batch = rollout_batch(policy)
+    for name in ("completion_mask", "scores", "old_logps", "ref_logps"):
+        setattr(batch, name, getattr(batch, name).float())
+    algorithm.prepare(batch)
+    stats = algorithm.update(batch)
+    assert all(p.dtype == torch.float32 for p in policy.parameters())  # fp32 master weights
+    assert all(s["exp_avg"].dtype == torch.float32 for s in algorithm.optimizer.state.values())
+    assert torch.isfinite(stats["loss"]) and stats["grad_norm"] > 0
+    # bf16 compute: the update's log-probs differ from fp32's by bf16 rounding, not more
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = completion_logps(policy, batch)[0]
+    high = completion_logps(policy, batch)[0]
+    gap = (low - high).abs()[batch.completion_mask.bool()]
+    assert 0 < gap.max() < 0.1
+
+
+def test_entropy_is_a_statistic_unless_a_bonus_asks_for_its_gradient():
+    def policy_grad(entropy_coef):
+        policy = small_policy()
+        algorithm = GRPO(policy, GRPOConfig(beta=0.0), TrainSettings(entropy_coef=entropy_coef, minibatches=1))
+        batch = rollout_batch(policy)
+        algorithm.prepare(batch)
+        stats = algorithm._policy_terms(batch, 8.0, _Stats(), batch.completion_mask.sum())
+        stats.backward()
+        return torch.cat([p.grad.flatten() for p in policy.parameters() if p.grad is not None])
+    # without a bonus the gradient is the surrogate's alone; with one, entropy's gradient joins it
+    plain = policy_grad(0.0)
+    assert not torch.allclose(plain, policy_grad(0.1))
+    policy = small_policy()
+    algorithm = GRPO(policy, GRPOConfig(beta=0.0), TrainSettings(minibatches=1))
+    batch = rollout_batch(policy)
+    algorithm.prepare(batch)
+    loss, _ = algorithm.policy_loss(completion_logps(policy, batch)[0], batch, 8.0)
+    loss.backward()
+    assert_close(torch.cat([p.grad.flatten() for p in policy.parameters() if p.grad is not None]), plain)
+
+
+class _Stats:
+    def add(self, stats, tokens):
+        self.last = stats
+
+
+# ---------------------------------------------------------------- the contract
+
+def test_a_subclass_must_declare_its_own_options():
+    with pytest.raises(TypeError, match="must declare its own options dataclass"):
+        class Silent(GRPO):  # would silently run with GRPO's defaults
+            name = "silent"
+
+
+def test_no_algorithm_overrides_the_shared_update_loop():
+    with pytest.raises(TypeError, match="overrides `update`"):
+        @dataclasses.dataclass
+        class Options:
+            beta: float = 0.0
+
+        class Rogue(GRPO):
+            name = "rogue"
+            Config = Options
+
+            def update(self, batch, meter=None):
+                return {}
+
+
+def test_options_are_typed_and_checked():
+    with pytest.raises(TypeError, match="takes GRPOConfig options"):
+        GRPO(small_policy(), {"beta": 0.1}, TrainSettings())
+    with pytest.raises(ValueError, match="critic_pass 'both' is not one of: separate, joint"):
+        parse_options("ppo", {"critic_pass": "both"})
+    with pytest.raises(ValueError, match="eps_low must be > 0"):
+        parse_options("grpo", {"eps_low": 0.0})
+    assert parse_options("ppo", {"critic_lr": 1}).critic_lr == 1.0
+
+
+def test_a_subclass_gets_its_own_defaults():
+    @dataclasses.dataclass
+    class Options(GRPOConfig):
+        beta: float = 0.0
+
+    class NoKL(GRPO):
+        name = "nokl"
+        Config = Options
+
+    assert not NoKL(small_policy(), Options(), TrainSettings()).needs_reference
+    assert GRPO(small_policy(), GRPOConfig(), TrainSettings()).needs_reference
+
+
+def test_state_dict_round_trip_resumes_the_same_updates():
+    first, _ = trained(PPO, PPOConfig(), TrainSettings(lr=1e-3))
+    state = copy.deepcopy(first.state_dict())
+    policy = small_policy()
+    second = PPO(policy, PPOConfig(), TrainSettings(lr=1e-3), seed=99)
+    second.load_state_dict(state)
+    assert_same_models(first, second, atol=0)
+    assert torch.equal(first.generator.get_state(), second.generator.get_state())
+
+
+def test_registered_algorithms_declare_their_passes():
+    assert get_algorithm("ppo").uses_critic and not get_algorithm("grpo").uses_critic
