@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TINY_POSITIONS = 64  # the tiny model's context: one position per character of prompt and completion
 
 
 def cache_dir() -> Path:
@@ -44,14 +45,14 @@ def char_tokenizer(alphabet: str) -> PreTrainedTokenizerFast:
     backend.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
     backend.decoder = decoders.Fuse()
     return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token=PAD, eos_token=EOS, unk_token=UNK,
-                                   padding_side="left", model_max_length=64)
+                                   padding_side="left", model_max_length=TINY_POSITIONS)
 
 
 def tiny_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerFast) -> Qwen2ForCausalLM:
     config = Qwen2Config(
         vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, intermediate_size=4 * cfg.hidden_size,
         num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
-        num_key_value_heads=cfg.num_heads, max_position_embeddings=64, tie_word_embeddings=True,
+        num_key_value_heads=cfg.num_heads, max_position_embeddings=TINY_POSITIONS, tie_word_embeddings=True,
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
         bos_token_id=tokenizer.eos_token_id)
     return Qwen2ForCausalLM(config)

@@ -25,7 +25,8 @@ from harness.config import Config, algorithm_options, make_task
 from harness.io import append_jsonl, read_json, read_jsonl, rewrite_jsonl, write_json
 from harness.models import check_device, frozen_copy, load_policy, resolve_model_path
 from harness.probes import Probes, SavedActivations, model_flops, model_state_bytes, peak_flops, rollout_tensor_bytes
-from harness.rollout import generate, greedy_eval
+from harness.rollout import generate, greedy_eval, use_chat_template
+from harness.trackers import open_trackers
 
 
 def seed_everything(seed: int) -> None:
@@ -40,7 +41,7 @@ def step_seed(seed: int, step: int) -> int:
 
 
 def run_name(config: Config, algo: str) -> str:
-    return f"{config.task.name}__{algo}__s{config.run.seed}"
+    return f"{config.task.label}__{algo}__s{config.run.seed}"
 
 
 def environment(device: str) -> dict[str, Any]:
@@ -90,12 +91,14 @@ class Arm:
         model_path = resolve_model_path(config.model, self.task, progress=self._warm_start_progress)
         seed_everything(config.run.seed)
         self.policy, self.tokenizer = load_policy(model_path, config.model.dtype, config.run.device)
+        use_chat_template(self.tokenizer, config.task.chat_template)
         self.policy.eval()
         options = dataclasses.asdict(algorithm_options(config, algo))
         self.algorithm = get_algorithm(algo)(self.policy, None, config.optim, options, seed=config.run.seed)
         self.reference = frozen_copy(self.policy) if self.algorithm.needs_reference else None
         self.algorithm.reference = self.reference
         self.parameter_count = sum(p.numel() for p in self.policy.parameters())
+        self.on_step = lambda record: None  # experiment trackers (harness.trackers)
 
     def _warm_start_progress(self, step: int, total: int, loss: float) -> None:
         if self.progress:
@@ -143,8 +146,13 @@ class Arm:
     # ------------------------------------------------------------ the loop
 
     def evaluate(self) -> dict[str, float]:
-        return greedy_eval(self.policy, self.tokenizer, self.task, self.task.eval_examples(),
-                           self.config.rollout.max_new_tokens)
+        examples = self.task.eval_examples()
+        if self.progress:
+            self.progress("eval", 0, len(examples), {})
+        result = greedy_eval(self.policy, self.tokenizer, self.task, examples, self.config.rollout.max_new_tokens)
+        if self.progress:
+            self.progress("eval", len(examples), len(examples), {"acc": result["accuracy"]})
+        return result
 
     def lm_eval(self, label: str) -> dict[str, Any] | None:
         """lm-evaluation-harness scores (greedy pass@1, maj@k, pass@k) of the policy as it is now."""
@@ -156,7 +164,7 @@ class Arm:
         return score_policy(self.policy, self.tokenizer, self.task, k=run.lm_eval_k, seed=run.seed,
                             max_new_tokens=self.config.rollout.max_new_tokens, work_dir=self.run_dir / "lm_eval",
                             temperature=self.config.rollout.temperature, top_p=self.config.rollout.top_p,
-                            label=label, extra_tasks=extra, log=lambda line: None)
+                            label=label, extra_tasks=extra, log=lambda line: None, progress=self.progress)
 
     def budget_left(self, counters: dict[str, Any], step: int) -> bool:
         budget = self.config.budget
@@ -219,6 +227,7 @@ class Arm:
                 counters["wall"] = time.perf_counter() - started
                 record["wall"] = counters["wall"]
                 append_jsonl(steps_path, record)
+                self.on_step(record)
                 if config.run.checkpoint_every and step % config.run.checkpoint_every == 0:
                     self.save_checkpoint(step, counters)
                 if self.progress:
@@ -313,9 +322,11 @@ def run_arm(config: Config, algo: str, run_dir: Path, resume: bool = False, prog
     write_yaml(run_dir / "config.yaml", {**resolved, "algo": algo})
     write_json(run_dir / "env.json", environment(config.run.device))
     write_json(run_dir / "summary.json", {"algo": algo, "seed": config.run.seed, "status": "running"})
+    trackers = open_trackers(config, run_dir)
     arm = None
     try:
         arm = Arm(config, algo, run_dir, progress)
+        arm.on_step = trackers.log_step
         result = arm.train(resume=resume, probes_enabled=probes_enabled)
         summary = summarize(config, algo, result)
     except UserError:
@@ -327,6 +338,7 @@ def run_arm(config: Config, algo: str, run_dir: Path, resume: bool = False, prog
         summary = summarize(config, algo, {"steps": _last_step(run_dir)}, "failed",
                             f"failed at step {_last_step(run_dir) + 1}: {type(err).__name__}: {err}")
     write_json(run_dir / "summary.json", summary)
+    trackers.finish(summary)
     return summary
 
 
