@@ -78,7 +78,7 @@ def evaluate(target: Path | str, tasks: str | None = None, k: int = DEFAULT_K, l
     out = Path(out) if out else (target / "lm_eval" if config else
                                            Path(tempfile.mkdtemp(prefix=f"harness-eval-{model_dir.name}-")))
     scores: dict[str, Any] = {}
-    with ArmProgress("eval") as progress:
+    with ArmProgress(target.name) as progress:
         for task in local_tasks:
             scores[task.name] = score_policy(model, tokenizer, task, k=k, seed=seed, max_new_tokens=max_new_tokens,
                                              work_dir=out, temperature=rollout.temperature, top_p=rollout.top_p,
