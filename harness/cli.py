@@ -146,6 +146,8 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     from harness.tasks.gym import GYM_TASKS
     for name, spec in sorted(GYM_TASKS.items()):
         print(f"{name:16s} reasoning-gym '{spec.generator}', options {spec.options}")
+    print(f"{'data:FILE':16s} your own prompts and answers: JSONL, JSON or Parquet (--prompt-key, --answer-key, "
+          "--reward; see the README)")
     return EXIT_OK
 
 

@@ -16,6 +16,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import random
 import time
 from pathlib import Path
@@ -64,12 +65,26 @@ def quiet():
     except ImportError:
         bars = False
     try:
-        with contextlib.redirect_stderr(io.StringIO()):
+        with contextlib.redirect_stderr(io.StringIO()), child_stderr_silenced():
             yield
     finally:
         logger.setLevel(level)
         if bars:
             datasets.utils.logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
+def child_stderr_silenced():
+    """File descriptor 2 to /dev/null: lm-eval runs `git describe` for its environment record, which
+    prints 'fatal: not a git repository' into the user's log when run outside a git checkout."""
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 @contextlib.contextmanager
