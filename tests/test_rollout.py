@@ -70,3 +70,16 @@ def test_greedy_eval_counts_solved_answers(smoke):
     figures = greedy_eval(policy, tokenizer, task, task.eval_examples(), config.rollout.max_new_tokens)
     assert figures["n"] == config.task.eval_size
     assert 0 <= figures["accuracy"] <= figures["score"] <= 1 and 0 <= figures["format"] <= 1
+
+
+def test_prompts_go_through_the_chat_template_only_when_asked_and_present():
+    from harness.models import char_tokenizer
+    from harness.rollout import encode_prompts, use_chat_template
+    tokenizer = char_tokenizer("0123456789+=<>")
+    use_chat_template(tokenizer, "auto")  # no template: the text as it is
+    assert encode_prompts(tokenizer, ["1+2="], "cpu")["input_ids"].tolist() == [tokenizer.encode("1+2=")]
+    tokenizer.chat_template = "{% for m in messages %}<{{ m.content }}>{% endfor %}{% if add_generation_prompt %}={% endif %}"
+    use_chat_template(tokenizer, "auto")  # one user message, then the generation prompt: "<1+2=>="
+    assert encode_prompts(tokenizer, ["1+2="], "cpu")["input_ids"].tolist() == [tokenizer.encode("<1+2=>=")]
+    use_chat_template(tokenizer, "none")
+    assert encode_prompts(tokenizer, ["1+2="], "cpu")["input_ids"].tolist() == [tokenizer.encode("1+2=")]
