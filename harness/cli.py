@@ -26,7 +26,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--preset", help="YAML preset: tiny (default), smoke, ... (see 'harness presets')")
     group.add_argument("--config", help="a YAML file of config sections applied over the preset")
     group.add_argument("--model", help="'tiny' (embedded) or a Hugging Face name or local folder")
-    group.add_argument("--task", help="offline task, e.g. chain_sum or spell_backward (see 'harness tasks')")
+    group.add_argument("--task", help="offline task, e.g. chain_sum or spell_backward (see 'harness tasks'), or your "
+                                      "own: data:FILE.jsonl|.parquet, or data:NAME of a dataset in the local cache")
     group.add_argument("--budget", type=int, help="budget per arm, in budget.unit (default: sampled completions)")
     group.add_argument("--budget-unit", choices=["completions", "tokens", "steps"], help="what is held equal")
     group.add_argument("--device", help="cpu, cuda or cuda:N")
@@ -34,10 +35,22 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                        help="override any config field, e.g. --set rollout.samples_per_prompt=4 (repeatable)")
     group.add_argument("--results-dir", help="where run folders go (default: results)")
+    data = parser.add_argument_group("your own task (--task data:...)")
+    data.add_argument("--prompt-key", help="column holding the prompt text (default: prompt)")
+    data.add_argument("--answer-key", help="column holding the reference answer (default: answer)")
+    data.add_argument("--reward", help="math (math-verify, the default), exact, or a reward function with TRL's "
+                                       "signature as module:function or file.py:function")
+    data.add_argument("--eval-file", help="held-out examples from this file (default: a seeded cut of task.eval_size)")
+    data.add_argument("--chat-template", choices=["auto", "none"],
+                      help="auto (default): prompts go through the tokenizer's chat template when it has one")
+    parser.add_argument("--report-to", help="experiment trackers, comma-separated: trackio, wandb, tensorboard, "
+                                            "mlflow, all, or none (default)")
 
 
 FLAG_FIELDS = {"model": "model.name", "task": "task.name", "budget": "budget.total", "budget_unit": "budget.unit",
-               "device": "run.device", "results_dir": "run.results_dir", "eval_tasks": "run.eval_tasks"}
+               "device": "run.device", "results_dir": "run.results_dir", "eval_tasks": "run.eval_tasks",
+               "prompt_key": "task.prompt_key", "answer_key": "task.answer_key", "reward": "task.reward",
+               "eval_file": "task.eval_file", "chat_template": "task.chat_template", "report_to": "run.report_to"}
 
 
 def config_from_args(args: argparse.Namespace, default_preset: str = "tiny"):
@@ -135,6 +148,8 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     from harness.tasks.gym import GYM_TASKS
     for name, spec in sorted(GYM_TASKS.items()):
         print(f"{name:16s} reasoning-gym '{spec.generator}', options {spec.options}")
+    print(f"{'data:FILE':16s} your own prompts and answers: JSONL, JSON or Parquet (--prompt-key, --answer-key, "
+          "--reward; see the README)")
     return EXIT_OK
 
 
@@ -193,7 +208,8 @@ def build_parser() -> Parser:
     report = sub.add_parser("report", help="write the HTML and PDF report of a comparison folder",
                             description="Write <name>.html (self-contained) and <name>.pdf of a comparison folder.")
     report.add_argument("comparison_dir", metavar="COMPARISON_DIR", help="a folder written by 'harness compare'")
-    report.add_argument("--out", help="folder for <name>.html and <name>.pdf (default: reports)")
+    report.add_argument("--out", help="folder for <name>.html, <name>.pdf and <name>-figures/ (default: the comparison "
+                                       "folder itself: report.html, report.pdf, figures/)")
     report.add_argument("--target", type=float,
                         help="held-out accuracy that arms are timed to (default: the lowest final accuracy of any finished arm)")
     report.add_argument("--no-pdf", action="store_true", help="write the HTML only")

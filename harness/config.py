@@ -37,11 +37,22 @@ class ModelConfig:
 
 @dataclass
 class TaskConfig:
-    name: str = "chain_sum"  # an offline reasoning-gym task (see `harness tasks`)
+    name: str = "chain_sum"  # an offline reasoning-gym task (see `harness tasks`), or data:FILE_OR_DATASET
     eval_size: int = 200  # held-out prompts, drawn with a seed far from the training items
     seed: int = 0  # data seed; the same for every arm and every training seed
     format_weight: float = 0.1  # reward = correctness + format_weight * well-formed
-    options: dict[str, Any] = field(default_factory=dict)  # generator options, e.g. max_digits
+    options: dict[str, Any] = field(default_factory=dict)  # generator options, e.g. max_digits; data: split, subset, eval_split
+    prompt_key: str = "prompt"  # data tasks: the column that holds the prompt text
+    answer_key: str = "answer"  # data tasks: the column that holds the reference answer
+    reward: str = "math"  # data tasks: math (math-verify), exact, or a TRL-style reward function module:function
+    eval_file: str = ""  # data tasks: held-out examples from this file (else a seeded cut of eval_size)
+    chat_template: str = "auto"  # auto: prompts go through the tokenizer's chat template when it has one; none
+
+    @property
+    def label(self) -> str:
+        """The task's name in folder and lm-eval task names ('data:sets/train.jsonl' -> 'train')."""
+        from harness.tasks.data import data_label, is_data_task
+        return data_label(self.name) if is_data_task(self.name) else self.name
 
 
 @dataclass
@@ -84,6 +95,8 @@ class RunConfig:
     lm_eval_k: int = 8  # samples per prompt for maj@k and pass@k (0: greedy pass@1 only)
     eval_tasks: str = ""  # extra lm-eval benchmarks by name, comma-separated (e.g. gsm8k)
     results_dir: str = "results"  # where run folders go
+    report_to: str = "none"  # experiment trackers: trackio, wandb, tensorboard, mlflow (comma-separated), all, none
+    tracker_project: str = "rl-harness"  # the tracker project (trackio, W&B) or experiment (MLflow) arms log to
 
 
 @dataclass
@@ -251,6 +264,11 @@ def validate(config: Config) -> None:
     if config.run.memory_every < 0:
         raise UserError("run.memory_every must be 0 (off) or positive")
 
+    if config.task.chat_template not in ("auto", "none"):
+        raise UserError(f"task.chat_template '{config.task.chat_template}' is not one of: auto, none")
+    absolute_task_paths(config.task)
+    from harness.trackers import parse_report_to
+    parse_report_to(config.run.report_to)
 
 def train_settings(config: Config):
     """What the algorithms' shared loop needs from this config."""
@@ -268,9 +286,50 @@ def train_settings(config: Config):
 
 def make_task(config: Config):
     """The task this config names, with its eval split, data seed, format weight and options."""
+    task = config.task
+    from harness.tasks.data import is_data_task, load_data_task
+    if is_data_task(task.name):
+        return load_data_task(task.name, prompt_key=task.prompt_key, answer_key=task.answer_key,
+                              eval_file=task.eval_file, eval_size=task.eval_size, seed=task.seed,
+                              reward=task.reward, format_weight=task.format_weight, options=task.options)
     from harness.tasks.gym import load_task
-    return load_task(config.task.name, eval_size=config.task.eval_size, seed=config.task.seed,
-                     format_weight=config.task.format_weight, options=config.task.options)
+    return load_task(task.name, eval_size=task.eval_size, seed=task.seed, format_weight=task.format_weight,
+                     options=task.options)
+
+
+def absolute_task_paths(task: TaskConfig) -> None:
+    """Data and reward files as absolute paths, so that an arm or a resume started elsewhere finds them."""
+    from harness.tasks.data import DATA_PREFIX, is_data_task
+    source = task.name[len(DATA_PREFIX):]
+    if is_data_task(task.name) and Path(source).expanduser().exists():
+        task.name = DATA_PREFIX + str(Path(source).expanduser().resolve())
+    if task.eval_file:
+        task.eval_file = str(Path(task.eval_file).expanduser().resolve())
+    module, _, function = task.reward.rpartition(":")
+    if module.endswith(".py"):
+        task.reward = f"{Path(module).expanduser().resolve()}:{function}"
+
+
+def check_task(config: Config) -> None:
+    """A data task reads, its reward function answers, and its examples fit the tiny model."""
+    from harness.tasks.data import is_data_task
+    from harness.tasks.gym import task_names
+    if not is_data_task(config.task.name):
+        if config.task.name not in task_names():
+            raise UserError(f"unknown task '{config.task.name}'; valid: {', '.join(task_names())}, "
+                            "or data:FILE.jsonl (your own prompts and answers)")
+        return
+    task = make_task(config)
+    task.check_reward_function()
+    if config.model.name == "tiny":
+        from harness.models import TINY_POSITIONS
+        examples = task.train + task.held_out
+        longest_prompt = max(len(e.prompt) for e in examples)
+        longest_pair = max(len(e.prompt) + len(e.answer) + 1 for e in examples)
+        if max(longest_prompt + config.rollout.max_new_tokens, longest_pair) > TINY_POSITIONS:
+            raise UserError(f"{config.task.name}: prompts of up to {longest_prompt} characters with answers and "
+                            f"rollout.max_new_tokens={config.rollout.max_new_tokens} do not fit the tiny model's "
+                            f"{TINY_POSITIONS} positions (one per character); use shorter examples or a Hub model (--model)")
 
 
 def algorithm_options(config: Config, algo: str):
@@ -285,10 +344,13 @@ def algorithm_options(config: Config, algo: str):
 def check_setup(config: Config, algos: list[str] = ()) -> None:
     """Everything that can be checked before a folder is written: task, model path, device, options."""
     from harness.models import check_device, check_model_name
-    from harness.tasks.gym import task_names
-    if config.task.name not in task_names():
-        raise UserError(f"unknown task '{config.task.name}'; valid: {', '.join(task_names())}")
     check_model_name(config.model.name)
+    if config.model.name != "tiny" and not Path(config.model.name).expanduser().exists():
+        from harness.hub import check_hub_model
+        check_hub_model(config.model.name)
+    check_task(config)
+    from harness.trackers import check_trackers
+    check_trackers(config.run.report_to)
     check_device(config.run.device)
     if config.rollout.backend == "vllm":
         raise UserError("rollout.backend=vllm is not available in this version: generation runs through "

@@ -16,6 +16,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import random
 import time
 from pathlib import Path
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 
 from harness import UserError
+from harness.hub import hub_reachable
 from harness.tasks.lm_eval import LocalTasks, write_local_tasks
 from harness.tasks.lm_eval.metrics import majority_at_k, majority_vote, pass_at_k  # noqa: F401  (the public API)
 from harness.tasks.lm_eval.standard import standard_task_index, standard_task_names, task_families, tasks_root
@@ -63,12 +65,26 @@ def quiet():
     except ImportError:
         bars = False
     try:
-        with contextlib.redirect_stderr(io.StringIO()):
+        with contextlib.redirect_stderr(io.StringIO()), child_stderr_silenced():
             yield
     finally:
         logger.setLevel(level)
         if bars:
             datasets.utils.logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
+def child_stderr_silenced():
+    """File descriptor 2 to /dev/null: lm-eval runs `git describe` for its environment record, which
+    prints 'fatal: not a git repository' into the user's log when run outside a git checkout."""
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 @contextlib.contextmanager
@@ -81,20 +97,44 @@ def eval_mode(model):
         model.train(training)
 
 
+def counting_lm(progress, phase: str):
+    """HFLM that reports each generated batch as progress(phase, done, total, {}): lm-eval's own
+    progress bars are off (they would flood a log), and a long scoring pass should not look hung."""
+    from lm_eval.models.huggingface import HFLM
+
+    class CountingHFLM(HFLM):
+        def generate_until(self, requests, disable_tqdm: bool = False):
+            self._requests, self._done = len(requests), 0
+            progress(phase, 0, self._requests, {})
+            return super().generate_until(requests, disable_tqdm)
+
+        def _model_generate(self, context, *args, **kwargs):
+            out = super()._model_generate(context, *args, **kwargs)
+            self._done += context.shape[0]
+            progress(phase, min(self._done, self._requests), self._requests, {})
+            return out
+
+    return CountingHFLM
+
+
 def run_lm_eval(model, tokenizer, task_names: list[str], task_manager, *, seed: int, limit: int | None,
-                batch_size: int, add_bos_token: bool | None, log_samples: bool = True) -> dict[str, Any]:
+                batch_size: int, add_bos_token: bool | None, log_samples: bool = True, progress=None,
+                phase: str = "lm-eval") -> dict[str, Any]:
     """`lm_eval.simple_evaluate` on the in-memory model, every seed set to `seed`, no cache, no bootstrap.
 
-    The global random generators and the model's train/eval mode are left as they were found.
+    The global random generators and the model's train/eval mode are left as they were found. Prompts
+    go through the chat template exactly when the rollout puts them through it (rollout.use_chat_template).
     """
     import lm_eval
     from lm_eval.models.huggingface import HFLM
+    model_class = counting_lm(progress, phase) if progress else HFLM
+    chat = bool(getattr(tokenizer, "harness_chat_template", False))
     with preserved_rng(), eval_mode(model), quiet():
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, add_bos_token=add_bos_token)
+        lm = model_class(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, add_bos_token=add_bos_token)
         return lm_eval.simple_evaluate(
             model=lm, tasks=task_names, task_manager=task_manager, limit=limit, log_samples=log_samples,
             random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
-            bootstrap_iters=0)
+            bootstrap_iters=0, apply_chat_template=chat)
 
 
 def model_max_length(model, tokenizer) -> int:
@@ -125,13 +165,14 @@ def write_samples(path: Path, samples: list[dict[str, Any]]) -> None:
 def score_policy(model, tokenizer, task, *, k: int = DEFAULT_K, seed: int = 0, max_new_tokens: int,
                  work_dir: Path, temperature: float = 1.0, top_p: float = 1.0, label: str = "policy",
                  limit: int | None = None, extra_tasks: Iterable[str] = (), batch_size: int = BATCH_SIZE,
-                 log=print) -> dict[str, Any]:
+                 log=print, progress=None) -> dict[str, Any]:
     """Score `model` on `task`'s held-out split with lm-eval: greedy pass@1, and maj@k / pass@k from
     k samples per prompt (k = 0: greedy only). Plain JSON-able figures; see the module docstring.
 
     The JSONL split and task YAMLs go to `work_dir` (absolute paths; reusable with `lm_eval`), and
     each prompt's completions to `work_dir/samples_<label>_<lm-eval task>.jsonl`. `extra_tasks` are
-    standard lm-eval task names (gsm8k, ...), scored by `score_standard`.
+    standard lm-eval task names (gsm8k, ...), scored by `score_standard`. `progress(phase, done, total,
+    info)`, if given, hears of every generated batch (phase "lm-eval <label>").
     """
     from lm_eval.tasks import TaskManager
     if k < 0:
@@ -150,7 +191,7 @@ def score_policy(model, tokenizer, task, *, k: int = DEFAULT_K, seed: int = 0, m
         task_manager = TaskManager(include_path=str(local.folder), include_defaults=False)
     # Prompts are encoded without special tokens (no BOS), as the rollout encodes them.
     output = run_lm_eval(model, tokenizer, names, task_manager, seed=seed, limit=limit, batch_size=batch_size,
-                         add_bos_token=False)
+                         add_bos_token=False, progress=progress, phase=f"lm-eval {label}")
     results = output["results"]
     for name in names:
         write_samples(local.folder / f"samples_{label}_{name}.jsonl", output["samples"][name])
@@ -169,7 +210,7 @@ def score_policy(model, tokenizer, task, *, k: int = DEFAULT_K, seed: int = 0, m
     extra = list(extra_tasks)
     if extra:
         score["extra"] = score_standard(model, tokenizer, extra, seed=seed, limit=limit,
-                                        batch_size=batch_size, log=log)
+                                        batch_size=batch_size, log=log, progress=progress)
     return score
 
 
@@ -220,22 +261,6 @@ def task_manager_for(name: str):
         return TaskManager()
 
 
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face Hub answers at all; False at once in offline mode."""
-    import socket
-    from urllib.parse import urlparse
-
-    import huggingface_hub.constants
-    if huggingface_hub.constants.HF_HUB_OFFLINE:
-        return False
-    url = urlparse(huggingface_hub.constants.ENDPOINT)
-    try:
-        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
 @contextlib.contextmanager
 def hub_offline():
     """Offline mode for `datasets` and `huggingface_hub` for a while: data from the local cache or a
@@ -256,7 +281,7 @@ def not_available(err: BaseException) -> str:
 
 
 def score_standard(model, tokenizer, names: Iterable[str], *, seed: int = 0, limit: int | None = None,
-                   batch_size: int = BATCH_SIZE, log=print) -> dict[str, Any]:
+                   batch_size: int = BATCH_SIZE, log=print, progress=None) -> dict[str, Any]:
     """Standard lm-eval tasks by name, each on its own so that one that cannot run spoils no other.
 
     Returns {name: {"results": {task or subtask: {metric: value}}, "seconds": s}} or, where the data
@@ -270,7 +295,8 @@ def score_standard(model, tokenizer, names: Iterable[str], *, seed: int = 0, lim
         try:
             with hub_offline() if offline else contextlib.nullcontext():
                 output = run_lm_eval(model, tokenizer, [name], task_manager_for(name), seed=seed, limit=limit,
-                                     batch_size=batch_size, add_bos_token=None, log_samples=False)
+                                     batch_size=batch_size, add_bos_token=None, log_samples=False,
+                                     progress=progress, phase=f"lm-eval {name}")
         except Exception as err:  # data unreachable, gated, or a task this model cannot run
             out[name] = not_available(err) + (" (no connection to the Hub: only locally cached data)" if offline else "")
             log(f"lm-eval task '{name}' {out[name]}; going on with the local tasks")

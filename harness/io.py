@@ -12,21 +12,6 @@ from typing import Any
 import yaml
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def atomic_write_with(path: Path, write) -> None:
     """Call `write(binary_handle)` on a temporary file beside `path`, then rename it into place."""
     path = Path(path)
@@ -41,6 +26,15 @@ def atomic_write_with(path: Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    atomic_write_with(path, lambda handle: handle.write(data))
+    Path(path).chmod(0o644)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_with(path, lambda handle: handle.write(text.encode()))
 
 
 def config_hash(data: Any) -> str:

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
 # The dtype weights are stored in: bf16-mixed keeps fp32 master weights (and so fp32 AdamW state).
 WEIGHT_DTYPES = {"fp32": torch.float32, "bf16-mixed": torch.float32, "bf16": torch.bfloat16}
+TINY_POSITIONS = 64  # the tiny model's context: one position per character of prompt and completion
 
 
 def cache_dir() -> Path:
@@ -49,7 +50,7 @@ def char_tokenizer(alphabet: str) -> PreTrainedTokenizerFast:
     backend.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
     backend.decoder = decoders.Fuse()
     return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token=PAD, eos_token=EOS, unk_token=UNK,
-                                   padding_side="left", model_max_length=64)
+                                   padding_side="left", model_max_length=TINY_POSITIONS)
 
 
 def tiny_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerFast) -> Qwen2ForCausalLM:
@@ -58,7 +59,7 @@ def tiny_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerFast) -> Qwen2For
     config = Qwen2Config(
         vocab_size=max(len(tokenizer), cfg.vocab_pad_to), hidden_size=cfg.hidden_size, intermediate_size=4 * cfg.hidden_size,
         num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
-        num_key_value_heads=cfg.num_heads, max_position_embeddings=64, tie_word_embeddings=True,
+        num_key_value_heads=cfg.num_heads, max_position_embeddings=TINY_POSITIONS, tie_word_embeddings=True,
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
         bos_token_id=tokenizer.eos_token_id)
     return Qwen2ForCausalLM(config)

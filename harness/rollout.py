@@ -30,8 +30,16 @@ def completion_mask(completion_ids: torch.Tensor, eos_id: int) -> tuple[torch.Te
     return (~after_eos).float(), is_eos.any(-1)
 
 
+def use_chat_template(tokenizer, mode: str) -> None:
+    """`auto`: prompts go through the tokenizer's chat template, where it has one, as one user message."""
+    tokenizer.harness_chat_template = mode == "auto" and bool(getattr(tokenizer, "chat_template", None))
+
+
 def encode_prompts(tokenizer, prompts: list[str], device) -> dict[str, torch.Tensor]:
     tokenizer.padding_side = "left"
+    if getattr(tokenizer, "harness_chat_template", False):
+        prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                                 add_generation_prompt=True) for p in prompts]
     encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     return {k: v.to(device) for k, v in encoded.items() if k in ("input_ids", "attention_mask")}
 

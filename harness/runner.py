@@ -32,7 +32,8 @@ from harness.memory import LiveTensors, step_peak
 from harness.meter import StepMeter, is_tracked_step, non_finite, step_flops, step_record, to_floats
 from harness.models import WEIGHT_DTYPES, check_device, frozen_copy, load_policy, resolve_model_path
 from harness.probes import Probes, model_state_bytes
-from harness.rollout import generate, greedy_eval
+from harness.rollout import generate, greedy_eval, use_chat_template
+from harness.trackers import open_trackers
 
 
 def seed_everything(seed: int) -> None:
@@ -47,7 +48,7 @@ def step_seed(seed: int, step: int) -> int:
 
 
 def run_name(config: Config, algo: str) -> str:
-    return f"{config.task.name}__{algo}__s{config.run.seed}"
+    return f"{config.task.label}__{algo}__s{config.run.seed}"
 
 
 def environment(device: str) -> dict[str, Any]:
@@ -102,6 +103,7 @@ class Arm:
         seed_everything(config.run.seed)
         self.policy, self.tokenizer = load_policy(model_path, config.model.precision, config.run.device,
                                                   config.model.gradient_checkpointing)
+        use_chat_template(self.tokenizer, config.task.chat_template)
         self.policy.eval()
         self.settings = train_settings(config)
         self.algorithm = get_algorithm(algo)(self.policy, algorithm_options(config, algo), self.settings,
@@ -111,6 +113,7 @@ class Arm:
         self.reference = frozen_copy(self.policy, reference_dtype) if self.algorithm.needs_reference else None
         self.model_sizes = {name: sum(p.numel() for p in model.parameters())
                             for name, model in self.algorithm.trained_models().items()}
+        self.on_step = lambda record: None  # experiment trackers (harness.trackers)
 
     def _warm_start_progress(self, step: int, total: int, loss: float) -> None:
         if self.progress:
@@ -141,8 +144,14 @@ class Arm:
     # ------------------------------------------------------------ evaluation
 
     def evaluate(self) -> dict[str, float]:
-        return greedy_eval(self.policy, self.tokenizer, self.task, self.task.eval_examples(),
-                           self.config.rollout.max_new_tokens, autocast_dtype=self.settings.autocast_dtype)
+        examples = self.task.eval_examples()
+        if self.progress:
+            self.progress("eval", 0, len(examples), {})
+        result = greedy_eval(self.policy, self.tokenizer, self.task, examples, self.config.rollout.max_new_tokens,
+                             autocast_dtype=self.settings.autocast_dtype)
+        if self.progress:
+            self.progress("eval", len(examples), len(examples), {"acc": result["accuracy"]})
+        return result
 
     def lm_eval(self, label: str) -> dict[str, Any] | None:
         """lm-evaluation-harness scores (greedy pass@1, maj@k, pass@k) of the policy as it is now."""
@@ -154,7 +163,7 @@ class Arm:
         return score_policy(self.policy, self.tokenizer, self.task, k=run.lm_eval_k, seed=run.seed,
                             max_new_tokens=self.config.rollout.max_new_tokens, work_dir=self.run_dir / "lm_eval",
                             temperature=self.config.rollout.temperature, top_p=self.config.rollout.top_p,
-                            label=label, extra_tasks=extra, log=lambda line: None)
+                            label=label, extra_tasks=extra, log=lambda line: None, progress=self.progress)
 
     # ------------------------------------------------------------ the loop
 
@@ -189,6 +198,7 @@ class Arm:
                     record["time/eval"] = time.perf_counter() - started
                     state.eval_s += record["time/eval"]
                 append_jsonl(steps_path, record)
+                self.on_step(record)
                 if record.get("diverged"):
                     raise Diverged(f"diverged at step {state.step}: {record['diverged']}")
                 if config.run.checkpoint_every and state.step % config.run.checkpoint_every == 0:
@@ -298,9 +308,11 @@ def run_arm(config: Config, algo: str, run_dir: Path, resume: bool = False, prog
     write_yaml(run_dir / "config.yaml", {**resolved, "algo": algo})
     write_json(run_dir / "env.json", environment(config.run.device))
     write_json(run_dir / "summary.json", {"algo": algo, "seed": config.run.seed, "status": "running"})
+    trackers = open_trackers(config, run_dir)
     arm = None
     try:
         arm = Arm(config, algo, run_dir, progress)
+        arm.on_step = trackers.log_step
         summary = summarize(config, algo, arm.train(resume=resume, probes_enabled=probes_enabled))
     except UserError:
         (run_dir / "summary.json").unlink(missing_ok=True)
@@ -316,6 +328,7 @@ def run_arm(config: Config, algo: str, run_dir: Path, resume: bool = False, prog
         summary = summarize(config, algo, {"state": _partial_state(run_dir)}, "failed",
                             f"failed {where}: {type(err).__name__}: {err}")
     write_json(run_dir / "summary.json", summary)
+    trackers.finish(summary)
     return summary
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import os
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from harness.results import MEMORY_FIGURES, TIME_FIGURES, arm_rows, fmt, get_path, ratio_rows
@@ -21,26 +24,81 @@ def timestamp() -> str:
     return time.strftime("%Y%m%d-%H%M%S")
 
 
-class ArmProgress:
-    """A rich progress bar for one arm (warm start, then training)."""
+PROGRESS_SECONDS = 5.0  # a plain progress line per phase at most this often ($HARNESS_PROGRESS_SECONDS)
 
-    def __init__(self, label: str):
+
+def duration(seconds: float | None) -> str:
+    """>>> duration(None), duration(42.4), duration(125), duration(7322)
+    ('—', '42 s', '2 min 5 s', '2 h 2 min')
+    """
+    if seconds is None:
+        return "—"
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
+
+class PlainProgress:
+    """Progress for a log file or a CI console: a plain line per phase every few seconds, and at its end.
+
+        grpo s0 train: step 12/60 (20%)  reward 0.512  acc 0.250  elapsed 24 s  ETA 1 min 36 s
+    """
+
+    def __init__(self, label: str, every: float | None = None, stream=None):
+        self.label = label
+        self.every = float(os.environ.get("HARNESS_PROGRESS_SECONDS", PROGRESS_SECONDS)) if every is None else every
+        self.stream = stream or sys.stdout
+        self.started: dict[str, float] = {}  # phase -> when it began (the previous update of any phase)
+        self.printed: dict[str, float] = {}  # phase -> when its last line was printed
+        self.last_event = time.monotonic()
+
+    def __call__(self, phase: str, done: int, total: int, info: dict[str, float]) -> None:
+        now = time.monotonic()
+        if done == 0:  # a phase that starts (again: each evaluation counts from zero)
+            self.started[phase] = now
+        start = self.started.setdefault(phase, self.last_event)
+        self.last_event = now
+        if done < total and now - self.printed.get(phase, -math.inf) < self.every:
+            return
+        self.printed[phase] = now
+        elapsed = now - start
+        eta = elapsed / done * (total - done) if done else None
+        share = f" ({done / total:.0%})" if total else ""
+        values = "".join(f"  {k} {v:.3f}" for k, v in info.items())
+        print(f"{self.label} {phase}: {done}/{total}{share}{values}  elapsed {duration(elapsed)}  "
+              f"ETA {duration(eta)}", file=self.stream, flush=True)
+
+
+class ArmProgress:
+    """One arm's progress (warm start, training, evaluation): a rich bar on a terminal, plain lines elsewhere."""
+
+    def __init__(self, label: str, plain: bool | None = None):
+        self.label = label
+        self.plain = PlainProgress(label) if (not sys.stdout.isatty() if plain is None else plain) else None
+        self.tasks: dict[str, Any] = {}
+        if self.plain:
+            return
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                    TimeRemainingColumn)
-        self.label = label
         self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                                  transient=False)
-        self.tasks: dict[str, Any] = {}
 
     def __enter__(self):
-        self.progress.start()
+        if not self.plain:
+            self.progress.start()
         return self
 
     def __exit__(self, *exc):
-        self.progress.stop()
+        if not self.plain:
+            self.progress.stop()
 
     def __call__(self, phase: str, done: int, total: int, info: dict[str, float]) -> None:
+        if self.plain:
+            return self.plain(phase, done, total, info)
         if phase not in self.tasks:
             self.tasks[phase] = self.progress.add_task(f"{self.label} {phase}", total=total, info="")
         text = "  ".join(f"{k} {v:.3f}" for k, v in info.items())
@@ -119,3 +177,55 @@ def render_terminal(summaries: list[dict[str, Any]], algos: list[str], console=N
     gpu_notes = {(get_path(s, "mem", "measured", "gpu")) for s in summaries if s and get_path(s, "mem", "measured", "gpu")}
     for note in sorted(gpu_notes):
         console.print(f"GPU figures: {note}")
+
+
+def past_arm_seconds(results_dir: Path | str, config_hash: str) -> dict[str, list[float]]:
+    """{algo: [seconds, ...]} of finished arms of earlier comparisons of the same config, each timed from
+    its env.json (written as the arm starts) to its summary.json (written as it ends)."""
+    import json
+    seconds: dict[str, list[float]] = {}
+    for plan_path in Path(results_dir).glob("*/comparison.json"):
+        try:
+            plan = json.loads(plan_path.read_text())
+            if plan.get("config_hash") != config_hash:
+                continue
+            for arm in plan.get("arms", []):
+                folder = plan_path.parent / arm["dir"]
+                if json.loads((folder / "summary.json").read_text()).get("status") == "ok":
+                    took = (folder / "summary.json").stat().st_mtime - (folder / "env.json").stat().st_mtime
+                    seconds.setdefault(arm["algo"], []).append(took)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return seconds
+
+
+def expected_time(results_dir: Path | str, config_hash: str, arms: list[str]) -> str:
+    past = past_arm_seconds(results_dir, config_hash)
+    if not all(past.get(algo) for algo in arms):
+        return "no earlier run of this config to go by; each arm's progress shows its ETA"
+    total = sum(sum(past[algo]) / len(past[algo]) for algo in arms)
+    runs = sum(len(v) for v in past.values())
+    return f"about {duration(total)} (from {runs} finished arm{'s' * (runs != 1)} of this config in {results_dir})"
+
+
+def plan_lines(config, algos: list[str], seeds: list[int], comparison_dir: Path, trackers: list[str]) -> list[str]:
+    """What a comparison is about to do, printed before the first arm starts (and kept in CI logs)."""
+    arms = [algo for _ in seeds for algo in algos]
+    seed_text = ", ".join(map(str, seeds))
+    steps = config.total_steps()
+    lm_eval = (f"lm-eval on the base and final policy: greedy pass@1, maj@{config.run.lm_eval_k} and "
+               f"pass@{config.run.lm_eval_k}" if config.run.lm_eval and config.run.lm_eval_k
+               else "lm-eval on the base and final policy: greedy pass@1" if config.run.lm_eval else "lm-eval: off")
+    return [
+        f"plan: {len(arms)} arms = {', '.join(algos)} x {len(seeds)} seed{'s' * (len(seeds) != 1)} ({seed_text}), "
+        "one after another, each in its own process",
+        f"  model {config.model.name} on {config.run.device}; task {config.task.name} "
+        f"({config.task.eval_size} held-out prompts)",
+        f"  budget per arm: {config.budget.total} {config.budget.unit}"
+        + (f" = {steps} steps of {config.completions_per_step} completions ({config.prompts_per_step} prompts x "
+           f"{config.rollout.samples_per_prompt})" if config.budget.unit == "completions" else ""),
+        f"  {lm_eval}",
+        f"  trackers: {', '.join(trackers) if trackers else 'none (--report-to trackio,tensorboard,... to add)'}",
+        f"  expected time: {expected_time(config.run.results_dir, config.hash(), arms)}",
+        f"  folder: {comparison_dir}",
+    ]

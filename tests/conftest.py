@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# trackio keeps its store where $TRACKIO_DIR says (read when it is imported): never the user's own store
+os.environ.setdefault("TRACKIO_DIR", tempfile.mkdtemp(prefix="harness-tests-trackio-"))
 
 
 @pytest.fixture(scope="session", autouse=True)

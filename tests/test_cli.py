@@ -97,6 +97,10 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path):
     (["compare", "--set", "rollout.colour=red"], "unknown config field 'rollout.colour'"),
     (["compare", "--set", "rollout.batch_size=many"], "config field 'rollout.batch_size' expects int"),
     (["compare", "--model", "./no/such/model"], "model path './no/such/model' does not exist"),
+    (["compare", "--model", "nobody/no-such-model"], "model 'nobody/no-such-model' is not in the local Hugging Face "
+                                                      "cache and HF_HUB_OFFLINE is set"),
+    (["compare", "--report-to", "trackio,comet"], "unknown tracker comet; valid: trackio, wandb, tensorboard, mlflow"),
+    (["compare", "--task", "data:no/such.jsonl"], "data file 'no/such.jsonl' does not exist"),
     (["compare", "--set", "algorithms.grpo.betta=0.1", "--preset", "smoke"], "algorithms.grpo: unknown option(s) betta"),
     (["compare", "--device", "tpu"], "unknown device 'tpu'"),
     (["compare", "--set", "model.precision=fp8"], "model.precision 'fp8' is not one of: fp32, bf16-mixed, bf16"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shlex
 import socket
 import subprocess
 import sys
@@ -252,12 +253,16 @@ def test_eval_of_a_missing_folder_gives_one_line_and_exit_status_2(tmp_path, cap
 def test_harness_eval_and_plain_lm_eval_agree_on_a_saved_policy(run_dir, tmp_path, capsys, offline):
     assert main(["eval", str(run_dir), "--k", "2", "--limit", "8"]) == 0
     scores = json.loads((run_dir / "lm_eval" / "scores.json").read_text())["scores"]["chain_sum"]
-    assert scores["n"] == 8 and capsys.readouterr().out.startswith("chain_sum")
-    # The README's command, on the same files and the saved model.
-    command = [sys.executable, "-m", "lm_eval", "--model", "hf",
-               "--model_args", f"pretrained={run_dir / 'final_model'},add_bos_token=False",
-               "--include_path", str(run_dir / "lm_eval"), "--tasks", "harness_chain_sum,harness_chain_sum_k2",
-               "--device", "cpu", "--batch_size", "256", "--seed", "0", "--limit", "8", "--output_path", str(tmp_path)]
+    out = capsys.readouterr().out
+    assert scores["n"] == 8 and any(line.startswith("chain_sum ") and "pass@1" in line for line in out.splitlines())
+    # The command `harness eval` prints, on the same files and the saved model: it carries --limit,
+    # so that it scores the same 8 prompts.
+    printed = next(line for line in out.splitlines() if line.startswith("rerun with lm_eval: "))
+    assert printed == (f"rerun with lm_eval: lm_eval --model hf --model_args pretrained={run_dir / 'final_model'},"
+                       f"add_bos_token=False --include_path {run_dir / 'lm_eval'} --tasks harness_chain_sum,"
+                       "harness_chain_sum_k2 --device cpu --batch_size 256 --seed 0 --limit 8")
+    command = [sys.executable, "-m", *shlex.split(printed.removeprefix("rerun with lm_eval: ")),
+               "--output_path", str(tmp_path)]
     env = {**os.environ, **OFFLINE, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     subprocess.run(command, check=True, capture_output=True, env=env, cwd=tmp_path, timeout=120)
     results = json.loads(next(tmp_path.rglob("results_*.json")).read_text())["results"]

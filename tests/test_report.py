@@ -150,6 +150,27 @@ def test_html_has_every_section_and_figure(report):
     assert "not drawn" not in html
 
 
+def test_each_figure_is_also_a_png_and_an_svg_file_beside_the_report(report):
+    folder = report["html_path"].parent / f"{COMPARE.name}-figures"
+    for name in FIGURES:
+        png = (folder / f"{name}.png").read_bytes()
+        # the file is the very image the page embeds
+        embedded = re.search(rf'<figure id="figure-{name}">\s*<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"',
+                             report["html"]).group(1)
+        assert png == base64.b64decode(embedded)
+        svg = (folder / f"{name}.svg").read_text()
+        assert svg.lstrip().startswith("<?xml") and "<svg" in svg
+
+
+def test_by_default_the_report_goes_into_the_comparison_folder(tmp_path):
+    from harness.report import report_files
+    folder = copy_fixture(tmp_path)
+    html_path, pdf_path = build_report(folder, pdf=False)
+    assert html_path == folder / "report.html" and pdf_path is None
+    assert report_files(folder) == [folder / "report.html"] + [folder / "figures" / f"{n}.png" for n in sorted(FIGURES)] \
+        + [folder / "figures" / f"{n}.svg" for n in sorted(FIGURES)]
+
+
 def test_html_is_self_contained(report):
     html = report["html"]
     assert not re.search(r'(src|href)="(https?:)?//', html)

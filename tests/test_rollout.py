@@ -127,3 +127,16 @@ def test_sampler_scores_equal_the_trainers_old_logps_whatever_the_hub_generation
     # the control: the same temperature passed alone leaves the Hub's penalties on, and the scores differ
     _, hub_picked, width = sampler_logps(do_sample=True, temperature=0.7, max_new_tokens=config.rollout.max_new_tokens)
     assert not torch.allclose(hub_picked[mask[:, :width]], batch.old_logps[:, :width][mask[:, :width]], atol=1e-3)
+
+
+def test_prompts_go_through_the_chat_template_only_when_asked_and_present():
+    from harness.models import char_tokenizer
+    from harness.rollout import encode_prompts, use_chat_template
+    tokenizer = char_tokenizer("0123456789+=<>")
+    use_chat_template(tokenizer, "auto")  # no template: the text as it is
+    assert encode_prompts(tokenizer, ["1+2="], "cpu")["input_ids"].tolist() == [tokenizer.encode("1+2=")]
+    tokenizer.chat_template = "{% for m in messages %}<{{ m.content }}>{% endfor %}{% if add_generation_prompt %}={% endif %}"
+    use_chat_template(tokenizer, "auto")  # one user message, then the generation prompt: "<1+2=>="
+    assert encode_prompts(tokenizer, ["1+2="], "cpu")["input_ids"].tolist() == [tokenizer.encode("<1+2=>=")]
+    use_chat_template(tokenizer, "none")
+    assert encode_prompts(tokenizer, ["1+2="], "cpu")["input_ids"].tolist() == [tokenizer.encode("1+2=")]

@@ -14,10 +14,12 @@ from typing import Any
 
 from harness import UserError
 from harness.config import Config, check_setup, config_from_dict, make_task, read_yaml
+from harness.exports import write_steps_table
 from harness.io import read_json, write_json, write_yaml
 from harness.results import arm_rows, ratio_rows
 from harness.runner import load_summary, run_name
-from harness.terminal import ArmProgress, render_terminal, timestamp
+from harness.terminal import ArmProgress, plan_lines, render_terminal, timestamp
+from harness.trackers import attach_report, parse_report_to
 
 FAIRNESS = [
     "same base model and weights, tokenizer, task and prompt order for every arm",
@@ -73,7 +75,7 @@ def compare(config: Config, algos: list[str], seeds: list[int], out: Path | str 
     if not seeds:
         raise UserError("a comparison needs at least one seed")
     check_setup(config, algos)
-    comparison_dir = Path(out or Path(config.run.results_dir) / f"compare__{config.task.name}__{timestamp()}")
+    comparison_dir = Path(out or Path(config.run.results_dir) / f"compare__{config.task.label}__{timestamp()}")
     if (comparison_dir / "comparison.json").exists():
         raise UserError(f"{comparison_dir} already holds a comparison; use --resume {comparison_dir}")
     arms = plan_arms(config, algos, seeds)
@@ -85,6 +87,7 @@ def compare(config: Config, algos: list[str], seeds: list[int], out: Path | str 
         "arms": [{"algo": a["algo"], "seed": a["seed"], "dir": a["dir"]} for a in arms]})
     for arm in arms:
         write_yaml(comparison_dir / arm["dir"] / "config.yaml", {**arm["config"].to_dict(), "algo": arm["algo"]})
+    print("\n".join(plan_lines(config, algos, seeds, comparison_dir, parse_report_to(config.run.report_to))), flush=True)
     return run_arms(comparison_dir, config, algos, seeds, arms, resume=False, report=report)
 
 
@@ -120,12 +123,17 @@ def run_arms(comparison_dir: Path, config: Config, algos: list[str], seeds: list
     write_json(comparison_dir / "summary.json", comparison_summary(config, algos, seeds, summaries))
     render_terminal(summaries, algos)
     print(f"comparison: {comparison_dir}")
+    exports = [write_steps_table(comparison_dir, arms)]
+    print(f"steps table: {exports[0]}")
     if report:
-        from harness.report import build_report
+        from harness.report import build_report, report_files
         html, pdf = build_report(comparison_dir)
         print(f"report: {html}")
         if pdf:
             print(f"report: {pdf}")
+        exports += report_files(comparison_dir)
+    attach_report([comparison_dir / a["dir"] for a in arms], exports, config.run.report_to,
+                  config.run.tracker_project, config.run.results_dir)
     return 0 if all(s.get("status") == "ok" for s in summaries) else 1
 
 

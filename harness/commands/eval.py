@@ -7,13 +7,15 @@ from pathlib import Path
 from typing import Any
 
 from harness import UserError
-from harness.config import RolloutConfig, TaskConfig, config_from_dict, read_yaml
+from harness.config import RolloutConfig, TaskConfig, config_from_dict, make_task, read_yaml
 from harness.evaluate import (BATCH_SIZE, DEFAULT_K, check_prompts, score_policy, score_standard,
                               split_task_names)
 from harness.io import write_json
 from harness.models import check_device, load_policy
+from harness.rollout import use_chat_template
+from harness.tasks.data import is_data_task
 from harness.tasks.gym import load_task
-from harness.terminal import quiet_libraries
+from harness.terminal import ArmProgress, quiet_libraries
 
 
 def eval_target(target: Path):
@@ -55,7 +57,8 @@ def evaluate(target: Path | str, tasks: str | None = None, k: int = DEFAULT_K, l
         if config is None:
             raise UserError("a model folder needs --tasks, e.g. --tasks chain_sum (or gsm8k on a machine with the data)")
         names = [config.task.name]
-    local, standard = split_task_names(names)
+    own = config is not None and is_data_task(config.task.name) and config.task.name in names
+    local, standard = split_task_names([n for n in names if not (own and n == config.task.name)])
     if k < 0 or (limit is not None and limit <= 0) or (max_new_tokens is not None and max_new_tokens <= 0):
         raise UserError("--k must be 0 or more, --limit and --max-new-tokens positive")
     task_cfg = config.task if config else TaskConfig()
@@ -64,30 +67,45 @@ def evaluate(target: Path | str, tasks: str | None = None, k: int = DEFAULT_K, l
     quiet_libraries()
     check_device(device)
     model, tokenizer = load_policy(str(model_dir), config.model.precision if config else "fp32", device)
+    use_chat_template(tokenizer, task_cfg.chat_template)
     # The run's own task keeps its options; every task its eval size and data seed.
     local_tasks = [load_task(name, eval_size=task_cfg.eval_size, seed=task_cfg.seed,
                              options=task_cfg.options if name == task_cfg.name else None) for name in local]
+    if own:
+        local_tasks.insert(0, make_task(config))
     for task in local_tasks:
         check_prompts(tokenizer, task)
     out = Path(out) if out else (target / "lm_eval" if config else
                                            Path(tempfile.mkdtemp(prefix=f"harness-eval-{model_dir.name}-")))
     scores: dict[str, Any] = {}
-    for task in local_tasks:
-        name = task.name
-        scores[name] = score_policy(model, tokenizer, task, k=k, seed=seed, max_new_tokens=max_new_tokens,
-                                    work_dir=out, temperature=rollout.temperature, top_p=rollout.top_p,
-                                    label="eval", limit=limit)
-        print(format_score(name, scores[name]))
-    if standard:
-        for name, score in score_standard(model, tokenizer, standard, seed=seed, limit=limit,
-                                          log=lambda line: None).items():
-            scores[name] = score
-            print(format_score(name, score))
+    with ArmProgress(target.name) as progress:
+        for task in local_tasks:
+            scores[task.name] = score_policy(model, tokenizer, task, k=k, seed=seed, max_new_tokens=max_new_tokens,
+                                             work_dir=out, temperature=rollout.temperature, top_p=rollout.top_p,
+                                             label="eval", limit=limit, progress=progress)
+            print(format_score(task.name, scores[task.name]))
+        if standard:
+            for name, score in score_standard(model, tokenizer, standard, seed=seed, limit=limit,
+                                              log=lambda line: None, progress=progress).items():
+                scores[name] = score
+                print(format_score(name, score))
     write_json(out / "scores.json", {"model": str(model_dir), "seed": seed, "scores": scores})
     print(f"results: {out / 'scores.json'}")
-    lm_eval_names = [name for n in local for name in (scores[n]["lm_eval_task"], scores[n]["lm_eval_task_sampled"]) if name]
-    if local:
-        print(f"rerun with lm_eval: lm_eval --model hf --model_args pretrained={model_dir},add_bos_token=False "
-              f"--include_path {out} --tasks {','.join(lm_eval_names)} "
-              f"--device {device} --batch_size {BATCH_SIZE} --seed {seed}")
+    lm_eval_names = [name for t in local_tasks
+                     for name in (scores[t.name]["lm_eval_task"], scores[t.name]["lm_eval_task_sampled"]) if name]
+    if local_tasks:
+        print("rerun with lm_eval: " + lm_eval_command(model_dir, out, lm_eval_names, device=device, seed=seed,
+                                                       limit=limit, chat=tokenizer.harness_chat_template))
     return 0
+
+
+def lm_eval_command(model_dir: Path, include_path: Path, names: list[str], *, device: str, seed: int,
+                    limit: int | None, chat: bool) -> str:
+    """The plain `lm_eval` command that scores the same prompts the same way (same batch size, seed, limit).
+
+    >>> lm_eval_command(Path("m"), Path("o"), ["harness_chain_sum"], device="cpu", seed=0, limit=5, chat=False)
+    'lm_eval --model hf --model_args pretrained=m,add_bos_token=False --include_path o --tasks harness_chain_sum --device cpu --batch_size 256 --seed 0 --limit 5'
+    """
+    return (f"lm_eval --model hf --model_args pretrained={model_dir},add_bos_token=False --include_path {include_path} "
+            f"--tasks {','.join(names)} --device {device} --batch_size {BATCH_SIZE} --seed {seed}"
+            + (f" --limit {limit}" if limit is not None else "") + (" --apply_chat_template" if chat else ""))

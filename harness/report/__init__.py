@@ -1,6 +1,8 @@
-"""The comparison report: one self-contained HTML page (figures embedded) and a PDF made from it.
+"""The comparison report: one self-contained HTML page (figures embedded) and a PDF made from it,
+with every figure beside them as PNG and SVG files.
 
-    harness report COMPARISON_DIR      -> reports/<name>.html, reports/<name>.pdf
+    harness report COMPARISON_DIR           -> COMPARISON_DIR/report.html, report.pdf, figures/*.png|svg
+    harness report COMPARISON_DIR --out DIR -> DIR/<name>.html, DIR/<name>.pdf, DIR/<name>-figures/
 
 The page answers first whether GRPO needed about half of PPO's resources for the same quality on
 this setup (ratios with 95% intervals over seeds, and a reading by a stated rule), then shows what
@@ -15,15 +17,16 @@ from pathlib import Path
 
 from harness import __version__
 
-__all__ = ["build_report", "render_html", "write_pdf"]
+__all__ = ["build_report", "render_html", "report_files", "report_paths", "write_pdf"]
 
 TEMPLATES = Path(__file__).parent / "templates"
 # A gap in the data renders as nothing rather than stopping the report; the tests make this strict.
 UNDEFINED = "ChainableUndefined"
 
 
-def render_html(comparison_dir: Path | str, target: float | None = None) -> str:
-    """The report page as one HTML string, with nothing outside it (no network, no files)."""
+def render_html(comparison_dir: Path | str, target: float | None = None, figures_dir: Path | None = None) -> str:
+    """The report page as one HTML string, with nothing outside it (no network, no files); with
+    `figures_dir`, each figure is also written there as PNG and SVG."""
     import jinja2
 
     from harness.report import content, verdict
@@ -40,7 +43,7 @@ def render_html(comparison_dir: Path | str, target: float | None = None) -> str:
         "arms": content.arm_table(cmp), "failed": [a for a in cmp.arms if not a.ok],
         "verdict": verdict.verdict_section(cmp, target), "accuracy": content.accuracy_section(cmp),
         "health": content.health_section(cmp), "method": content.method_section(cmp),
-        "figures": render_figures(cmp), "css": (TEMPLATES / "report.css").read_text(),
+        "figures": render_figures(cmp, figures_dir), "css": (TEMPLATES / "report.css").read_text(),
     }
     return env.get_template("report.html.j2").render(**context)
 
@@ -54,23 +57,35 @@ def write_pdf(html: str, pdf_path: Path) -> None:
     weasyprint.HTML(string=html, base_url=str(pdf_path.parent)).write_pdf(pdf_path)
 
 
+def report_paths(comparison_dir: Path, out_dir: Path | str | None = None) -> tuple[Path, Path, Path]:
+    """(html, pdf, figures folder): in the comparison folder by default, else <name>.* in out_dir."""
+    if out_dir is None or Path(out_dir).resolve() == comparison_dir.resolve():
+        return comparison_dir / "report.html", comparison_dir / "report.pdf", comparison_dir / "figures"
+    name = comparison_dir.resolve().name
+    out_dir = Path(out_dir)
+    return out_dir / f"{name}.html", out_dir / f"{name}.pdf", out_dir / f"{name}-figures"
+
+
 def build_report(comparison_dir: Path | str, out_dir: Path | str | None = None, target: float | None = None,
                  pdf: bool = True) -> tuple[Path, Path | None]:
-    """Write <out_dir>/<name>.html and <name>.pdf (out_dir: ./reports); the PDF is None if it could not be made."""
+    """Write the HTML, the PDF and the figure files (see report_paths); the PDF is None if it could not be made."""
     from harness.io import atomic_write_text
     comparison_dir = Path(comparison_dir)
-    html = render_html(comparison_dir, target)
-    out_dir = Path(out_dir) if out_dir is not None else Path("reports")
-    name = comparison_dir.resolve().name
-    html_path = out_dir / f"{name}.html"
+    html_path, pdf_path, figures_dir = report_paths(comparison_dir, out_dir)
+    html = render_html(comparison_dir, target, figures_dir)
     atomic_write_text(html_path, html)
     html_path.chmod(0o644)  # a report is for reading
     if not pdf:
         return html_path, None
-    pdf_path = out_dir / f"{name}.pdf"
     try:
         write_pdf(html, pdf_path)
     except Exception as err:  # the HTML stands on its own; say why there is no PDF
         print(f"report: no PDF ({type(err).__name__}: {err})", file=sys.stderr)
         return html_path, None
     return html_path, pdf_path
+
+
+def report_files(comparison_dir: Path | str, out_dir: Path | str | None = None) -> list[Path]:
+    """The files a report of this comparison consists of: page, PDF, and every figure as PNG and SVG."""
+    html, pdf, figures = report_paths(Path(comparison_dir), out_dir)
+    return [p for p in (html, pdf) if p.exists()] + sorted(figures.glob("*.png")) + sorted(figures.glob("*.svg"))

@@ -1,7 +1,8 @@
-"""The report's figures (pandas + seaborn on matplotlib's Agg backend), as PNG data URIs.
+"""The report's figures (pandas + seaborn on matplotlib's Agg backend): PNG data URIs in the page, and
+PNG and SVG files beside it for slides and papers.
 
-Every figure function takes the loaded Comparison and returns a data URI, or raises NoData with the
-reason the figure cannot be drawn; bands over seeds are the same 95% t-intervals as the tables.
+Every figure function takes the loaded Comparison and returns a matplotlib figure, or raises NoData
+with the reason the figure cannot be drawn; bands over seeds are the same 95% t-intervals as the tables.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+from pathlib import Path
 
 import matplotlib
 
@@ -38,9 +40,16 @@ def algo_palette(algos: list[str]) -> dict[str, str]:
     return {a: ALGO_COLORS.get(a) or next(extra) for a in algos}
 
 
-def to_data_uri(fig) -> str:
+def to_data_uri(fig, folder: Path | None = None, name: str = "") -> str:
+    """The figure as a PNG data URI; with `folder`, also written there as NAME.png and NAME.svg."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+    if folder is not None:
+        from harness.io import atomic_write_bytes
+        svg = io.BytesIO()
+        fig.savefig(svg, format="svg", bbox_inches="tight")
+        atomic_write_bytes(folder / f"{name}.png", buffer.getvalue())
+        atomic_write_bytes(folder / f"{name}.svg", svg.getvalue())
     plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
@@ -153,7 +162,7 @@ def fig_learning(cmp: Comparison) -> str:
         drawn = plot(axes[1, col], cmp, eval_curves, x, "accuracy", palette)
         _finish(axes[1, col], xlabel, "held-out accuracy (greedy)", drawn, "no accuracy measured")
     fig.tight_layout()
-    return to_data_uri(fig)
+    return fig
 
 
 def live_memory_frame(cmp: Comparison) -> pd.DataFrame:
@@ -240,7 +249,7 @@ def fig_memory(cmp: Comparison) -> str:
         right.tick_params(axis="x", labelsize=7)
         right.legend(fontsize=7, frameon=False)
     fig.tight_layout()
-    return to_data_uri(fig)
+    return fig
 
 
 def fig_phases(cmp: Comparison) -> str:
@@ -275,7 +284,7 @@ def fig_phases(cmp: Comparison) -> str:
     ax.legend(handles, labels, fontsize=7, frameon=False, ncol=len(labels), loc="lower center",
               bbox_to_anchor=(0.5, 1.0))
     fig.tight_layout()
-    return to_data_uri(fig)
+    return fig
 
 
 def fig_throughput(cmp: Comparison) -> str:
@@ -301,7 +310,7 @@ def fig_throughput(cmp: Comparison) -> str:
         ax.set_xlabel("")
         ax.set_ylabel(label, fontsize=8)
     fig.tight_layout()
-    return to_data_uri(fig)
+    return fig
 
 
 def fig_health(cmp: Comparison) -> str:
@@ -333,7 +342,7 @@ def fig_health(cmp: Comparison) -> str:
     fig.legend(handles.values(), handles.keys(), fontsize=7, frameon=False, ncol=min(4, len(handles)),
                loc="lower center", bbox_to_anchor=(0.5, 1.0))
     fig.tight_layout()
-    return to_data_uri(fig)
+    return fig
 
 
 FIGURES = [
@@ -345,13 +354,14 @@ FIGURES = [
 ]
 
 
-def render_figures(cmp: Comparison) -> dict[str, dict[str, str | None]]:
-    """{name: {title, uri, missing}}: a figure that cannot be drawn says why instead of failing the report."""
+def render_figures(cmp: Comparison, folder: Path | None = None) -> dict[str, dict[str, str | None]]:
+    """{name: {title, uri, missing}}: a figure that cannot be drawn says why instead of failing the report.
+    With `folder`, each drawn figure is also written there as NAME.png and NAME.svg."""
     sns.set_theme(style="whitegrid", context="paper", font_scale=0.95)
     out = {}
     for name, title, draw in FIGURES:
         try:
-            out[name] = {"title": title, "uri": draw(cmp), "missing": None}
+            out[name] = {"title": title, "uri": to_data_uri(draw(cmp), folder, name), "missing": None}
         except NoData as reason:
             out[name] = {"title": title, "uri": None, "missing": f"not drawn: {reason}"}
         except Exception as err:  # a report with one missing figure beats no report

@@ -33,6 +33,7 @@ class AnswerRule:
 
     filters: tuple[dict[str, Any], ...] = ()
     match: dict[str, Any] = field(default_factory=dict)
+    verifier: str = "exact"  # exact (lm-eval's exact_match) or math (math-verify, metrics.is_correct)
 
 
 class Function(str):
@@ -47,6 +48,14 @@ ANSWER_RULES: dict[str, AnswerRule] = {
     "spell_backward": AnswerRule(match={"ignore_case": True}),
 }
 DEFAULT_RULE = AnswerRule()  # reasoning-gym's default score_answer: full credit only for answer == reference
+MATH_RULE = AnswerRule(verifier="math")  # a data task with --reward math: math-verify, as its reward judges
+
+
+def answer_rule(task) -> AnswerRule:
+    """How `task`'s answers are judged: by its name for the built-in tasks, by its own check for a data task."""
+    if hasattr(task, "check"):  # a data task: math-verify or the stripped text, whatever its name
+        return MATH_RULE if task.check == "math" else DEFAULT_RULE
+    return ANSWER_RULES.get(task.name, DEFAULT_RULE)
 
 
 @dataclass(frozen=True)
@@ -97,11 +106,13 @@ def task_yaml(name: str, data_file: Path, *, max_gen_toks: int, stop: list[str],
         "target_delimiter": "",
     }
     extract = [{"function": "regex", "regex_pattern": ANSWER_REGEX, "fallback": ""}, *map(dict, rule.filters)]
+    verifier = {} if rule.verifier == "exact" else {"verifier": rule.verifier}
     if k == 0:
         config["generation_kwargs"] = {"until": list(stop), "max_gen_toks": max_gen_toks, "do_sample": False}
         config["filter_list"] = [{"name": "answer", "filter": [*extract, {"function": "take_first"}]}]
-        config["metric_list"] = [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True,
-                                  **rule.match}]
+        metric = "exact_match" if rule.verifier == "exact" else Function("metrics.answer_match")
+        config["metric_list"] = [{"metric": metric, "aggregation": "mean", "higher_is_better": True,
+                                  **verifier, **rule.match}]
     else:
         # top_k 0 turns off transformers' default top-k of 50, as the rollout does.
         config["repeats"] = k
@@ -109,7 +120,7 @@ def task_yaml(name: str, data_file: Path, *, max_gen_toks: int, stop: list[str],
                                        "temperature": temperature, "top_p": top_p, "top_k": 0}
         config["filter_list"] = [{"name": "samples", "filter": extract}]
         config["metric_list"] = [{"metric": Function("metrics.sampled_scores"), "aggregation": "mean",
-                                  "higher_is_better": True, "ks": sample_ks(k), **rule.match}]
+                                  "higher_is_better": True, "ks": sample_ks(k), **verifier, **rule.match}]
     config["metadata"] = {"version": 1, **(about or {})}
     return config
 
@@ -141,7 +152,7 @@ def write_local_tasks(task, folder: Path, *, max_gen_toks: int, stop: list[str],
     data_file = write_split(task.eval_examples(), folder / f"{task.name}.jsonl")
     about = {"harness_task": task.name, "options": dict(getattr(task, "options", {})),
              "data_seed": getattr(task, "seed", None)}
-    common = dict(max_gen_toks=max_gen_toks, stop=stop, rule=ANSWER_RULES.get(task.name, DEFAULT_RULE), about=about)
+    common = dict(max_gen_toks=max_gen_toks, stop=stop, rule=answer_rule(task), about=about)
     write_if_changed(folder / "metrics.py", Path(__file__).with_name("metrics.py").read_text())
     greedy = lm_eval_name(task.name)
     write_yaml(folder / f"{greedy}.yaml", task_yaml(greedy, data_file, **common))

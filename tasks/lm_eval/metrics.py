@@ -60,14 +60,24 @@ def majority_at_k(answers_per_problem: Sequence[Sequence[str]], references: Sequ
     return sum(hits) / len(hits)
 
 
-def is_correct(answer: str, reference: str, **match) -> bool:
-    """lm-eval's exact_match on one pair, with the task's ignore settings."""
+def is_correct(answer: str, reference: str, verifier: str = "exact", **match) -> bool:
+    """lm-eval's exact_match on one pair, with the task's ignore settings; or math-verify's equivalence
+    (verifier="math"), as a data task with --reward math judges its answers."""
+    if verifier == "math":
+        from math_verify import parse, verify
+        return bool(answer.strip()) and verify(parse(reference), parse(answer))
     from lm_eval.api.metrics import exact_match_hf_evaluate
     return exact_match_hf_evaluate(predictions=[answer], references=[reference], **match)["exact_match"] == 1.0
 
 
+def answer_match(references: list[str], predictions: list[str], verifier: str = "exact", **match) -> dict[str, float]:
+    """Per-document greedy correctness under `verifier`, reported as exact_match like the built-in metric."""
+    (reference,), (answer,) = references, predictions
+    return {"exact_match": float(is_correct(answer, reference, verifier, **match))}
+
+
 def sampled_scores(references: list[str], predictions: list[list[str]], ks: Sequence[int] = (1,),
-                   **match) -> dict[str, float]:
+                   verifier: str = "exact", **match) -> dict[str, float]:
     """Per-document metric for a task with `repeats: n`: pass@k and maj@k for each k in `ks`.
 
     lm-eval calls it once per document with references=[gold] and predictions=[[n answers]]
@@ -75,14 +85,14 @@ def sampled_scores(references: list[str], predictions: list[list[str]], ks: Sequ
     """
     (reference,), (answers,) = references, predictions
     answers = list(answers)
-    correct = [is_correct(answer, reference, **match) for answer in answers]
+    correct = [is_correct(answer, reference, verifier, **match) for answer in answers]
     n, c = len(answers), sum(correct)
     scores: dict[str, float] = {}
     for k in ks:
         if k > n:
             continue
         scores[f"pass@{k}"] = pass_at_k(n, c, k)
-        scores[f"maj@{k}"] = float(is_correct(majority_vote(answers[:k]), reference, **match))
+        scores[f"maj@{k}"] = float(is_correct(majority_vote(answers[:k]), reference, verifier, **match))
     return scores
 
 
