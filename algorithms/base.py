@@ -152,15 +152,18 @@ def _accepts_logits_to_keep(model) -> bool:
 def completion_logits(model, batch: RolloutBatch, temperature: float = 1.0) -> torch.Tensor:
     """Logits `[B, T, V]` that predicted each completion token, divided by the sampling temperature.
 
-    Only the last T + 1 positions go through the LM head (`logits_to_keep`): the prompt's logits are
-    never materialised.
+    Only the positions that predict a completion token (P - 1 ... P + T - 2) go through the LM head
+    (`logits_to_keep` with their indices): the prompt's logits are never materialised.
     """
     length = batch.completion_mask.shape[1]
     position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
-    kwargs = {"logits_to_keep": length + 1} if _accepts_logits_to_keep(model) else {}
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=position_ids,
-                   use_cache=False, **kwargs).logits
-    logits = logits[:, -(length + 1):-1]  # position P - 1 + t predicts completion token t
+    if _accepts_logits_to_keep(model):
+        keep = torch.arange(batch.prompt_length - 1, batch.prompt_length - 1 + length, device=batch.input_ids.device)
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=position_ids,
+                       use_cache=False, logits_to_keep=keep).logits
+    else:
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=position_ids,
+                       use_cache=False).logits[:, -(length + 1):-1]
     return logits / temperature if temperature != 1.0 else logits
 
 

@@ -129,5 +129,5 @@ def bench_memory_command(config) -> int:
         parts = ", ".join(f"{k} {v / 2**20:,.1f}" for k, v in peaks[name].items() if k != "total")
         print(f"  {name}: {peaks[name]['total'] / 2**20:,.1f} MiB  ({label}; MiB by category: {parts})")
     ratio = peaks["old"]["total"] / peaks["new"]["total"]
-    print(f"old / new = {ratio:.2f}x ({'meets' if ratio >= 2 else 'BELOW'} the 2x target)")
+    print(f"old / new = {ratio:.3f}x ({'meets' if ratio >= 2 else 'BELOW'} the 2x target)")
     return 0
