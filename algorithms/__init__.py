@@ -7,6 +7,10 @@ import importlib
 REGISTRY = {
     "grpo": "harness.algorithms.grpo:GRPO",
     "ppo": "harness.algorithms.ppo:PPO",
+    "rloo": "harness.algorithms.rloo:RLOO",
+    "reinforce_pp": "harness.algorithms.reinforce_pp:ReinforcePP",
+    "dr_grpo": "harness.algorithms.dr_grpo:DrGRPO",
+    "dapo": "harness.algorithms.dapo:DAPO",
 }
 
 

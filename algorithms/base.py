@@ -359,6 +359,16 @@ class Algorithm:
         """How the policy loss is reduced over tokens: sequence, token or constant."""
         return "token"
 
+    @property
+    def filters_groups(self) -> bool:
+        """Whether the rollout drops groups without reward spread and samples more prompts (DAPO)."""
+        return False
+
+    @classmethod
+    def min_group_size(cls, options: Any) -> int:
+        """Completions per prompt the advantages need (a group baseline needs two)."""
+        return 1
+
     # ------------------------------------------------------------ models and state
 
     def trained_models(self) -> dict[str, torch.nn.Module]:

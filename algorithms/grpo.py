@@ -80,6 +80,10 @@ class GRPO(Algorithm):
     name = "grpo"
     Config = GRPOConfig
 
+    @classmethod
+    def min_group_size(cls, options) -> int:
+        return 2
+
     @property
     def needs_reference(self) -> bool:
         return self.options.beta > 0

@@ -343,6 +343,7 @@ def algorithm_options(config: Config, algo: str):
 
 def check_setup(config: Config, algos: list[str] = ()) -> None:
     """Everything that can be checked before a folder is written: task, model path, device, options."""
+    from harness.algorithms import get_algorithm
     from harness.models import check_device, check_model_name
     check_model_name(config.model.name)
     if config.model.name != "tiny" and not Path(config.model.name).expanduser().exists():
@@ -356,7 +357,11 @@ def check_setup(config: Config, algos: list[str] = ()) -> None:
         raise UserError("rollout.backend=vllm is not available in this version: generation runs through "
                         "transformers (rollout.backend=hf) on every device")
     for algo in algos:
-        algorithm_options(config, algo)
+        options = algorithm_options(config, algo)
+        needed = get_algorithm(algo).min_group_size(options)
+        if config.rollout.samples_per_prompt < needed:
+            raise UserError(f"{algo} compares completions within a group: rollout.samples_per_prompt="
+                            f"{config.rollout.samples_per_prompt} needs to be at least {needed}")
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:

@@ -80,20 +80,21 @@ def step_record(step: int, state, rollout, stats: dict[str, float], times: dict[
                 flops: float, device_name: str | None, precision: str, state_bytes: dict[str, dict[str, int]],
                 live_peaks: dict[str, dict[str, int]], measured: dict[str, float]) -> dict[str, Any]:
     """One line of steps.jsonl (keys documented in the README)."""
-    batch, rewards = rollout.batch, rollout.rewards
-    generated = int(batch.completion_mask.sum().item())
-    sequence_tokens = int(batch.attention_mask.sum().item())
+    rewards = rollout.rewards  # every completion sampled this step
+    totals = torch.tensor([r.total for r in rewards])
+    trained = rollout.batch
+    sequence_tokens = int(trained.attention_mask.sum().item()) if trained is not None else 0
     record: dict[str, Any] = {
         "step": step, "completions": state.completions, "tokens": state.tokens,
-        "reward/mean": batch.scores.mean().item(), "reward/std": batch.scores.std().item(),
+        "reward/mean": totals.mean().item(), "reward/std": totals.std().item() if len(totals) > 1 else 0.0,
         "reward/accuracy": sum(r.solved for r in rewards) / len(rewards),
         "reward/correct": sum(r.correct for r in rewards) / len(rewards),
         "reward/format": sum(r.format for r in rewards) / len(rewards),
-        "completion/len_mean": generated / batch.size,
+        "completion/len_mean": rollout.generated_tokens / rollout.sampled,
         "time/step": step_time,
-        "tput/gen_tokens_per_s": generated / max(times.get("generate", 0.0), 1e-9),
+        "tput/gen_tokens_per_s": rollout.generated_tokens / max(times.get("generate", 0.0), 1e-9),
         "tput/train_tokens_per_s": sequence_tokens / max(times.get("policy_update", times.get("joint_update", 0.0)), 1e-9),
-        "tput/samples_per_s": batch.size / step_time,
+        "tput/samples_per_s": rollout.sampled / step_time,
         "flops/step": flops,
     }
     peak = peak_flops(device_name, precision)

@@ -14,9 +14,17 @@ from harness.tasks.base import Example, Reward, Task
 
 @dataclass
 class Rollout:
-    batch: RolloutBatch
-    completions: list[str]  # decoded text before EOS
-    rewards: list[Reward]
+    batch: RolloutBatch | None  # what the update trains on (None: no group had any reward spread)
+    completions: list[str]  # decoded text before EOS, of every completion sampled
+    rewards: list[Reward]  # of every completion sampled
+    sampled: int = 0  # completions sampled (more than the batch holds when groups were dropped)
+    generated_tokens: int = 0  # tokens sampled, EOS included
+    rounds: int = 1  # sampling rounds it took
+
+    def __post_init__(self):
+        if self.batch is not None:
+            self.sampled = self.sampled or self.batch.size
+            self.generated_tokens = self.generated_tokens or int(self.batch.completion_mask.sum().item())
 
 
 def completion_mask(completion_ids: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,3 +142,54 @@ def greedy_eval(policy, tokenizer, task: Task, examples: list[Example], max_new_
             "score": sum(r.correct for r in rewards) / count,
             "format": sum(r.format for r in rewards) / count,
             "n": len(rewards)}
+
+
+def concat_batches(batches: list[RolloutBatch], pad_id: int) -> RolloutBatch:
+    """The rows of several rollout batches in one: prompts re-padded on the left, completions on the right."""
+    if len(batches) == 1:
+        return batches[0]
+    prompt = max(b.prompt_length for b in batches)
+    completion = max(b.completion_mask.shape[1] for b in batches)
+
+    def widen(b: RolloutBatch, tensor: torch.Tensor, fill, whole_sequence: bool) -> torch.Tensor:
+        left = prompt - b.prompt_length if whole_sequence else 0
+        right = completion - b.completion_mask.shape[1]
+        return torch.nn.functional.pad(tensor, (left, right), value=fill)
+
+    per_token = ("completion_mask", "old_logps", "ref_logps", "advantages", "values", "returns")
+    merged = {"input_ids": torch.cat([widen(b, b.input_ids, pad_id, True) for b in batches]),
+              "attention_mask": torch.cat([widen(b, b.attention_mask, 0, True) for b in batches]),
+              "scores": torch.cat([b.scores for b in batches])}
+    for name in per_token:
+        if getattr(batches[0], name) is not None:
+            merged[name] = torch.cat([widen(b, getattr(b, name), 0, False) for b in batches])
+    return RolloutBatch(**merged, prompt_length=prompt, group_size=batches[0].group_size)
+
+
+def generate_with_spread(policy, reference, tokenizer, task: Task, prompts_for_round, groups: int,
+                         max_rounds: int, cfg: RolloutConfig, settings: TrainSettings, meter=None) -> Rollout:
+    """DAPO's dynamic sampling: sample round after round (`prompts_for_round(r)` gives round r's prompts),
+    keep the groups whose rewards are not all equal, until `groups` are kept or `max_rounds` ran.
+
+    Every completion sampled is in `sampled`, `rewards` and `generated_tokens` (it counts against the
+    budget); the batch holds the kept groups only, at most `groups` of them.
+    """
+    kept: list[RolloutBatch] = []
+    texts, rewards, sampled, tokens, count = [], [], 0, 0, 0
+    for round_index in range(max_rounds):
+        rollout = generate(policy, reference, tokenizer, task, prompts_for_round(round_index), cfg, settings, meter)
+        texts += rollout.completions
+        rewards += rollout.rewards
+        sampled += rollout.sampled
+        tokens += rollout.generated_tokens
+        grouped = rollout.batch.scores.view(-1, cfg.samples_per_prompt)
+        spread = (grouped.max(dim=1).values > grouped.min(dim=1).values).nonzero().flatten()[: groups - count]
+        if len(spread):
+            rows = (spread.unsqueeze(-1) * cfg.samples_per_prompt + torch.arange(cfg.samples_per_prompt)).flatten()
+            kept.append(rollout.batch.select(rows))
+            count += len(spread)
+        if count >= groups:
+            break
+    batch = concat_batches(kept, tokenizer.pad_token_id) if kept else None
+    return Rollout(batch=batch, completions=texts, rewards=rewards, sampled=sampled, generated_tokens=tokens,
+                   rounds=round_index + 1)

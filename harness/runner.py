@@ -32,7 +32,7 @@ from harness.memory import LiveTensors, step_peak
 from harness.meter import StepMeter, is_tracked_step, non_finite, step_flops, step_record, to_floats
 from harness.models import WEIGHT_DTYPES, check_device, frozen_copy, load_policy, resolve_model_path
 from harness.probes import Probes, model_state_bytes
-from harness.rollout import generate, greedy_eval, use_chat_template
+from harness.rollout import generate, generate_with_spread, greedy_eval, use_chat_template
 from harness.trackers import open_trackers
 
 
@@ -83,6 +83,11 @@ def injected_fault(algo: str, step: int) -> None:
             if kind == "oom":
                 raise torch.OutOfMemoryError("injected: tried to allocate 1.00 GiB")
             raise RuntimeError("injected failure")
+
+
+# Dynamic sampling refills a step's batch from prompts drawn at these step indices and beyond: far past
+# any RL step and past the warm start's (10 million), so no arm's own prompts are reused.
+REFILL_STEPS = 20_000_000
 
 
 class Diverged(Exception):
@@ -212,33 +217,49 @@ class Arm:
         return {"state": state, "final_eval": final_eval, "final_lm_eval": final_lm_eval,
                 "state_bytes": self.state_bytes(), "probes": probes.summary(), "device_name": probes.device_name()}
 
+    def rollout(self, step: int, meter: StepMeter):
+        """The step's prompts, sampled and scored, with the sampler's and the reference's log-probs."""
+        config = self.config
+        examples = self.task.train_examples(step, config.prompts_per_step)
+        if not self.algorithm.filters_groups:
+            return generate(self.policy, self.reference, self.tokenizer, self.task, examples, config.rollout,
+                            self.settings, meter)
+        rounds = self.algorithm.options.max_generation_rounds
+
+        def prompts(round_index: int):
+            # the first round draws the step's prompts, as every arm does; refills come from their own stream
+            return examples if round_index == 0 else self.task.train_examples(
+                REFILL_STEPS + step * rounds + round_index, config.prompts_per_step)
+        return generate_with_spread(self.policy, self.reference, self.tokenizer, self.task, prompts,
+                                    config.prompts_per_step, rounds, config.rollout, self.settings, meter)
+
     def train_step(self, state: RunState, meter: StepMeter, probes: Probes) -> dict[str, Any]:
         """One rollout batch and the algorithm's update on it; the step's record."""
         config, algorithm = self.config, self.algorithm
         started = time.perf_counter()
         seed_everything(step_seed(config.run.seed, state.step))
-        examples = self.task.train_examples(state.step, config.prompts_per_step)
         tracked = is_tracked_step(state.step, config.run.memory_every, config.total_steps())
+        stats: dict[str, Any] = {}
         with meter.step(tracked):
-            rollout = generate(self.policy, self.reference, self.tokenizer, self.task, examples, config.rollout,
-                               self.settings, meter)
+            rollout = self.rollout(state.step, meter)
             batch = rollout.batch
-            meter.retag_rollout(batch)
-            if algorithm.uses_critic:
-                with meter.phase("values"):
-                    algorithm.compute_values(batch)
-            with meter.phase("advantages"):
-                prepare_stats = algorithm.prepare(batch)
-            meter.retag_rollout(batch)
-            injected_fault(self.algo_name, state.step + 1)
-            update_stats = algorithm.update(batch, meter)
+            if batch is not None:  # None: dynamic sampling found no group with a reward spread
+                meter.retag_rollout(batch)
+                if algorithm.uses_critic:
+                    with meter.phase("values"):
+                        algorithm.compute_values(batch)
+                with meter.phase("advantages"):
+                    stats.update(algorithm.prepare(batch))
+                meter.retag_rollout(batch)
+                injected_fault(self.algo_name, state.step + 1)
+                stats.update(algorithm.update(batch, meter))
         step_time = time.perf_counter() - started
         times = probes.take_step_times()
-        stats = to_floats({**prepare_stats, **update_stats})
-        logps_ok = bool(torch.isfinite(batch.old_logps[batch.completion_mask.bool()]).all())
+        stats = to_floats(stats)
+        logps_ok = batch is None or bool(torch.isfinite(batch.old_logps[batch.completion_mask.bool()]).all())
         state.step += 1
-        state.completions += batch.size
-        state.tokens += int(batch.completion_mask.sum().item())
+        state.completions += rollout.sampled
+        state.tokens += rollout.generated_tokens
         state.train_s += step_time
         if meter.tracked_peaks:
             state.tracked_steps += 1
@@ -248,11 +269,14 @@ class Arm:
         for phase, peak in meter.tracked_peaks.items():
             if peak["total"] > state.live_peaks.get(phase, {}).get("total", -1):
                 state.live_peaks[phase] = peak
-        flops = step_flops(self.model_sizes, int(batch.attention_mask.sum().item()), config.optim.epochs,
-                           self.reference is not None)
+        trained_tokens = int(batch.attention_mask.sum().item()) if batch is not None else 0
+        flops = step_flops(self.model_sizes, trained_tokens, config.optim.epochs, self.reference is not None)
         record = step_record(state.step, state, rollout, stats, times, step_time, flops, probes.device_name(),
                              config.model.precision, self.state_bytes(), meter.tracked_peaks, probes.step_memory())
         record["train_s"], record["wall"] = state.train_s, state.train_s + state.eval_s
+        if algorithm.filters_groups:  # dynamic sampling: what was sampled, what was kept, in how many rounds
+            record.update({"rollout/sampled": rollout.sampled, "rollout/rounds": rollout.rounds,
+                           "rollout/kept": batch.size if batch is not None else 0})
         problem = non_finite(stats) or (None if logps_ok else "the sampler's log-probs hold a non-finite value")
         if problem:
             record["diverged"] = problem

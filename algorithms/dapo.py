@@ -1,0 +1,90 @@
+"""DAPO (Yu et al. 2025, "DAPO: An Open-Source LLM Reinforcement Learning System at Scale", arXiv
+2503.14476): GRPO's group advantages with four changes.
+
+- Clip-higher: the ratio is clipped at 1 - 0.2 below and 1 + 0.28 above, so that unlikely tokens
+  can gain probability (entropy does not collapse).
+- Token-level loss: every token of the batch weighs the same (sum over tokens / their number).
+- Dynamic sampling: groups whose rewards are all equal carry no signal; they are dropped and more
+  prompts are sampled until the batch is full (`filters_groups`: the harness's rollout does it, and
+  every completion it samples counts against the budget).
+- Overlong reward shaping: a completion within `overlong_buffer` tokens of max_new_tokens loses
+  reward linearly, down to -overlong_penalty at the cap.
+There is no KL term (beta = 0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from harness.algorithms.base import RolloutBatch, check_range
+from harness.algorithms.grpo import GRPO, group_advantages, group_stats, grpo_loss
+
+
+@dataclass
+class DAPOConfig:
+    eps_low: float = 0.2  # clip ratio below at 1 - eps_low
+    eps_high: float = 0.28  # clip-higher: above at 1 + eps_high
+    overlong_buffer: float = 0.2  # share of max_new_tokens before the cap where the length penalty ramps (paper: 4096 of 20480)
+    overlong_penalty: float = 1.0  # the penalty at max_new_tokens
+    dynamic_sampling: bool = True  # drop groups without reward spread and refill the batch
+    max_generation_rounds: int = 3  # rounds of sampling per step to fill the batch (verl's max_num_gen_batches)
+
+    def __post_init__(self):
+        check_range("eps_low", self.eps_low, 0, 1, low_open=True)
+        check_range("eps_high", self.eps_high, 0, low_open=True)
+        check_range("overlong_buffer", self.overlong_buffer, 0, 1)
+        check_range("overlong_penalty", self.overlong_penalty, 0)
+        check_range("max_generation_rounds", self.max_generation_rounds, 1)
+
+
+def overlong_penalty(lengths: torch.Tensor, max_tokens: int, buffer: int, penalty: float = 1.0) -> torch.Tensor:
+    """DAPO's soft length penalty `[B]`: 0 up to max_tokens - buffer, then falling linearly to -penalty at
+    max_tokens: ((max_tokens - buffer) - length) / buffer * penalty."""
+    if buffer <= 0:
+        return torch.zeros_like(lengths, dtype=torch.float32)
+    start = max_tokens - buffer
+    return (torch.clamp(start - lengths.float(), max=0.0) / buffer * penalty).clamp(min=-penalty)
+
+
+def has_spread(scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    """`[N / G]` True for each group whose rewards are not all equal."""
+    grouped = scores.view(-1, group_size)
+    return grouped.max(dim=1).values > grouped.min(dim=1).values
+
+
+class DAPO(GRPO):
+    name = "dapo"
+    Config = DAPOConfig
+
+    @property
+    def needs_reference(self) -> bool:
+        return False
+
+    @property
+    def loss_aggregation(self) -> str:
+        return "token"
+
+    @property
+    def filters_groups(self) -> bool:
+        return self.options.dynamic_sampling
+
+    def buffer_tokens(self) -> int:
+        return max(1, round(self.options.overlong_buffer * self.settings.max_new_tokens)) if self.options.overlong_buffer else 0
+
+    def advantages(self, scores: torch.Tensor, group_size: int) -> torch.Tensor:
+        return group_advantages(scores, group_size, scale="group")
+
+    @torch.no_grad()
+    def prepare(self, batch: RolloutBatch) -> dict[str, torch.Tensor]:
+        lengths = batch.completion_mask.sum(-1)
+        shaped = batch.scores + overlong_penalty(lengths, self.settings.max_new_tokens, self.buffer_tokens(),
+                                                 self.options.overlong_penalty).to(batch.scores.dtype)
+        batch.advantages = self.advantages(shaped, batch.group_size).unsqueeze(-1) * batch.completion_mask
+        return {**group_stats(batch.scores, batch.group_size), "overlong_penalty": (shaped - batch.scores).mean()}
+
+    def policy_loss(self, logps, mb: RolloutBatch, denominator):
+        o = self.options
+        return grpo_loss(logps, mb.old_logps, mb.advantages, mb.completion_mask, o.eps_low, o.eps_high, 0.0,
+                         None, "token", denominator)

@@ -1,0 +1,42 @@
+"""Dr. GRPO (Liu et al. 2025, "Understanding R1-Zero-Like Training: A Critical Perspective", arXiv
+2503.20783): GRPO with its two biases removed.
+
+The advantage is the reward minus the group mean, not divided by the group's std (which weighs
+too-easy and too-hard prompts up), and the loss is summed over tokens and divided by a constant,
+the number of completions times max_new_tokens, not by each completion's length (which makes short
+right answers and long wrong ones cheaper). The paper's objective has no KL term: beta is 0 unless
+set (or matched across arms with `harness compare --kl`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from harness.algorithms.base import check_range
+from harness.algorithms.grpo import GRPO, group_advantages
+
+
+@dataclass
+class DrGRPOConfig:
+    beta: float = 0.0  # weight of the k3 KL term to the reference; the paper's objective has none
+    eps_low: float = 0.2  # clip ratio below at 1 - eps_low
+    eps_high: float = 0.2  # clip ratio above at 1 + eps_high
+
+    def __post_init__(self):
+        check_range("beta", self.beta, 0)
+        check_range("eps_low", self.eps_low, 0, 1, low_open=True)
+        check_range("eps_high", self.eps_high, 0, low_open=True)
+
+
+class DrGRPO(GRPO):
+    name = "dr_grpo"
+    Config = DrGRPOConfig
+
+    @property
+    def loss_aggregation(self) -> str:
+        return "constant"  # sum over tokens / (completions x max_new_tokens)
+
+    def advantages(self, scores: torch.Tensor, group_size: int) -> torch.Tensor:
+        return group_advantages(scores, group_size, scale="none")

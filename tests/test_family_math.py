@@ -1,0 +1,111 @@
+"""The critic-free family by hand: RLOO, REINFORCE++ (and its baseline variant), Dr. GRPO, DAPO."""
+
+import math
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from harness.algorithms import algorithm_names, get_algorithm, parse_options
+from harness.algorithms.base import RolloutBatch, TrainSettings
+from harness.algorithms.dapo import DAPO, DAPOConfig, has_spread, overlong_penalty
+from harness.algorithms.dr_grpo import DrGRPO, DrGRPOConfig
+from harness.algorithms.reinforce_pp import reinforce_pp_advantages, reward_to_go
+from harness.algorithms.rloo import leave_one_out_advantages, rloo_loss, sequence_kl
+from harness.rollout import concat_batches
+
+
+def test_leave_one_out_baseline_by_hand():
+    # group [1, 0, 0]: baselines mean(0, 0) = 0, mean(1, 0) = 0.5, 0.5 -> [1, -0.5, -0.5]
+    # group [2, 2, 5]: baselines 3.5, 3.5, 2 -> [-1.5, -1.5, 3]
+    rewards = torch.tensor([1.0, 0.0, 0.0, 2.0, 2.0, 5.0])
+    assert_close(leave_one_out_advantages(rewards, 3), torch.tensor([1.0, -0.5, -0.5, -1.5, -1.5, 3.0]))
+    # = G / (G - 1) * (r - mean): group 1 mean 1/3 -> 1.5 * 2/3 = 1
+    with pytest.raises(ValueError, match="at least 2 completions"):
+        leave_one_out_advantages(rewards, 1)
+
+
+def test_rloo_treats_the_completion_as_one_action():
+    # one completion of two tokens with log-ratios log 1.5 and log 1.0: sequence ratio 1.5, clipped to 1.2
+    logps = torch.log(torch.tensor([[1.5, 1.0], [1.0, 1.0]]))
+    old = torch.zeros(2, 2)
+    mask = torch.ones(2, 2)
+    loss, stats = rloo_loss(logps, old, torch.tensor([1.0, -2.0]), mask)
+    # row 1: -min(1.5 * 1, 1.2 * 1) = -1.2; row 2: ratio 1 -> -(-2) = 2; mean (-1.2 + 2) / 2 = 0.4
+    assert_close(loss, torch.tensor(0.4))
+    assert stats["clipfrac"].item() == pytest.approx(0.5)
+    # the KL in the reward is summed over the completion's tokens: (-1 - -1.5) + (-1 - -1) = 0.5
+    assert_close(sequence_kl(torch.tensor([[-1.0, -1.0, 9.0]]), torch.tensor([[-1.5, -1.0, 0.0]]),
+                             torch.tensor([[1.0, 1.0, 0.0]])), torch.tensor([0.5]))
+
+
+def test_reward_to_go_and_batch_normalisation_of_reinforce_pp():
+    rewards = torch.tensor([[0.0, -0.1, 1.0], [0.2, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    # row 1: [0.9, 0.9, 1.0]; row 2: [0.2, 0.0], padding 0
+    assert_close(reward_to_go(rewards, mask), torch.tensor([[0.9, 0.9, 1.0], [0.2, 0.0, 0.0]]))
+    # gamma 0.5 on row 1: t2 1.0, t1 -0.1 + 0.5 = 0.4, t0 0 + 0.2 = 0.2
+    assert_close(reward_to_go(rewards[:1], mask[:1], gamma=0.5), torch.tensor([[0.2, 0.4, 1.0]]))
+    advantages = reinforce_pp_advantages(rewards, mask, group_size=1)
+    # whitened over the 5 real tokens [0.9, 0.9, 1.0, 0.2, 0.0]: mean 0.6, variance 0.172
+    expected = (torch.tensor([[0.9, 0.9, 1.0], [0.2, 0.0, 0.6]]) - 0.6) / math.sqrt(0.172) * mask
+    assert_close(advantages, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_reinforce_pp_baseline_subtracts_the_group_mean_first():
+    # two groups of two, one token each: totals [1, 0 | 3, 3] -> centred [0.5, -0.5 | 0, 0]
+    # whitened over the batch: mean 0, variance 0.125 -> [0.5, -0.5, 0, 0] / sqrt(0.125)
+    rewards = torch.tensor([[1.0], [0.0], [3.0], [3.0]])
+    advantages = reinforce_pp_advantages(rewards, torch.ones(4, 1), group_size=2, baseline=True)
+    assert_close(advantages, torch.tensor([[0.5], [-0.5], [0.0], [0.0]]) / math.sqrt(0.125), atol=1e-5, rtol=1e-5)
+
+
+def test_dr_grpo_keeps_the_group_mean_and_a_constant_normaliser():
+    policy = torch.nn.Linear(1, 1)  # the algorithm only needs parameters for its optimizer here
+    algorithm = DrGRPO(policy, DrGRPOConfig(), TrainSettings(max_new_tokens=4))
+    # group [1, 0, 0, 0]: mean 0.25 -> [0.75, -0.25, -0.25, -0.25], no std scaling
+    assert_close(algorithm.advantages(torch.tensor([1.0, 0.0, 0.0, 0.0]), 4), torch.tensor([0.75, -0.25, -0.25, -0.25]))
+    assert algorithm.loss_aggregation == "constant" and not algorithm.needs_reference
+    # loss: ratio 1, one sequence of 2 real tokens with advantage 0.75 -> sum -1.5 / (1 x 4 max tokens) = -0.375
+    batch = RolloutBatch(input_ids=torch.zeros(1, 5, dtype=torch.long), attention_mask=torch.ones(1, 5),
+                         completion_mask=torch.tensor([[1.0, 1.0, 0.0, 0.0]]), prompt_length=1,
+                         scores=torch.zeros(1), group_size=1, old_logps=torch.zeros(1, 4),
+                         advantages=torch.full((1, 4), 0.75))
+    loss, _ = algorithm.policy_loss(torch.zeros(1, 4), batch, denominator=1.0 * 4)
+    assert_close(loss, torch.tensor(-0.375))
+
+
+def test_dapo_length_penalty_clip_higher_and_groups_without_spread():
+    # max 10 tokens, buffer 4: no penalty up to 6 tokens; 8 tokens -> (6 - 8) / 4 = -0.5; 10 -> -1
+    assert_close(overlong_penalty(torch.tensor([3, 6, 8, 10]), 10, 4), torch.tensor([0.0, 0.0, -0.5, -1.0]))
+    assert has_spread(torch.tensor([1.0, 1.0, 0.0, 1.0]), 2).tolist() == [False, True]
+    options = parse_options("dapo", {})
+    assert (options.eps_low, options.eps_high) == (0.2, 0.28)  # clip-higher
+    algorithm = DAPO(torch.nn.Linear(1, 1), options, TrainSettings(max_new_tokens=5))
+    assert algorithm.filters_groups and algorithm.loss_aggregation == "token" and not algorithm.needs_reference
+    assert algorithm.buffer_tokens() == 1  # 20% of 5 tokens
+
+
+def test_concatenated_rollouts_are_re_padded_on_both_sides():
+    def batch(prompt, completion, value):
+        rows = 2
+        return RolloutBatch(input_ids=torch.full((rows, prompt + completion), value), attention_mask=torch.ones(rows, prompt + completion),
+                            completion_mask=torch.ones(rows, completion), prompt_length=prompt,
+                            scores=torch.full((rows,), float(value)), group_size=2,
+                            old_logps=torch.full((rows, completion), -1.0))
+    merged = concat_batches([batch(2, 3, 7), batch(4, 1, 8)], pad_id=0)
+    assert merged.prompt_length == 4 and merged.input_ids.shape == (4, 7)
+    # the short prompt is padded on the left, the short completion on the right
+    assert merged.input_ids[0].tolist() == [0, 0, 7, 7, 7, 7, 7]
+    assert merged.input_ids[2].tolist() == [8, 8, 8, 8, 8, 0, 0]
+    assert merged.completion_mask[2].tolist() == [1, 0, 0] and merged.old_logps[2].tolist() == [-1, 0, 0]
+    assert merged.attention_mask[0].tolist() == [0, 0, 1, 1, 1, 1, 1]
+
+
+def test_the_family_is_registered_and_each_declares_what_it_needs():
+    assert set(algorithm_names()) >= {"grpo", "ppo", "rloo", "reinforce_pp", "dr_grpo", "dapo"}
+    for name in algorithm_names():
+        cls = get_algorithm(name)
+        options = parse_options(name, {})
+        assert cls.min_group_size(options) in (1, 2), name
+    assert get_algorithm("reinforce_pp").min_group_size(parse_options("reinforce_pp", {"baseline": True})) == 2
