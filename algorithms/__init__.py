@@ -35,3 +35,22 @@ def parse_options(name: str, options: dict):
     """The typed options of algorithm `name` from a plain mapping (YAML, --set), defaults filled in."""
     from harness.algorithms.base import options_from
     return options_from(get_algorithm(name).Config, options)
+
+
+KL_MODES = ("native", "off", "loss", "reward")
+
+
+def kl_settings(name: str, mode: str, coef: float) -> dict[str, float]:
+    """The options that put algorithm `name`'s KL to the reference where `mode` says, alike in every arm.
+
+    native: each algorithm's paper default (no change); off: no KL term, no reference model;
+    loss: k3 in the loss with `coef`; reward: k1 in the reward with `coef`.
+    """
+    if mode not in KL_MODES:
+        raise ValueError(f"unknown KL mode '{mode}'; valid: {', '.join(KL_MODES)}")
+    if mode == "native":
+        return {}
+    fields = get_algorithm(name).KL_OPTIONS
+    if mode != "off" and mode not in fields:
+        raise ValueError(f"{name} has no KL term in the {mode}; use --kl off or native")
+    return {field: (coef if place == mode else 0.0) for place, field in fields.items()}

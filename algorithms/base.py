@@ -330,6 +330,9 @@ class Algorithm:
     name: ClassVar[str]
     Config: ClassVar[type]
     uses_critic: ClassVar[bool] = False
+    # Which options hold the coefficient of a KL term to the reference in the loss (k3, aggregated like
+    # the policy loss) and in the reward (k1): `harness compare --kl loss|reward|off` sets them alike in every arm.
+    KL_OPTIONS: ClassVar[dict[str, str]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -346,12 +349,22 @@ class Algorithm:
         self.options, self.settings, self.policy = options, settings, policy
         self.optimizer = torch.optim.AdamW(policy.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
         self.generator = torch.Generator().manual_seed(seed)
+        self.updates = 0  # rollout batches trained on so far (checkpointed)
 
     # ------------------------------------------------------------ declared needs
 
     @property
     def needs_reference(self) -> bool:
-        """Whether the rollout must compute reference log-probs (a KL term is on)."""
+        """Whether the rollout must compute reference log-probs: a KL term is on, in the loss or the reward."""
+        return any(getattr(self.options, field) > 0 for field in self.KL_OPTIONS.values())
+
+    @property
+    def kl_loss_coef(self) -> float:
+        """Weight of the k3 KL term the shared loop adds to the loss (0 where the algorithm's own loss holds it)."""
+        return 0.0
+
+    def policy_frozen(self) -> bool:
+        """Whether this update leaves the policy as it is (a critic's warm-up)."""
         return False
 
     @property
@@ -381,7 +394,7 @@ class Algorithm:
         """Everything resume needs: model weights, optimizer states, the minibatch generator (tensors and plain data)."""
         return {"models": {k: m.state_dict() for k, m in self.trained_models().items()},
                 "optimizers": {k: o.state_dict() for k, o in self.optimizers().items()},
-                "generator": self.generator.get_state()}
+                "generator": self.generator.get_state(), "updates": self.updates}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for name, model in self.trained_models().items():
@@ -389,6 +402,7 @@ class Algorithm:
         for name, optimizer in self.optimizers().items():
             optimizer.load_state_dict(state["optimizers"][name])
         self.generator.set_state(state["generator"])
+        self.updates = state.get("updates", 0)
 
     # ------------------------------------------------------------ what differs between algorithms
 
@@ -422,16 +436,19 @@ class Algorithm:
         stats = StepStats()
         partitions = [minibatch_indices(batch.size, self.settings.minibatches, self.generator)
                       for _ in range(self.settings.epochs)]
-        if self.uses_critic and self.critic_pass == "joint":
+        frozen = self.policy_frozen()
+        if self.uses_critic and self.critic_pass == "joint" and not frozen:
             with meter.phase("joint_update"):
                 self._train(batch, partitions, stats, policy=True, critic=True)
         else:
-            with meter.phase("policy_update"):
-                self._train(batch, partitions, stats, policy=True, critic=False)
+            if not frozen:
+                with meter.phase("policy_update"):
+                    self._train(batch, partitions, stats, policy=True, critic=False)
             if self.uses_critic:
                 with meter.phase("critic_update"):
                     self._train(batch, partitions, stats, policy=False, critic=True)
-        return stats.means()
+        self.updates += 1
+        return {**stats.means(), **({"policy_frozen": torch.ones(())} if frozen else {})}
 
     def _train(self, batch: RolloutBatch, partitions, stats: StepStats, policy: bool, critic: bool) -> None:
         settings = self.settings
@@ -476,6 +493,9 @@ class Algorithm:
         logps = selective_log_softmax(logits, micro.input_ids[:, micro.prompt_length:])
         loss, policy_stats = self.policy_loss(logps, micro, denominator)
         mask = micro.completion_mask
+        if self.kl_loss_coef and micro.ref_logps is not None:
+            loss = loss + self.kl_loss_coef * aggregate(kl_k3(logps, micro.ref_logps), mask, self.loss_aggregation,
+                                                        denominator)
         if settings.entropy_coef:
             entropy = entropy_from_logits(logits)
             loss = loss - settings.entropy_coef * aggregate(entropy, mask, self.loss_aggregation, denominator)

@@ -9,7 +9,7 @@
   every completion it samples counts against the budget).
 - Overlong reward shaping: a completion within `overlong_buffer` tokens of max_new_tokens loses
   reward linearly, down to -overlong_penalty at the cap.
-There is no KL term (beta = 0).
+There is no KL term (beta = 0; the options exist so that `harness compare --kl` can match other arms).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from harness.algorithms.base import RolloutBatch, check_range
-from harness.algorithms.grpo import GRPO, group_advantages, group_stats, grpo_loss
+from harness.algorithms.grpo import GRPO, group_advantages, group_stats, grpo_loss, reward_with_kl
 
 
 @dataclass
@@ -30,6 +30,8 @@ class DAPOConfig:
     overlong_penalty: float = 1.0  # the penalty at max_new_tokens
     dynamic_sampling: bool = True  # drop groups without reward spread and refill the batch
     max_generation_rounds: int = 3  # rounds of sampling per step to fill the batch (verl's max_num_gen_batches)
+    beta: float = 0.0  # k3 KL to the reference in the loss: DAPO drops it; for matched-KL comparisons only
+    kl_reward_coef: float = 0.0  # k1 KL summed per completion, subtracted from its reward: likewise
 
     def __post_init__(self):
         check_range("eps_low", self.eps_low, 0, 1, low_open=True)
@@ -37,6 +39,8 @@ class DAPOConfig:
         check_range("overlong_buffer", self.overlong_buffer, 0, 1)
         check_range("overlong_penalty", self.overlong_penalty, 0)
         check_range("max_generation_rounds", self.max_generation_rounds, 1)
+        check_range("beta", self.beta, 0)
+        check_range("kl_reward_coef", self.kl_reward_coef, 0)
 
 
 def overlong_penalty(lengths: torch.Tensor, max_tokens: int, buffer: int, penalty: float = 1.0) -> torch.Tensor:
@@ -59,10 +63,6 @@ class DAPO(GRPO):
     Config = DAPOConfig
 
     @property
-    def needs_reference(self) -> bool:
-        return False
-
-    @property
     def loss_aggregation(self) -> str:
         return "token"
 
@@ -79,12 +79,14 @@ class DAPO(GRPO):
     @torch.no_grad()
     def prepare(self, batch: RolloutBatch) -> dict[str, torch.Tensor]:
         lengths = batch.completion_mask.sum(-1)
-        shaped = batch.scores + overlong_penalty(lengths, self.settings.max_new_tokens, self.buffer_tokens(),
+        rewards = reward_with_kl(batch.scores, batch.old_logps, batch.ref_logps, batch.completion_mask,
+                                 self.options.kl_reward_coef)
+        shaped = rewards + overlong_penalty(lengths, self.settings.max_new_tokens, self.buffer_tokens(),
                                                  self.options.overlong_penalty).to(batch.scores.dtype)
         batch.advantages = self.advantages(shaped, batch.group_size).unsqueeze(-1) * batch.completion_mask
-        return {**group_stats(batch.scores, batch.group_size), "overlong_penalty": (shaped - batch.scores).mean()}
+        return {**group_stats(batch.scores, batch.group_size), "overlong_penalty": (shaped - rewards).mean()}
 
     def policy_loss(self, logps, mb: RolloutBatch, denominator):
         o = self.options
-        return grpo_loss(logps, mb.old_logps, mb.advantages, mb.completion_mask, o.eps_low, o.eps_high, 0.0,
-                         None, "token", denominator)
+        return grpo_loss(logps, mb.old_logps, mb.advantages, mb.completion_mask, o.eps_low, o.eps_high, o.beta,
+                         mb.ref_logps, "token", denominator)

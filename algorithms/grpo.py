@@ -18,7 +18,8 @@ SCALES = ("group", "batch", "none")
 
 @dataclass
 class GRPOConfig:
-    beta: float = 0.04  # weight of the k3 KL term to the reference (paper: 0.04); 0 drops the reference
+    beta: float = 0.04  # weight of the k3 KL term to the reference in the loss (paper: 0.04)
+    kl_reward_coef: float = 0.0  # k1 KL summed over each completion, subtracted from its reward before the group baseline
     eps_low: float = 0.2  # clip ratio below at 1 - eps_low
     eps_high: float = 0.2  # clip ratio above at 1 + eps_high (DAPO raises it to 0.28)
     scale: str = "group"  # advantage scaling: group std (paper) | batch std | none
@@ -27,6 +28,7 @@ class GRPOConfig:
 
     def __post_init__(self):
         check_range("beta", self.beta, 0)
+        check_range("kl_reward_coef", self.kl_reward_coef, 0)
         check_range("eps_low", self.eps_low, 0, 1, low_open=True)
         check_range("eps_high", self.eps_high, 0, low_open=True)
         check_choice("scale", self.scale, SCALES)
@@ -76,17 +78,21 @@ def group_stats(rewards: torch.Tensor, group_size: int) -> dict[str, torch.Tenso
     return {"zero_adv_frac": (spread == 0).float().mean(), "reward_std": grouped.std(dim=1).mean()}
 
 
+def reward_with_kl(scores, logps, ref_logps, mask, coef: float) -> torch.Tensor:
+    """Scores `[B]` minus coef times the k1 KL of each completion, summed over its tokens."""
+    if not coef or ref_logps is None:
+        return scores
+    return scores - coef * ((logps - ref_logps) * mask).sum(-1)
+
+
 class GRPO(Algorithm):
     name = "grpo"
     Config = GRPOConfig
+    KL_OPTIONS = {"loss": "beta", "reward": "kl_reward_coef"}
 
     @classmethod
     def min_group_size(cls, options) -> int:
         return 2
-
-    @property
-    def needs_reference(self) -> bool:
-        return self.options.beta > 0
 
     @property
     def loss_aggregation(self) -> str:
@@ -97,7 +103,9 @@ class GRPO(Algorithm):
         return group_advantages(scores, group_size, self.options.scale, self.options.std_eps)
 
     def prepare(self, batch: RolloutBatch) -> dict[str, torch.Tensor]:
-        advantages = self.advantages(batch.scores, batch.group_size)
+        rewards = reward_with_kl(batch.scores, batch.old_logps, batch.ref_logps, batch.completion_mask,
+                                 self.options.kl_reward_coef)
+        advantages = self.advantages(rewards, batch.group_size)
         batch.advantages = advantages.unsqueeze(-1) * batch.completion_mask  # [B, T]
         return group_stats(batch.scores, batch.group_size)
 

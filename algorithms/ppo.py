@@ -25,7 +25,8 @@ CRITIC_PASSES = ("separate", "joint")
 
 @dataclass
 class PPOConfig:
-    kl_coef: float = 0.05  # per-token KL penalty in the reward (TRL's former default); 0 drops the reference
+    kl_coef: float = 0.05  # per-token k1 KL penalty in the reward (TRL's former default)
+    kl_loss_coef: float = 0.0  # k3 KL in the loss instead (verl's use_kl_loss; for matched-KL comparisons)
     gamma: float = 1.0  # discount
     lam: float = 0.95  # GAE lambda
     clip_eps: float = 0.2  # policy ratio clip
@@ -33,9 +34,13 @@ class PPOConfig:
     critic_lr: float = 0.0  # critic AdamW learning rate; 0 uses the policy's
     whiten: bool = True  # whiten advantages over the batch
     critic_pass: str = "separate"  # separate (verl, OpenRLHF) | joint (one backward through both models)
+    critic_warmup_steps: int = 0  # first rollout steps that train the critic only (verl critic_warmup); they spend budget
+    critic_warmup_head_only: bool = False  # during the warm-up train only the value head, not the critic's body
 
     def __post_init__(self):
         check_range("kl_coef", self.kl_coef, 0)
+        check_range("kl_loss_coef", self.kl_loss_coef, 0)
+        check_range("critic_warmup_steps", self.critic_warmup_steps, 0)
         check_range("gamma", self.gamma, 0, 1)
         check_range("lam", self.lam, 0, 1)
         check_range("clip_eps", self.clip_eps, 0, 1, low_open=True)
@@ -134,6 +139,7 @@ class PPO(Algorithm):
     name = "ppo"
     Config = PPOConfig
     uses_critic = True
+    KL_OPTIONS = {"loss": "kl_loss_coef", "reward": "kl_coef"}
 
     def __init__(self, policy, options, settings, seed=0):
         super().__init__(policy, options, settings, seed)
@@ -142,8 +148,14 @@ class PPO(Algorithm):
                                                   weight_decay=settings.weight_decay)
 
     @property
-    def needs_reference(self) -> bool:
-        return self.options.kl_coef > 0
+    def kl_loss_coef(self) -> float:
+        return self.options.kl_loss_coef
+
+    def policy_frozen(self) -> bool:
+        """During the critic's warm-up the policy does not move; with head_only, neither does the critic's body."""
+        warming = self.updates < self.options.critic_warmup_steps
+        self.critic.backbone.requires_grad_(not (warming and self.options.critic_warmup_head_only))
+        return warming
 
     @property
     def critic_pass(self) -> str:

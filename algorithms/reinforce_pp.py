@@ -21,13 +21,15 @@ from harness.algorithms.ppo import ppo_policy_loss, token_rewards
 
 @dataclass
 class ReinforcePPConfig:
-    kl_coef: float = 0.01  # per-token k1 KL in the reward (OpenRLHF's init_kl_coef); 0 drops the reference
+    kl_coef: float = 0.01  # per-token k1 KL in the reward (OpenRLHF's init_kl_coef)
+    kl_loss_coef: float = 0.0  # k3 KL in the loss instead (for matched-KL comparisons)
     gamma: float = 1.0  # discount of the reward-to-go
     clip_eps: float = 0.2  # PPO ratio clip
     baseline: bool = False  # REINFORCE++-baseline: subtract the group mean of the summed reward first (verl)
 
     def __post_init__(self):
         check_range("kl_coef", self.kl_coef, 0)
+        check_range("kl_loss_coef", self.kl_loss_coef, 0)
         check_range("gamma", self.gamma, 0, 1)
         check_range("clip_eps", self.clip_eps, 0, 1, low_open=True)
 
@@ -55,14 +57,15 @@ def reinforce_pp_advantages(rewards, mask, group_size: int, gamma: float = 1.0, 
 class ReinforcePP(Algorithm):
     name = "reinforce_pp"
     Config = ReinforcePPConfig
+    KL_OPTIONS = {"loss": "kl_loss_coef", "reward": "kl_coef"}
 
     @classmethod
     def min_group_size(cls, options) -> int:
         return 2 if options.baseline else 1
 
     @property
-    def needs_reference(self) -> bool:
-        return self.options.kl_coef > 0
+    def kl_loss_coef(self) -> float:
+        return self.options.kl_loss_coef
 
     @torch.no_grad()
     def prepare(self, batch: RolloutBatch) -> dict[str, torch.Tensor]:

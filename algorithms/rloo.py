@@ -20,12 +20,14 @@ from harness.algorithms.grpo import group_stats
 
 @dataclass
 class RLOOConfig:
-    kl_coef: float = 0.05  # sequence KL (k1, summed over tokens) subtracted from the reward (TRL's beta); 0 drops the reference
+    kl_coef: float = 0.05  # sequence KL (k1, summed over tokens) subtracted from the reward (TRL's beta)
+    kl_loss_coef: float = 0.0  # k3 KL in the loss instead (for matched-KL comparisons)
     eps_low: float = 0.2  # sequence ratio clipped below at 1 - eps_low
     eps_high: float = 0.2  # and above at 1 + eps_high
 
     def __post_init__(self):
         check_range("kl_coef", self.kl_coef, 0)
+        check_range("kl_loss_coef", self.kl_loss_coef, 0)
         check_range("eps_low", self.eps_low, 0, 1, low_open=True)
         check_range("eps_high", self.eps_high, 0, low_open=True)
 
@@ -68,14 +70,15 @@ def rloo_loss(logps, old_logps, advantages, mask, eps_low=0.2, eps_high=0.2, den
 class RLOO(Algorithm):
     name = "rloo"
     Config = RLOOConfig
+    KL_OPTIONS = {"loss": "kl_loss_coef", "reward": "kl_coef"}
 
     @classmethod
     def min_group_size(cls, options) -> int:
         return 2
 
     @property
-    def needs_reference(self) -> bool:
-        return self.options.kl_coef > 0
+    def kl_loss_coef(self) -> float:
+        return self.options.kl_loss_coef
 
     @property
     def loss_aggregation(self) -> str:

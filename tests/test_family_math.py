@@ -109,3 +109,35 @@ def test_the_family_is_registered_and_each_declares_what_it_needs():
         options = parse_options(name, {})
         assert cls.min_group_size(options) in (1, 2), name
     assert get_algorithm("reinforce_pp").min_group_size(parse_options("reinforce_pp", {"baseline": True})) == 2
+
+
+def test_matched_kl_sets_the_same_term_in_every_algorithm():
+    from harness.algorithms import kl_settings
+    assert kl_settings("grpo", "loss", 0.04) == {"beta": 0.04, "kl_reward_coef": 0.0}
+    assert kl_settings("ppo", "loss", 0.04) == {"kl_loss_coef": 0.04, "kl_coef": 0.0}
+    assert kl_settings("ppo", "reward", 0.05) == {"kl_loss_coef": 0.0, "kl_coef": 0.05}
+    assert kl_settings("grpo", "off", 0.04) == {"beta": 0.0, "kl_reward_coef": 0.0}
+    assert kl_settings("ppo", "native", 0.04) == {}
+    with pytest.raises(ValueError, match="unknown KL mode 'both'"):
+        kl_settings("grpo", "both", 0.1)
+    # off drops the reference model in every algorithm; loss and reward need it
+    for name in algorithm_names():
+        for mode, needed in (("off", False), ("loss", True), ("reward", True)):
+            options = parse_options(name, kl_settings(name, mode, 0.04))
+            algorithm = get_algorithm(name)(small_linear_policy(), options, TrainSettings())
+            assert algorithm.needs_reference is needed, (name, mode)
+
+
+def small_linear_policy():
+    from harness.config import ModelConfig
+    from harness.models import char_tokenizer, tiny_model
+    torch.manual_seed(0)
+    return tiny_model(ModelConfig(hidden_size=8, num_layers=1, num_heads=2), char_tokenizer("0123456789+-="))
+
+
+def test_grpo_kl_in_the_reward_lowers_the_reward_of_completions_that_left_the_reference():
+    from harness.algorithms.grpo import reward_with_kl
+    # completion 1 drifted: logp - ref = 0.5 on two tokens -> KL 1.0; completion 2 did not
+    scores = torch.tensor([1.0, 1.0])
+    logps, ref = torch.tensor([[-1.0, -1.0], [-2.0, -2.0]]), torch.tensor([[-1.5, -1.5], [-2.0, -2.0]])
+    assert_close(reward_with_kl(scores, logps, ref, torch.ones(2, 2), 0.1), torch.tensor([0.9, 1.0]))

@@ -232,3 +232,49 @@ def test_state_dict_round_trip_resumes_the_same_updates():
 
 def test_registered_algorithms_declare_their_passes():
     assert get_algorithm("ppo").uses_critic and not get_algorithm("grpo").uses_critic
+
+
+def test_the_critic_warm_up_moves_only_the_critic():
+    policy = small_policy()
+    before_policy = copy.deepcopy(policy)
+    ppo = PPO(policy, PPOConfig(critic_warmup_steps=1), TrainSettings(lr=1e-3), seed=3)
+    before_critic = copy.deepcopy(ppo.critic)
+    batch = rollout_batch(policy)
+    ppo.compute_values(batch)
+    ppo.prepare(batch)
+    stats = ppo.update(batch)
+    assert float(stats["policy_frozen"]) == 1.0 and "policy_loss" not in stats and "value_loss" in stats
+    assert all(torch.equal(p, q) for p, q in zip(policy.parameters(), before_policy.parameters()))
+    assert not all(torch.equal(p, q) for p, q in zip(ppo.critic.parameters(), before_critic.parameters()))
+    # the next update trains both
+    stats = ppo.update(batch)
+    assert "policy_frozen" not in stats and not all(torch.equal(p, q) for p, q in zip(policy.parameters(),
+                                                                                       before_policy.parameters()))
+
+
+def test_a_head_only_warm_up_leaves_the_critics_body_alone():
+    policy = small_policy()
+    ppo = PPO(policy, PPOConfig(critic_warmup_steps=1, critic_warmup_head_only=True), TrainSettings(lr=1e-3), seed=3)
+    body, head = copy.deepcopy(ppo.critic.backbone), copy.deepcopy(ppo.critic.value_head)
+    batch = rollout_batch(policy)
+    ppo.compute_values(batch)
+    ppo.prepare(batch)
+    ppo.update(batch)
+    assert all(torch.equal(p, q) for p, q in zip(ppo.critic.backbone.parameters(), body.parameters()))
+    assert not torch.equal(ppo.critic.value_head.weight, head.weight)
+
+
+def test_a_kl_term_in_the_loss_is_k3_aggregated_like_the_policy_loss():
+    # PPO with kl_loss_coef: its policy terms equal the surrogate plus coef x token-mean k3
+    policy = small_policy()
+    ppo = PPO(policy, PPOConfig(kl_coef=0.0, kl_loss_coef=0.5), TrainSettings())
+    batch = rollout_batch(policy)
+    ppo.compute_values(batch)
+    ppo.prepare(batch)
+    denominator = batch.completion_mask.sum()
+    with_kl = ppo._policy_terms(batch, denominator, _Stats(), denominator)
+    logps, _ = completion_logps(policy, batch)
+    surrogate, _ = ppo.policy_loss(logps, batch, denominator)
+    k3 = torch.exp(batch.ref_logps - logps) - (batch.ref_logps - logps) - 1
+    expected = surrogate + 0.5 * (k3 * batch.completion_mask).sum() / denominator
+    assert_close(with_kl, expected)
