@@ -28,7 +28,9 @@ PROGRESS_SECONDS = 5.0  # a plain progress line per phase at most this often ($H
 
 
 def duration(seconds: float | None) -> str:
-    """>>> duration(None), duration(42.4), duration(125), duration(7322)
+    """Seconds as a person reads them.
+
+    >>> duration(None), duration(42.4), duration(125), duration(7322)
     ('—', '42 s', '2 min 5 s', '2 h 2 min')
     """
     if seconds is None:

@@ -30,14 +30,18 @@ class GymSpec:
 
 
 def chain_sum_prompt(item: dict[str, Any]) -> str:
-    """>>> chain_sum_prompt({"metadata": {"expression": "4 - 1 + 12"}})
+    """The compact prompt of a chain_sum item: the expression without blanks, then '='.
+
+    >>> chain_sum_prompt({"metadata": {"expression": "4 - 1 + 12"}})
     '4-1+12='
     """
     return item["metadata"]["expression"].replace(" ", "") + "="
 
 
 def spell_backward_prompt(item: dict[str, Any]) -> str:
-    """>>> spell_backward_prompt({"metadata": {"word": "sun"}})
+    """The compact prompt of a spell_backward item: the word in lower case, then '>'.
+
+    >>> spell_backward_prompt({"metadata": {"word": "sun"}})
     'sun>'
     """
     return item["metadata"]["word"].lower() + ">"

@@ -77,7 +77,9 @@ _Dumper.add_representer(Function, lambda dumper, value: dumper.represent_scalar(
 
 
 def lm_eval_name(task_name: str, k: int = 0) -> str:
-    """>>> lm_eval_name("chain_sum"), lm_eval_name("chain_sum", 8)
+    """The lm-eval task name of a local task, and of its k-sample variant.
+
+    >>> lm_eval_name("chain_sum"), lm_eval_name("chain_sum", 8)
     ('harness_chain_sum', 'harness_chain_sum_k8')
     """
     return f"harness_{task_name}" + (f"_k{k}" if k else "")
