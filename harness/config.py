@@ -38,7 +38,8 @@ class ModelConfig:
 @dataclass
 class TaskConfig:
     name: str = "chain_sum"  # an offline reasoning-gym task (see `harness tasks`), or data:FILE_OR_DATASET
-    eval_size: int = 200  # held-out prompts, drawn with a seed far from the training items
+    eval_size: int = 1000  # test prompts: distinct, equal shares per difficulty level, never trained on
+    validation_size: int = 500  # validation prompts for tuning: disjoint from the test split and from training
     seed: int = 0  # data seed; the same for every arm and every training seed
     format_weight: float = 0.1  # reward = correctness + format_weight * well-formed
     options: dict[str, Any] = field(default_factory=dict)  # generator options, e.g. max_digits; data: split, subset, eval_split
@@ -263,6 +264,8 @@ def validate(config: Config) -> None:
         raise UserError("rollout.logprob_batch_size must be 0 (all rows) or positive")
     if config.run.memory_every < 0:
         raise UserError("run.memory_every must be 0 (off) or positive")
+    if config.task.eval_size < 1 or config.task.validation_size < 0:
+        raise UserError("task.eval_size must be at least 1 and task.validation_size at least 0")
 
     if config.task.chat_template not in ("auto", "none"):
         raise UserError(f"task.chat_template '{config.task.chat_template}' is not one of: auto, none")
@@ -294,7 +297,7 @@ def make_task(config: Config):
                               reward=task.reward, format_weight=task.format_weight, options=task.options)
     from harness.tasks.gym import load_task
     return load_task(task.name, eval_size=task.eval_size, seed=task.seed, format_weight=task.format_weight,
-                     options=task.options)
+                     options=task.options, validation_size=task.validation_size)
 
 
 def absolute_task_paths(task: TaskConfig) -> None:

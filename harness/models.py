@@ -105,10 +105,11 @@ def warm_start(model, tokenizer, task: Task, cfg: ModelConfig, seed: int, progre
 def tiny_key(cfg: ModelConfig, task: Task) -> str:
     fields = {k: getattr(cfg, k) for k in ("hidden_size", "num_layers", "num_heads", "warm_start_steps",
                                            "warm_start_batch", "warm_start_lr", "vocab_pad_to")}
-    # The warm-start pairs skip the held-out prompts, so the eval split is part of what shapes the weights.
+    # The warm-start pairs skip the held-out prompts, so the held-out splits are part of what shapes the weights.
+    validation = getattr(task, "validation_examples", list)()
     return config_hash({"model": fields, "task": task.name, "alphabet": task.alphabet,
                         "options": getattr(task, "options", {}), "seed": getattr(task, "seed", 0),
-                        "eval_size": len(task.eval_examples()), "version": 1})
+                        "eval_size": len(task.eval_examples()), "validation_size": len(validation), "version": 2})
 
 
 def tiny_folder(cfg: ModelConfig, task: Task) -> Path:

@@ -1,8 +1,18 @@
 """Offline tasks from reasoning-gym generators, with compact prompts for a tiny model.
 
+Three splits, disjoint by prompt text:
+- test (`eval_examples`): the held-out prompts every figure of accuracy is measured on;
+- validation (`validation_examples`): for tuning (a learning-rate sweep, early stopping), never the test;
+- train (`train_examples`): the generator's stream with every held-out prompt removed.
+
+The held-out splits hold distinct prompts only and cover the task's difficulty range: each difficulty
+level (chain_sum: digits per term; spell_backward: word length) gets an equal share, except that a
+small level (one whose draws mostly repeat, e.g. the 200 one-digit sums) gives each split at most
+1/8 of its prompts, so that training keeps the rest; what a level cannot fill goes to the others.
+
 reasoning-gym draws item i of a dataset with seed + i, so two datasets whose seeds are closer than
-their sizes share items. Train and eval use seeds far apart and eval questions are also removed
-from training by exact match on the prompt.
+their sizes share items: the splits use seeds far apart, and the exclusion by prompt text covers
+what still collides.
 """
 
 from __future__ import annotations
@@ -17,7 +27,11 @@ import reasoning_gym
 from harness.tasks.base import Example, Reward
 
 TRAIN_SEED_OFFSET = 1_000_000_000  # far beyond any eval split's size: no seed + i can collide
+VALIDATION_SEED_OFFSET = 500_000_000  # the validation pool's seed, as far from the test pool as from training
 TRAIN_CHUNK = 4096  # train items are generated in chunks of this many, chunk k with its own seed
+POOL_DRAWS_PER_PROMPT = 20  # a held-out split is chosen from this many generator draws per prompt it holds
+MIN_POOL_DRAWS = 2000
+SMALL_LEVEL_SHARE = 1 / 8  # the most a held-out split takes of a level whose draws mostly repeat
 
 
 @dataclass(frozen=True)
@@ -27,6 +41,7 @@ class GymSpec:
     answer_pattern: str  # the shape a well-formed answer has
     options: dict[str, Any]
     to_prompt: Callable[[dict[str, Any]], str]
+    difficulty: Callable[[dict[str, Any]], str] = lambda item: "all"  # the level an item belongs to
 
 
 def chain_sum_prompt(item: dict[str, Any]) -> str:
@@ -47,6 +62,26 @@ def spell_backward_prompt(item: dict[str, Any]) -> str:
     return item["metadata"]["word"].lower() + ">"
 
 
+def chain_sum_difficulty(item: dict[str, Any]) -> str:
+    """The level: terms and digits per term.
+
+    >>> chain_sum_difficulty({"metadata": {"num_terms": 2, "num_digits": 1}})
+    '2 terms of 1 digit'
+    """
+    meta = item["metadata"]
+    digits = meta["num_digits"]
+    return f"{meta['num_terms']} terms of {digits} digit{'s' * (digits != 1)}"
+
+
+def spell_backward_difficulty(item: dict[str, Any]) -> str:
+    """The level: the word's length.
+
+    >>> spell_backward_difficulty({"metadata": {"word": "sun"}})
+    '3 letters'
+    """
+    return f"{len(item['metadata']['word'])} letters"
+
+
 GYM_TASKS: dict[str, GymSpec] = {
     "chain_sum": GymSpec(
         generator="chain_sum",
@@ -54,6 +89,7 @@ GYM_TASKS: dict[str, GymSpec] = {
         answer_pattern=r"-?\d+",
         options={"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2},
         to_prompt=chain_sum_prompt,
+        difficulty=chain_sum_difficulty,
     ),
     "spell_backward": GymSpec(
         generator="spell_backward",
@@ -61,6 +97,7 @@ GYM_TASKS: dict[str, GymSpec] = {
         answer_pattern=r"[a-z]+",
         options={"min_word_len": 3, "max_word_len": 6},
         to_prompt=spell_backward_prompt,
+        difficulty=spell_backward_difficulty,
     ),
 }
 
@@ -74,11 +111,33 @@ def extract_answer(completion: str) -> str:
     return completion.strip()
 
 
+def allocate(capacity: dict[str, int], total: int) -> dict[str, int]:
+    """Equal shares of `total` over the levels, none above its capacity; what a level cannot take
+    goes to the others (water-filling). Levels in sorted order get the odd remainders.
+
+    >>> allocate({"1 digit": 25, "2 digits": 5000}, 1000)
+    {'1 digit': 25, '2 digits': 975}
+    >>> allocate({"a": 10, "b": 10, "c": 10}, 7)
+    {'a': 3, 'b': 2, 'c': 2}
+    """
+    shares = {level: 0 for level in sorted(capacity)}
+    remaining = total
+    open_levels = [level for level in shares if capacity[level] > 0]
+    while remaining > 0 and open_levels:
+        share, extra = divmod(remaining, len(open_levels))
+        for i, level in enumerate(open_levels):
+            take = min(share + (i < extra), capacity[level] - shares[level])
+            shares[level] += take
+            remaining -= take
+        open_levels = [level for level in open_levels if shares[level] < capacity[level]]
+    return shares
+
+
 class GymTask:
     """A reasoning-gym generator behind the Task protocol."""
 
-    def __init__(self, name: str, eval_size: int = 200, seed: int = 0, format_weight: float = 0.1,
-                 options: dict[str, Any] | None = None):
+    def __init__(self, name: str, eval_size: int = 1000, seed: int = 0, format_weight: float = 0.1,
+                 options: dict[str, Any] | None = None, validation_size: int = 500):
         if name not in GYM_TASKS:
             raise KeyError(name)
         self.spec = GYM_TASKS[name]
@@ -87,14 +146,53 @@ class GymTask:
         self.options = {**self.spec.options, **(options or {})}
         self.seed = seed
         self.format_weight = format_weight
-        self._eval_dataset = reasoning_gym.create_dataset(
-            self.spec.generator, size=eval_size, seed=seed, **self.options)
-        self._eval = [self._example(item) for item in self._eval_dataset]
-        self._eval_prompts = {example.prompt for example in self._eval}
+        self._scorer = reasoning_gym.create_dataset(self.spec.generator, size=1, seed=seed, **self.options)
+        self._eval = self._held_out(eval_size, seed, exclude=set())
+        self._validation = self._held_out(validation_size, seed + VALIDATION_SEED_OFFSET,
+                                          exclude={e.prompt for e in self._eval})
+        self._held_out_prompts = {e.prompt for e in self._eval + self._validation}
         self._train_chunks: dict[int, list[Example]] = {}
 
     def _example(self, item: dict[str, Any]) -> Example:
         return Example(prompt=self.spec.to_prompt(item), answer=str(item["answer"]), item=item)
+
+    def difficulty(self, example: Example) -> str:
+        return self.spec.difficulty(example.item)
+
+    def composition(self, examples: list[Example]) -> dict[str, int]:
+        """How many of `examples` each difficulty level holds, levels sorted."""
+        counts: dict[str, int] = {}
+        for example in examples:
+            level = self.difficulty(example)
+            counts[level] = counts.get(level, 0) + 1
+        return dict(sorted(counts.items()))
+
+    def _held_out(self, size: int, pool_seed: int, exclude: set[str]) -> list[Example]:
+        """`size` distinct prompts (fewer if the generator has fewer), equal shares per difficulty level."""
+        if size <= 0:
+            return []
+        draws = max(MIN_POOL_DRAWS, POOL_DRAWS_PER_PROMPT * size)
+        pool = reasoning_gym.create_dataset(self.spec.generator, size=draws, seed=pool_seed, **self.options)
+        distinct: dict[str, Example] = {}  # prompt -> its first example, in draw order
+        draws_per_level: dict[str, int] = {}
+        for item in pool:
+            example = self._example(item)
+            level = self.spec.difficulty(item)
+            draws_per_level[level] = draws_per_level.get(level, 0) + 1
+            distinct.setdefault(example.prompt, example)
+        by_level: dict[str, list[Example]] = {level: [] for level in draws_per_level}
+        for example in distinct.values():
+            by_level[self.difficulty(example)].append(example)
+        capacity = {}
+        for level, examples in by_level.items():
+            small = len(examples) < draws_per_level[level] / 2  # its draws mostly repeat: few prompts exist
+            candidates = [e for e in examples if e.prompt not in exclude]
+            cap = int(len(examples) * SMALL_LEVEL_SHARE) if small else len(candidates)
+            capacity[level] = min(cap, len(candidates))
+            by_level[level] = candidates
+        shares = allocate(capacity, size)
+        chosen = {e.prompt for level, examples in by_level.items() for e in examples[: shares[level]]}
+        return [e for e in distinct.values() if e.prompt in chosen]
 
     def _train_chunk(self, chunk: int) -> list[Example]:
         if chunk not in self._train_chunks:
@@ -102,7 +200,7 @@ class GymTask:
                 self.spec.generator, size=TRAIN_CHUNK,
                 seed=self.seed + TRAIN_SEED_OFFSET + chunk * TRAIN_CHUNK, **self.options)
             examples = [self._example(item) for item in dataset]
-            self._train_chunks[chunk] = [e for e in examples if e.prompt not in self._eval_prompts]
+            self._train_chunks[chunk] = [e for e in examples if e.prompt not in self._held_out_prompts]
         return self._train_chunks[chunk]
 
     def train_examples(self, step: int, count: int) -> list[Example]:
@@ -119,13 +217,18 @@ class GymTask:
         return out
 
     def eval_examples(self) -> list[Example]:
+        """The test split: what every held-out accuracy is measured on; never used for tuning."""
         return list(self._eval)
+
+    def validation_examples(self) -> list[Example]:
+        """The validation split, for tuning (learning-rate sweeps, early stopping); disjoint from test and train."""
+        return list(self._validation)
 
     def reward(self, completion: str, example: Example, finished: bool = True) -> Reward:
         """Score one completion (text before EOS); `finished` says whether EOS was produced."""
         answer = extract_answer(completion)
         well_formed = finished and re.fullmatch(self.spec.answer_pattern, answer) is not None
-        correct = float(self._eval_dataset.score_answer(answer=answer, entry=example.item)) if answer else 0.0
+        correct = float(self._scorer.score_answer(answer=answer, entry=example.item)) if answer else 0.0
         if correct > 1.0:
             # spell_backward sums 1/len per matching letter; for some lengths the float sum overshoots 1
             # and skips the 0.2 penalty it gives a non-exact answer: give it the 0.8 it meant.

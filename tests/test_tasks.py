@@ -53,3 +53,27 @@ def test_spell_backward_partial_credit_and_the_overshoot_fix():
     long = Example(prompt="abcdefghi>", answer="ihgfedcba", item={"answer": "ihgfedcba", "metadata": {}})
     extended = task.reward("ihgfedcbax", long)
     assert extended.correct == 0.8 and not extended.solved
+
+
+def test_held_out_splits_are_distinct_disjoint_and_cover_every_level():
+    task = load_task("chain_sum", eval_size=1000, validation_size=500)
+    test, validation = task.eval_examples(), task.validation_examples()
+    test_prompts, validation_prompts = {e.prompt for e in test}, {e.prompt for e in validation}
+    assert len(test_prompts) == len(test) == 1000 and len(validation_prompts) == len(validation) == 500
+    assert not test_prompts & validation_prompts
+    train = {e.prompt for step in range(40) for e in task.train_examples(step, 256)}
+    assert not train & (test_prompts | validation_prompts)
+    # one-digit sums are a small level (10 x 10 x 2 = 200 prompts): each split takes at most 1/8 of it,
+    # the two-digit level the rest, so every level is covered and training keeps 150 of the 200
+    assert task.composition(test) == {"2 terms of 1 digit": 25, "2 terms of 2 digits": 975}
+    assert task.composition(validation)["2 terms of 1 digit"] <= 25
+    spell = load_task("spell_backward", eval_size=400, validation_size=0)
+    assert spell.composition(spell.eval_examples()) == {f"{n} letters": 100 for n in (3, 4, 5, 6)}
+    assert spell.validation_examples() == []
+
+
+def test_the_test_split_does_not_depend_on_the_validation_size():
+    small = load_task("chain_sum", eval_size=100, validation_size=10)
+    large = load_task("chain_sum", eval_size=100, validation_size=300)
+    assert small.eval_examples() == large.eval_examples()
+    assert set(small.validation_examples()) != set(large.validation_examples())
