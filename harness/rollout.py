@@ -126,8 +126,9 @@ def generate(policy, reference, tokenizer, task: Task, examples: list[Example], 
 
 @torch.no_grad()
 def greedy_eval(policy, tokenizer, task: Task, examples: list[Example], max_new_tokens: int,
-                batch_size: int = 256, autocast_dtype=None) -> dict[str, float]:
-    """Greedy held-out figures: accuracy (solved), mean correctness score, well-formed rate."""
+                batch_size: int = 256, autocast_dtype=None) -> dict:
+    """Greedy held-out figures: accuracy (solved), mean correctness score, well-formed rate, and
+    per_prompt: 1 where the prompt was solved, in the order of `examples` (paired analyses need it)."""
     rewards: list[Reward] = []
     for start in range(0, len(examples), batch_size):
         chunk = examples[start: start + batch_size]
@@ -141,7 +142,7 @@ def greedy_eval(policy, tokenizer, task: Task, examples: list[Example], max_new_
     return {"accuracy": sum(r.solved for r in rewards) / count,
             "score": sum(r.correct for r in rewards) / count,
             "format": sum(r.format for r in rewards) / count,
-            "n": len(rewards)}
+            "n": len(rewards), "per_prompt": [int(r.solved) for r in rewards]}
 
 
 def concat_batches(batches: list[RolloutBatch], pad_id: int) -> RolloutBatch:

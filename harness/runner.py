@@ -199,7 +199,7 @@ class Arm:
                 record = self.train_step(state, meter, probes)
                 if config.run.eval_every and state.step % config.run.eval_every == 0:
                     started = time.perf_counter()
-                    record.update({f"eval/{k}": v for k, v in self.evaluate().items()})
+                    record.update({f"eval/{k}": v for k, v in self.evaluate().items() if k != "per_prompt"})
                     record["time/eval"] = time.perf_counter() - started
                     state.eval_s += record["time/eval"]
                 append_jsonl(steps_path, record)

@@ -70,7 +70,8 @@ def test_left_padding_does_not_change_log_probs(smoke):
 def test_greedy_eval_counts_solved_answers(smoke):
     config, task, policy, tokenizer = smoke
     figures = greedy_eval(policy, tokenizer, task, task.eval_examples(), config.rollout.max_new_tokens)
-    assert figures["n"] == config.task.eval_size
+    assert figures["n"] == config.task.eval_size == len(figures["per_prompt"])
+    assert sum(figures["per_prompt"]) == round(figures["accuracy"] * figures["n"])
     assert 0 <= figures["accuracy"] <= figures["score"] <= 1 and 0 <= figures["format"] <= 1
 
 
