@@ -89,11 +89,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.resume:
         return compare.resume(args.resume, report=not args.no_report)
     algos = parse_algos(args.algos)
-    if args.seeds < 1:
-        raise UserError("--seeds must be at least 1")
     config = config_from_args(args)
-    return compare.compare(config, algos, list(range(args.seed, args.seed + args.seeds)), out=args.out,
+    seeds = config.verdict.seeds if args.seeds is None else args.seeds
+    if seeds < 1:
+        raise UserError("--seeds must be at least 1")
+    return compare.compare(config, algos, list(range(args.seed, args.seed + seeds)), out=args.out,
                            report=not args.no_report)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from harness.commands.plan import plan_command
+    algos = parse_algos(args.algos)
+    if args.pilot:
+        args.overrides = [*args.overrides, f"verdict.pilot={args.pilot}"]
+    config = config_from_args(args)
+    seeds = config.verdict.seeds if args.seeds is None else args.seeds
+    return plan_command(config, seeds, algos, simulate=args.simulate)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -172,13 +183,28 @@ def build_parser() -> Parser:
                              description="Train every algorithm with every seed under the same budget, each arm "
                                          "in its own process; print the tables and write the HTML/PDF report.")
     compare.add_argument("--algos", default="grpo,ppo", help="comma-separated algorithms (default: grpo,ppo)")
-    compare.add_argument("--seeds", type=int, default=1, help="seeds per algorithm: SEED, SEED+1, ... (default 1)")
+    compare.add_argument("--seeds", type=int, help="seeds per algorithm: SEED, SEED+1, ... (default: verdict.seeds, "
+                                                   "1 in most presets; 'harness plan' says how many a margin needs)")
     compare.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
     compare.add_argument("--out", help="comparison folder (default: results/compare__TASK__TIME)")
     compare.add_argument("--resume", metavar="DIR", help="finish an interrupted comparison folder")
     compare.add_argument("--no-report", action="store_true", help="skip the HTML/PDF report")
     add_config_flags(compare)
     compare.set_defaults(func=cmd_compare)
+
+    plan = sub.add_parser(
+        "plan", help="print the analysis plan of a comparison without running it",
+        description="Print the plan 'harness compare' fixes before it runs: the primary figures, the "
+                    "non-inferiority margin (verdict.margin), the target accuracy, the band around the claim, the "
+                    "eval set, and the minimum detectable difference of the chosen seeds and eval size.")
+    plan.add_argument("--algos", default="grpo,ppo", help="comma-separated algorithms (default: grpo,ppo)")
+    plan.add_argument("--seeds", type=int, help="seeds per algorithm (default: verdict.seeds)")
+    plan.add_argument("--pilot", metavar="DIR", help="a finished comparison whose paired seed spread replaces "
+                                                     "the stated assumption (verdict.seed_sd)")
+    plan.add_argument("--simulate", action="store_true",
+                      help="also run simulated comparisons under the plan: readings, coverage, power")
+    add_config_flags(plan)
+    plan.set_defaults(func=cmd_plan)
 
     run = sub.add_parser("run", help="train one arm", description="Train one (algorithm, seed) arm in this process.")
     run.add_argument("--algo", help="algorithm, e.g. grpo")

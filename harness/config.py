@@ -101,6 +101,22 @@ class RunConfig:
 
 
 @dataclass
+class VerdictConfig:
+    """The analysis plan, fixed before the run and saved with it (see `harness plan`)."""
+
+    margin: float = 0.05  # non-inferiority margin δ: GRPO's final accuracy may trail PPO's by less than this
+    target_accuracy: float = 0.0  # held-out accuracy arms are timed to; 0: the shared start + target_gain
+    target_gain: float = 0.10  # with target_accuracy 0: the target is the base model's accuracy + this
+    claim: float = 0.5  # the claimed GRPO/PPO resource ratio
+    band: float = 0.1  # a ratio reads as "about the claim" when its interval lies within claim ± band
+    seeds: int = 1  # seeds per algorithm when `harness compare` gets no --seeds
+    seed_sd: float = 0.02  # assumed SD of an arm's final accuracy across training seeds, beyond eval noise
+    expected_accuracy: float = 0.5  # accuracy assumed for the binomial SE of the plan (0.5: the widest)
+    pilot: str = ""  # a finished comparison folder whose paired seed spread replaces the two assumptions above
+    power: float = 0.8  # the power at which the minimum detectable difference is stated
+
+
+@dataclass
 class Config:
     preset: str = "tiny"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -109,6 +125,7 @@ class Config:
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    verdict: VerdictConfig = field(default_factory=VerdictConfig)
     algorithms: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-algorithm options
 
     @property
@@ -266,6 +283,25 @@ def validate(config: Config) -> None:
         raise UserError("run.memory_every must be 0 (off) or positive")
     if config.task.eval_size < 1 or config.task.validation_size < 0:
         raise UserError("task.eval_size must be at least 1 and task.validation_size at least 0")
+    validate_verdict(config.verdict)
+
+
+def validate_verdict(verdict: VerdictConfig) -> None:
+    if not 0 < verdict.margin < 1:
+        raise UserError(f"verdict.margin must lie between 0 and 1 (accuracy), got {verdict.margin}")
+    if not 0 <= verdict.target_accuracy <= 1:
+        raise UserError(f"verdict.target_accuracy must lie in [0, 1] (0: the start + target_gain), got {verdict.target_accuracy}")
+    if not 0 < verdict.target_gain < 1:
+        raise UserError(f"verdict.target_gain must lie between 0 and 1, got {verdict.target_gain}")
+    if verdict.claim <= 0 or not 0 < verdict.band < verdict.claim:
+        raise UserError(f"verdict.claim must be positive and verdict.band between 0 and the claim, "
+                        f"got {verdict.claim} ± {verdict.band}")
+    if verdict.seeds < 1:
+        raise UserError(f"verdict.seeds must be at least 1, got {verdict.seeds}")
+    if verdict.seed_sd < 0 or not 0 < verdict.expected_accuracy < 1:
+        raise UserError("verdict.seed_sd must be ≥ 0 and verdict.expected_accuracy between 0 and 1")
+    if not 0.5 <= verdict.power < 1:
+        raise UserError(f"verdict.power must lie in [0.5, 1), got {verdict.power}")
 
     if config.task.chat_template not in ("auto", "none"):
         raise UserError(f"task.chat_template '{config.task.chat_template}' is not one of: auto, none")

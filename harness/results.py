@@ -50,6 +50,9 @@ def headline(summary: dict[str, Any]) -> dict[str, Any]:
     models = get_path(summary, "mem", "arithmetic", "models") or {}
     measured = get_path(summary, "mem", "measured") or {}
     phases = get_path(summary, "mem", "live", "phases") or {}
+    # Training time leaves the periodic held-out evaluations out (time.train_s); older summaries have only
+    # the wall time, evaluations included: time_basis says which one the time figures use.
+    train_s = get_path(summary, "time", "train_s")
     row = {
         "algo": summary.get("algo"), "seed": summary.get("seed"), "status": summary.get("status"),
         "error": summary.get("error"), "steps": summary.get("steps"),
@@ -64,8 +67,10 @@ def headline(summary: dict[str, Any]) -> dict[str, Any]:
         "mem_cuda_allocated": _max_or_none(measured.get("cuda_allocated_peak")),
         "mem_cuda_reserved": _max_or_none(measured.get("cuda_reserved_peak")),
         "mem_nvml_used": get_path(measured, "nvml", "used_peak"),
+        "time_basis": "train_s" if train_s is not None else "wall_s",
         "time_per_step": get_path(summary, "time", "per_step_s"),
-        "wall": get_path(summary, "time", "train_s") or summary.get("wall_s"),
+        "wall": train_s if train_s is not None else summary.get("wall_s"),
+        "eval_s": get_path(summary, "time", "eval_s"),
         "samples_per_s": get_path(summary, "tput", "samples_per_s"),
         "gen_tokens_per_s": get_path(summary, "tput", "gen_tokens_per_s"),
         "phases_per_step": get_path(summary, "time", "phases_per_step_s") or {},

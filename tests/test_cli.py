@@ -36,6 +36,13 @@ def test_compare_smoke_end_to_end(smoke_comparison):
         assert config["derived"]["completions_per_step"] == 32 and config["algo"] == arm["algo"]
         assert (folder / "env.json").exists() and (folder / "final_model" / "config.json").exists()
     assert "Arms" in result.stdout and "grpo/ppo" in result.stdout
+    # the analysis plan, fixed before the run: printed before the first arm and saved; the verdict printed last
+    assert result.stdout.index("Analysis plan (fixed before the run") < result.stdout.index("Arms")
+    assert plan["plan"]["margin"] == 0.05 and plan["plan"]["eval"]["prompts"] == 32 and plan["plan"]["seeds"] == 1
+    verdict = result.stdout[result.stdout.index("Verdict: "):]
+    for name in ("quality", "memory", "compute"):
+        assert f"  {name} " in verdict
+    assert "one paired seed (an interval needs ≥ 2)" in verdict  # one seed: quality cannot be read
 
 
 def test_both_arms_see_the_same_prompts_and_model(smoke_comparison):
@@ -108,6 +115,9 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path):
      "algorithms.ppo: critic_pass 'both' is not one of: separate, joint"),
     (["compare", "--set", "optim.micro_batch_size=3"], "optim.micro_batch_size=3 does not divide a minibatch of 128 rows"),
     (["compare", "--bogus-flag"], "unrecognized arguments: --bogus-flag"),
+    (["compare", "--set", "verdict.margin=5"], "verdict.margin must lie between 0 and 1"),
+    (["compare", "--set", "verdict.pilot=nowhere", "--preset", "smoke"], "nowhere holds no readable comparison.json"),
+    (["plan", "--seeds", "0"], "--seeds must be at least 1"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     result = harness(*args, "--results-dir", str(tmp_path / "results"), cwd=tmp_path)
@@ -147,3 +157,13 @@ def test_one_arm_out_of_memory_is_recorded_and_the_other_arm_goes_on(tmp_path, m
     ppo = json.loads((out / "chain_sum__ppo__s0" / "summary.json").read_text())
     assert ppo["status"] == "ok" and ppo["steps"] == 3
     assert [r["step"] for r in read_rows(out / "chain_sum__ppo__s0" / "steps.jsonl")] == [1, 2, 3]
+
+
+def test_plan_prints_the_minimum_detectable_difference_without_running(tmp_path):
+    result = harness("plan", "--preset", "smoke", "--seeds", "3", "--set", "verdict.seed_sd=0.01", cwd=tmp_path, check=True)
+    out = result.stdout
+    # sqrt(2 (0.25 / 32 + 0.01^2)) = 0.12579: 12.6 points per seed; x 5.6535 (noncentral t, 2 df) / sqrt(3) = 41.1
+    assert "SD of one seed's GRPO − PPO accuracy: 12.6 points" in out
+    assert "minimum detectable difference: 41.1 points (80% power, 95% interval, paired t with 2 df)" in out
+    assert "32 distinct test prompts (2 terms of 1 digit: 16, 2 terms of 2 digits: 16)" in out
+    assert not list(tmp_path.iterdir())  # nothing written

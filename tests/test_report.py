@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import math
 import re
 import shutil
 import struct
@@ -16,9 +15,8 @@ import pytest
 
 from harness.report import build_report, content, render_html
 from harness.report.data import load_comparison
-from harness.report.stats import (INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, Estimate, difference_ci, mean_ci,
-                                  quality_reading, ratio_ci, ratio_reading, t_quantile, verdict)
-from harness.report.verdict import verdict_section
+from harness.report.stats import INCONCLUSIVE, NOT_REPRODUCED, NOT_WORSE, REPRODUCED, WORSE
+from harness.report.verdict import terminal_lines, verdict_section
 
 FIXTURES = Path(__file__).parent / "fixtures" / "report"
 COMPARE = FIXTURES / "compare"
@@ -53,73 +51,6 @@ def png_size(data: bytes) -> tuple[int, int]:
 
 def plain(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
-
-
-# ---------------------------------------------------------------- statistics, by hand
-
-def test_t_quantiles_match_the_table_and_the_normal_limit():
-    assert t_quantile(1) == pytest.approx(12.706)
-    assert t_quantile(2) == pytest.approx(4.303)
-    assert t_quantile(60) == pytest.approx(2.000, abs=2e-3)
-    assert t_quantile(1e6) == pytest.approx(1.960, abs=1e-3)
-    assert t_quantile(2) > t_quantile(2.5) > t_quantile(3)  # Welch's fractional df lie between
-
-
-def test_mean_interval_by_hand():
-    # [1, 2, 3]: mean 2, sd 1, half-width t(2) / sqrt(3) = 4.303 / 1.732 = 2.484
-    e = mean_ci([1, 2, 3])
-    assert (e.mean, e.n) == (2, 3)
-    assert (e.lo, e.hi) == pytest.approx((2 - 2.4844, 2 + 2.4844), abs=1e-3)
-    one = mean_ci([5.0])
-    assert one.mean == 5.0 and not one.has_interval and "2" in one.note
-    assert mean_ci([]).mean is None
-    exact = mean_ci([7.0], exact=True)
-    assert (exact.lo, exact.hi) == (7.0, 7.0)
-
-
-def test_ratio_interval_by_hand():
-    # equal values in each arm: the ratio is a point
-    e = ratio_ci([1.0, 1.0], [2.0, 2.0])
-    assert (e.mean, e.lo, e.hi) == (0.5, 0.5, 0.5)
-    # top [0.9, 1.1], bottom [1.8, 2.2]: R = 0.5; se(log R)^2 = 0.02/(2*1) + 0.08/(2*4) = 0.02, df = 2
-    e = ratio_ci([0.9, 1.1], [1.8, 2.2])
-    half = t_quantile(2) * math.sqrt(0.02)
-    assert e.mean == pytest.approx(0.5)
-    assert (e.lo, e.hi) == pytest.approx((0.5 * math.exp(-half), 0.5 * math.exp(half)))
-    assert e.lo > 0  # a log-ratio interval never crosses zero
-    assert not ratio_ci([1.0], [2.0]).has_interval
-    assert ratio_ci([1.0], [0.0]).mean is None
-
-
-def test_difference_interval_by_hand():
-    # a = [0.5, 0.7], b = [0.4, 0.4]: d = 0.2, se = sqrt(0.02/2 + 0) = 0.1, Welch df = 1
-    e = difference_ci([0.5, 0.7], [0.4, 0.4])
-    assert e.mean == pytest.approx(0.2)
-    assert (e.lo, e.hi) == pytest.approx((0.2 - 12.706 * 0.1, 0.2 + 12.706 * 0.1))
-
-
-@pytest.mark.parametrize("memory, difference, expected", [
-    (Estimate(0.5, 0.45, 0.55), Estimate(0.01, -0.02, 0.04), REPRODUCED),
-    (Estimate(0.5, 0.40, 0.60), Estimate(0.0, 0.0, 0.0), REPRODUCED),  # the band's edges count as inside
-    (Estimate(0.9, 0.85, 0.95), Estimate(0.01, -0.02, 0.04), NOT_REPRODUCED),  # wholly above the band
-    (Estimate(0.3, 0.25, 0.35), Estimate(0.01, -0.02, 0.04), NOT_REPRODUCED),  # wholly below the band
-    (Estimate(0.5, 0.45, 0.55), Estimate(-0.1, -0.15, -0.05), NOT_REPRODUCED),  # half the memory, worse accuracy
-    (Estimate(0.5, 0.35, 0.65), Estimate(0.01, -0.02, 0.04), INCONCLUSIVE),  # interval straddles the band
-    (Estimate(0.62, 0.55, 0.70), Estimate(0.01, -0.02, 0.04), INCONCLUSIVE),  # overlaps the band's edge
-    (Estimate(0.5, 0.45, 0.55), Estimate(0.01, note="one seed"), INCONCLUSIVE),  # quality unknown
-    (Estimate(0.5, note="one seed"), Estimate(0.01, -0.02, 0.04), INCONCLUSIVE),  # memory without interval
-    (Estimate(None), Estimate(None), INCONCLUSIVE),
-])
-def test_verdict_rule(memory, difference, expected):
-    assert verdict(memory, difference) == expected
-
-
-def test_ratio_and_quality_readings():
-    assert ratio_reading(Estimate(0.5, 0.41, 0.59)) == REPRODUCED
-    assert ratio_reading(Estimate(0.7, 0.61, 0.8)) == NOT_REPRODUCED
-    assert quality_reading(Estimate(-0.05, -0.1, 0.0)) == "not worse"
-    assert quality_reading(Estimate(-0.05, -0.1, -0.01)) == "worse"
-    assert quality_reading(Estimate(None)) == "unknown"
 
 
 # ---------------------------------------------------------------- rendering the committed fixture
@@ -188,12 +119,18 @@ def test_verdict_and_headline_figures(report):
     # every memory measure is kept apart, with GRPO/PPO ratios beside the claim
     for label in ("exact total", "exact model state", "exact saved activations", "measured RSS peak",
                   "measured CUDA allocated peak", "measured NVML device memory peak", "time per step",
-                  "sampled completions to reach", "wall time to reach"):
+                  "sampled completions to reach", "training time to reach"):
         assert label in html
     assert "not measured: no NVIDIA GPU" in html  # the reason, from the summaries
-    primary = v["primary"]
-    assert primary["key"] == "mem_exact_total" and primary["ratio_est"].mean < 1  # GRPO drops the critic
-    assert "Student-t" in html and "delta method" in html  # the interval methods are stated
+    memory = v["memory"]
+    # the fixture predates the live-tensor peak: the counted total decides, and the page says so
+    assert memory["key"] == "mem_exact_total" and memory["estimate"].mean < 1  # GRPO drops the critic
+    assert "older summary: no live-tensor peak" in v["sentence"]
+    assert [p["name"] for p in v["primary"]] == ["quality", "memory", "compute", "arith"]
+    assert "log scale" in html and "delta method" in html and "paired t over seeds" in html  # methods stated
+    assert "No plan was saved with this comparison" in html  # made before plans: defaults, flagged
+    # the fixture's summaries have no time.train_s: the time figures say evaluations are included
+    assert "periodic evaluations included" in v["compute"]["row"]["note"]
     assert "maj@8" in html and "pass@8" in html  # lm-eval scores, as the runner writes them
 
 
@@ -320,7 +257,7 @@ def test_gpu_figures_when_present_and_the_allocator_peak_decides(tmp_path):
                      "power_mean_w": 400, "energy_j": 1e5}}
     edit_summaries(folder, add_gpu)
     v = verdict_section(load_comparison(folder))
-    assert v["primary"]["key"] == "mem_cuda_allocated"
+    assert v["memory"]["key"] == "mem_cuda_allocated"  # no live-tensor peak in these summaries: the allocator next
     rows = {r["key"]: r for r in v["rows"]}
     assert rows["mem_cuda_allocated"]["ratio_est"].mean == pytest.approx(0.5)
     assert rows["mem_nvml_used"]["ratio_est"].mean == pytest.approx(0.5)
@@ -350,9 +287,19 @@ def test_lm_eval_results_render_when_present(tmp_path):
     assert "maj@8" in html and "lm-eval benchmark: gsm8k" in html and "recorded no lm-eval results" not in html
 
 
-def test_target_accuracy_and_time_to_reach_it(tmp_path):
+def with_plan(folder: Path, **verdict) -> None:
+    """Save a plan in the comparison's comparison.json, as `harness compare` does before the run."""
+    from harness.commands.plan import make_plan
+    from harness.config import load_config
+    config = load_config("smoke", overrides=[f"verdict.{k}={v}" for k, v in verdict.items()])
+    comparison = json.loads((folder / "comparison.json").read_text())
+    comparison["plan"] = make_plan(config, len(comparison["seeds"]))
+    (folder / "comparison.json").write_text(json.dumps(comparison))
+
+
+def test_target_accuracy_is_the_plans_and_time_leaves_evaluations_out(tmp_path):
     folder = copy_fixture(tmp_path)
-    # every arm: base 10%, then 30% at its second logged step, 50% at the end
+    # every arm: base 10%, then 30% at its second logged step, 50% at the end; 2 s of evaluation per eval row
     for arm_dir in folder.glob("*__*__s*"):
         summary = json.loads((arm_dir / "summary.json").read_text())
         summary["eval"]["base"]["accuracy"], summary["eval"]["final"]["accuracy"] = 0.1, 0.5
@@ -361,17 +308,29 @@ def test_target_accuracy_and_time_to_reach_it(tmp_path):
         for row in rows:
             row.pop("eval/accuracy", None)
         rows[1]["eval/accuracy"] = 0.3
+        rows[0]["time/eval"], rows[1]["time/eval"] = 2.0, 2.0
         (arm_dir / "steps.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with_plan(folder, target_gain=0.2)  # fixed before the run: the start (10%) + 20 points
     cmp = load_comparison(folder)
-    v = verdict_section(cmp, target=0.3)
+    v = verdict_section(cmp)
+    assert v["target"]["value"] == pytest.approx(0.3) and "fixed in the plan before the run" in v["target"]["source"]
     rows = {r["key"]: r for r in v["rows"]}
     grpo = [a.steps.iloc[1] for a in cmp.arms if a.algo == "grpo"]
-    assert rows["to_target_completions"]["top_est"].mean == pytest.approx(sum(v["completions"] for v in grpo) / len(grpo))
-    assert rows["to_target_wall"]["top_est"].mean == pytest.approx(sum(v["wall"] for v in grpo) / len(grpo))
+    assert rows["to_target_completions"]["top_est"].mean == pytest.approx(sum(r["completions"] for r in grpo) / len(grpo))
+    # training time to the target: the wall clock at that row less the 2 + 2 s of evaluations before it
+    assert rows["to_target_train"]["top_est"].mean == pytest.approx(sum(r["wall"] - 4.0 for r in grpo) / len(grpo))
     assert rows["to_target_completions"]["ratio_est"].mean == pytest.approx(1.0)  # same completions per step
-    assert v["target"]["source"] == "set with --target"
-    default = verdict_section(cmp)
-    assert default["target"]["value"] == 0.5 and "lowest final" in default["target"]["source"]
+    with_plan(folder, target_accuracy=0.5)
+    assert verdict_section(load_comparison(folder))["target"]["value"] == 0.5
+    after = verdict_section(load_comparison(folder), target=0.3)
+    assert after["target"]["value"] == 0.3 and "after the run" in after["target"]["source"]
+
+
+def test_without_a_plan_no_target_is_picked_from_the_results():
+    v = verdict_section(load_comparison(COMPARE))
+    assert v["target"]["value"] is None and "no target was fixed before this run" in v["target"]["source"]
+    rows = {r["key"]: r for r in v["rows"]}
+    assert rows["to_target_completions"]["ratio_est"].mean is None
 
 
 def test_missing_keys_say_not_measured(tmp_path):
@@ -405,3 +364,141 @@ def test_cli_report_prints_the_path_and_rejects_a_bad_folder(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not a comparison folder" in err
+
+
+# ---------------------------------------------------------------- the verdict's figures, from hand-built summaries
+
+MIB = 1024 ** 2
+
+
+def solved_first(k: int, prompts: int = 200) -> list[int]:
+    """Per-prompt results of an arm that solved the first k of `prompts` prompts."""
+    return [1] * k + [0] * (prompts - k)
+
+
+def set_finals(folder: Path, solved: dict[tuple[str, int], int]) -> None:
+    def edit(summary):
+        k = solved[(summary["algo"], summary["seed"])]
+        summary["eval"]["final"].update(accuracy=k / 200, n=200, per_prompt=solved_first(k))
+    edit_summaries(folder, edit)
+
+
+def test_quality_is_a_paired_non_inferiority_test_at_the_plans_margin(tmp_path):
+    folder = copy_fixture(tmp_path)
+    # PPO solves 100 of 200 prompts in every seed, GRPO 98, 96, 97: d = -0.010, -0.020, -0.015
+    set_finals(folder, {("ppo", s): 100 for s in range(3)} | {("grpo", 0): 98, ("grpo", 1): 96, ("grpo", 2): 97})
+    # mean -0.015, sd 0.005, se 0.005 / sqrt(3) = 0.0028868, t(0.975, 2) = 4.3027: half-width 0.012421
+    for margin, reading in [(0.05, NOT_WORSE), (0.01, INCONCLUSIVE), (0.002, WORSE)]:
+        with_plan(folder, margin=margin)
+        quality = verdict_section(load_comparison(folder))["quality"]
+        assert quality["reading"] == reading, margin
+        e = quality["estimate"]
+        assert (e.mean, e.lo, e.hi) == pytest.approx((-0.015, -0.015 - 0.012421, -0.015 + 0.012421), abs=1e-5)
+        assert "paired t over seeds (3 seeds, 2 df)" in e.method
+        # the bootstrap over prompts x seeds adds the prompts' uncertainty: never narrower than the paired t
+        boot = quality["bootstrap"]
+        assert boot.has_interval and boot.hi - boot.lo >= e.hi - e.lo
+    assert "the interval is 2.5 points wide" in verdict_section(load_comparison(folder))["quality"]["width"]
+
+
+def test_identical_seed_differences_fall_back_to_the_bootstrap_by_hand(tmp_path):
+    folder = copy_fixture(tmp_path)
+    # every seed: GRPO misses prompts 98 and 99 that PPO solves. The paired t has no spread (no interval);
+    # the bootstrap's rows are identical, so only the prompts vary: Var = P var_pop(c) / P^2 with c the
+    # column means (two -1s in 200): 200 (0.01 - 0.0001) / 200^2 = 4.95e-5; x S/(S-1) = 1.5 -> 7.425e-5,
+    # se 0.0086168, t(0.975, 2) 4.3027: half-width 0.037076 around -0.01
+    set_finals(folder, {(a, s): 98 if a == "grpo" else 100 for a in ("grpo", "ppo") for s in range(3)})
+    with_plan(folder, margin=0.05)
+    quality = verdict_section(load_comparison(folder))["quality"]
+    assert not quality["paired_t"].has_interval and "no spread" in quality["paired_t"].note
+    e = quality["estimate"]
+    assert e.method.startswith("two-way bootstrap over prompts × seeds (3 seeds × 200 prompts)")
+    assert (e.lo, e.hi) == pytest.approx((-0.01 - 0.037076, -0.01 + 0.037076), abs=1e-5)
+    assert quality["reading"] == NOT_WORSE  # -0.0471 > -0.05
+
+
+def add_live_peaks(folder: Path) -> None:
+    """What the live-tensor probe writes (summary.mem.live), GRPO about half of PPO."""
+    peaks = {("grpo", 0): 50, ("grpo", 1): 51, ("grpo", 2): 52, ("ppo", 0): 100, ("ppo", 1): 100, ("ppo", 2): 101}
+
+    def edit(summary):
+        phase = "policy_update" if summary["algo"] == "grpo" else "critic_update"
+        summary["mem"]["live"] = {"peak": peaks[(summary["algo"], summary["seed"])] * MIB, "peak_phase": phase,
+                                  "phases": {phase: {"total": 1, "categories": {}}}}
+    edit_summaries(folder, edit)
+
+
+def test_memory_reads_the_live_tensor_peak_with_the_arithmetic_ratio_beside_it(tmp_path):
+    folder = copy_fixture(tmp_path)
+    add_live_peaks(folder)
+    with_plan(folder, band=0.05)
+    v = verdict_section(load_comparison(folder))
+    memory = v["memory"]
+    assert memory["key"] == "mem_live_peak"
+    assert memory["estimate"].mean == pytest.approx(51 / (301 / 3))
+    assert 0.45 < memory["estimate"].lo < memory["estimate"].hi < 0.55 and memory["reading"] == REPRODUCED
+    assert memory["phases"] == {"grpo": "policy_update", "ppo": "critic_update"}
+    sentence = v["sentence"]
+    assert "GRPO needed 0.51 of PPO's measured step peak of live tensors (95% interval" in sentence
+    assert "the embedded tiny Qwen2 (hidden 128, 4 layers), float32 on cpu, 256 completions per step" in sentence
+    assert "band 0.45–0.55" in sentence and "(arithmetic)" in sentence
+    lines = "\n".join(terminal_lines(v))
+    for name in ("quality", "memory", "compute", "arith"):
+        assert f"  {name} " in lines
+    assert "measured step peak of live tensors: 0.508 [" in lines
+
+
+def test_a_deterministic_figure_gets_no_interval():
+    v = verdict_section(load_comparison(COMPARE))
+    row = {r["key"]: r for r in v["rows"]}["mem_model_state"]
+    assert row["kind"] == "arithmetic"
+    assert not row["top_est"].has_interval and not row["bottom_est"].has_interval and not row["ratio_est"].has_interval
+    assert row["ratio"]["interval"] == "arithmetic: follows from the model sizes"
+    arith = next(p for p in v["primary"] if p["name"] == "arith")
+    assert arith["interval"] == "no interval" and arith["reading"] == "—"
+
+
+def test_no_positive_figure_gets_a_negative_bound(tmp_path):
+    folder = copy_fixture(tmp_path)
+    spread = {0: 1.0, 1: 30.0, 2: 900.0}  # seeds far apart: a linear t-interval would reach far below zero
+
+    def edit(summary):
+        summary["tput"]["samples_per_s"] = 10 * spread[summary["seed"]]
+        summary["time"]["train_s"] = 5 * spread[summary["seed"]]
+        summary["mem"]["measured"]["rss_peak_net"] = int(MIB * spread[summary["seed"]])
+    edit_summaries(folder, edit)
+    add_live_peaks(folder)
+    with_plan(folder, target_accuracy=0.35)
+    v = verdict_section(load_comparison(folder))
+    checked = 0
+    for row in v["rows"]:
+        for est in (row["top_est"], row["bottom_est"], row["ratio_est"]):
+            if est.has_interval and row["unit"] in ("MiB", "s", "count", "1/s"):
+                assert est.lo >= 0, (row["key"], est)
+                checked += 1
+    assert checked > 20
+    assert {r["key"]: r for r in v["rows"]}["train_s"]["top_est"].lo > 0
+
+
+def test_time_figures_leave_the_periodic_evaluations_out(tmp_path):
+    folder = copy_fixture(tmp_path)
+
+    def edit(summary):
+        summary["time"]["eval_s"] = 10.0
+        summary["time"]["train_s"] = summary["wall_s"] - 10.0
+    edit_summaries(folder, edit)
+    cmp = load_comparison(folder)
+    v = verdict_section(cmp)
+    arm = cmp.arms[0]
+    assert arm.row["time_per_step"] == pytest.approx((arm.summary["wall_s"] - 10.0) / arm.summary["steps"])
+    assert arm.row["samples_per_s"] == pytest.approx(40960 / (arm.summary["wall_s"] - 10.0))
+    assert v["compute"]["row"]["note"] == "periodic held-out evaluations excluded"
+
+
+def test_the_plan_renders_in_the_report(tmp_path):
+    folder = copy_fixture(tmp_path)
+    with_plan(folder, margin=0.03)
+    html = plain(render_html(folder))
+    assert "The plan, fixed before the run" in html
+    assert "Non-inferiority margin δ = <b>3.0 points</b>" in html
+    assert "Minimum detectable difference" in html and "distinct test prompts" in html

@@ -14,6 +14,7 @@ from typing import Any
 
 from harness import UserError
 from harness.config import Config, check_setup, config_from_dict, make_task, read_yaml
+from harness.commands.plan import analysis_plan_lines, make_plan
 from harness.exports import write_steps_table
 from harness.io import read_json, write_json, write_yaml
 from harness.results import arm_rows, ratio_rows
@@ -78,16 +79,18 @@ def compare(config: Config, algos: list[str], seeds: list[int], out: Path | str 
     comparison_dir = Path(out or Path(config.run.results_dir) / f"compare__{config.task.label}__{timestamp()}")
     if (comparison_dir / "comparison.json").exists():
         raise UserError(f"{comparison_dir} already holds a comparison; use --resume {comparison_dir}")
+    analysis_plan = make_plan(config, len(seeds), algos)  # fixed before any arm runs, saved with them
     arms = plan_arms(config, algos, seeds)
     write_yaml(comparison_dir / "config.yaml", config.to_dict())
     write_json(comparison_dir / "comparison.json", {
         "algos": algos, "seeds": seeds, "preset": config.preset, "task": config.task.name,
         "model": config.model.name, "budget": {"unit": config.budget.unit, "total": config.budget.total},
-        "config_hash": config.hash(), "fairness": fairness_lines(config),
+        "config_hash": config.hash(), "fairness": fairness_lines(config), "plan": analysis_plan,
         "arms": [{"algo": a["algo"], "seed": a["seed"], "dir": a["dir"]} for a in arms]})
     for arm in arms:
         write_yaml(comparison_dir / arm["dir"] / "config.yaml", {**arm["config"].to_dict(), "algo": arm["algo"]})
-    print("\n".join(plan_lines(config, algos, seeds, comparison_dir, parse_report_to(config.run.report_to))), flush=True)
+    print("\n".join(plan_lines(config, algos, seeds, comparison_dir, parse_report_to(config.run.report_to))))
+    print("\n".join(analysis_plan_lines(analysis_plan)), flush=True)
     return run_arms(comparison_dir, config, algos, seeds, arms, resume=False, report=report)
 
 
@@ -99,6 +102,8 @@ def resume(comparison_dir: Path | str, report: bool = True) -> int:
     plan = read_json(comparison_dir / "comparison.json")
     config = config_from_dict(read_yaml(comparison_dir / "config.yaml"))
     algos, seeds = plan["algos"], plan["seeds"]
+    if plan.get("plan"):
+        print("\n".join(analysis_plan_lines(plan["plan"])))
     return run_arms(comparison_dir, config, algos, seeds, plan_arms(config, algos, seeds), resume=True, report=report)
 
 
@@ -125,6 +130,7 @@ def run_arms(comparison_dir: Path, config: Config, algos: list[str], seeds: list
     print(f"comparison: {comparison_dir}")
     exports = [write_steps_table(comparison_dir, arms)]
     print(f"steps table: {exports[0]}")
+    print_verdict(comparison_dir)
     if report:
         from harness.report import build_report, report_files
         html, pdf = build_report(comparison_dir)
@@ -135,6 +141,13 @@ def run_arms(comparison_dir: Path, config: Config, algos: list[str], seeds: list
     attach_report([comparison_dir / a["dir"] for a in arms], exports, config.run.report_to,
                   config.run.tracker_project, config.run.results_dir)
     return 0 if all(s.get("status") == "ok" for s in summaries) else 1
+
+
+def print_verdict(comparison_dir: Path) -> None:
+    """Each primary figure with its interval and reading, as the report states them."""
+    from harness.report.data import load_comparison
+    from harness.report.verdict import terminal_lines, verdict_section
+    print("\n".join(terminal_lines(verdict_section(load_comparison(comparison_dir)))))
 
 
 def comparison_summary(config: Config, algos, seeds, summaries) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from harness.report.data import HEALTH_METRICS, Arm, Comparison, get
 from harness.report.stats import Estimate, mean_ci
 
 MIB = 1024 * 1024
+UNIT = (0.0, 1.0)  # an accuracy's interval is clipped to what an accuracy can be
 LM_EVAL_METRICS = ["pass@1", "maj@k", "pass@k"]
 
 
@@ -89,8 +90,8 @@ def accuracy_section(cmp: Comparison) -> dict[str, Any]:
         change = [a.row["acc_final"] - a.row["acc_base"] for a in arms
                   if a.row.get("acc_final") is not None and a.row.get("acc_base") is not None]
         n_eval = {get(a.summary, "eval", "final", "n") for a in arms} - {None}
-        rows.append({"algo": algo, "seeds": len(arms), "base": cell(mean_ci(base), "%"),
-                     "final": cell(mean_ci(final), "%"), "change": cell(mean_ci(change), "pts"),
+        rows.append({"algo": algo, "seeds": len(arms), "base": cell(mean_ci(base, bounds=UNIT), "%"),
+                     "final": cell(mean_ci(final, bounds=UNIT), "%"), "change": cell(mean_ci(change), "pts"),
                      "n": ", ".join(str(n) for n in sorted(n_eval)) or "—"})
     return {"rows": rows, **lm_eval_section(cmp)}
 
@@ -106,7 +107,8 @@ def lm_eval_section(cmp: Comparison) -> dict[str, Any]:
             ks |= {s.get("k") for s in scores} - {None}
             n |= {s.get("n") for s in scores} - {None}
             rows.append({"algo": algo, "when": "before" if when == "base" else "after", "scored": len(scores),
-                         "metrics": [cell(mean_ci([s.get(m) for s in scores]), "%") for m in LM_EVAL_METRICS]})
+                         "metrics": [cell(mean_ci([s.get(m) for s in scores], bounds=UNIT), "%")
+                                     for m in LM_EVAL_METRICS]})
             for score in scores:
                 for name, result in (score.get("extra") or {}).items():
                     entry = extra.setdefault(name, {"why_not": None, "cells": {}})

@@ -77,17 +77,28 @@ class Arm:
     def error(self) -> str | None:
         return self.summary.get("error")
 
+    @property
+    def time_basis(self) -> str:
+        """train_s when the arm recorded its evaluation time apart (time/eval, time.train_s), else wall_s."""
+        return "train_s" if get(self.summary, "time", "train_s") is not None else "wall_s"
+
     def eval_curve(self) -> pd.DataFrame:
-        """Held-out accuracy against completions and wall time: start, every eval row, end."""
+        """Held-out accuracy against completions and time: start, every eval row, end.
+
+        `wall` includes the periodic evaluations; `train` leaves them out (wall minus the `time/eval`
+        seconds logged so far), and equals `wall` for older arms that did not record them apart.
+        """
         points = []
         base = get(self.summary, "eval", "base", "accuracy")
         if base is not None:
-            points.append({"completions": 0, "wall": 0.0, "accuracy": base})
-        if "eval/accuracy" in self.steps:
-            rows = self.steps.dropna(subset=["eval/accuracy"])
-            for _, r in rows.iterrows():
-                points.append({"completions": r.get("completions"), "wall": r.get("wall"),
-                               "accuracy": r["eval/accuracy"]})
+            points.append({"completions": 0, "wall": 0.0, "train": 0.0, "accuracy": base})
+        if len(self.steps) and "wall" in self.steps:
+            eval_time = self.steps["time/eval"].fillna(0).cumsum() if "time/eval" in self.steps else 0.0
+            train = self.steps["wall"] - eval_time
+            if "eval/accuracy" in self.steps:
+                for index, r in self.steps.dropna(subset=["eval/accuracy"]).iterrows():
+                    points.append({"completions": r.get("completions"), "wall": r.get("wall"),
+                                   "train": float(train.loc[index]), "accuracy": r["eval/accuracy"]})
         final = get(self.summary, "eval", "final", "accuracy")
         if final is not None:
             completions = get(self.summary, "budget", "used", "completions")
@@ -96,9 +107,11 @@ class Arm:
             wall = self.summary.get("wall_s")
             if wall is None and len(self.steps):
                 wall = self.steps["wall"].iloc[-1]
+            train = get(self.summary, "time", "train_s")
             if not points or points[-1]["completions"] != completions or points[-1]["accuracy"] != final:
-                points.append({"completions": completions, "wall": wall, "accuracy": final})
-        return pd.DataFrame(points, columns=["completions", "wall", "accuracy"])
+                points.append({"completions": completions, "wall": wall, "train": wall if train is None else train,
+                               "accuracy": final})
+        return pd.DataFrame(points, columns=["completions", "wall", "train", "accuracy"])
 
 
 @dataclass

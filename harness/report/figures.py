@@ -193,7 +193,8 @@ def measured_memory_frame(cmp: Comparison) -> pd.DataFrame:
 
 
 def t_errorbar(values) -> tuple[float, float]:
-    estimate = mean_ci(list(values))
+    """The bars' interval: memory and throughput are positive, so the log-scale interval of the tables."""
+    estimate = mean_ci(list(values), positive=True)
     return (estimate.lo, estimate.hi) if estimate.has_interval else (estimate.mean, estimate.mean)
 
 

@@ -1,161 +1,314 @@
-"""Confidence over seeds: t-intervals of means and of GRPO/PPO ratios, and the verdict rule.
+"""Intervals, the paired quality test and the plan's power, as small functions (scipy for quantiles).
 
-No scipy: the two-sided 95% t quantiles are a table (df 1..30) and a Cornish-Fisher expansion above.
+- Arithmetic figures (they follow from sizes: model-state bytes) are the same for every seed: a
+  value, labelled arithmetic, never an interval.
+- Measured positive figures (bytes, seconds, counts): the seed mean with a 95% interval on the log
+  scale, mean × exp(± t se(log mean)) with se(log mean) = s / (√n mean) (delta method), so that no
+  bound goes below zero. GRPO/PPO ratios: the same on the log of the ratio of means, Welch df.
+- Quality: GRPO − PPO final accuracy, paired (arms with the same seed share the warm start, the eval
+  prompts and the first rollout). Two intervals: a paired t over the per-seed differences, and a
+  two-way bootstrap over prompts × seeds; the tighter is reported, its method named.
+- Non-inferiority at margin δ: "not worse" only when the interval's lower bound lies above −δ,
+  "worse" when its upper bound lies below −δ, "inconclusive" otherwise.
+- The plan: the minimum detectable difference of a paired t at the planned seeds and eval size.
+
+Functions named `*_bounds` work on numpy arrays with any leading (batch) axes, so the simulations in
+harness.report.simulate run the very code the report uses, vectorised.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from statistics import mean, stdev
 from typing import Sequence
 
+import numpy as np
+from scipy import optimize, stats
+
 LEVEL = 0.95
-Z_975 = 1.959963984540054
-# t_{0.975, df} for df = 1..30
-T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-         2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-         2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
-
-# The claim: GRPO needs about half of PPO's resources. A ratio "is about 0.5" when it lies in this band.
-CLAIM = 0.5
-BAND = (0.4, 0.6)
+MEASURED, ARITHMETIC = "measured", "arithmetic"
 
 
-def t_quantile(df: float) -> float:
-    """Two-sided 95% quantile of Student's t; fractional df (Welch) interpolate in 1/df."""
-    if df < 1:
-        raise ValueError("a t-interval needs at least one degree of freedom")
-    if df > 30:
-        z = Z_975  # Cornish-Fisher: exact to 3 decimals from df 30 on
-        return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
-    low, high = math.floor(df), math.ceil(df)
-    if low == high:
-        return T_975[low - 1]
-    weight = (1 / df - 1 / high) / (1 / low - 1 / high)
-    return weight * T_975[low - 1] + (1 - weight) * T_975[high - 1]
+def t_quantile(df: float | np.ndarray, level: float = LEVEL):
+    """Two-sided `level` quantile of Student's t (scipy; fractional df for Welch)."""
+    return stats.t.ppf((1 + level) / 2, df)
 
 
 @dataclass
 class Estimate:
-    """A seed mean with its 95% interval (lo, hi are None when it cannot be had)."""
+    """A figure with its 95% interval (lo, hi are None when there is none, with the reason in note)."""
 
     mean: float | None
     lo: float | None = None
     hi: float | None = None
     n: int = 0
-    note: str | None = None  # why there is no interval
+    note: str | None = None  # why there is no interval, or what the figure is
+    method: str | None = None  # how the interval was had
+    kind: str = MEASURED  # measured | arithmetic
 
     @property
     def has_interval(self) -> bool:
         return self.lo is not None and self.hi is not None
 
 
-def mean_ci(values: Sequence[float], exact: bool = False) -> Estimate:
-    """Mean of seed values with a t-interval; `exact` figures are deterministic (interval = point)."""
-    values = [float(v) for v in values if v is not None]
+def _clean(values: Sequence[float | None]) -> list[float]:
+    return [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+
+
+def arithmetic(values: Sequence[float | None], why: str = "follows from the model sizes") -> Estimate:
+    """A figure that follows from sizes: its value, labelled, with no interval (it has no spread to estimate)."""
+    values = _clean(values)
+    if not values:
+        return Estimate(None, note="not measured", kind=ARITHMETIC)
+    return Estimate(float(np.mean(values)), n=len(values), note=f"arithmetic: {why}", kind=ARITHMETIC)
+
+
+def mean_ci(values: Sequence[float | None], positive: bool = False,
+            bounds: tuple[float, float] | None = None) -> Estimate:
+    """Seed mean with a 95% t-interval; `positive` figures on the log scale, `bounds` clip (accuracy: 0, 1)."""
+    values = _clean(values)
     n = len(values)
     if n == 0:
-        return Estimate(None, n=0, note="not measured")
-    m = mean(values)
-    if exact:
-        return Estimate(m, m, m, n, note="exact: the same for every seed")
+        return Estimate(None, note="not measured")
+    m = float(np.mean(values))
     if n < 2:
         return Estimate(m, n=1, note="one seed (an interval needs ≥ 2)")
-    half = t_quantile(n - 1) * stdev(values) / math.sqrt(n)
-    return Estimate(m, m - half, m + half, n)
+    se = float(np.std(values, ddof=1)) / math.sqrt(n)
+    t = float(t_quantile(n - 1))
+    if positive and m > 0 and min(values) >= 0:
+        half = t * se / m
+        return Estimate(m, m * math.exp(-half), m * math.exp(half), n, method=f"log-scale t, {n - 1} df")
+    lo, hi = m - t * se, m + t * se
+    if bounds is not None:
+        lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
+    return Estimate(m, lo, hi, n, method=f"t, {n - 1} df")
 
 
-def difference_ci(a: Sequence[float], b: Sequence[float]) -> Estimate:
-    """mean(a) - mean(b) with a Welch t-interval (the arms are separate processes)."""
-    a = [float(v) for v in a if v is not None]
-    b = [float(v) for v in b if v is not None]
-    if not a or not b:
-        return Estimate(None, note="not measured")
-    d = mean(a) - mean(b)
-    if len(a) < 2 or len(b) < 2:
-        return Estimate(d, n=min(len(a), len(b)), note="one seed (an interval needs ≥ 2)")
-    va, vb = stdev(a) ** 2 / len(a), stdev(b) ** 2 / len(b)
-    se = math.sqrt(va + vb)
-    if se == 0:
-        return Estimate(d, d, d, min(len(a), len(b)))
-    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    half = t_quantile(df) * se
-    return Estimate(d, d - half, d + half, min(len(a), len(b)))
+def ratio_ci(top: Sequence[float | None], bottom: Sequence[float | None]) -> Estimate:
+    """mean(top) / mean(bottom) of a measured figure, 95% interval by the delta method on the log ratio.
 
-
-def ratio_ci(top: Sequence[float], bottom: Sequence[float], exact: bool = False) -> Estimate:
-    """mean(top) / mean(bottom), 95% interval by the delta method on the log of the ratio.
-
-    se(log R)^2 = s_t^2 / (n_t m_t^2) + s_b^2 / (n_b m_b^2), with a t quantile at the
-    Welch-Satterthwaite degrees of freedom; the interval is exp(log R -+ t se), so it stays positive.
+    se(log R)^2 = s_t^2 / (n_t m_t^2) + s_b^2 / (n_b m_b^2), t quantile at the Welch-Satterthwaite df;
+    the interval is R exp(-+ t se): it stays positive.
     """
-    top = [float(v) for v in top if v is not None]
-    bottom = [float(v) for v in bottom if v is not None]
+    top, bottom = _clean(top), _clean(bottom)
     if not top or not bottom:
         return Estimate(None, note="not measured")
-    mt, mb = mean(top), mean(bottom)
+    mt, mb = float(np.mean(top)), float(np.mean(bottom))
     n = min(len(top), len(bottom))
     if mb == 0:
         return Estimate(None, n=n, note="the denominator is zero")
     ratio = mt / mb
-    if exact:
-        return Estimate(ratio, ratio, ratio, n, note="exact: the same for every seed")
     if len(top) < 2 or len(bottom) < 2:
         return Estimate(ratio, n=n, note="one seed (an interval needs ≥ 2)")
     if mt <= 0 or mb <= 0:
         return Estimate(ratio, n=n, note="no log-ratio interval for non-positive means")
-    vt = stdev(top) ** 2 / (len(top) * mt**2)
-    vb = stdev(bottom) ** 2 / (len(bottom) * mb**2)
+    vt = float(np.var(top, ddof=1)) / (len(top) * mt**2)
+    vb = float(np.var(bottom, ddof=1)) / (len(bottom) * mb**2)
     se = math.sqrt(vt + vb)
     if se == 0:
-        return Estimate(ratio, ratio, ratio, n)
+        return Estimate(ratio, ratio, ratio, n, method="no spread over seeds")
     df = (vt + vb) ** 2 / (vt**2 / (len(top) - 1) + vb**2 / (len(bottom) - 1))
-    half = t_quantile(df) * se
-    return Estimate(ratio, ratio * math.exp(-half), ratio * math.exp(half), n)
+    half = float(t_quantile(df)) * se
+    return Estimate(ratio, ratio * math.exp(-half), ratio * math.exp(half), n,
+                    method=f"delta method on the log ratio, Welch df {df:.1f}")
 
 
-# ---------------------------------------------------------------- the verdict rule
-
-REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
-
-RULE = [
-    f"A ratio agrees with the claim when its whole 95% interval lies in [{BAND[0]}, {BAND[1]}] "
-    f"(the claimed {CLAIM} within ±{BAND[1] - CLAIM:.1f}); it contradicts the claim when its whole "
-    "interval lies outside that band; otherwise it is inconclusive. Exact (counted) figures are the "
-    "same for every seed, so their interval is the point itself; a measured figure from one seed has "
-    "no interval and is inconclusive.",
-    "Quality is not worse when the 95% interval of GRPO's minus PPO's final held-out accuracy reaches "
-    "zero or above; it is worse when the whole interval lies below zero; with fewer than 2 seeds per "
-    "arm it is unknown.",
-    "The verdict is 'reproduced' when the primary memory ratio agrees with the claim and quality is "
-    "not worse; 'not reproduced' when the primary memory ratio contradicts the claim or quality is "
-    "worse; 'inconclusive' otherwise (an arm without a finished seed included).",
-]
+def arithmetic_ratio(top: Sequence[float | None], bottom: Sequence[float | None],
+                     why: str = "follows from the model sizes") -> Estimate:
+    top, bottom = _clean(top), _clean(bottom)
+    if not top or not bottom or np.mean(bottom) == 0:
+        return Estimate(None, note="not measured", kind=ARITHMETIC)
+    return Estimate(float(np.mean(top) / np.mean(bottom)), n=min(len(top), len(bottom)), note=f"arithmetic: {why}",
+                    kind=ARITHMETIC)
 
 
-def ratio_reading(estimate: Estimate, band: tuple[float, float] = BAND) -> str:
-    """reproduced | not reproduced | inconclusive, for one ratio and its interval."""
-    if estimate.mean is None or not estimate.has_interval:
-        return INCONCLUSIVE
-    if band[0] <= estimate.lo and estimate.hi <= band[1]:
-        return REPRODUCED
-    if estimate.hi < band[0] or estimate.lo > band[1]:
-        return NOT_REPRODUCED
-    return INCONCLUSIVE
+# ---------------------------------------------------------------- paired quality
+
+PAIRED_T = "paired t over seeds"
+BOOTSTRAP = "two-way bootstrap over prompts × seeds"
 
 
-def quality_reading(difference: Estimate) -> str:
-    """not worse | worse | unknown, from GRPO - PPO final accuracy."""
+def paired_t_bounds(differences: np.ndarray, level: float = LEVEL) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean, lo, hi) of per-seed paired differences `[..., S]`: mean ± t_{S-1} s / √S."""
+    seeds = differences.shape[-1]
+    mean = differences.mean(-1)
+    half = t_quantile(seeds - 1, level) * differences.std(-1, ddof=1) / math.sqrt(seeds)
+    return mean, mean - half, mean + half
+
+
+def bootstrap_variance(per_prompt: np.ndarray) -> np.ndarray:
+    """Variance of mean(D) over the two-way bootstrap of `D [..., S, P]`: seeds and prompts resampled
+    independently with replacement (a seed's two arms stay paired, and so do a prompt's).
+
+    The mean is linear in the resampling counts w (seeds) and m (prompts): sum(w D m) / (S P), with
+    E[w w^T] = I + (1 - 1/S) 1 1^T and E[m m^T] = I + (1 - 1/P) 1 1^T. So the bootstrap distribution's
+    variance has a closed form, without Monte Carlo error:
+        E[(w^T D m)^2] = |D|_F^2 + (1 - 1/S) |1^T D|^2 + (1 - 1/P) |D 1|^2 + (1 - 1/S)(1 - 1/P) T^2,
+    with T = 1^T D 1; the variance is that minus T^2, divided by (S P)^2.
+    """
+    seeds, prompts = per_prompt.shape[-2:]
+    alpha, beta = 1 - 1 / seeds, 1 - 1 / prompts
+    total = per_prompt.sum((-2, -1))
+    second = ((per_prompt**2).sum((-2, -1)) + alpha * (per_prompt.sum(-2) ** 2).sum(-1)
+              + beta * (per_prompt.sum(-1) ** 2).sum(-1) + alpha * beta * total**2)
+    return (second - total**2) / (seeds * prompts) ** 2
+
+
+def bootstrap_bounds(per_prompt: np.ndarray, level: float = LEVEL) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean, lo, hi) from the two-way bootstrap of `D [..., S, P]` (per-prompt GRPO − PPO, paired).
+
+    A bootstrap over S seeds understates their spread by (S - 1)/S and a normal quantile ignores how
+    little S seeds say about it: the standard error is scaled by √(S / (S - 1)) and read with a t
+    quantile at S - 1 df, so that the interval holds its level with 2 or 3 seeds.
+    """
+    seeds = per_prompt.shape[-2]
+    mean = per_prompt.mean((-2, -1))
+    se = np.sqrt(bootstrap_variance(per_prompt) * seeds / (seeds - 1))
+    half = t_quantile(seeds - 1, level) * se
+    return mean, mean - half, mean + half
+
+
+def paired_difference(top: dict[int, float], bottom: dict[int, float],
+                      top_prompts: dict[int, Sequence[int]] | None = None,
+                      bottom_prompts: dict[int, Sequence[int]] | None = None) -> dict[str, Estimate]:
+    """GRPO − PPO final accuracy over the seeds both arms finished: {'paired_t', 'bootstrap', 'reported'}.
+
+    `top`/`bottom` map seed -> accuracy; `*_prompts` map seed -> per-prompt solved flags (the same
+    prompts in the same order in every arm). The reported interval is the tighter of the two.
+    """
+    seeds = sorted(set(top) & set(bottom))
+    if not seeds:
+        blank = Estimate(None, note="no seed finished in both arms")
+        return {"paired_t": blank, "bootstrap": blank, "reported": blank}
+    differences = np.array([top[s] - bottom[s] for s in seeds], dtype=float)
+    mean = float(differences.mean())
+    unpaired = sorted((set(top) | set(bottom)) - set(seeds))
+    dropped = f"; seeds {unpaired} left out: finished in one arm only" if unpaired else ""
+    if len(seeds) < 2:
+        blank = Estimate(mean, n=1, note=f"one paired seed (an interval needs ≥ 2){dropped}")
+        return {"paired_t": blank, "bootstrap": blank, "reported": blank}
+    _, lo, hi = paired_t_bounds(differences)
+    paired = Estimate(mean, float(lo), float(hi), len(seeds), method=f"{PAIRED_T} ({len(seeds)} seeds, "
+                      f"{len(seeds) - 1} df){dropped}")
+    if lo == hi:  # identical differences in every seed: a zero-width interval would be no evidence at all
+        paired = Estimate(mean, n=len(seeds), note=f"no spread over {len(seeds)} seeds: the paired t has no "
+                          f"interval{dropped}")
+    boot = Estimate(mean, n=len(seeds), note="not available: the arms saved no per-prompt results")
+    if top_prompts and bottom_prompts and all(s in top_prompts and s in bottom_prompts for s in seeds):
+        rows = [np.asarray(top_prompts[s], float) - np.asarray(bottom_prompts[s], float)
+                if len(top_prompts[s]) == len(bottom_prompts[s]) else None for s in seeds]
+        if all(r is not None for r in rows) and len({len(r) for r in rows}) == 1:
+            D = np.stack(rows)  # [S, P]
+            b_mean, b_lo, b_hi = bootstrap_bounds(D)
+            boot = Estimate(float(b_mean), float(b_lo), float(b_hi), len(seeds),
+                            method=f"{BOOTSTRAP} ({len(seeds)} seeds × {D.shape[1]} prompts){dropped}")
+            if b_lo == b_hi:
+                boot = Estimate(float(b_mean), n=len(seeds), note="no spread: both arms solved the same prompts "
+                                "in every seed")
+        else:
+            boot = Estimate(mean, n=len(seeds), note="not available: the arms' per-prompt results differ in length")
+    reported = paired
+    if boot.has_interval and (not paired.has_interval or boot.hi - boot.lo < paired.hi - paired.lo):
+        reported = boot
+    return {"paired_t": paired, "bootstrap": boot, "reported": reported}
+
+
+# ---------------------------------------------------------------- readings
+
+NOT_WORSE, WORSE, INCONCLUSIVE = "not worse", "worse", "inconclusive"
+REPRODUCED, NOT_REPRODUCED = "reproduced", "not reproduced"
+
+
+def non_inferiority(difference: Estimate, margin: float) -> str:
+    """not worse | worse | inconclusive, for GRPO − PPO at margin δ (accuracy, e.g. 0.05)."""
     if difference.mean is None or not difference.has_interval:
-        return "unknown"
-    return "worse" if difference.hi < 0 else "not worse"
+        return INCONCLUSIVE
+    if difference.lo > -margin:
+        return NOT_WORSE
+    if difference.hi < -margin:
+        return WORSE
+    return INCONCLUSIVE
 
 
-def verdict(memory: Estimate, difference: Estimate) -> str:
-    memory_reading, quality = ratio_reading(memory), quality_reading(difference)
-    if memory_reading == NOT_REPRODUCED or quality == "worse":
+def width_in_words(difference: Estimate, margin: float) -> str:
+    """How wide the interval is against the margin, for a reader deciding whether to run more seeds."""
+    if not difference.has_interval:
+        return difference.note or "no interval"
+    width = difference.hi - difference.lo
+    times = width / margin
+    if times <= 1:
+        size = "narrower than the margin"
+    elif times <= 2:
+        size = f"{times:.1f}× the margin"
+    else:
+        size = f"{times:.1f}× the margin: too wide to tell"
+    return f"the interval is {100 * width:.1f} points wide ({size})"
+
+
+def ratio_reading(estimate: Estimate, claim: float = 0.5, band: float = 0.1) -> str:
+    """reproduced (within claim ± band) | not reproduced (wholly outside) | inconclusive.
+
+    An arithmetic figure has no interval: it is read by its value, which carries no sampling error.
+    """
+    if estimate.mean is None:
+        return INCONCLUSIVE
+    low, high = claim - band, claim + band
+    if estimate.kind == ARITHMETIC:
+        return REPRODUCED if low <= estimate.mean <= high else NOT_REPRODUCED
+    if not estimate.has_interval:
+        return INCONCLUSIVE
+    if low <= estimate.lo and estimate.hi <= high:
+        return REPRODUCED
+    if estimate.hi < low or estimate.lo > high:
         return NOT_REPRODUCED
-    if memory_reading == REPRODUCED and quality == "not worse":
+    return INCONCLUSIVE
+
+
+def verdict(memory_reading: str, quality_reading: str) -> str:
+    """The claim holds when the memory ratio reads as the claim and quality is not worse."""
+    if memory_reading == NOT_REPRODUCED or quality_reading == WORSE:
+        return NOT_REPRODUCED
+    if memory_reading == REPRODUCED and quality_reading == NOT_WORSE:
         return REPRODUCED
     return INCONCLUSIVE
+
+
+# ---------------------------------------------------------------- the plan's power
+
+def pair_sd(seed_sd: float, accuracy: float, prompts: int) -> float:
+    """SD of one seed's GRPO − PPO accuracy under the plan's stated model: each arm's accuracy is the
+    truth + a seed effect (SD `seed_sd`) + binomial eval noise (accuracy (1 - accuracy) / prompts),
+    independently in the two arms. Pairing usually correlates the arms, which only narrows the truth."""
+    return math.sqrt(2 * (accuracy * (1 - accuracy) / prompts + seed_sd**2))
+
+
+def noncentrality(seeds: int, level: float = LEVEL, power: float = 0.8) -> float:
+    """λ with P(|T'| > t_crit) = power for T' noncentral t with S - 1 df (the paired t's power)."""
+    df = seeds - 1
+    crit = float(t_quantile(df, level))
+
+    def shortfall(lam: float) -> float:
+        far_tail = np.nan_to_num(stats.nct.cdf(-crit, df, lam))  # below 1e-3 once λ matters; scipy may give nan
+        return float(stats.nct.sf(crit, df, lam) + far_tail) - power
+    high = crit + 1.0
+    while shortfall(high) < 0:  # power grows with λ: widen the bracket until it holds the answer
+        high *= 2
+    return float(optimize.brentq(shortfall, 0.0, high))
+
+
+def detectable_difference(sd: float, seeds: int, level: float = LEVEL, power: float = 0.8) -> float:
+    """The minimum detectable difference: the smallest true GRPO − PPO gap that a paired t over `seeds`
+    seeds tells from zero with `power`, at a two-sided `level` interval. It is also (up to the far tail,
+    a share below 1e-3) the smallest margin at which truly equal arms are read "not worse" with that
+    power. Infinite below 2 seeds."""
+    if seeds < 2:
+        return math.inf
+    return noncentrality(seeds, level, power) * sd / math.sqrt(seeds)
+
+
+def seeds_needed(sd: float, margin: float, level: float = LEVEL, power: float = 0.8, most: int = 200) -> int | None:
+    """The fewest seeds whose minimum detectable difference is within `margin` (None past `most`)."""
+    for seeds in range(2, most + 1):
+        if detectable_difference(sd, seeds, level, power) <= margin:
+            return seeds
+    return None

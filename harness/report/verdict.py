@@ -1,21 +1,34 @@
-"""The verdict on the claim: GRPO/PPO ratios of every headline figure with 95% intervals, time to a
-target accuracy, and a one-sentence reading by the rule in harness.report.stats."""
+"""The verdict on the claim, read by the plan fixed before the run (comparison.json "plan").
+
+Primary figures:
+- quality: GRPO − PPO final greedy held-out accuracy, paired by seed, a non-inferiority test at the
+  plan's margin δ (harness.report.stats.non_inferiority);
+- memory: how much of PPO's measured step peak GRPO needs (the CUDA allocator peak on a GPU, else the
+  peak of live tensors), with its interval and the configuration it was measured in, read against the
+  claim ± the plan's band; the arithmetic model-state ratio beside it, labelled;
+- compute: GRPO/PPO training time per step (periodic evaluations excluded), read the same way.
+Time to the plan's target accuracy, throughput and the other memory measures are shown, never the verdict.
+"""
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from harness.report.content import cell, figure_values, fmt, fmt_interval, fmt_points
 from harness.report.data import Arm, Comparison, get
-from harness.report.stats import (BAND, CLAIM, INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, RULE, Estimate,
-                                  difference_ci, mean_ci, quality_reading, ratio_ci, ratio_reading, verdict)
+from harness.report.stats import (ARITHMETIC, INCONCLUSIVE, NOT_REPRODUCED, NOT_WORSE, REPRODUCED, WORSE, Estimate,
+                                  arithmetic, arithmetic_ratio, mean_ci, non_inferiority, paired_difference,
+                                  ratio_ci, ratio_reading, verdict, width_in_words)
 from harness.results import MEMORY_FIGURES, TIME_FIGURES
 
-# The memory figure the verdict rests on: the allocator peak where a GPU measured it, else the step peak
-# of live tensors (the max over the phases of a step).
+# The memory figure the verdict rests on: the CUDA allocator peak where a GPU measured it, else the
+# measured step peak of live tensors (the max over the phases of a step).
 PRIMARY_MEMORY = ["mem_cuda_allocated", "mem_live_peak"]
-EXACT_KEYS = {"mem_model_state"}  # arithmetic: follows from the model sizes, identical for every seed
-CLAIM_KEYS = {key for key, _, _ in MEMORY_FIGURES} | {"time_per_step", "wall", "to_target_completions", "to_target_wall"}
+ARITHMETIC_KEYS = {"mem_model_state"}  # follows from the model sizes: the same for every seed
+# Measured figures read against the claim (arithmetic ones are shown, never read).
+CLAIM_KEYS = ({key for key, _, _ in MEMORY_FIGURES} - ARITHMETIC_KEYS) | {
+    "time_per_step", "wall", "to_target_completions", "to_target_train"}
 ROW_NOTES = {
     "mem_model_state": "arithmetic: follows from the model sizes",
     "time_per_step": "training steps only: periodic evaluations and live-tensor tracked steps left out",
@@ -23,6 +36,9 @@ ROW_NOTES = {
     "samples_per_s": "higher is better; the claim reads as about 2",
     "gen_tokens_per_s": "higher is better; the claim reads as about 2",
 }
+PRIMARY_WORDS = {"mem_cuda_allocated": "CUDA allocator step peak", "mem_live_peak": "measured step peak of live tensors"}
+# What the report assumes for a comparison made before plans were saved with it.
+DEFAULT_PLAN = {"margin": 0.05, "claim": 0.5, "band": [0.4, 0.6], "target": None, "recorded": False}
 
 
 def not_measured_reason(cmp: Comparison, key: str, algo: str) -> str:
@@ -39,166 +55,321 @@ def not_measured_reason(cmp: Comparison, key: str, algo: str) -> str:
     return "not measured"
 
 
-# ---------------------------------------------------------------- target accuracy
+def plan_of(cmp: Comparison) -> dict[str, Any]:
+    """The plan saved with the comparison, or the defaults (flagged) for one made before plans were saved."""
+    plan = cmp.plan.get("plan")
+    if isinstance(plan, dict):
+        return {**DEFAULT_PLAN, **plan, "recorded": True}
+    return dict(DEFAULT_PLAN)
 
-def reach(curve, target: float) -> tuple[float, float] | None:
-    """(completions, wall) at the first held-out evaluation that reaches target accuracy."""
+
+# ---------------------------------------------------------------- the target accuracy
+
+def reach(curve, target: float, time_column: str = "train") -> tuple[float, float] | None:
+    """(completions, seconds) at the first held-out evaluation that reaches the target accuracy."""
     hits = curve[curve["accuracy"] >= target - 1e-12]
     if hits.empty:
         return None
     first = hits.iloc[0]
-    return float(first["completions"]), float(first["wall"])
+    return float(first["completions"]), float(first[time_column])
 
 
-def target_accuracy(cmp: Comparison, target: float | None) -> dict[str, Any]:
-    """The accuracy every arm is timed to: given, or the lowest final accuracy of any finished arm."""
-    finals = [(a.row["acc_final"], a.label) for a in cmp.arms if a.ok and a.row.get("acc_final") is not None]
-    bases = [a.row["acc_base"] for a in cmp.arms if a.ok and a.row.get("acc_base") is not None]
+def target_accuracy(cmp: Comparison, plan: dict[str, Any], override: float | None) -> dict[str, Any]:
+    """The accuracy every arm is timed to: fixed by the plan before the run, never picked from results."""
     eval_every = get(cmp.config, "run", "eval_every")
     resolution = (f"held-out accuracy is measured every {eval_every} steps, at the start and at the end"
                   if eval_every else "held-out accuracy is measured only at the start and the end (run.eval_every = 0)")
-    if target is not None:
-        source = "set with --target"
-    elif finals:
-        target, label = min(finals)
-        source = f"the lowest final held-out accuracy of any finished arm ({label}), so that every arm reaches it"
-    else:
-        return {"value": None, "text": "—", "source": "no finished arm measured accuracy", "resolution": resolution,
-                "usable": False, "note": None}
+    bases = [a.row["acc_base"] for a in cmp.arms if a.ok and a.row.get("acc_base") is not None]
     base = max(bases) if bases else None
-    usable = base is None or target > base + 1e-12
-    note = None if usable else (f"the target ({fmt(target, '%')}) is not above the start ({fmt(base, '%')}): "
-                                "no learning to time")
-    return {"value": target, "text": fmt(target, "%"), "source": source, "resolution": resolution,
-            "usable": usable, "note": note}
+    rule = plan.get("target") or {}
+    if override is not None:
+        value, source = override, "set with --target after the run (not part of the plan)"
+    elif rule.get("accuracy"):
+        value, source = rule["accuracy"], "fixed in the plan before the run (verdict.target_accuracy)"
+    elif rule.get("gain") and base is not None:
+        value = base + rule["gain"]
+        source = (f"fixed in the plan before the run: the shared start ({fmt(base, '%')}, measured before any "
+                  f"training) + {100 * rule['gain']:.0f} points (verdict.target_gain)")
+    else:
+        why = ("no target was fixed before this run (a comparison made before plans were saved): "
+               "pass --target to time the arms to an accuracy you choose" if not plan.get("recorded")
+               else "no finished arm measured the start accuracy")
+        return {"value": None, "text": "—", "source": why, "resolution": resolution, "usable": False, "note": why}
+    usable = base is None or value > base + 1e-12
+    note = None if usable else f"the target ({fmt(value, '%')}) is not above the start ({fmt(base, '%')}): no learning to time"
+    return {"value": value, "text": fmt(value, "%"), "source": source, "resolution": resolution, "usable": usable,
+            "note": note}
 
 
-# ---------------------------------------------------------------- the verdict
+# ---------------------------------------------------------------- rows of the cost table
 
-def verdict_section(cmp: Comparison, target: float | None = None) -> dict[str, Any]:
-    pair = cmp.pair
-    section: dict[str, Any] = {"claim": CLAIM, "band": BAND, "rule": RULE, "rows": [], "pair": pair, "compute": [],
-                               "primary": None, "seeds": {}, "quality": Estimate(None), "quality_reading": "unknown",
-                               "quality_text": "—"}
-    target_info = target_accuracy(cmp, target)
-    section["target"] = target_info
-    if pair is None:
-        section.update(reading=INCONCLUSIVE, sentence="Inconclusive: a verdict needs two algorithms; this comparison ran "
-                       f"only {', '.join(cmp.algos) or 'none'}.")
-        return section
-    top, bottom = pair
-    top_arms, bottom_arms = cmp.ok_arms(top), cmp.ok_arms(bottom)
-    section["seeds"] = {top: len(top_arms), bottom: len(bottom_arms), "planned": len(cmp.seeds)}
-
-    for group, figures in (("Memory (peak)", MEMORY_FIGURES), ("Time", TIME_FIGURES)):
-        for key, label, unit in figures:
-            section["rows"].append(ratio_row(cmp, group, key, label, unit, top_arms, bottom_arms, top, bottom))
-    section["rows"].extend(target_rows(target_info, {top: top_arms, bottom: bottom_arms}))
-
-    primary_key = next((k for k in PRIMARY_MEMORY if figure_values(top_arms, k) and figure_values(bottom_arms, k)), None)
-    primary = next((r for r in section["rows"] if r["key"] == primary_key), None)
-    memory = primary["ratio_est"] if primary else Estimate(None, note="no memory figure for both algorithms")
-    difference = difference_ci(figure_values(top_arms, "acc_final"), figure_values(bottom_arms, "acc_final"))
-    reading = verdict(memory, difference)
-    if primary:
-        primary["primary"] = True
-    section["compute"] = compute_lines(section, top, bottom)
-    section.update(primary=primary, quality=difference, quality_reading=quality_reading(difference),
-                   quality_text=fmt_points(difference), reading=reading,
-                   sentence=verdict_sentence(cmp, top, bottom, primary, memory, difference, reading))
-    return section
+def estimate_of(values: list[float], key: str) -> Estimate:
+    return arithmetic(values) if key in ARITHMETIC_KEYS else mean_ci(values, positive=True)
 
 
-def compute_lines(section: dict[str, Any], top: str, bottom: str) -> list[str]:
-    """Beside the verdict: time per step, and what reaching the target accuracy took."""
-    rows = {r["key"]: r for r in section["rows"]}
-    T, B = top.upper(), bottom.upper()
-
-    def ratio(key: str) -> str:
-        est = rows[key]["ratio_est"]
-        interval = fmt_interval(est, "ratio")
-        return f"{est.mean:.2f}× {B}'s ({interval if interval.startswith('[') else interval}; {rows[key]['reading']})"
-    lines = []
-    if rows["time_per_step"]["ratio_est"].mean is not None:
-        lines.append(f"Compute: {T}'s time per step was {ratio('time_per_step')}.")
-    if rows["to_target_completions"]["ratio_est"].mean is not None:
-        lines.append(f"To reach {section['target']['text']} held-out accuracy, {T} needed "
-                     f"{ratio('to_target_completions')} sampled completions"
-                     + (f" and {ratio('to_target_wall')} wall time" if rows["to_target_wall"]["ratio_est"].mean is not None
-                        else "") + ".")
-    return lines
+def time_note(arms: list[Arm], key: str) -> str | None:
+    if key not in ("time_per_step", "wall", "samples_per_s", "to_target_train"):
+        return ROW_NOTES.get(key)
+    old = [a.label for a in arms if a.time_basis != "train_s"]
+    if old:
+        which = "these arms" if len(old) == len(arms) else ", ".join(old)
+        return f"periodic evaluations included: {which} recorded no time.train_s (older summaries: wall_s used)"
+    return ROW_NOTES.get(key) or "periodic held-out evaluations left out"
 
 
-def target_rows(target_info: dict[str, Any], arms: dict[str, list[Arm]]) -> list[dict[str, Any]]:
-    """Sampled completions and wall time until the first held-out evaluation at or above the target."""
+def ratio_row(cmp: Comparison, plan: dict[str, Any], group: str, key: str, label: str, unit: str,
+              arms: dict[str, list[Arm]]) -> dict[str, Any]:
     (top, top_arms), (bottom, bottom_arms) = arms.items()
-    text = target_info.get("text") or "the target"
+    top_values, bottom_values = figure_values(top_arms, key), figure_values(bottom_arms, key)
+    top_est = estimate_of(top_values, key) if top_values else Estimate(None, note=not_measured_reason(cmp, key, top))
+    bottom_est = (estimate_of(bottom_values, key) if bottom_values
+                  else Estimate(None, note=not_measured_reason(cmp, key, bottom)))
+    ratio = (arithmetic_ratio(top_values, bottom_values) if key in ARITHMETIC_KEYS
+             else ratio_ci(top_values, bottom_values))
+    if ratio.mean is None and (not top_values or not bottom_values):
+        ratio = Estimate(None, note="not measured", kind=ratio.kind)
+    claim = key in CLAIM_KEYS
+    reading = ratio_reading(ratio, plan["claim"], band_half(plan)) if claim and ratio.mean is not None else "—"
+    return {"group": group, "key": key, "label": label, "unit": unit, "top_est": top_est, "bottom_est": bottom_est,
+            "top": cell(top_est, unit), "bottom": cell(bottom_est, unit), "ratio": cell(ratio, "ratio"),
+            "ratio_est": ratio, "claim": claim, "kind": ratio.kind, "reading": reading, "primary": False,
+            "note": time_note(top_arms + bottom_arms, key)}
+
+
+def band_half(plan: dict[str, Any]) -> float:
+    low, high = plan["band"]
+    return (high - low) / 2
+
+
+def target_rows(plan: dict[str, Any], target: dict[str, Any], arms: dict[str, list[Arm]]) -> list[dict[str, Any]]:
+    """Sampled completions and training time until the first held-out evaluation at or above the target."""
+    (top, top_arms), (bottom, bottom_arms) = arms.items()
+    text = target["text"] if target.get("value") is not None else "the target"
     rows = []
     for key, label, unit, field in [("to_target_completions", f"sampled completions to reach {text}", "count", 0),
-                                    ("to_target_wall", f"wall time to reach {text}", "s", 1)]:
+                                    ("to_target_train", f"training time to reach {text}", "s", 1)]:
         row = {"group": "To the target accuracy", "key": key, "label": label, "unit": unit, "primary": False,
-               "claim": True, "note": None}
-        if not target_info.get("usable"):
+               "claim": True, "note": None, "kind": "measured"}
+        if not target.get("usable"):
             blank = Estimate(None, note="no target")
             row.update(top=cell(blank), bottom=cell(blank), ratio=cell(blank), reading="—", ratio_est=blank,
-                       top_est=blank, bottom_est=blank, note=target_info.get("note") or target_info["source"])
+                       top_est=blank, bottom_est=blank, note=target.get("note") or target["source"])
             rows.append(row)
             continue
         values, partial = {}, []
         for algo, algo_arms in arms.items():
-            hits = [reach(a.eval_curve(), target_info["value"]) for a in algo_arms]
+            hits = [reach(a.eval_curve(), target["value"]) for a in algo_arms]
             values[algo] = [h[field] for h in hits if h]
             if len(values[algo]) < len(algo_arms):
                 partial.append(f"{algo}: {len(values[algo])} of {len(algo_arms)} seeds reached it")
-        top_est, bottom_est = mean_ci(values[top]), mean_ci(values[bottom])
+        top_est, bottom_est = mean_ci(values[top], positive=True), mean_ci(values[bottom], positive=True)
         ratio = ratio_ci(values[top], values[bottom])
+        notes = ["; ".join(partial) + " (means over those that did)"] if partial else []
+        if key == "to_target_train":
+            notes.append(time_note(top_arms + bottom_arms, key))
         row.update(top=cell(top_est, unit), bottom=cell(bottom_est, unit), ratio=cell(ratio, "ratio"),
-                   reading=ratio_reading(ratio), ratio_est=ratio, top_est=top_est, bottom_est=bottom_est,
-                   note="; ".join(partial) + " (means over those that did)" if partial else None)
+                   reading=ratio_reading(ratio, plan["claim"], band_half(plan)) if ratio.mean is not None else "—",
+                   ratio_est=ratio, top_est=top_est, bottom_est=bottom_est, note="; ".join(notes) or None)
         rows.append(row)
     return rows
 
 
-def ratio_row(cmp: Comparison, group: str, key: str, label: str, unit: str, top_arms, bottom_arms, top,
-              bottom) -> dict[str, Any]:
-    exact = key in EXACT_KEYS
-    top_values, bottom_values = figure_values(top_arms, key), figure_values(bottom_arms, key)
-    top_est = mean_ci(top_values, exact=exact) if top_values else Estimate(None, note=not_measured_reason(cmp, key, top))
-    bottom_est = (mean_ci(bottom_values, exact=exact) if bottom_values
-                  else Estimate(None, note=not_measured_reason(cmp, key, bottom)))
-    ratio = ratio_ci(top_values, bottom_values, exact=exact)
-    if ratio.mean is None and (not top_values or not bottom_values):
-        ratio = Estimate(None, note="not measured")
-    claim = key in CLAIM_KEYS
-    return {"group": group, "key": key, "label": label, "unit": unit, "top_est": top_est, "bottom_est": bottom_est,
-            "top": cell(top_est, unit), "bottom": cell(bottom_est, unit), "ratio": cell(ratio, "ratio"),
-            "ratio_est": ratio, "claim": claim,
-            "reading": ratio_reading(ratio) if claim and ratio.mean is not None else "—", "primary": False,
-            "note": ROW_NOTES.get(key)}
+# ---------------------------------------------------------------- the primary figures
+
+def quality_section(cmp: Comparison, plan: dict[str, Any], top: str, bottom: str) -> dict[str, Any]:
+    """GRPO − PPO final held-out accuracy, paired by seed, read as a non-inferiority test at δ."""
+    def by_seed(algo: str, *path: str) -> dict[int, Any]:
+        return {a.seed: get(a.summary, *path) for a in cmp.ok_arms(algo) if get(a.summary, *path) is not None}
+    paired = paired_difference(by_seed(top, "eval", "final", "accuracy"), by_seed(bottom, "eval", "final", "accuracy"),
+                               by_seed(top, "eval", "final", "per_prompt"), by_seed(bottom, "eval", "final", "per_prompt"))
+    estimate, margin = paired["reported"], plan["margin"]
+    reading = non_inferiority(estimate, margin)
+    return {"estimate": estimate, "paired_t": paired["paired_t"], "bootstrap": paired["bootstrap"], "margin": margin,
+            "reading": reading, "text": fmt_points(estimate), "width": width_in_words(estimate, margin),
+            "paired_t_text": fmt_points(paired["paired_t"]), "bootstrap_text": fmt_points(paired["bootstrap"])}
 
 
-PRIMARY_WORDS = {"mem_cuda_allocated": "CUDA allocator peak", "mem_live_peak": "measured step peak of live tensors"}
+def configuration(cmp: Comparison, top: str, bottom: str) -> str:
+    """In which configuration the memory was measured, in words."""
+    c = cmp.config
+    name = get(c, "model", "name") or "—"
+    if name == "tiny":
+        name = f"the embedded tiny Qwen2 (hidden {get(c, 'model', 'hidden_size')}, {get(c, 'model', 'num_layers')} layers)"
+    options = {}
+    for algo in (top, bottom):
+        arm = next((a for a in cmp.arms_of(algo) if a.config), None)
+        options[algo] = (get(arm.config, "derived", "algorithm_options") or {}) if arm else {}
+    kl = {algo: options[algo].get("beta", options[algo].get("kl_coef")) for algo in (top, bottom)}
+    with_reference = [algo.upper() for algo, value in kl.items() if value]
+    reference = ("a reference model in both arms" if len(with_reference) == 2 else
+                 f"a reference model in {with_reference[0]} only" if with_reference else
+                 "no reference model" if all(v is not None for v in kl.values()) else "reference model not recorded")
+    precision = get(c, "model", "precision") or get(c, "model", "dtype") or "—"  # dtype: older configs
+    checkpointing = ", gradient checkpointing" if get(c, "model", "gradient_checkpointing") else ""
+    return (f"{name}, {precision}{checkpointing} on {get(c, 'run', 'device') or '—'}, "
+            f"{get(c, 'rollout', 'batch_size')} completions per step ({get(c, 'rollout', 'samples_per_prompt')} per "
+            f"prompt, up to {get(c, 'rollout', 'max_new_tokens')} new tokens), {get(c, 'optim', 'minibatches')} "
+            f"minibatches per step, {reference}")
 
 
-def verdict_sentence(cmp, top, bottom, primary, memory: Estimate, difference: Estimate, reading: str) -> str:
-    """The one-sentence reading: the primary memory ratio beside the claim, and the quality check."""
+def peak_phases(arms: list[Arm]) -> str | None:
+    phases = Counter(a.row.get("mem_live_peak_phase") for a in arms if a.row.get("mem_live_peak_phase"))
+    return phases.most_common(1)[0][0] if phases else None
+
+
+def memory_section(cmp: Comparison, plan: dict[str, Any], rows: dict[str, dict[str, Any]], top: str,
+                   bottom: str) -> dict[str, Any]:
+    key = next((k for k in PRIMARY_MEMORY if rows[k]["ratio_est"].mean is not None), None)
+    row = rows.get(key) if key else None
+    estimate = row["ratio_est"] if row else Estimate(None, note="no memory figure for both algorithms")
+    if row:
+        row["primary"] = True
+    phases = {algo: peak_phases(cmp.ok_arms(algo)) for algo in (top, bottom)}
+    return {"key": key, "row": row, "estimate": estimate, "words": PRIMARY_WORDS.get(key, "no memory figure"),
+            "reading": ratio_reading(estimate, plan["claim"], band_half(plan)),
+            "arithmetic": rows["mem_model_state"]["ratio_est"], "configuration": configuration(cmp, top, bottom),
+            "phases": phases if any(phases.values()) else None}
+
+
+def verdict_section(cmp: Comparison, target: float | None = None) -> dict[str, Any]:
+    pair, plan = cmp.pair, plan_of(cmp)
+    section: dict[str, Any] = {"pair": pair, "plan": plan, "claim": plan["claim"], "band": plan["band"],
+                               "rows": [], "primary": [], "seeds": {}, "rule": rule_lines(plan),
+                               "target": target_accuracy(cmp, plan, target)}
+    if pair is None:
+        section.update(reading=INCONCLUSIVE, quality=None, memory=None, compute=None,
+                       sentence="Inconclusive: a verdict needs two algorithms; this comparison ran "
+                                f"only {', '.join(cmp.algos) or 'none'}.")
+        return section
+    top, bottom = pair
+    arms = {top: cmp.ok_arms(top), bottom: cmp.ok_arms(bottom)}
+    section["seeds"] = {top: len(arms[top]), bottom: len(arms[bottom]), "planned": len(cmp.seeds)}
+    for group, figures in (("Memory (peak)", MEMORY_FIGURES), ("Time", TIME_FIGURES)):
+        for key, label, unit in figures:
+            section["rows"].append(ratio_row(cmp, plan, group, key, label, unit, arms))
+    section["rows"].extend(target_rows(plan, section["target"], arms))
+    rows = {r["key"]: r for r in section["rows"]}
+    quality = quality_section(cmp, plan, top, bottom)
+    memory = memory_section(cmp, plan, rows, top, bottom)
+    compute = {"row": rows["time_per_step"], "estimate": rows["time_per_step"]["ratio_est"],
+               "reading": rows["time_per_step"]["reading"] if rows["time_per_step"]["reading"] != "—" else INCONCLUSIVE}
+    reading = verdict(memory["reading"], quality["reading"])
+    section.update(quality=quality, memory=memory, compute=compute, reading=reading,
+                   primary=primary_figures(section, quality, memory, compute, top, bottom),
+                   sentence=verdict_sentence(cmp, plan, top, bottom, memory, quality, reading))
+    return section
+
+
+def primary_figures(section, quality, memory, compute, top: str, bottom: str) -> list[dict[str, str]]:
+    """One line per primary figure: what it is, its value and interval, the method, and its reading."""
+    T, B = top.upper(), bottom.upper()
+    plan = section["plan"]
+    low, high = plan["band"]
+    q = quality["estimate"]
+    out = [{"name": "quality", "figure": f"final held-out accuracy, {T} − {B} (paired by seed)",
+            "value": fmt(q.mean, "pts") if q.mean is not None else "—", "interval": fmt_interval(q, "pts"),
+            "method": q.method or q.note or "", "reading": quality["reading"],
+            "rule": f"non-inferiority at δ = {100 * quality['margin']:.1f} points: not worse when the lower bound "
+                    f"> {-100 * quality['margin']:.1f}"}]
+    for name, part, figure in (("memory", memory, f"{T}/{B} {memory['words']}"),
+                               ("compute", compute, f"{T}/{B} training time per step")):
+        e = part["estimate"]
+        method = "; ".join(filter(None, [e.method or e.note, part["row"]["note"] if part["row"] else None]))
+        out.append({"name": name, "figure": figure, "value": fmt(e.mean, "ratio"), "interval": fmt_interval(e, "ratio"),
+                    "method": method, "reading": part["reading"],
+                    "rule": f"about {plan['claim']} when the interval lies within {low:.2f}–{high:.2f}"})
+    a = memory["arithmetic"]
+    out.append({"name": "arith", "figure": f"{T}/{B} model state (params + grads + optimizer)",
+                "value": fmt(a.mean, "ratio"), "interval": "no interval", "method": a.note or "", "reading": "—",
+                "rule": "shown beside the measured peak, never the verdict"})
+    return out
+
+
+def verdict_sentence(cmp, plan, top, bottom, memory, quality, reading: str) -> str:
+    """The reading in words: how much of PPO's peak GRPO needed, in which configuration, and the quality test."""
     head = {REPRODUCED: "Reproduced", NOT_REPRODUCED: "Not reproduced", INCONCLUSIVE: "Inconclusive"}[reading]
     T, B = top.upper(), bottom.upper()
-    n = min(len(cmp.ok_arms(top)), len(cmp.ok_arms(bottom)))
-    if primary is None or memory.mean is None:
+    low, high = plan["band"]
+    e = memory["estimate"]
+    if e.mean is None:
         failed = [a for a in cmp.arms if not a.ok]
         why = "; ".join(f"{a.label} {a.status}" + (f": {a.error}" if a.error else "") for a in failed) or "no memory figure"
-        return f"{head}: there is no {T}/{B} memory ratio to set beside the claim ({why})."
-    if memory.has_interval and memory.lo != memory.hi:
-        interval = f"95% interval {memory.lo:.2f}–{memory.hi:.2f} over {n} seed{'s' * (n != 1)}"
-    elif memory.has_interval:
-        interval = f"identical over {n} seed{'s' * (n != 1)}"
+        mem = f"there is no {T}/{B} memory ratio to set beside the claim ({why})"
     else:
-        interval = memory.note
-    quality = {"not worse": f"its final held-out accuracy was not worse ({T} − {B}: {fmt_points(difference)})",
-               "worse": f"its final held-out accuracy was worse ({T} − {B}: {fmt_points(difference)})",
-               "unknown": f"its final held-out accuracy could not be compared ({difference.note or 'not measured'})",
-               }[quality_reading(difference)]
-    return (f"{head}: on this setup {T} needed {memory.mean:.2f} of {B}'s peak memory by "
-            f"{PRIMARY_WORDS.get(primary['key'], primary['label'])} ({interval}; the claim is ≈ {CLAIM}, read as "
-            f"{BAND[0]}–{BAND[1]}), and {quality}.")
+        n = min(len(cmp.ok_arms(top)), len(cmp.ok_arms(bottom)))
+        if e.has_interval and e.lo != e.hi:
+            interval = f"95% interval {e.lo:.2f}–{e.hi:.2f} over {n} seed{'s' * (n != 1)}"
+        elif e.has_interval:
+            interval = f"identical over {n} seed{'s' * (n != 1)}"
+        else:
+            interval = e.note
+        phases = memory["phases"]
+        where = (f"; the peak fell in {T}'s {phases[top] or '—'} and {B}'s {phases[bottom] or '—'} phase"
+                 if phases else "")
+        arith = memory["arithmetic"]
+        beside = f"; the model-state ratio beside it is {arith.mean:.2f} (arithmetic)" if arith.mean is not None else ""
+        mem = (f"{T} needed {e.mean:.2f} of {B}'s {memory['words']} ({interval}{where}) with {memory['configuration']}; "
+               f"read against the claim of {plan['claim']} with the plan's band {low:.2f}–{high:.2f}: "
+               f"{memory['reading']}{beside}")
+    q, margin = quality["estimate"], 100 * quality["margin"]
+    if quality["reading"] == NOT_WORSE:
+        qual = (f"its final held-out accuracy was not worse than {B}'s by more than the margin of {margin:.1f} points "
+                f"({T} − {B}: {quality['text']}, lower bound above −{margin:.1f})")
+    elif quality["reading"] == WORSE:
+        qual = (f"its final held-out accuracy was worse than {B}'s by more than the margin of {margin:.1f} points "
+                f"({T} − {B}: {quality['text']}, upper bound below −{margin:.1f})")
+    elif q.has_interval:
+        qual = (f"whether its final held-out accuracy is within {margin:.1f} points of {B}'s cannot be told "
+                f"({T} − {B}: {quality['text']}; {quality['width']})")
+    else:
+        qual = f"its final held-out accuracy could not be compared ({q.note or 'not measured'})"
+    return f"{head}: {mem}; and {qual}."
+
+
+def rule_lines(plan: dict[str, Any]) -> list[str]:
+    low, high = plan["band"]
+    margin = 100 * plan["margin"]
+    return [
+        f"Quality (non-inferiority, margin δ = {margin:.1f} points, fixed before the run): GRPO − PPO final held-out "
+        f"accuracy is 'not worse' only when the lower bound of its 95% interval lies above −{margin:.1f} points, "
+        f"'worse' when the upper bound lies below −{margin:.1f}, and 'inconclusive' otherwise. The interval is "
+        "paired (the arms of one seed share the start, the prompts and the first rollout): a paired t over the "
+        "per-seed differences, and a two-way bootstrap over prompts × seeds; the tighter one is reported.",
+        f"A measured GRPO/PPO ratio reads as the claim ({plan['claim']}) when its whole 95% interval lies within "
+        f"{low:.2f}–{high:.2f} (the plan's band), as not the claim when its whole interval lies outside, and is "
+        "inconclusive otherwise. Arithmetic figures follow from the model sizes: they have no interval and are "
+        "shown beside the measured ones, never as the verdict.",
+        "The verdict is 'reproduced' when the primary memory ratio reads as the claim and quality is not worse; "
+        "'not reproduced' when the memory ratio lies outside the band or quality is worse; 'inconclusive' otherwise.",
+    ]
+
+
+# ---------------------------------------------------------------- the terminal
+
+def terminal_lines(section: dict[str, Any]) -> list[str]:
+    """The verdict as `harness compare` prints it: each primary figure with its interval and reading."""
+    if section["pair"] is None:
+        return [f"verdict: {section['sentence']}"]
+    plan = section["plan"]
+    target = section["target"]
+    head = (f"Verdict: {section['reading'].upper()} (plan: δ = {100 * plan['margin']:.1f} points, claim "
+            f"{plan['claim']} within {plan['band'][0]:.2f}–{plan['band'][1]:.2f}"
+            + ("" if plan.get("recorded") else "; defaults: no plan was saved with this comparison") + ")")
+    lines = [head]
+    for p in section["primary"]:
+        interval = f" {p['interval']}" if p["interval"].startswith("[") else f" ({p['interval']})"
+        lines.append(f"  {p['name']:8s} {p['figure']}: {p['value']}{interval}  {p['reading']}")
+        lines.append(f"  {'':8s}   {p['method']}; {p['rule']}")
+    quality = section["quality"]
+    if quality["reading"] == INCONCLUSIVE and quality["estimate"].has_interval:
+        lines.append(f"  {'':8s}   {quality['width']}")
+    rows = {r["key"]: r for r in section["rows"]}
+    for key in ("to_target_completions", "to_target_train"):
+        row = rows[key]
+        if row["ratio_est"].mean is not None:
+            lines.append(f"  {'target':8s} {row['label']}: GRPO/PPO {row['ratio']['value']} {row['ratio']['interval']}"
+                         f"  ({target['source']})")
+    if not target.get("usable"):
+        lines.append(f"  {'target':8s} time to target not read: {target.get('note') or target['source']}")
+    lines.append(f"  {section['sentence']}")
+    return lines
