@@ -17,6 +17,7 @@ from harness.report import build_report, content, render_html
 from harness.report.data import load_comparison
 from harness.report.stats import INCONCLUSIVE, NOT_REPRODUCED, NOT_WORSE, REPRODUCED, WORSE
 from harness.report.verdict import terminal_lines, verdict_section
+from harness.results import MEMORY_FIGURES, TIME_FIGURES
 
 FIXTURES = Path(__file__).parent / "fixtures" / "report"
 COMPARE = FIXTURES / "compare"
@@ -116,21 +117,14 @@ def test_verdict_and_headline_figures(report):
     assert v["sentence"].split(":")[0].lower() == v["reading"]
     assert plain(v["sentence"]).replace("'", "&#39;") in plain(html)
     assert f"{len(plan['seeds'])} seeds" in html
-    # every memory measure is kept apart, with GRPO/PPO ratios beside the claim
-    for label in ("exact total", "exact model state", "exact saved activations", "measured RSS peak",
-                  "measured CUDA allocated peak", "measured NVML device memory peak", "time per step",
-                  "sampled completions to reach", "training time to reach"):
+    # every memory and time measure is kept apart, with GRPO/PPO ratios beside the claim
+    for _, label, _ in MEMORY_FIGURES + TIME_FIGURES:
         assert label in html
+    assert "sampled completions to reach" in html and "training time to reach" in html
     assert "not measured: no NVIDIA GPU" in html  # the reason, from the summaries
-    memory = v["memory"]
-    # the fixture predates the live-tensor peak: the counted total decides, and the page says so
-    assert memory["key"] == "mem_exact_total" and memory["estimate"].mean < 1  # GRPO drops the critic
-    assert "older summary: no live-tensor peak" in v["sentence"]
     assert [p["name"] for p in v["primary"]] == ["quality", "memory", "compute", "arith"]
     assert "log scale" in html and "delta method" in html and "paired t over seeds" in html  # methods stated
     assert "No plan was saved with this comparison" in html  # made before plans: defaults, flagged
-    # the fixture's summaries have no time.train_s: the time figures say evaluations are included
-    assert "periodic evaluations included" in v["compute"]["row"]["note"]
     assert "maj@8" in html and "pass@8" in html  # lm-eval scores, as the runner writes them
 
 
@@ -233,7 +227,7 @@ def test_a_bare_plan_and_a_single_algorithm_still_render(tmp_path):
         {"algo": "grpo", "seed": 0, "dir": "g"}, {"algo": "ppo", "seed": 0, "dir": "p"}]}))
     html = render_html(bare)
     assert '<div class="reading">inconclusive</div>' in html and "not started: no summary.json" in html
-    assert "Memory: exact accounting by model and category, and measured peaks: not drawn: no arm recorded memory" in html
+    assert "Memory: peak of live tensors in each phase of a step, and measured peaks: not drawn: no arm recorded memory" in html
 
     single = copy_fixture(tmp_path)
     plan = json.loads((single / "comparison.json").read_text())
@@ -418,13 +412,16 @@ def test_identical_seed_differences_fall_back_to_the_bootstrap_by_hand(tmp_path)
 
 
 def add_live_peaks(folder: Path) -> None:
-    """What the live-tensor probe writes (summary.mem.live), GRPO about half of PPO."""
+    """What the live-tensor probe writes (summary.mem.live), GRPO about half of PPO, and the arithmetic
+    model state (summary.mem.arithmetic): policy + reference for GRPO, + a same-size critic for PPO."""
     peaks = {("grpo", 0): 50, ("grpo", 1): 51, ("grpo", 2): 52, ("ppo", 0): 100, ("ppo", 1): 100, ("ppo", 2): 101}
 
     def edit(summary):
         phase = "policy_update" if summary["algo"] == "grpo" else "critic_update"
         summary["mem"]["live"] = {"peak": peaks[(summary["algo"], summary["seed"])] * MIB, "peak_phase": phase,
                                   "phases": {phase: {"total": 1, "categories": {}}}}
+        state = (16 + 4 + (16 if summary["algo"] == "ppo" else 0)) * MIB  # 4 MiB of fp32 weights: 16 trained, 4 frozen
+        summary["mem"]["arithmetic"] = {"models": {}, "model_state_total": state}
     edit_summaries(folder, edit)
 
 
@@ -448,14 +445,17 @@ def test_memory_reads_the_live_tensor_peak_with_the_arithmetic_ratio_beside_it(t
     assert "measured step peak of live tensors: 0.508 [" in lines
 
 
-def test_a_deterministic_figure_gets_no_interval():
-    v = verdict_section(load_comparison(COMPARE))
+def test_a_deterministic_figure_gets_no_interval(tmp_path):
+    folder = copy_fixture(tmp_path)
+    add_live_peaks(folder)
+    v = verdict_section(load_comparison(folder))
     row = {r["key"]: r for r in v["rows"]}["mem_model_state"]
-    assert row["kind"] == "arithmetic"
+    assert row["kind"] == "arithmetic" and row["reading"] == "—"  # shown, never read
     assert not row["top_est"].has_interval and not row["bottom_est"].has_interval and not row["ratio_est"].has_interval
+    assert row["ratio_est"].mean == pytest.approx(20 / 36)
     assert row["ratio"]["interval"] == "arithmetic: follows from the model sizes"
     arith = next(p for p in v["primary"] if p["name"] == "arith")
-    assert arith["interval"] == "no interval" and arith["reading"] == "—"
+    assert arith["value"] == "0.556" and arith["interval"] == "no interval" and arith["reading"] == "—"
 
 
 def test_no_positive_figure_gets_a_negative_bound(tmp_path):
@@ -465,6 +465,7 @@ def test_no_positive_figure_gets_a_negative_bound(tmp_path):
     def edit(summary):
         summary["tput"]["samples_per_s"] = 10 * spread[summary["seed"]]
         summary["time"]["train_s"] = 5 * spread[summary["seed"]]
+        summary["time"]["per_step_s"] = 0.1 * spread[summary["seed"]]
         summary["mem"]["measured"]["rss_peak_net"] = int(MIB * spread[summary["seed"]])
     edit_summaries(folder, edit)
     add_live_peaks(folder)
@@ -477,22 +478,26 @@ def test_no_positive_figure_gets_a_negative_bound(tmp_path):
                 assert est.lo >= 0, (row["key"], est)
                 checked += 1
     assert checked > 20
-    assert {r["key"]: r for r in v["rows"]}["train_s"]["top_est"].lo > 0
+    assert {r["key"]: r for r in v["rows"]}["wall"]["top_est"].lo > 0
 
 
 def test_time_figures_leave_the_periodic_evaluations_out(tmp_path):
+    # the fixture's summaries predate time.train_s: the time rows say evaluations are included
+    old = verdict_section(load_comparison(COMPARE))
+    assert "periodic evaluations included: these arms recorded no time.train_s" in old["compute"]["row"]["note"]
     folder = copy_fixture(tmp_path)
 
-    def edit(summary):
+    def edit(summary):  # what the runner writes now: evaluation time kept apart
         summary["time"]["eval_s"] = 10.0
         summary["time"]["train_s"] = summary["wall_s"] - 10.0
     edit_summaries(folder, edit)
     cmp = load_comparison(folder)
     v = verdict_section(cmp)
     arm = cmp.arms[0]
-    assert arm.row["time_per_step"] == pytest.approx((arm.summary["wall_s"] - 10.0) / arm.summary["steps"])
-    assert arm.row["samples_per_s"] == pytest.approx(40960 / (arm.summary["wall_s"] - 10.0))
-    assert v["compute"]["row"]["note"] == "periodic held-out evaluations excluded"
+    assert arm.row["wall"] == pytest.approx(arm.summary["wall_s"] - 10.0) and arm.row["time_basis"] == "train_s"
+    rows = {r["key"]: r for r in v["rows"]}
+    assert rows["wall"]["note"] == "training time for the whole budget; periodic evaluations left out"
+    assert "periodic evaluations and live-tensor tracked steps left out" in v["compute"]["row"]["note"]
 
 
 def test_the_plan_renders_in_the_report(tmp_path):

@@ -36,7 +36,7 @@ ROW_NOTES = {
     "samples_per_s": "higher is better; the claim reads as about 2",
     "gen_tokens_per_s": "higher is better; the claim reads as about 2",
 }
-PRIMARY_WORDS = {"mem_cuda_allocated": "CUDA allocator step peak", "mem_live_peak": "measured step peak of live tensors"}
+PRIMARY_WORDS = {"mem_cuda_allocated": "CUDA allocator peak", "mem_live_peak": "measured step peak of live tensors"}
 # What the report assumes for a comparison made before plans were saved with it.
 DEFAULT_PLAN = {"margin": 0.05, "claim": 0.5, "band": [0.4, 0.6], "target": None, "recorded": False}
 
