@@ -146,7 +146,8 @@ def test_pdf_has_pages_and_the_verdict(report):
     assert pages > 1
     text = subprocess.run(["pdftotext", str(report["pdf_path"]), "-"], capture_output=True, text=True, check=True).stdout
     assert report["verdict"]["reading"].upper() in text
-    assert plain(report["verdict"]["sentence"]) in plain(text)
+    # pdftotext joins a word broken at its hyphen across lines ("held-" / "out" -> "heldout"): compare without them
+    assert plain(report["verdict"]["sentence"]).replace("-", "") in plain(text).replace("-", "")
 
 
 def test_pdftoppm_renders_the_first_page(report, tmp_path):

@@ -88,7 +88,8 @@ def make_plan(config: Config, seeds: int, algos: list[str] | tuple[str, ...] = (
         "primary": [
             {"key": "quality", "figure": f"final greedy held-out accuracy, {top} − {bottom}, paired by seed",
              "test": f"non-inferiority at δ = {100 * v.margin:.1f} points (not worse when the 95% lower bound > −δ)"},
-            {"key": "memory", "figure": f"{top}/{bottom} measured step peak of live tensors",
+            {"key": "memory", "figure": f"{top}/{bottom} measured step peak (CUDA allocator on a GPU, else live "
+                                        "tensors)",
              "test": f"its 95% interval against {v.claim} within {low:.2f}–{high:.2f}; the arithmetic model-state "
                      "ratio shown beside it"},
             {"key": "compute", "figure": f"{top}/{bottom} training time per step, periodic evaluations excluded",
