@@ -164,7 +164,8 @@ def target_rows(plan: dict[str, Any], target: dict[str, Any], arms: dict[str, li
                 partial.append(f"{algo}: {len(values[algo])} of {len(algo_arms)} seeds reached it")
         top_est, bottom_est = mean_ci(values[top], positive=True), mean_ci(values[bottom], positive=True)
         ratio = ratio_ci(values[top], values[bottom])
-        notes = ["; ".join(partial) + " (means over those that did)"] if partial else []
+        means_over = " (means over those that did)" if partial and all(values.values()) else ""
+        notes = ["; ".join(partial) + means_over] if partial else []
         if key == "to_target_train":
             notes.append(time_note(top_arms + bottom_arms, key))
         row.update(top=cell(top_est, unit), bottom=cell(bottom_est, unit), ratio=cell(ratio, "ratio"),
@@ -369,6 +370,10 @@ def terminal_lines(section: dict[str, Any]) -> list[str]:
         if row["ratio_est"].mean is not None:
             lines.append(f"  {'target':8s} {row['label']}: GRPO/PPO {row['ratio']['value']} {row['ratio']['interval']}"
                          f"  ({target['source']})")
+    reached = any(rows[key]["ratio_est"].mean is not None for key in ("to_target_completions", "to_target_train"))
+    if target.get("usable") and not reached:
+        lines.append(f"  {'target':8s} {target['text']} held-out accuracy ({target['source']}): "
+                     f"{rows['to_target_completions']['note'] or 'not reached by both algorithms'}")
     if not target.get("usable"):
         lines.append(f"  {'target':8s} time to target not read: {target.get('note') or target['source']}")
     lines.append(f"  {section['sentence']}")
