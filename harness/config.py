@@ -283,6 +283,11 @@ def validate(config: Config) -> None:
         raise UserError("run.memory_every must be 0 (off) or positive")
     if config.task.eval_size < 1 or config.task.validation_size < 0:
         raise UserError("task.eval_size must be at least 1 and task.validation_size at least 0")
+    if config.task.chat_template not in ("auto", "none"):
+        raise UserError(f"task.chat_template '{config.task.chat_template}' is not one of: auto, none")
+    absolute_task_paths(config.task)
+    from harness.trackers import parse_report_to
+    parse_report_to(config.run.report_to)
     validate_verdict(config.verdict)
 
 
@@ -303,11 +308,6 @@ def validate_verdict(verdict: VerdictConfig) -> None:
     if not 0.5 <= verdict.power < 1:
         raise UserError(f"verdict.power must lie in [0.5, 1), got {verdict.power}")
 
-    if config.task.chat_template not in ("auto", "none"):
-        raise UserError(f"task.chat_template '{config.task.chat_template}' is not one of: auto, none")
-    absolute_task_paths(config.task)
-    from harness.trackers import parse_report_to
-    parse_report_to(config.run.report_to)
 
 def train_settings(config: Config):
     """What the algorithms' shared loop needs from this config."""

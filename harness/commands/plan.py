@@ -69,6 +69,11 @@ def assumed_spread(config: Config, prompts: int) -> dict[str, Any]:
                      "interval); a pilot comparison replaces this: --pilot DIR")}
 
 
+def composition(task, examples) -> dict[str, int]:
+    """Test prompts per difficulty level (a task without levels: one)."""
+    return task.composition(examples) if hasattr(task, "composition") else {"all": len(examples)}
+
+
 def make_plan(config: Config, seeds: int, algos: list[str] | tuple[str, ...] = ("grpo", "ppo")) -> dict[str, Any]:
     """The plan for `seeds` seeds per algorithm of this config; one clear line if something is wrong."""
     if seeds < 1:
@@ -76,7 +81,8 @@ def make_plan(config: Config, seeds: int, algos: list[str] | tuple[str, ...] = (
     check_setup(config)
     v = config.verdict
     task = make_task(config)
-    test, validation = task.eval_examples(), task.validation_examples()
+    test = task.eval_examples()
+    validation = getattr(task, "validation_examples", list)()  # a data task (data:FILE) has none yet
     prompts = len(test)
     spread = pilot_spread(v.pilot, prompts) if v.pilot else assumed_spread(config, prompts)
     mdd = detectable_difference(spread["pair_sd"], seeds, LEVEL, v.power)
@@ -99,8 +105,8 @@ def make_plan(config: Config, seeds: int, algos: list[str] | tuple[str, ...] = (
                       "the other memory measures (RSS, CUDA allocator, NVML), each apart"],
         "margin": v.margin, "target": target, "claim": v.claim, "band": [low, high],
         "band_why": BAND_WHY.format(low=100 * (1 - high), high=100 * (1 - low)),
-        "eval": {"prompts": prompts, "requested": config.task.eval_size, "composition": task.composition(test),
-                 "validation": len(validation), "task": task.name},
+        "eval": {"prompts": prompts, "requested": config.task.eval_size, "composition": composition(task, test),
+                 "distinct": len({e.prompt for e in test}), "validation": len(validation), "task": task.name},
         "spread": spread, "power": v.power, "mdd": None if math.isinf(mdd) else mdd,
         "seeds_needed": seeds_needed(spread["pair_sd"], v.margin, LEVEL, v.power),
     }
@@ -120,13 +126,15 @@ def analysis_plan_lines(plan: dict[str, Any]) -> list[str]:
     composition = ", ".join(f"{level}: {count:,}" for level, count in plan["eval"]["composition"].items())
     short = (f" (asked for {plan['eval']['requested']:,}: the generator has no more distinct prompts)"
              if plan["eval"]["prompts"] < plan["eval"]["requested"] else "")
+    repeated = plan["eval"]["prompts"] - plan["eval"].get("distinct", plan["eval"]["prompts"])
+    distinct = "distinct " if not repeated else f"({repeated:,} repeated) "
     lines = ["Analysis plan (fixed before the run, saved in comparison.json)"]
     for i, figure in enumerate(plan["primary"]):
         lines.append(f"  {'primary' if i == 0 else '':9s} {figure['key']}: {figure['figure']}: {figure['test']}")
     lines += [
         f"  {'target':9s} time to target: {target_text(plan['target'])}",
         f"  {'band':9s} {low:.2f}–{high:.2f} around {plan['claim']}: {plan['band_why']}",
-        f"  {'eval':9s} {plan['eval']['prompts']:,} distinct test prompts{short} ({composition}); "
+        f"  {'eval':9s} {plan['eval']['prompts']:,} {distinct}test prompts{short} ({composition}); "
         f"{plan['eval']['validation']:,} validation prompts for tuning, disjoint from test and training",
         f"  {'seeds':9s} {seeds} per algorithm; arms with the same seed are paired",
         f"  {'spread':9s} SD of one seed's GRPO − PPO accuracy: {100 * spread['pair_sd']:.1f} points; {spread['note']}",
