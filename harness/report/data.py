@@ -85,8 +85,8 @@ class Arm:
     def eval_curve(self) -> pd.DataFrame:
         """Held-out accuracy against completions and time: start, every eval row, end.
 
-        `wall` includes the periodic evaluations; `train` leaves them out (wall minus the `time/eval`
-        seconds logged so far), and equals `wall` for older arms that did not record them apart.
+        `wall` includes the periodic evaluations; `train` leaves them out (the runner's `train_s`, else wall
+        minus the `time/eval` seconds logged so far), and equals `wall` for older arms that did not record them.
         """
         points = []
         base = get(self.summary, "eval", "base", "accuracy")
@@ -94,7 +94,7 @@ class Arm:
             points.append({"completions": 0, "wall": 0.0, "train": 0.0, "accuracy": base})
         if len(self.steps) and "wall" in self.steps:
             eval_time = self.steps["time/eval"].fillna(0).cumsum() if "time/eval" in self.steps else 0.0
-            train = self.steps["wall"] - eval_time
+            train = self.steps["train_s"] if "train_s" in self.steps else self.steps["wall"] - eval_time
             if "eval/accuracy" in self.steps:
                 for index, r in self.steps.dropna(subset=["eval/accuracy"]).iterrows():
                     points.append({"completions": r.get("completions"), "wall": r.get("wall"),
