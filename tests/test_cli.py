@@ -96,8 +96,8 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["compare", "--algos", "grpo,a2c"], "unknown algorithm 'a2c'; valid: grpo, ppo"),
-    (["run", "--algo", "dpo"], "unknown algorithm 'dpo'; valid: grpo, ppo"),
+    (["compare", "--algos", "grpo,a2c"], "unknown algorithm 'a2c'; valid: dapo, dr_grpo, grpo, ppo, reinforce_pp, rloo"),
+    (["run", "--algo", "dpo"], "unknown algorithm 'dpo'; valid: dapo, dr_grpo, grpo, ppo, reinforce_pp, rloo"),
     (["compare", "--task", "sudoku"], "unknown task 'sudoku'; valid: chain_sum, spell_backward"),
     (["compare", "--preset", "huge"], "unknown preset 'huge'; valid:"),
     (["compare", "--set", "rollout.batch_size=30"], "rollout.batch_size=30 is not divisible by the group size"),

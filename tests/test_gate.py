@@ -92,7 +92,7 @@ def test_bigger_footprint_fails_and_names_what_grew(capsys, bigger, baseline):
     code, out, _ = check(capsys, bigger, baseline)
     assert code == 1, out
     assert "warning: config differs from the baseline's" in out and "rollout.batch_size 32 -> 64" in out
-    grew = re.findall(r"^  - grpo s0 (.+?):", out, re.M)
+    grew = re.findall(r"^  - grpo s0 (.+): \+", out, re.M)
     # twice the rows: every phase that holds per-row tensors grows; the model state does not
     assert grew == ["measured: step peak of live tensors (max over phases)", "live tensors: generate",
                     "live tensors: score", "live tensors: old_logprobs", "live tensors: ref_logprobs",
