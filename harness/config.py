@@ -53,7 +53,7 @@ class TaskConfig:
     def label(self) -> str:
         """The task's name in folder and lm-eval task names ('data:sets/train.jsonl' -> 'train')."""
         from harness.tasks.data import data_label, is_data_task
-        return data_label(self.name) if is_data_task(self.name) else self.name
+        return data_label(self.name) if is_data_task(self.name) else self.name.replace(":", "_")
 
 
 @dataclass
@@ -352,11 +352,16 @@ def absolute_task_paths(task: TaskConfig) -> None:
 def check_task(config: Config) -> None:
     """A data task reads, its reward function answers, and its examples fit the tiny model."""
     from harness.tasks.data import is_data_task
-    from harness.tasks.gym import task_names
+    from harness.tasks.gym import RG_PREFIX, is_rg_task, rg_names, task_names
+    if is_rg_task(config.task.name):
+        if config.task.name[len(RG_PREFIX):] not in rg_names():
+            raise UserError(f"unknown reasoning-gym dataset '{config.task.name[len(RG_PREFIX):]}'; "
+                            f"valid: {', '.join(rg_names())}")
+        return
     if not is_data_task(config.task.name):
         if config.task.name not in task_names():
             raise UserError(f"unknown task '{config.task.name}'; valid: {', '.join(task_names())}, "
-                            "or data:FILE.jsonl (your own prompts and answers)")
+                            "rg:DATASET (any reasoning-gym dataset), or data:FILE.jsonl (your own prompts and answers)")
         return
     task = make_task(config)
     task.check_reward_function()

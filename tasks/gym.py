@@ -34,6 +34,25 @@ MIN_POOL_DRAWS = 2000
 SMALL_LEVEL_SHARE = 1 / 8  # the most a held-out split takes of a level whose draws mostly repeat
 
 
+def extract_answer(completion: str) -> str:
+    """The answer is the whole completion up to EOS, without surrounding blanks.
+
+    >>> extract_answer(" 42 ")
+    '42'
+    """
+    return completion.strip()
+
+
+def tagged_answer(completion: str) -> str | None:
+    """What the completion holds between <answer> and </answer> (the last pair), reasoning-gym's format.
+
+    >>> tagged_answer("so it is <answer> 42 </answer>"), tagged_answer("42")
+    ('42', None)
+    """
+    from reasoning_gym.utils import extract_answer as extract_tagged
+    return extract_tagged(completion)
+
+
 @dataclass(frozen=True)
 class GymSpec:
     generator: str
@@ -42,6 +61,7 @@ class GymSpec:
     options: dict[str, Any]
     to_prompt: Callable[[dict[str, Any]], str]
     difficulty: Callable[[dict[str, Any]], str] = lambda item: "all"  # the level an item belongs to
+    extract: Callable[[str], str | None] = extract_answer  # the answer in a completion; None: none given
 
 
 def chain_sum_prompt(item: dict[str, Any]) -> str:
@@ -99,16 +119,40 @@ GYM_TASKS: dict[str, GymSpec] = {
         to_prompt=spell_backward_prompt,
         difficulty=spell_backward_difficulty,
     ),
+    # Where a critic's token-level credit can matter: answers of 8 to 12 letters (9 to 13 tokens with
+    # EOS), one reward at the end, with partial credit for each leading letter in place.
+    "spell_backward_long": GymSpec(
+        generator="spell_backward",
+        alphabet=string.ascii_lowercase + ">",
+        answer_pattern=r"[a-z]+",
+        options={"min_word_len": 8, "max_word_len": 12},
+        to_prompt=spell_backward_prompt,
+        difficulty=spell_backward_difficulty,
+    ),
 }
+RG_PREFIX = "rg:"  # any reasoning-gym dataset by name, with its own question text and answer checker
+ANSWER_INSTRUCTION = "\nGive only the final answer, between <answer> and </answer>."
 
 
-def extract_answer(completion: str) -> str:
-    """The answer is the whole completion up to EOS, without surrounding blanks.
+def is_rg_task(name: str) -> bool:
+    return name.startswith(RG_PREFIX)
 
-    >>> extract_answer(" 42 ")
-    '42'
-    """
-    return completion.strip()
+
+def rg_names() -> list[str]:
+    import reasoning_gym.factory
+    return sorted(reasoning_gym.factory.DATASETS)
+
+
+def rg_spec(name: str) -> GymSpec:
+    """The spec of `rg:<dataset>`: the generator's question, an instruction to tag the answer, and the
+    generator's own checker on what the tags hold. For Hub models; the compact tasks suit the tiny one."""
+    generator = name[len(RG_PREFIX):]
+    if generator not in rg_names():
+        raise KeyError(name)
+    sample = reasoning_gym.create_dataset(generator, size=64, seed=0)
+    text = "".join(item["question"] + ANSWER_INSTRUCTION + str(item["answer"]) + "<answer></answer>" for item in sample)
+    return GymSpec(generator=generator, alphabet="".join(sorted(set(text))), answer_pattern=r"(?s).*", options={},
+                   to_prompt=lambda item: item["question"] + ANSWER_INSTRUCTION, extract=tagged_answer)
 
 
 def allocate(capacity: dict[str, int], total: int) -> dict[str, int]:
@@ -138,10 +182,10 @@ class GymTask:
 
     def __init__(self, name: str, eval_size: int = 1000, seed: int = 0, format_weight: float = 0.1,
                  options: dict[str, Any] | None = None, validation_size: int = 500):
-        if name not in GYM_TASKS:
+        if name not in GYM_TASKS and not is_rg_task(name):
             raise KeyError(name)
-        self.spec = GYM_TASKS[name]
-        self.name = name
+        self.spec = rg_spec(name) if is_rg_task(name) else GYM_TASKS[name]
+        self.name = name.replace(":", "_")  # rg:basic_arithmetic -> rg_basic_arithmetic in file and task names
         self.alphabet = self.spec.alphabet
         self.options = {**self.spec.options, **(options or {})}
         self.seed = seed
@@ -226,8 +270,9 @@ class GymTask:
 
     def reward(self, completion: str, example: Example, finished: bool = True) -> Reward:
         """Score one completion (text before EOS); `finished` says whether EOS was produced."""
-        answer = extract_answer(completion)
-        well_formed = finished and re.fullmatch(self.spec.answer_pattern, answer) is not None
+        answer = self.spec.extract(completion)
+        well_formed = finished and answer is not None and re.fullmatch(self.spec.answer_pattern, answer) is not None
+        answer = answer or ""
         correct = float(self._scorer.score_answer(answer=answer, entry=example.item)) if answer else 0.0
         if correct > 1.0:
             # spell_backward sums 1/len per matching letter; for some lengths the float sum overshoots 1

@@ -98,7 +98,8 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["compare", "--algos", "grpo,a2c"], "unknown algorithm 'a2c'; valid: dapo, dr_grpo, grpo, ppo, reinforce_pp, rloo"),
     (["run", "--algo", "dpo"], "unknown algorithm 'dpo'; valid: dapo, dr_grpo, grpo, ppo, reinforce_pp, rloo"),
-    (["compare", "--task", "sudoku"], "unknown task 'sudoku'; valid: chain_sum, spell_backward"),
+    (["compare", "--task", "sudoku"], "unknown task 'sudoku'; valid: chain_sum, spell_backward, spell_backward_long"),
+    (["compare", "--task", "rg:nonesuch"], "unknown reasoning-gym dataset 'nonesuch'; valid: ab, acre,"),
     (["compare", "--preset", "huge"], "unknown preset 'huge'; valid:"),
     (["compare", "--set", "rollout.batch_size=30"], "rollout.batch_size=30 is not divisible by the group size"),
     (["compare", "--set", "rollout.colour=red"], "unknown config field 'rollout.colour'"),

@@ -77,3 +77,25 @@ def test_the_test_split_does_not_depend_on_the_validation_size():
     large = load_task("chain_sum", eval_size=100, validation_size=300)
     assert small.eval_examples() == large.eval_examples()
     assert set(small.validation_examples()) != set(large.validation_examples())
+
+
+def test_any_reasoning_gym_dataset_by_name_asks_for_a_tagged_answer_and_checks_it_its_way():
+    task = load_task("rg:basic_arithmetic", eval_size=8, validation_size=4)
+    example = task.eval_examples()[0]
+    assert example.prompt.startswith(example.item["question"]) and "<answer>" in example.prompt
+    assert task.name == "rg_basic_arithmetic"  # a name files and lm-eval tasks can carry
+    right = task.reward(f"thinking... <answer>{example.answer}</answer>", example)
+    assert right.correct == 1.0 and right.format == 1.0
+    untagged = task.reward(example.answer, example)  # the right number, but not where it was asked for
+    assert untagged.correct == 0.0 and untagged.format == 0.0
+
+
+def test_the_credit_assignment_task_has_long_answers_with_partial_credit():
+    task = load_task("spell_backward_long", eval_size=40, validation_size=10)
+    lengths = {len(e.answer) for e in task.eval_examples()}
+    assert min(lengths) >= 8 and max(lengths) <= 12
+    example = task.eval_examples()[0]
+    # the leading letters in place earn their share: half of the answer right earns about half the credit
+    half = example.answer[: len(example.answer) // 2] + "z" * (len(example.answer) - len(example.answer) // 2)
+    partial = task.reward(half, example).correct
+    assert 0.3 < partial < 0.8 and task.reward(example.answer, example).correct == 1.0

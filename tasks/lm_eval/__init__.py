@@ -34,6 +34,7 @@ class AnswerRule:
     filters: tuple[dict[str, Any], ...] = ()
     match: dict[str, Any] = field(default_factory=dict)
     verifier: str = "exact"  # exact (lm-eval's exact_match) or math (math-verify, metrics.is_correct)
+    regex: str = ANSWER_REGEX  # what of the completion is the answer
 
 
 class Function(str):
@@ -46,7 +47,11 @@ ANSWER_RULES: dict[str, AnswerRule] = {
     "chain_sum": AnswerRule(filters=({"function": "custom", "filter_fn": Function("metrics.numeric_answers")},)),
     # reasoning-gym lowercases both sides and gives full credit only to an exact match.
     "spell_backward": AnswerRule(match={"ignore_case": True}),
+    "spell_backward_long": AnswerRule(match={"ignore_case": True}),
 }
+# rg:DATASET tasks ask for the answer between tags (tasks.gym.tagged_answer); lm-eval compares it exactly,
+# where the generator's own checker may accept other spellings: its pass@1 can be below the reward's accuracy.
+TAGGED_RULE = AnswerRule(regex=r"(?s)<answer>\s?(.*?)\s?</answer>")
 DEFAULT_RULE = AnswerRule()  # reasoning-gym's default score_answer: full credit only for answer == reference
 MATH_RULE = AnswerRule(verifier="math")  # a data task with --reward math: math-verify, as its reward judges
 
@@ -55,6 +60,8 @@ def answer_rule(task) -> AnswerRule:
     """How `task`'s answers are judged: by its name for the built-in tasks, by its own check for a data task."""
     if hasattr(task, "check"):  # a data task: math-verify or the stripped text, whatever its name
         return MATH_RULE if task.check == "math" else DEFAULT_RULE
+    if task.name.startswith("rg_"):
+        return TAGGED_RULE
     return ANSWER_RULES.get(task.name, DEFAULT_RULE)
 
 
@@ -107,7 +114,7 @@ def task_yaml(name: str, data_file: Path, *, max_gen_toks: int, stop: list[str],
         "doc_to_target": "answer",
         "target_delimiter": "",
     }
-    extract = [{"function": "regex", "regex_pattern": ANSWER_REGEX, "fallback": ""}, *map(dict, rule.filters)]
+    extract = [{"function": "regex", "regex_pattern": rule.regex, "fallback": ""}, *map(dict, rule.filters)]
     verifier = {} if rule.verifier == "exact" else {"verifier": rule.verifier}
     if k == 0:
         config["generation_kwargs"] = {"until": list(stop), "max_gen_toks": max_gen_toks, "do_sample": False}
