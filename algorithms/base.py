@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, ContextManager, Protocol
 
 import torch
+import torch.distributed as dist
 
 AGGREGATIONS = ("sequence", "token", "constant")
 
@@ -79,6 +80,29 @@ class TrainSettings:
     max_new_tokens: int = 1  # the constant length normaliser (Dr. GRPO)
     logprob_batch_size: int = 0  # rows per no-grad forward (old and reference log-probs, values); 0: all
     autocast_dtype: torch.dtype | None = None  # bf16-mixed: bf16 compute over fp32 weights
+    # A step's batch is cut into sampling slices (whole groups); each has its own sampling seed and its own
+    # minibatch partition, so the math is the same whether one process holds every slice or each rank a few.
+    slices: int = 1  # slices on this process
+    first_slice: int = 0  # the global index of its first slice
+
+
+# ---------------------------------------------------------------- across processes
+
+def distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def world_size() -> int:
+    return dist.get_world_size() if distributed() else 1
+
+
+def all_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """The sum over every process of the job (the tensor itself in a single process); a new tensor."""
+    if not distributed():
+        return tensor
+    total = tensor.detach().clone() if tensor.requires_grad else tensor.clone()
+    dist.all_reduce(total)
+    return total
 
 
 class Meter(Protocol):
@@ -103,10 +127,15 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None
     return masked_sum(values, mask, dim) / mask.sum(dim).clamp(min=1)
 
 
+def global_masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the masked positions of every process's batch (the whole step's batch)."""
+    return all_sum(masked_sum(values, mask)) / all_sum(mask.sum()).clamp(min=1)
+
+
 def masked_whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """(x - mean) / std over the masked positions; masked-out positions come back as 0."""
-    mean = masked_mean(values, mask)
-    var = masked_mean((values - mean) ** 2, mask)
+    """(x - mean) / std over the masked positions of the whole step's batch; masked-out positions come back as 0."""
+    mean = global_masked_mean(values, mask)
+    var = global_masked_mean((values - mean) ** 2, mask)
     return (values - mean) * torch.rsqrt(var + eps) * mask
 
 
@@ -115,6 +144,11 @@ def masked_whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -
 def upcast(tensor: torch.Tensor) -> torch.Tensor:
     """fp32 for half-precision values; fp32 and fp64 stay as they are."""
     return tensor if tensor.dtype in (torch.float32, torch.float64) else tensor.float()
+
+
+def plain(tensor: torch.Tensor) -> torch.Tensor:
+    """A sharded tensor's full value (a gradient norm over FSDP shards is one); a plain tensor as it is."""
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
 
 
 def selective_log_softmax(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -284,14 +318,32 @@ def minibatch_indices(size: int, minibatches: int, generator: torch.Generator) -
     return list(order.chunk(minibatches))
 
 
+def partition_seed(seed: int, update: int, epoch: int, slice_index: int) -> int:
+    """The seed of one slice's minibatch partition: a function of where it is, not of the process holding it."""
+    return ((seed * 1_000_003 + update) * 101 + epoch) * 10_007 + slice_index
+
+
+def sliced_minibatches(size: int, slices: int, first_slice: int, minibatches: int, seed: int, update: int,
+                       epoch: int) -> list[torch.Tensor]:
+    """Minibatch row indices into a batch of `slices` equal consecutive slices: minibatch m takes the m-th
+    part of each slice's own random partition (so every process's share of a minibatch is the same size)."""
+    rows = size // slices
+    parts = [minibatch_indices(rows, minibatches,
+                               torch.Generator().manual_seed(partition_seed(seed, update, epoch, first_slice + s)))
+             for s in range(slices)]
+    return [torch.cat([s * rows + parts[s][m] for s in range(slices)]) for m in range(minibatches)]
+
+
 class StepStats:
     """Statistics over one update: loss terms (names ending in 'loss') add up over the micro-batches of a
-    minibatch and are averaged over minibatches; every other statistic is a token-weighted mean."""
+    minibatch (and over the processes, each holding a share of it) and are averaged over minibatches;
+    every other statistic is a token-weighted mean over every process's tokens."""
 
     def __init__(self):
         self.sums: dict[str, torch.Tensor] = {}
         self.weights: dict[str, float] = {}
         self.minibatch: dict[str, torch.Tensor] = {}
+        self.shares: set[str] = set()  # loss terms: each process holds a share of the minibatch's value
 
     def add(self, stats: dict[str, torch.Tensor], tokens: torch.Tensor) -> None:
         for name, value in stats.items():
@@ -303,16 +355,22 @@ class StepStats:
                 self.weights[name] = self.weights.get(name, 0) + tokens
 
     def add_per_minibatch(self, name: str, value: torch.Tensor) -> None:
-        self.sums[name] = self.sums.get(name, 0) + upcast(value.detach())
+        self.sums[name] = self.sums.get(name, 0) + upcast(plain(value.detach()))
         self.weights[name] = self.weights.get(name, 0) + 1
 
     def end_minibatch(self) -> None:
         for name, value in self.minibatch.items():
             self.add_per_minibatch(name, value)
+            self.shares.add(name)
         self.minibatch = {}
 
     def means(self) -> dict[str, torch.Tensor]:
-        return {name: self.sums[name] / self.weights[name] for name in self.sums}
+        out = {}
+        for name in sorted(self.sums):  # the same order on every process: the reductions pair up
+            weight = torch.as_tensor(self.weights[name], dtype=self.sums[name].dtype)
+            total = all_sum(self.sums[name])
+            out[name] = total / (weight if name in self.shares else all_sum(weight))
+        return out
 
 
 # ---------------------------------------------------------------- the Algorithm base class
@@ -346,10 +404,9 @@ class Algorithm:
     def __init__(self, policy: torch.nn.Module, options: Any, settings: TrainSettings, seed: int = 0):
         if not isinstance(options, self.Config):
             raise TypeError(f"{type(self).__name__} takes {self.Config.__name__} options, got {type(options).__name__}")
-        self.options, self.settings, self.policy = options, settings, policy
-        self.optimizer = torch.optim.AdamW(policy.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-        self.generator = torch.Generator().manual_seed(seed)
-        self.updates = 0  # rollout batches trained on so far (checkpointed)
+        self.options, self.settings, self.policy, self.seed = options, settings, policy, seed
+        self.build_optimizers()
+        self.updates = 0  # rollout batches trained on so far (checkpointed): with the seed it fixes the partitions
 
     # ------------------------------------------------------------ declared needs
 
@@ -387,22 +444,32 @@ class Algorithm:
     def trained_models(self) -> dict[str, torch.nn.Module]:
         return {"policy": self.policy}
 
+    def build_optimizers(self) -> None:
+        """AdamW over each trained model's parameters (again after sharding replaced them)."""
+        s = self.settings
+        self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+
+    def shard_models(self, shard) -> None:
+        """`shard(name, model)` every trained model in place (FSDP2), then optimizers over the shards."""
+        for name, model in self.trained_models().items():
+            shard(name, model)
+        self.build_optimizers()
+
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"policy": self.optimizer}
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything resume needs: model weights, optimizer states, the minibatch generator (tensors and plain data)."""
+        """Everything resume needs: model weights, optimizer states, the update count (tensors and plain data)."""
         return {"models": {k: m.state_dict() for k, m in self.trained_models().items()},
                 "optimizers": {k: o.state_dict() for k, o in self.optimizers().items()},
-                "generator": self.generator.get_state(), "updates": self.updates}
+                "updates": self.updates}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for name, model in self.trained_models().items():
             model.load_state_dict(state["models"][name])
         for name, optimizer in self.optimizers().items():
             optimizer.load_state_dict(state["optimizers"][name])
-        self.generator.set_state(state["generator"])
-        self.updates = state.get("updates", 0)
+        self.updates = state["updates"]
 
     # ------------------------------------------------------------ what differs between algorithms
 
@@ -434,8 +501,9 @@ class Algorithm:
         policy's and the critic's passes, so that separate and joint passes make the same updates."""
         meter = meter or NoMeter()
         stats = StepStats()
-        partitions = [minibatch_indices(batch.size, self.settings.minibatches, self.generator)
-                      for _ in range(self.settings.epochs)]
+        s = self.settings
+        partitions = [sliced_minibatches(batch.size, s.slices, s.first_slice, s.minibatches, self.seed, self.updates, epoch)
+                      for epoch in range(s.epochs)]
         frozen = self.policy_frozen()
         if self.uses_critic and self.critic_pass == "joint" and not frozen:
             with meter.phase("joint_update"):
@@ -460,8 +528,10 @@ class Algorithm:
         for epoch in partitions:
             for index in epoch:
                 mb = batch.select(index)
-                policy_denominator = loss_denominator(mb.completion_mask, self.loss_aggregation, settings.max_new_tokens)
-                token_denominator = loss_denominator(mb.completion_mask, "token", settings.max_new_tokens)
+                # the whole minibatch's denominators, every process's rows included: gradients are summed
+                policy_denominator = all_sum(torch.as_tensor(
+                    loss_denominator(mb.completion_mask, self.loss_aggregation, settings.max_new_tokens)))
+                token_denominator = all_sum(loss_denominator(mb.completion_mask, "token", settings.max_new_tokens))
                 for optimizer in optimizers:
                     optimizer.zero_grad(set_to_none=True)
                 for micro in mb.split(settings.micro_batch_size):
@@ -476,7 +546,9 @@ class Algorithm:
                             terms.append(value_loss)
                     loss = sum(terms[1:], terms[0])
                     stats.add({"loss": loss}, tokens)
-                    loss.backward()
+                    # data-parallel wrappers (FSDP, DDP) average gradients over the processes, and each
+                    # process's loss is its share of the minibatch's: scaled back, the average is their sum
+                    (loss * world_size()).backward()
                 for name, model in models.items():
                     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
                     stats.add_per_minibatch("grad_norm" if name == "policy" else f"{name}_grad_norm", grad_norm)

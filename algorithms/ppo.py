@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from harness.algorithms.base import (Algorithm, RolloutBatch, aggregate, autocast, check_choice, check_range,
-                                     checkpointing_is_on, checkpointing_on, clipped_surrogate, masked_mean,
-                                     masked_whiten, ratio_stats, upcast)
+                                     checkpointing_is_on, checkpointing_on, clipped_surrogate, global_masked_mean,
+                                     masked_mean, masked_whiten, ratio_stats, upcast)
 
 CRITIC_PASSES = ("separate", "joint")
 
@@ -83,10 +83,10 @@ def gae(rewards, values, mask, gamma=1.0, lam=0.95):
 
 @torch.no_grad()
 def explained_variance(values, returns, mask) -> torch.Tensor:
-    """1 - Var[returns - values] / Var[returns] over the masked positions (1 is a perfect critic)."""
+    """1 - Var[returns - values] / Var[returns] over the masked positions of the whole step (1 is a perfect critic)."""
     residual = returns - values
-    var_returns = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
-    var_residual = masked_mean((residual - masked_mean(residual, mask)) ** 2, mask)
+    var_returns = global_masked_mean((returns - global_masked_mean(returns, mask)) ** 2, mask)
+    var_residual = global_masked_mean((residual - global_masked_mean(residual, mask)) ** 2, mask)
     return 1 - var_residual / var_returns.clamp(min=1e-8)
 
 
@@ -142,10 +142,14 @@ class PPO(Algorithm):
     KL_OPTIONS = {"loss": "kl_loss_coef", "reward": "kl_coef"}
 
     def __init__(self, policy, options, settings, seed=0):
-        super().__init__(policy, options, settings, seed)
         self.critic = ValueModel(policy)
-        self.critic_optimizer = torch.optim.AdamW(self.critic.parameters(), lr=options.critic_lr or settings.lr,
-                                                  weight_decay=settings.weight_decay)
+        super().__init__(policy, options, settings, seed)
+
+    def build_optimizers(self) -> None:
+        super().build_optimizers()
+        s = self.settings
+        self.critic_optimizer = torch.optim.AdamW(self.critic.parameters(), lr=self.options.critic_lr or s.lr,
+                                                  weight_decay=s.weight_decay)
 
     @property
     def kl_loss_coef(self) -> float:
@@ -181,7 +185,7 @@ class PPO(Algorithm):
         advantages, batch.returns = gae(rewards, batch.values, mask, self.options.gamma, self.options.lam)
         batch.advantages = masked_whiten(advantages, mask) if self.options.whiten else advantages
         return {"explained_variance": explained_variance(batch.values, batch.returns, mask),
-                "value_mean": masked_mean(batch.values, mask)}
+                "value_mean": global_masked_mean(batch.values, mask)}
 
     def policy_loss(self, logps, mb: RolloutBatch, denominator):
         return ppo_policy_loss(logps, mb.old_logps, mb.advantages, mb.completion_mask, self.options.clip_eps,

@@ -1,7 +1,10 @@
 """What a resumed arm carries on from: the run state, the algorithm's state and the random generators.
 
 A checkpoint holds tensors and plain containers only, so `torch.load(..., weights_only=True)` reads
-it: a crafted file cannot run code on resume. Anything else is refused with one line.
+it: a crafted file cannot run code on resume. Anything else is refused with one line. Under torchrun
+the models and optimizers are saved sharded by `torch.distributed.checkpoint` (each rank writes its
+shards into `state.pt.dcp/`), and each rank's random generators beside them; resume needs the same
+number of processes.
 """
 
 from __future__ import annotations
@@ -59,13 +62,39 @@ def _tuples(value: Any) -> Any:
     return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
-def save_checkpoint(path: Path, state: RunState, algorithm) -> None:
+def save_checkpoint(path: Path, state: RunState, algorithm, ranks=None) -> None:
+    path = Path(path)
+    if ranks is not None and ranks.active:
+        save_sharded(path, state, algorithm, ranks)
+        return
     payload = {"format": FORMAT, "run_state": dataclasses.asdict(state), "algorithm": algorithm.state_dict(),
                "rng": rng_state()}
-    atomic_write_with(Path(path), lambda handle: torch.save(payload, handle))
+    atomic_write_with(path, lambda handle: torch.save(payload, handle))
 
 
-def load_checkpoint(path: Path, algorithm) -> RunState:
+def save_sharded(path: Path, state: RunState, algorithm, ranks) -> None:
+    """The shards by torch.distributed.checkpoint into a fresh folder, renamed into place once every
+    rank has written; then the run state (rank 0) that says the folder is whole."""
+    import shutil
+
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    folder, staging = Path(f"{path}.dcp"), Path(f"{path}.dcp.tmp")
+    if ranks.main:
+        shutil.rmtree(staging, ignore_errors=True)
+    dist.barrier()
+    dcp.save({"algorithm": algorithm.state_dict()}, checkpoint_id=str(staging))
+    atomic_write_with(staging / f"rng-{ranks.rank}.pt", lambda handle: torch.save(rng_state(), handle))
+    dist.barrier()
+    if ranks.main:
+        shutil.rmtree(folder, ignore_errors=True)
+        staging.rename(folder)
+        payload = {"format": FORMAT, "run_state": dataclasses.asdict(state), "sharded": ranks.world}
+        atomic_write_with(path, lambda handle: torch.save(payload, handle))
+    dist.barrier()
+
+
+def load_checkpoint(path: Path, algorithm, ranks=None) -> RunState:
     """Restore the algorithm and the generators; the run state to carry on from."""
     try:
         payload = torch.load(path, weights_only=True, map_location="cpu")
@@ -76,7 +105,18 @@ def load_checkpoint(path: Path, algorithm) -> RunState:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserError(f"checkpoint {path} is not a checkpoint of this harness version (format {FORMAT}); "
                         "delete the checkpoint folder to start the arm afresh")
-    algorithm.load_state_dict(payload["algorithm"])
-    set_rng_state(payload["rng"])
+    world = ranks.world if ranks is not None else 1
+    if payload.get("sharded", 1) != world:
+        raise UserError(f"checkpoint {path} was saved by {payload.get('sharded', 1)} processes and this run has "
+                        f"{world}: resume with the same --nproc-per-node")
+    if world > 1:
+        import torch.distributed.checkpoint as dcp
+        shards = {"algorithm": algorithm.state_dict()}
+        dcp.load(shards, checkpoint_id=f"{path}.dcp")
+        algorithm.load_state_dict(shards["algorithm"])
+        set_rng_state(torch.load(Path(f"{path}.dcp") / f"rng-{ranks.rank}.pt", weights_only=True))
+    else:
+        algorithm.load_state_dict(payload["algorithm"])
+        set_rng_state(payload["rng"])
     known = {f.name for f in dataclasses.fields(RunState)}
     return RunState(**{k: v for k, v in payload["run_state"].items() if k in known})

@@ -35,6 +35,12 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                        help="override any config field, e.g. --set rollout.samples_per_prompt=4 (repeatable)")
     group.add_argument("--results-dir", help="where run folders go (default: results)")
+    scale = parser.add_argument_group("scale-out: each arm as a torchrun job, its models FSDP2-sharded")
+    scale.add_argument("--nproc-per-node", type=int, help="processes per arm on this machine, one per GPU (gloo on the CPU)")
+    scale.add_argument("--nnodes", type=int, help="machines per arm (run the same command on each)")
+    scale.add_argument("--node-rank", type=int, help="this machine's index, 0 to nnodes - 1")
+    scale.add_argument("--master-addr", help="node 0's address (torchrun rendezvous)")
+    scale.add_argument("--master-port", type=int, help="node 0's port (default 29500)")
     data = parser.add_argument_group("your own task (--task data:...)")
     data.add_argument("--prompt-key", help="column holding the prompt text (default: prompt)")
     data.add_argument("--answer-key", help="column holding the reference answer (default: answer)")
@@ -50,7 +56,9 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 FLAG_FIELDS = {"model": "model.name", "task": "task.name", "budget": "budget.total", "budget_unit": "budget.unit",
                "device": "run.device", "results_dir": "run.results_dir", "eval_tasks": "run.eval_tasks",
                "prompt_key": "task.prompt_key", "answer_key": "task.answer_key", "reward": "task.reward",
-               "eval_file": "task.eval_file", "chat_template": "task.chat_template", "report_to": "run.report_to"}
+               "eval_file": "task.eval_file", "chat_template": "task.chat_template", "report_to": "run.report_to",
+               "nproc_per_node": "run.nproc_per_node", "nnodes": "run.nnodes", "node_rank": "run.node_rank",
+               "master_addr": "run.master_addr", "master_port": "run.master_port"}
 
 
 def config_from_args(args: argparse.Namespace, default_preset: str = "tiny"):

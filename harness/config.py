@@ -64,6 +64,7 @@ class RolloutConfig:
     top_p: float = 1.0  # nucleus sampling
     max_new_tokens: int = 6  # completion length cap
     logprob_batch_size: int = 0  # rows per no-grad forward for old/reference log-probs and values (0: all)
+    slices: int = 0  # sampling slices of a step (whole groups, each its own seed and partition); 0: one per process
     backend: str = "hf"  # hf (transformers generate) | vllm (GPU only)
 
 
@@ -92,6 +93,13 @@ class RunConfig:
     eval_every: int = 0  # greedy held-out accuracy every N steps (0: start and end only)
     checkpoint_every: int = 10  # steps between checkpoints that resume needs
     memory_every: int = 10  # live-tensor peaks on the second step and every N after (1: every step; 0: off)
+    nproc_per_node: int = 1  # processes (one per GPU) an arm runs on, launched by torchrun; the models FSDP2-sharded
+    nnodes: int = 1  # machines of a multi-node arm (torchrun rendezvous)
+    node_rank: int = 0  # this machine's index among them
+    master_addr: str = "127.0.0.1"  # the rendezvous host (node 0)
+    master_port: int = 29500  # and its port
+    offload_reference: bool = False  # keep the reference's shards in CPU memory (FSDP2 CPU offload)
+    offload_critic: bool = False  # the same for PPO's critic
     lm_eval: bool = True  # score the base and final policy with lm-evaluation-harness
     lm_eval_k: int = 8  # samples per prompt for maj@k and pass@k (0: greedy pass@1 only)
     eval_tasks: str = ""  # extra lm-eval benchmarks by name, comma-separated (e.g. gsm8k)
@@ -135,6 +143,14 @@ class Config:
     @property
     def prompts_per_step(self) -> int:
         return self.rollout.batch_size // self.rollout.samples_per_prompt
+
+    @property
+    def world_size(self) -> int:
+        return self.run.nproc_per_node * self.run.nnodes
+
+    def sampling_slices(self, world: int | None = None) -> int:
+        """The step's sampling slices: rollout.slices, or one per process."""
+        return self.rollout.slices or (world or self.world_size)
 
     def total_steps(self) -> int:
         """Rollout steps that spend the budget (tokens: an upper bound, the runner stops early)."""
@@ -272,10 +288,12 @@ def validate(config: Config) -> None:
         raise UserError(f"rollout.backend '{config.rollout.backend}' is not one of: hf, vllm")
     if config.model.precision not in PRECISIONS:
         raise UserError(f"model.precision '{config.model.precision}' is not one of: {', '.join(PRECISIONS)}")
-    minibatch = config.rollout.batch_size // config.optim.minibatches
+    validate_processes(config)
+    minibatch = config.rollout.batch_size // config.world_size // config.optim.minibatches
     micro = config.optim.micro_batch_size
     if micro < 0 or (micro and minibatch % micro):
-        raise UserError(f"optim.micro_batch_size={micro} does not divide a minibatch of {minibatch} rows "
+        where = "" if config.world_size == 1 else f" per process ({config.world_size} processes)"
+        raise UserError(f"optim.micro_batch_size={micro} does not divide a minibatch of {minibatch} rows{where} "
                         f"(rollout.batch_size / optim.minibatches); pick a divisor of {minibatch}, or 0 for all")
     if config.rollout.logprob_batch_size < 0:
         raise UserError("rollout.logprob_batch_size must be 0 (all rows) or positive")
@@ -289,6 +307,24 @@ def validate(config: Config) -> None:
     from harness.trackers import parse_report_to
     parse_report_to(config.run.report_to)
     validate_verdict(config.verdict)
+
+
+def validate_processes(config: Config) -> None:
+    """The step's batch splits into whole groups per sampling slice and whole slices per process."""
+    run = config.run
+    if run.nproc_per_node < 1 or run.nnodes < 1 or not 0 <= run.node_rank < run.nnodes:
+        raise UserError("run.nproc_per_node and run.nnodes must be at least 1, and 0 <= run.node_rank < run.nnodes")
+    world, slices, prompts = config.world_size, config.sampling_slices(), config.prompts_per_step
+    if config.rollout.slices < 0 or slices % world:
+        raise UserError(f"rollout.slices={config.rollout.slices} must be a multiple of the {world} processes "
+                        "(0: one slice per process)")
+    if prompts % slices:
+        raise UserError(f"the {prompts} prompts of a step (rollout.batch_size / samples_per_prompt) do not split "
+                        f"into {slices} sampling slices of whole groups (one per process unless rollout.slices); "
+                        f"pick a batch of a multiple of {slices * config.rollout.samples_per_prompt} completions")
+    if (config.rollout.batch_size // slices) % config.optim.minibatches:
+        raise UserError(f"a sampling slice of {config.rollout.batch_size // slices} completions does not split into "
+                        f"optim.minibatches={config.optim.minibatches} equal parts")
 
 
 def validate_verdict(verdict: VerdictConfig) -> None:

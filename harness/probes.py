@@ -31,7 +31,9 @@ DEVICE_PEAK_FLOPS: dict[str, dict[str, float]] = {
 # ---------------------------------------------------------------- exact accounting
 
 def tensor_bytes(tensor: torch.Tensor) -> int:
-    return tensor.numel() * tensor.element_size()
+    """Bytes this process holds of a tensor: its shard, for a tensor sharded across ranks (FSDP2)."""
+    local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
+    return local.numel() * local.element_size()
 
 
 def parameter_bytes(model: torch.nn.Module) -> int:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from transformers import GenerationConfig
 
-from harness.algorithms.base import NoMeter, RolloutBatch, TrainSettings, autocast, batched_logps
+from harness.algorithms.base import NoMeter, RolloutBatch, TrainSettings, autocast, batched_logps, distributed
 from harness.config import RolloutConfig
 from harness.tasks.base import Example, Reward, Task
 
@@ -82,7 +82,8 @@ def sampling_config(tokenizer, max_new_tokens: int, temperature: float = 1.0, to
 
 @torch.no_grad()
 def sample(policy, tokenizer, prompts: list[str], max_new_tokens: int, temperature: float = 1.0,
-           top_p: float = 1.0, greedy: bool = False, autocast_dtype=None) -> tuple[torch.Tensor, torch.Tensor, int]:
+           top_p: float = 1.0, greedy: bool = False, autocast_dtype=None,
+           synced: bool = False) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(input_ids `[B, P + T]`, prompt attention_mask `[B, P]`, P): prompts, then sampled completions."""
     device = next(policy.parameters()).device
     encoded = encode_prompts(tokenizer, prompts, device)
@@ -91,7 +92,8 @@ def sample(policy, tokenizer, prompts: list[str], max_new_tokens: int, temperatu
     policy.generation_config = GenerationConfig(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     try:
         with autocast(policy, autocast_dtype):
-            output = policy.generate(**encoded, generation_config=config)
+            # synced: every rank of a sharded model runs the same number of forwards, until all have finished
+            output = policy.generate(**encoded, generation_config=config, synced_gpus=synced)
     finally:
         policy.generation_config = hub_config
     return output, encoded["attention_mask"], encoded["input_ids"].shape[1]
@@ -107,7 +109,7 @@ def generate(policy, reference, tokenizer, task: Task, examples: list[Example], 
     with meter.phase("generate"):
         input_ids, prompt_mask, prompt_length = sample(policy, tokenizer, [e.prompt for e in group],
                                                        cfg.max_new_tokens, cfg.temperature, cfg.top_p,
-                                                       autocast_dtype=settings.autocast_dtype)
+                                                       autocast_dtype=settings.autocast_dtype, synced=distributed())
     with meter.phase("score"):
         completion_ids = input_ids[:, prompt_length:]  # [B, T]
         mask, finished = completion_mask(completion_ids, tokenizer.eos_token_id)
@@ -133,7 +135,7 @@ def greedy_eval(policy, tokenizer, task: Task, examples: list[Example], max_new_
     for start in range(0, len(examples), batch_size):
         chunk = examples[start: start + batch_size]
         input_ids, _, prompt_length = sample(policy, tokenizer, [e.prompt for e in chunk], max_new_tokens,
-                                             greedy=True, autocast_dtype=autocast_dtype)
+                                             greedy=True, autocast_dtype=autocast_dtype, synced=distributed())
         completion_ids = input_ids[:, prompt_length:]
         mask, finished = completion_mask(completion_ids, tokenizer.eos_token_id)
         texts = decode_completions(tokenizer, completion_ids, mask)

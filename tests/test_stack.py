@@ -9,7 +9,8 @@ import torch
 from torch.testing import assert_close
 
 from harness.algorithms import get_algorithm, parse_options
-from harness.algorithms.base import (Algorithm, RolloutBatch, TrainSettings, completion_logps, minibatch_indices)
+from harness.algorithms.base import (Algorithm, RolloutBatch, TrainSettings, completion_logps, minibatch_indices,
+                                     partition_seed, sliced_minibatches)
 from harness.algorithms.grpo import GRPO, GRPOConfig
 from harness.algorithms.ppo import PPO, PPOConfig, value_loss
 from harness.config import ModelConfig
@@ -98,9 +99,10 @@ def test_the_separate_critic_pass_is_the_value_loss_alone():
     batch = rollout_batch(policy)
     fresh.compute_values(batch)
     fresh.prepare(batch)
-    generator = torch.Generator().manual_seed(3)
     critic, optimizer = fresh.critic, fresh.critic_optimizer
     critic.train()
+    # the partition the loop draws: one slice, seed 3, the first update, the first epoch
+    generator = torch.Generator().manual_seed(partition_seed(3, 0, 0, 0))
     for index in minibatch_indices(batch.size, settings.minibatches, generator):
         mb = batch.select(index)
         optimizer.zero_grad()
@@ -227,7 +229,7 @@ def test_state_dict_round_trip_resumes_the_same_updates():
     second = PPO(policy, PPOConfig(), TrainSettings(lr=1e-3), seed=99)
     second.load_state_dict(state)
     assert_same_models(first, second, atol=0)
-    assert torch.equal(first.generator.get_state(), second.generator.get_state())
+    assert second.updates == first.updates == 1  # with the seed, the update count fixes the next partitions
 
 
 def test_registered_algorithms_declare_their_passes():
@@ -278,3 +280,21 @@ def test_a_kl_term_in_the_loss_is_k3_aggregated_like_the_policy_loss():
     k3 = torch.exp(batch.ref_logps - logps) - (batch.ref_logps - logps) - 1
     expected = surrogate + 0.5 * (k3 * batch.completion_mask).sum() / denominator
     assert_close(with_kl, expected)
+
+
+def test_sliced_minibatches_take_an_equal_share_of_every_slice():
+    # 8 rows in 2 slices of 4, 2 minibatches: each minibatch holds 2 rows of each slice, and a slice's
+    # partition is the same whether its process holds one slice or both
+    both = sliced_minibatches(8, slices=2, first_slice=0, minibatches=2, seed=5, update=0, epoch=0)
+    second_alone = sliced_minibatches(4, slices=1, first_slice=1, minibatches=2, seed=5, update=0, epoch=0)
+    for m in range(2):
+        assert sorted(int(i) // 4 for i in both[m]) == [0, 0, 1, 1]
+        assert sorted(int(i) - 4 for i in both[m] if i >= 4) == sorted(int(i) for i in second_alone[m])
+    assert sorted(torch.cat(both).tolist()) == list(range(8))
+
+
+def test_one_slice_or_two_on_one_process_make_the_same_kind_of_update():
+    # the same batch cut into two slices: a different partition, the same gradient arithmetic
+    one, _ = trained(GRPO, GRPOConfig(), TrainSettings(lr=1e-3, minibatches=1, slices=1))
+    two, _ = trained(GRPO, GRPOConfig(), TrainSettings(lr=1e-3, minibatches=1, slices=2))
+    assert_same_models(one, two)  # one minibatch: every row in it either way

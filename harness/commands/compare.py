@@ -16,6 +16,7 @@ from harness import UserError
 from harness.config import Config, check_setup, config_from_dict, make_task, read_yaml
 from harness.commands.plan import analysis_plan_lines, make_plan
 from harness.exports import write_steps_table
+from harness import distributed as ranks_
 from harness.io import read_json, write_json, write_yaml
 from harness.results import arm_rows, ratio_rows
 from harness.runner import load_summary, run_name
@@ -60,11 +61,9 @@ def prepare_model(config: Config) -> None:
         build_or_load_tiny(config.model, task, progress=lambda s, n, loss: progress("warm start", s, n, {"loss": loss}))
 
 
-def run_arm_process(arm_dir: Path, resume: bool) -> int:
-    command = [sys.executable, "-m", "harness", "run", "--run-dir", str(arm_dir)]
-    if resume:
-        command.append("--resume")
-    return subprocess.run(command).returncode
+def run_arm_process(arm_dir: Path, resume: bool, config: Config) -> int:
+    """The arm in its own process, or its own torchrun job (run.nproc_per_node)."""
+    return subprocess.run(ranks_.arm_command(arm_dir, resume, config)).returncode
 
 
 def compare(config: Config, algos: list[str], seeds: list[int], out: Path | str | None = None,
@@ -76,6 +75,7 @@ def compare(config: Config, algos: list[str], seeds: list[int], out: Path | str 
     if not seeds:
         raise UserError("a comparison needs at least one seed")
     check_setup(config, algos)
+    ranks_.check_launch(config)
     comparison_dir = Path(out or Path(config.run.results_dir) / f"compare__{config.task.label}__{timestamp()}")
     if (comparison_dir / "comparison.json").exists():
         raise UserError(f"{comparison_dir} already holds a comparison; use --resume {comparison_dir}")
@@ -117,7 +117,7 @@ def run_arms(comparison_dir: Path, config: Config, algos: list[str], seeds: list
             continue  # finished before an interruption
         if not (arm_dir / "config.yaml").exists():
             write_yaml(arm_dir / "config.yaml", {**arm["config"].to_dict(), "algo": arm["algo"]})
-        code = run_arm_process(arm_dir, resume and (arm_dir / "checkpoint" / "state.pt").exists())
+        code = run_arm_process(arm_dir, resume and (arm_dir / "checkpoint" / "state.pt").exists(), arm["config"])
         if code == 130 or code < 0:
             raise KeyboardInterrupt
         if load_summary(arm_dir) is None or load_summary(arm_dir).get("status") == "running":
