@@ -111,6 +111,10 @@ def load_checkpoint(path: Path, algorithm, ranks=None) -> RunState:
                         f"{world}: resume with the same --nproc-per-node")
     if world > 1:
         import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import _init_optim_state
+        for optimizer in algorithm.optimizers().values():
+            # a fresh optimizer holds no state yet, so the template would load none: a zero-lr step makes it
+            _init_optim_state(optimizer)
         shards = {"algorithm": algorithm.state_dict()}
         dcp.load(shards, checkpoint_id=f"{path}.dcp")
         algorithm.load_state_dict(shards["algorithm"])

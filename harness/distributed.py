@@ -136,6 +136,18 @@ def check_launch(config) -> None:
                             f"({err.strerror or err}); start node 0 first, or check --master-addr/--master-port") from None
 
 
+def failed_rank(launcher_log: str) -> tuple[int, int] | None:
+    """(rank, exit code) of the first failure torchrun reports ("Root Cause"), or None.
+
+    >>> failed_rank("Root Cause (first observed failure):\\n[0]:\\n  rank      : 1 (local_rank: 1)\\n  exitcode  : -9 (pid: 7)")
+    (1, -9)
+    """
+    import re
+    cause = launcher_log.split("Root Cause", 1)[-1]
+    match = re.search(r"rank\s*:\s*(\d+)\s*\(local_rank:\s*\d+\)\s*exitcode\s*:\s*(-?\d+)", cause)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
 def local_bytes(tensor: torch.Tensor) -> int:
     """Bytes this rank holds of a (possibly sharded) tensor."""
     local = tensor.to_local() if hasattr(tensor, "to_local") else tensor

@@ -148,6 +148,26 @@ def run_arm(config: Config, algo: str, run_dir: Path, resume: bool = False, prog
     return summary
 
 
+def record_launch_failure(run_dir: Path, config: Config, code: int, launcher_log: str) -> None:
+    """A torchrun job that failed: record which rank died first and how (torchrun's root cause), beside
+    whatever rank 0 saw of it (a broken connection, when another rank was killed)."""
+    summary = load_summary(run_dir) or {}
+    rank = ranks_.failed_rank(launcher_log)
+    if rank is None:
+        if summary.get("status") not in (None, "running"):
+            return  # the ranks recorded the failure themselves
+        why = f"the torchrun job exited with status {code}"
+    else:
+        signal = f" (signal {-rank[1]}{': likely the out-of-memory killer' if rank[1] == -9 else ''})" if rank[1] < 0 else ""
+        why = f"rank {rank[0]} of {config.world_size} died with exit code {rank[1]}{signal}; the other ranks were stopped"
+        if rank[0] == 0 and summary.get("status") not in (None, "running"):
+            return  # rank 0 failed and said why
+    seen = f" (rank 0 saw: {summary['error']})" if summary.get("status") not in (None, "running") and summary.get("error") else ""
+    last = _last_step(run_dir)
+    write_json(run_dir / "summary.json", summarize(config, summary.get("algo") or "?", {"state": _partial_state(run_dir)},
+                                                   "failed", f"failed at step {last + 1}: {why}{seen}"))
+
+
 def _partial_state(run_dir: Path) -> RunState:
     """What the steps written before a failure say (steps and budget used)."""
     rows = read_jsonl(run_dir / "steps.jsonl")

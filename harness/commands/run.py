@@ -11,7 +11,7 @@ from harness import UserError
 from harness import distributed as ranks_
 from harness.config import Config, algorithm_options, check_setup, config_from_dict, read_yaml
 from harness.io import write_yaml
-from harness.runner import run_arm, run_name
+from harness.runner import record_launch_failure, run_arm, run_name
 from harness.terminal import ArmProgress, print_arm, timestamp
 
 
@@ -29,8 +29,15 @@ def run(config: Config, algo: str, out: Path | str | None = None, probes: bool =
 
 
 def launch(run_dir: Path, config: Config, resume: bool) -> int:
-    """Start the arm's torchrun job and wait for it; the ranks write the folder."""
-    return subprocess.run(ranks_.arm_command(run_dir, resume, config)).returncode
+    """Start the arm's torchrun job and wait for it; the ranks write the folder. A rank that dies
+    (killed, out of memory) takes the job down: its number goes into the summary."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = run_dir / "launcher.log"
+    with open(log, "w") as handle:
+        code = subprocess.run(ranks_.arm_command(run_dir, resume, config), stderr=handle).returncode
+    if code:
+        record_launch_failure(run_dir, config, code, log.read_text(errors="replace"))
+    return code
 
 
 def run_folder(run_dir: Path | str, resume: bool = False, probes: bool = True) -> int:

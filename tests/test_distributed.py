@@ -1,0 +1,112 @@
+"""An arm across two processes (torchrun, gloo, FSDP2) against one: the same math, half the model state
+per rank, a killed rank recorded by number, resume from sharded checkpoints, bad launches refused."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import harness
+from harness import UserError
+from harness.config import load_config
+from harness.distributed import check_launch
+
+pytestmark = pytest.mark.slow
+FLAGS = ("--preset", "smoke", "--set", "run.lm_eval=false")
+
+
+def rows(folder):
+    return [json.loads(line) for line in (folder / "steps.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module", params=["grpo", "ppo"])
+def one_and_two(request, tmp_path_factory):
+    """The same arm with 2 sampling slices in 1 process and in 2 processes (one slice each)."""
+    algo, base = request.param, tmp_path_factory.mktemp(f"dist-{request.param}")
+    harness("run", "--algo", algo, *FLAGS, "--set", "rollout.slices=2", "--out", str(base / "one"), check=True)
+    harness("run", "--algo", algo, *FLAGS, "--nproc-per-node", "2", "--out", str(base / "two"), check=True)
+    return algo, base / "one", base / "two"
+
+
+def test_two_processes_train_what_one_does(one_and_two):
+    algo, one, two = one_and_two
+    for a, b in zip(rows(one)[:3], rows(two)[:3]):
+        assert a["reward/mean"] == b["reward/mean"] and a["completions"] == b["completions"]  # the same samples
+        for key in ("loss/loss", "loss/policy_loss", "loss/grad_norm") + (("loss/value_loss",) if algo == "ppo" else ()):
+            assert b[key] == pytest.approx(a[key], abs=1e-4), key
+    final_one, final_two = (load_file(f / "final_model" / "model.safetensors") for f in (one, two))
+    for name, weight in final_one.items():
+        torch.testing.assert_close(final_two[name], weight, atol=1e-4, rtol=0, msg=name)
+
+
+def test_each_rank_holds_half_of_the_model_state(one_and_two):
+    _, one, two = one_and_two
+    single = json.loads((one / "summary.json").read_text())["mem"]["arithmetic"]["models"]
+    ranks = json.loads((two / "summary.json").read_text())["mem"]["arithmetic"]["per_rank"]
+    assert len(ranks) == 2
+    for model, row in single.items():
+        for category in ("params", "grads", "optimizer"):
+            halves = [rank[model][category] for rank in ranks]
+            # FSDP2 shards each tensor on its first dimension: an odd row count leaves one rank a row more
+            assert sum(halves) >= row[category] - 64 and abs(halves[0] - halves[1]) <= 0.02 * row[category] + 1024, (model, category)
+    live = json.loads((two / "summary.json").read_text())["mem"]["live"]
+    assert len(live["per_rank"]) == 2 and live["peak"] == max(r["peak"] for r in live["per_rank"])
+
+
+def test_a_killed_rank_is_named_and_the_arm_resumes_from_its_sharded_checkpoint(tmp_path):
+    flags = (*FLAGS, "--budget", "256", "--nproc-per-node", "2")  # 8 steps, checkpointed every 2
+    straight, cut = tmp_path / "straight", tmp_path / "cut"
+    harness("run", "--algo", "ppo", *flags, "--out", str(straight), check=True)
+    launcher = subprocess.Popen([sys.executable, "-m", "harness", "run", "--algo", "ppo", *flags, "--out", str(cut)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while time.time() < deadline and not ((cut / "steps.jsonl").exists() and len(rows(cut)) >= 3):
+        time.sleep(0.2)
+    rank_one = [pid for pid in map(int, subprocess.run(["pgrep", "-f", f"harness run --run-dir {cut}"],
+                                                       capture_output=True, text=True).stdout.split())
+                if b"RANK=1\x00" in open(f"/proc/{pid}/environ", "rb").read()]
+    assert rank_one, "rank 1 was not found"
+    os.kill(rank_one[0], signal.SIGKILL)
+    launcher.wait(timeout=300)
+    summary = json.loads((cut / "summary.json").read_text())
+    assert summary["status"] == "failed" and "rank 1 of 2 died with exit code -9" in summary["error"]
+    harness("run", "--run-dir", str(cut), "--resume", check=True)
+    resumed, expected = rows(cut), rows(straight)
+    assert [r["step"] for r in resumed] == list(range(1, 9))
+    for a, b in zip(expected, resumed):
+        assert b["loss/policy_loss"] == pytest.approx(a["loss/policy_loss"], abs=1e-6)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["run.nproc_per_node=3"], "do not split into 3 sampling slices of whole groups"),
+    (["run.nproc_per_node=2", "rollout.slices=3"], "rollout.slices=3 must be a multiple of the 2 processes"),
+    (["run.nproc_per_node=2", "optim.micro_batch_size=16"], "does not divide a minibatch of 8 rows per process"),
+])
+def test_batches_that_do_not_split_across_ranks_are_refused(overrides, message):
+    with pytest.raises(UserError, match=message):
+        load_config("smoke", overrides=overrides)
+
+
+def test_an_unreachable_master_is_refused_before_anything_is_written(tmp_path):
+    result = harness("run", "--algo", "grpo", *FLAGS, "--nproc-per-node", "1", "--nnodes", "2", "--node-rank", "1",
+                     "--master-addr", "127.0.0.1", "--master-port", "9", "--out", str(tmp_path / "run"))
+    assert result.returncode == 2 and "the master 127.0.0.1:9 does not answer" in result.stderr
+    assert not (tmp_path / "run").exists()
+    result = harness("run", "--algo", "grpo", *FLAGS, "--nproc-per-node", "2", "--master-addr", "no-such-host.invalid",
+                     "--out", str(tmp_path / "run"))
+    assert result.returncode == 2 and "--master-addr no-such-host.invalid cannot be resolved" in result.stderr
+
+
+def test_more_processes_than_gpus_are_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    config = load_config("smoke", overrides=["run.nproc_per_node=2"])
+    config.run.device = "cuda"  # set after loading: the loader checks the device against this machine
+    with pytest.raises(UserError, match="more processes than the 1 GPUs visible here"):
+        check_launch(config)
