@@ -110,3 +110,14 @@ def test_more_processes_than_gpus_are_refused(monkeypatch):
     config.run.device = "cuda"  # set after loading: the loader checks the device against this machine
     with pytest.raises(UserError, match="more processes than the 1 GPUs visible here"):
         check_launch(config)
+
+
+def test_a_comparison_on_two_processes_reports_memory_per_rank(tmp_path):
+    out = tmp_path / "cmp"
+    result = harness("compare", "--algos", "grpo,ppo", *FLAGS, "--nproc-per-node", "2", "--out", str(out))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    html = next(out.rglob("*.html")).read_text()
+    assert "Memory per rank" in html
+    for algo in ("grpo", "ppo"):
+        summary = json.loads((out / f"chain_sum__{algo}__s0" / "summary.json").read_text())
+        assert summary["world_size"] == 2 and len(summary["mem"]["live"]["per_rank"]) == 2

@@ -75,6 +75,20 @@ def arm_table(cmp: Comparison) -> list[dict[str, Any]]:
     return rows
 
 
+def rank_section(cmp: Comparison) -> list[dict[str, Any]]:
+    """Memory per rank of the arms that ran across processes (measured live-tensor peak, arithmetic model state)."""
+    rows = []
+    for arm in cmp.arms:
+        live = get(arm.summary, "mem", "live", "per_rank") or []
+        state = get(arm.summary, "mem", "arithmetic", "per_rank") or []
+        for rank, peak in enumerate(live):
+            models = state[rank] if rank < len(state) else {}
+            rows.append({"label": arm.label, "world": arm.summary.get("world_size"), "rank": rank,
+                         "peak": fmt(peak.get("peak"), "MiB"),
+                         "state": fmt(sum(row.get("total", 0) for row in models.values()), "MiB")})
+    return rows
+
+
 def figure_values(arms: list[Arm], key: str) -> list[float]:
     """One headline figure (harness.results.headline key) of each arm that has it."""
     return [a.row[key] for a in arms if a.row.get(key) is not None]
