@@ -107,8 +107,12 @@ def arm_command(run_dir, resume: bool, config) -> list[str]:
     run = config.run
     if config.world_size == 1:
         return [sys.executable, *command]
-    launcher = ["-m", "torch.distributed.run", f"--nproc-per-node={run.nproc_per_node}", f"--nnodes={run.nnodes}",
-                f"--node-rank={run.node_rank}", f"--master-addr={run.master_addr}", f"--master-port={run.master_port}"]
+    launcher = ["-m", "torch.distributed.run", f"--nproc-per-node={run.nproc_per_node}"]
+    if run.nnodes == 1:  # a free port of this machine: arms and tests side by side never collide
+        launcher.append("--standalone")
+    else:
+        launcher += [f"--nnodes={run.nnodes}", f"--node-rank={run.node_rank}", f"--master-addr={run.master_addr}",
+                     f"--master-port={run.master_port}"]
     return [sys.executable, *launcher, *command]
 
 
@@ -123,6 +127,8 @@ def check_launch(config) -> None:
     if config.run.device.startswith("cuda") and torch.cuda.is_available() and run.nproc_per_node > torch.cuda.device_count():
         raise UserError(f"--nproc-per-node {run.nproc_per_node} asks for more processes than the "
                         f"{torch.cuda.device_count()} GPUs visible here (one process per GPU)")
+    if run.nnodes == 1:
+        return  # torchrun --standalone: a rendezvous on this machine
     try:
         socket.getaddrinfo(run.master_addr, run.master_port)
     except OSError as err:

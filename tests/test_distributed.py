@@ -98,8 +98,8 @@ def test_an_unreachable_master_is_refused_before_anything_is_written(tmp_path):
                      "--master-addr", "127.0.0.1", "--master-port", "9", "--out", str(tmp_path / "run"))
     assert result.returncode == 2 and "the master 127.0.0.1:9 does not answer" in result.stderr
     assert not (tmp_path / "run").exists()
-    result = harness("run", "--algo", "grpo", *FLAGS, "--nproc-per-node", "2", "--master-addr", "no-such-host.invalid",
-                     "--out", str(tmp_path / "run"))
+    result = harness("run", "--algo", "grpo", *FLAGS, "--nproc-per-node", "1", "--nnodes", "2", "--node-rank", "0",
+                     "--master-addr", "no-such-host.invalid", "--out", str(tmp_path / "run"))
     assert result.returncode == 2 and "--master-addr no-such-host.invalid cannot be resolved" in result.stderr
 
 
