@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from harness import UserError, __version__
 
@@ -152,14 +153,26 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from harness.commands import bench
+    from harness.commands import bench, bench_trl
     from harness.terminal import quiet_libraries
     quiet_libraries()
+    if args.repeats < 1:
+        raise UserError("--repeats must be at least 1")
     if args.what == "memory":
         return bench.bench_memory_command(config_from_args(args, default_preset="tiny-realistic-vocab"))
-    algo = parse_algos(args.algo)[0]
     if args.budget is None:
         args.overrides = ["budget.unit=steps", "budget.total=20", *args.overrides]
+    if args.what == "trl":
+        args.overrides = [*bench_trl.TRL_WORKLOAD, *args.overrides]  # the fixed workload, then the user's --set
+        args.budget_unit = args.budget_unit or "steps"  # --budget N: N steps per run
+        workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
+        config = config_from_args(args)
+        if config.total_steps() < 3:
+            raise UserError("harness bench trl needs at least 3 steps per run (the first warms caches, the second "
+                            "carries the live-tensor tracker)")
+        return bench_trl.bench_trl_command(config, args.repeats, workloads, out=Path(args.out) if args.out else None,
+                                           profile_dir=Path(args.profile) if args.profile else None)
+    algo = parse_algos(args.algo)[0]
     return bench.bench_probes_command(config_from_args(args), algo, args.repeats)
 
 
@@ -272,13 +285,23 @@ def build_parser() -> Parser:
     baseline.add_argument("--out", required=True, metavar="FILE", help="e.g. results/baselines/NAME.json")
     baseline.set_defaults(func=cmd_baseline)
 
-    bench = sub.add_parser("bench", help="benchmarks: probe overhead, the log-prob path's memory",
-                           description="Benchmarks whose output is quoted, never asserted. probes: step time with "
-                                       "probes on and off; memory: the update's peak of live tensors with the old "
-                                       "and the new log-prob path (default preset tiny-realistic-vocab).")
-    bench.add_argument("what", choices=["probes", "memory"], help="what to benchmark")
-    bench.add_argument("--algo", default="ppo", help="the arm to run (default ppo: the most probed)")
-    bench.add_argument("--repeats", type=int, default=4, help="on/off pairs (alternating order)")
+    bench = sub.add_parser(
+        "bench", help="benchmarks: probe overhead, the log-prob path's memory, our GRPO against TRL's",
+        description="Benchmarks whose output is quoted, never asserted. probes: step time with probes on and "
+                    "off; memory: the update's peak of live tensors with the old and the new log-prob path "
+                    "(default preset tiny-realistic-vocab); trl: our GRPO arm against trl-grpo on a fixed "
+                    "workload (64 completions per step, G = 8, 4 new tokens, beta 0.04, one optimizer step per "
+                    "rollout), on the tiny model and with Qwen2.5's vocabulary rows: median step times, their "
+                    "ratio, peaks of live tensors.")
+    bench.add_argument("what", choices=["probes", "memory", "trl"], help="what to benchmark")
+    bench.add_argument("--algo", default="ppo", help="probes: the arm to run (default ppo: the most probed)")
+    bench.add_argument("--repeats", type=int, default=4,
+                       help="probes: on/off pairs; trl: runs of each arm (alternating order); default 4")
+    bench.add_argument("--workloads", default="tiny,realistic-vocab",
+                       help="trl: which workloads, comma-separated (default tiny,realistic-vocab)")
+    bench.add_argument("--out", help="trl: also write the figures to this JSON file")
+    bench.add_argument("--profile", metavar="DIR",
+                       help="trl: after timing, run each arm once more under pyinstrument and write its report to DIR")
     add_config_flags(bench)
     bench.set_defaults(func=cmd_bench)
 

@@ -121,7 +121,10 @@ def run_arm(config: Config, algo: str, run_dir: Path, resume: bool = False, prog
     trackers = open_trackers(config, run_dir) if main else None
     arm = None
     try:
-        arm = Arm(config, algo, run_dir, progress)
+        arm_class = Arm
+        if algo == "trl-grpo":  # TRL's GRPOTrainer, probed like our arms
+            from harness.trl_arm import TRLArm as arm_class
+        arm = arm_class(config, algo, run_dir, progress)
         if trackers is not None:
             arm.on_step = trackers.log_step
         summary = summarize(config, algo, arm.train(resume=resume, probes_enabled=probes_enabled))

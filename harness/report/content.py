@@ -199,7 +199,9 @@ def config_section(cmp: Comparison) -> dict[str, Any]:
         # The options the arm ran with, defaults filled in, as its config.yaml recorded them.
         options = get(config, "derived", "algorithm_options") or get(config, "algorithms", algo) or {}
         config.pop("algorithms", None)
-        config["derived"] = {k: v for k, v in (config.get("derived") or {}).items() if k != "algorithm_options"}
+        # another library's settings (derived.trl) have a section of their own: see cross_check_section
+        config["derived"] = {k: v for k, v in (config.get("derived") or {}).items()
+                             if k not in ("algorithm_options", "trl")}
         flat_config = flatten(config)
         flat_config.update({f"algorithm.{k}": v for k, v in options.items()})
         columns.append(f"{algo} ({arm.label})" if arm else algo)
@@ -213,6 +215,20 @@ def config_section(cmp: Comparison) -> dict[str, Any]:
         else:
             shared.append({"key": key, "value": values[0]})
     return {"columns": columns, "differing": differing, "shared": shared}
+
+
+def cross_check_section(cmp: Comparison) -> list[dict[str, Any]]:
+    """Arms trained by TRL's GRPOTrainer: the GRPOConfig fields set explicitly and what could not be matched,
+    as each arm's config.yaml recorded them (derived.trl)."""
+    out = []
+    for algo in cmp.algos:
+        arm = next((a for a in cmp.arms_of(algo) if get(a.config, "derived", "trl")), None)
+        if arm is None:
+            continue
+        trl = get(arm.config, "derived", "trl")
+        out.append({"algo": algo, "version": trl.get("version"), "not_matched": trl.get("not_matched") or [],
+                    "settings": sorted(flatten(trl.get("grpo_config") or {}).items())})
+    return out
 
 
 def environment_section(cmp: Comparison) -> list[dict[str, Any]]:
@@ -231,5 +247,6 @@ def environment_section(cmp: Comparison) -> list[dict[str, Any]]:
 def method_section(cmp: Comparison) -> dict[str, Any]:
     budget = cmp.plan.get("budget") or {}
     return {"fairness": cmp.plan.get("fairness") or [], "budget": budget, "config": config_section(cmp),
+            "cross_checks": cross_check_section(cmp),
             "environment": environment_section(cmp), "config_hash": cmp.plan.get("config_hash"),
             "preset": cmp.plan.get("preset"), "task": cmp.plan.get("task"), "model": cmp.plan.get("model")}
