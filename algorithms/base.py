@@ -420,6 +420,15 @@ class Algorithm:
         """Weight of the k3 KL term the shared loop adds to the loss (0 where the algorithm's own loss holds it)."""
         return 0.0
 
+    @property
+    def needs_sampler_logps(self) -> bool:
+        """Whether the rollout must score the sampler's log-probs in a pass of their own: for a ratio across
+        several optimizer steps, or a KL in the reward. With one step per rollout and no reward KL the
+        ratio is 1 and the update's own log-probs serve (TRL skips the pass alike)."""
+        several = self.settings.epochs * self.settings.minibatches > 1
+        reward_kl = self.KL_OPTIONS.get("reward")
+        return several or (reward_kl is not None and getattr(self.options, reward_kl) > 0)
+
     def policy_frozen(self) -> bool:
         """Whether this update leaves the policy as it is (a critic's warm-up)."""
         return False
@@ -555,6 +564,8 @@ class Algorithm:
                 for optimizer in optimizers:
                     optimizer.step()
                 stats.end_minibatch()
+        for optimizer in optimizers:  # the gradients are spent: free them before the next rollout, as TRL does
+            optimizer.zero_grad(set_to_none=True)
         for model in models.values():
             model.eval()
 
@@ -563,6 +574,8 @@ class Algorithm:
         settings = self.settings
         logits = completion_logits(self.policy, micro, settings.temperature)
         logps = selective_log_softmax(logits, micro.input_ids[:, micro.prompt_length:])
+        if micro.old_logps is None:  # one optimizer step per rollout: the policy is the sampler (ratio 1)
+            micro.old_logps = logps.detach()
         loss, policy_stats = self.policy_loss(logps, micro, denominator)
         mask = micro.completion_mask
         if self.kl_loss_coef and micro.ref_logps is not None:

@@ -51,8 +51,8 @@ class PPOConfig:
 
 def token_rewards(scores, logps, ref_logps, kl_coef, mask):
     """Per-token rewards `[B, T]`: -kl_coef * (logp - ref) everywhere, plus the score at the last token."""
-    mask = mask.to(logps.dtype)
-    rewards = torch.zeros_like(logps)
+    mask = mask.to(scores.dtype)
+    rewards = torch.zeros_like(mask)  # logps may be absent: without a KL term the sampler's are not scored
     if kl_coef and ref_logps is not None:
         rewards = -kl_coef * (logps - ref_logps)
     rewards = rewards * mask

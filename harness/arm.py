@@ -262,9 +262,10 @@ class Arm:
         """One sampling slice of the step: its prompts sampled with its own seed and scored."""
         config = self.config
         seed_everything(slice_seed(config.run.seed, step, slice_index))
+        sampler_logps = self.algorithm.needs_sampler_logps
         if not self.algorithm.filters_groups:
             return generate(self.policy, self.reference, self.tokenizer, self.task, examples, config.rollout,
-                            self.settings, meter)
+                            self.settings, meter, sampler_logps)
         rounds, count = self.algorithm.options.max_generation_rounds, len(examples)
 
         def prompts(round_index: int):
@@ -273,7 +274,7 @@ class Arm:
                 REFILL_STEPS + (step * rounds + round_index) * config.sampling_slices(self.ranks.world) + slice_index,
                 count)
         return generate_with_spread(self.policy, self.reference, self.tokenizer, self.task, prompts, count, rounds,
-                                    config.rollout, self.settings, meter)
+                                    config.rollout, self.settings, meter, sampler_logps)
 
     def rollout(self, step: int, meter: StepMeter) -> Rollout:
         """This process's slices of the step's prompts, sampled and scored, with the sampler's and the
@@ -328,7 +329,8 @@ class Arm:
         if algorithm.filters_groups:  # dynamic sampling: what was sampled, what was kept, in how many rounds
             record.update({"rollout/sampled": whole.sampled, "rollout/rounds": whole.rounds,
                            "rollout/kept": int(all_sum(torch.tensor(batch.size if batch is not None else 0)))})
-        logps_ok = batch is None or bool(torch.isfinite(batch.old_logps[batch.completion_mask.bool()]).all())
+        sampled = batch.old_logps if batch is not None else None
+        logps_ok = sampled is None or bool(torch.isfinite(sampled[batch.completion_mask.bool()]).all())
         problem = non_finite(stats) or (None if all(ranks_.gather(logps_ok, self.ranks))
                                         else "the sampler's log-probs hold a non-finite value")
         if problem:

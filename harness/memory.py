@@ -128,8 +128,8 @@ class LiveTensors:
     def __init__(self, trained: Iterable[torch.nn.Module] = (), frozen: Iterable[torch.nn.Module] = (),
                  optimizers: Iterable[torch.optim.Optimizer] = ()):
         self._tracker = _LeanTracker()
-        self._trained = list(trained)
-        self._tracker.track_external(*self._trained, *frozen, *optimizers)
+        self._trained, self._optimizers = list(trained), list(optimizers)
+        self._tracker.track_external(*self._trained, *frozen, *self._optimizers)
         self.step_peaks: dict[str, dict[str, int]] = {}
 
     def __enter__(self) -> "LiveTensors":
@@ -137,6 +137,8 @@ class LiveTensors:
         self._tracker.__enter__()
         for model in self._trained:  # gradients are tracked from hooks as they are made; exit removes the hooks
             self._tracker._track_module_params_and_buffers(model, install_grad_hooks=True)
+        for optimizer in self._optimizers:  # state made on an untracked step is alive on this one
+            self._tracker._track_optimizer_states(_Category.OPT, optimizer)
         return self
 
     def __exit__(self, *exc) -> None:

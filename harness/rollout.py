@@ -70,11 +70,12 @@ def sampling_config(tokenizer, max_new_tokens: int, temperature: float = 1.0, to
     repetition_penalty, top_k, no_repeat_ngram_size, ...): `sample` hides that config while it
     generates, and the fields that matter are set to their neutral values here as well.
     """
-    neutral = dict(top_k=0, min_p=0.0, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0,
-                   repetition_penalty=1.0, encoder_repetition_penalty=1.0, no_repeat_ngram_size=0,
-                   encoder_no_repeat_ngram_size=0, min_length=0, min_new_tokens=0, length_penalty=1.0,
-                   renormalize_logits=False, num_beams=1, num_return_sequences=1, suppress_tokens=[],
-                   begin_suppress_tokens=[])
+    # Values that turn a processor off; where only None does (min_p, suppress_tokens), the model's own
+    # config, hidden by `sample`, cannot fill the field in either.
+    neutral = dict(top_k=0, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0, repetition_penalty=1.0,
+                   encoder_repetition_penalty=1.0, no_repeat_ngram_size=0, encoder_no_repeat_ngram_size=0,
+                   min_length=0, min_new_tokens=0, length_penalty=1.0, renormalize_logits=False, num_beams=1,
+                   num_return_sequences=1)
     sampling = {"do_sample": False} if greedy else {"do_sample": True, "temperature": temperature, "top_p": top_p}
     return GenerationConfig(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                             eos_token_id=tokenizer.eos_token_id, **neutral, **sampling)
@@ -100,9 +101,9 @@ def sample(policy, tokenizer, prompts: list[str], max_new_tokens: int, temperatu
 
 
 def generate(policy, reference, tokenizer, task: Task, examples: list[Example], cfg: RolloutConfig,
-             settings: TrainSettings | None = None, meter=None) -> Rollout:
+             settings: TrainSettings | None = None, meter=None, sampler_logps: bool = True) -> Rollout:
     """Sample `samples_per_prompt` completions per example (grouped contiguously), score them, and
-    compute the sampler's and the reference's log-probs in no-grad micro-batches."""
+    compute the sampler's (unless `sampler_logps` is off) and the reference's log-probs in no-grad micro-batches."""
     meter = meter or NoMeter()
     settings = settings or TrainSettings(temperature=cfg.temperature)
     group = [e for e in examples for _ in range(cfg.samples_per_prompt)]
@@ -118,8 +119,9 @@ def generate(policy, reference, tokenizer, task: Task, examples: list[Example], 
         batch = RolloutBatch(input_ids=input_ids, attention_mask=torch.cat([prompt_mask, mask.long()], dim=1),
                              completion_mask=mask, prompt_length=prompt_length, group_size=cfg.samples_per_prompt,
                              scores=torch.tensor([r.total for r in rewards], device=input_ids.device))
-    with meter.phase("old_logprobs"):
-        batch.old_logps = batched_logps(policy, batch, settings)
+    if sampler_logps:
+        with meter.phase("old_logprobs"):
+            batch.old_logps = batched_logps(policy, batch, settings)
     if reference is not None:
         with meter.phase("ref_logprobs"):
             batch.ref_logps = batched_logps(reference, batch, settings)
@@ -170,7 +172,8 @@ def concat_batches(batches: list[RolloutBatch], pad_id: int) -> RolloutBatch:
 
 
 def generate_with_spread(policy, reference, tokenizer, task: Task, prompts_for_round, groups: int,
-                         max_rounds: int, cfg: RolloutConfig, settings: TrainSettings, meter=None) -> Rollout:
+                         max_rounds: int, cfg: RolloutConfig, settings: TrainSettings, meter=None,
+                         sampler_logps: bool = True) -> Rollout:
     """DAPO's dynamic sampling: sample round after round (`prompts_for_round(r)` gives round r's prompts),
     keep the groups whose rewards are not all equal, until `groups` are kept or `max_rounds` ran.
 
@@ -180,7 +183,8 @@ def generate_with_spread(policy, reference, tokenizer, task: Task, prompts_for_r
     kept: list[RolloutBatch] = []
     texts, rewards, sampled, tokens, count = [], [], 0, 0, 0
     for round_index in range(max_rounds):
-        rollout = generate(policy, reference, tokenizer, task, prompts_for_round(round_index), cfg, settings, meter)
+        rollout = generate(policy, reference, tokenizer, task, prompts_for_round(round_index), cfg, settings, meter,
+                           sampler_logps)
         texts += rollout.completions
         rewards += rollout.rewards
         sampled += rollout.sampled

@@ -60,3 +60,19 @@ def test_retagged_rollout_tensors_count_as_rollout():
     assert live.step_peaks["generate"] == {"total": 256, "kv_cache": 256}
     assert live.step_peaks["update"] == {"total": 320, "rollout": 256, "activations": 64}
     del ids, scratch
+
+
+def test_optimizer_state_made_on_an_untracked_step_counts_on_a_tracked_one():
+    torch.manual_seed(0)
+    layer = nn.Linear(3, 2, bias=False)
+    optimizer = torch.optim.AdamW(layer.parameters())
+    live = LiveTensors(trained=[layer], optimizers=[optimizer])
+    layer(torch.ones(4, 3)).sum().backward()  # the first step runs untracked (run.memory_every > 1)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    with live:
+        with live.phase("forward"):
+            x = torch.ones(4, 3)
+    # weight 24 + x 48 + AdamW's exp_avg 24, exp_avg_sq 24 and step 4 = 124
+    assert live.step_peaks["forward"] == {"total": 124, "params": 24, "activations": 48, "optimizer": 52}
+    del x

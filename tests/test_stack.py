@@ -298,3 +298,22 @@ def test_one_slice_or_two_on_one_process_make_the_same_kind_of_update():
     one, _ = trained(GRPO, GRPOConfig(), TrainSettings(lr=1e-3, minibatches=1, slices=1))
     two, _ = trained(GRPO, GRPOConfig(), TrainSettings(lr=1e-3, minibatches=1, slices=2))
     assert_same_models(one, two)  # one minibatch: every row in it either way
+
+
+def test_one_optimizer_step_per_rollout_needs_no_pass_for_the_samplers_log_probs():
+    # one epoch, one minibatch: the ratio is 1, the update's own log-probs serve as the sampler's
+    single = TrainSettings(lr=1e-3, minibatches=1)
+    assert not GRPO(small_policy(), GRPOConfig(), single).needs_sampler_logps
+    assert GRPO(small_policy(), GRPOConfig(), TrainSettings(minibatches=2)).needs_sampler_logps
+    assert PPO(small_policy(), PPOConfig(kl_coef=0.05), single).needs_sampler_logps  # the reward's KL needs them
+    assert not PPO(small_policy(), PPOConfig(kl_coef=0.0), single).needs_sampler_logps
+    # the update is the same whether the sampler's log-probs were scored apart or not
+    with_pass, _ = trained(GRPO, GRPOConfig(), single)
+    policy = small_policy()
+    without = GRPO(policy, GRPOConfig(), single, seed=3)
+    batch = rollout_batch(policy)
+    batch.old_logps = None
+    without.prepare(batch)
+    stats = without.update(batch)
+    assert_same_models(with_pass, without)
+    assert float(stats["clipfrac"]) == 0.0 and float(stats["approx_kl"]) == 0.0
