@@ -76,6 +76,14 @@ def finished(smoke_comparison, tmp_path) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def smoke_baseline(smoke_comparison, tmp_path_factory) -> Path:
+    """A baseline written from the session's smoke comparison: the gate rows compare like with like."""
+    path = tmp_path_factory.mktemp("faults-baseline") / "smoke.json"
+    assert main(["baseline", str(smoke_comparison[0]), "--out", str(path)]) == 0
+    return path
+
+
 def start(*args, **popen) -> subprocess.Popen:
     """`harness ARGS` as its own process (and process group, so that a test can clean up after it)."""
     return subprocess.Popen([sys.executable, "-m", "harness", *args], stdout=subprocess.PIPE,
@@ -157,7 +165,7 @@ def test_1_a_second_writer_and_every_reader_are_refused_while_a_comparison_runs(
     assert steps == sorted(set(steps)), "two writers interleaved their steps"
 
 
-def test_1_readers_refuse_a_folder_whose_lock_is_held(finished, tmp_path, capsys):
+def test_1_readers_refuse_a_folder_whose_lock_is_held(finished, smoke_baseline, tmp_path, capsys):
     from harness.io import FolderLock
     with FolderLock(finished / PPO, "harness run --run-dir X"):
         for args in [("check", finished, "--baseline", BASELINE), ("baseline", finished, "--out", tmp_path / "b.json"),
@@ -166,7 +174,7 @@ def test_1_readers_refuse_a_folder_whose_lock_is_held(finished, tmp_path, capsys
             assert_one_line(code, err, f"{finished / PPO} is still being written by process {os.getpid()} "
                                        f"(harness run --run-dir X, since ")
     assert not (tmp_path / "b.json").exists() and not (tmp_path / "r").exists()
-    assert run_main(capsys, "check", finished, "--baseline", BASELINE)[0] == 0  # released with its holder
+    assert run_main(capsys, "check", finished, "--baseline", smoke_baseline)[0] == 0  # released with its holder
 
 
 def test_1_a_new_run_never_overwrites_a_finished_one(finished, capsys):
@@ -240,33 +248,33 @@ def test_2_an_arm_killed_by_sigkill_is_recorded_and_the_other_arms_go_on(tmp_pat
 
 # ---------------------------------------------------------------- 4. the memory gate
 
-def test_4_a_summary_without_its_memory_figures_is_an_error_not_an_improvement(finished, capsys):
+def test_4_a_summary_without_its_memory_figures_is_an_error_not_an_improvement(finished, smoke_baseline, capsys):
     data = summary(finished / PPO)
     del data["mem"]
     (finished / PPO / "summary.json").write_text(json.dumps(data))
-    code, out, err = run_main(capsys, "check", finished, "--baseline", BASELINE)
+    code, out, err = run_main(capsys, "check", finished, "--baseline", smoke_baseline)
     assert_one_line(code, err, f"{finished / PPO / 'summary.json'} has no measured: step peak of live tensors")
     assert "gated figures are missing; the run lost its memory data" in err and "improved" not in out
 
 
-def test_4_a_phase_that_lost_its_figure_is_an_error(finished, capsys):
+def test_4_a_phase_that_lost_its_figure_is_an_error(finished, smoke_baseline, capsys):
     data = summary(finished / PPO)
     data["mem"]["live"]["phases"]["policy_update"].pop("total")
     (finished / PPO / "summary.json").write_text(json.dumps(data))
-    code, _, err = run_main(capsys, "check", finished, "--baseline", BASELINE)
+    code, _, err = run_main(capsys, "check", finished, "--baseline", smoke_baseline)
     assert_one_line(code, err, "has no live tensors: policy_update for ppo s0: a gated figure is missing")
 
 
-def test_4_a_phase_dropped_under_the_baselines_own_config_is_an_error(finished, capsys):
+def test_4_a_phase_dropped_under_the_baselines_own_config_is_an_error(finished, smoke_baseline, capsys):
     data = summary(finished / PPO)
     del data["mem"]["live"]["phases"]["critic_update"]
     (finished / PPO / "summary.json").write_text(json.dumps(data))
-    code, out, err = run_main(capsys, "check", finished, "--baseline", BASELINE)
+    code, out, err = run_main(capsys, "check", finished, "--baseline", smoke_baseline)
     assert_one_line(code, err, "has no live tensors: critic_update for ppo s0, which the baseline measured with "
                                "the same config: the run lost memory data")
 
 
-def test_4_baseline_refuses_a_run_without_memory_figures(finished, tmp_path, capsys):
+def test_4_baseline_refuses_a_run_without_memory_figures(finished, smoke_baseline, tmp_path, capsys):
     data = summary(finished / GRPO)
     del data["mem"]["live"]
     (finished / GRPO / "summary.json").write_text(json.dumps(data))
@@ -275,8 +283,8 @@ def test_4_baseline_refuses_a_run_without_memory_figures(finished, tmp_path, cap
     assert "a baseline without it would gate nothing" in err and not (tmp_path / "b.json").exists()
 
 
-def test_4_a_baseline_that_lost_a_gated_figure_is_an_error(finished, tmp_path, capsys):
-    data = json.loads(BASELINE.read_text())
+def test_4_a_baseline_that_lost_a_gated_figure_is_an_error(finished, smoke_baseline, tmp_path, capsys):
+    data = json.loads(smoke_baseline.read_text())
     data["arms"][1]["mem"]["arithmetic"].pop("model_state_total")
     edited = tmp_path / "edited.json"
     edited.write_text(json.dumps(data))
