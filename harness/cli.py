@@ -5,10 +5,11 @@ Config and paths and calls a function of `harness.commands`, imported only when 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
-from harness import UserError, __version__
+from harness import Interrupted, UserError, __version__
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -60,6 +61,7 @@ FLAG_FIELDS = {"model": "model.name", "task": "task.name", "budget": "budget.tot
                "eval_file": "task.eval_file", "chat_template": "task.chat_template", "report_to": "run.report_to",
                "nproc_per_node": "run.nproc_per_node", "nnodes": "run.nnodes", "node_rank": "run.node_rank",
                "master_addr": "run.master_addr", "master_port": "run.master_port"}
+CONFIG_FLAGS = ("preset", "config", *FLAG_FIELDS, "overrides")  # every flag that sets a config field
 
 
 def config_from_args(args: argparse.Namespace, default_preset: str = "tiny"):
@@ -68,6 +70,14 @@ def config_from_args(args: argparse.Namespace, default_preset: str = "tiny"):
     overrides = [f"{field}={getattr(args, flag)}" for flag, field in FLAG_FIELDS.items()
                  if getattr(args, flag, None) is not None]
     return load_config(args.preset or default_preset, args.config, overrides + list(args.overrides))
+
+
+def refuse_flags_with(args: argparse.Namespace, flags: tuple[str, ...], what: str) -> None:
+    """One line when flags are given that `what` (a resume: the folder's saved config) would silently ignore."""
+    given = [f"--{'set' if name == 'overrides' else name.replace('_', '-')}" for name in flags
+             if getattr(args, name, None) not in (None, [])]
+    if given:
+        raise UserError(f"{what}; drop {', '.join(given)} (to change them, start a new run)")
 
 
 def parse_algos(text: str) -> list[str]:
@@ -96,13 +106,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from harness.terminal import quiet_libraries
     quiet_libraries()
     if args.resume:
+        refuse_flags_with(args, ("algos", "seeds", "seed", "out", *CONFIG_FLAGS),
+                          f"--resume continues {args.resume} with the config, algorithms and seeds it was started with")
         return compare.resume(args.resume, report=not args.no_report)
-    algos = parse_algos(args.algos)
+    algos = parse_algos(args.algos or "grpo,ppo")
     config = config_from_args(args)
     seeds = config.verdict.seeds if args.seeds is None else args.seeds
     if seeds < 1:
         raise UserError("--seeds must be at least 1")
-    return compare.compare(config, algos, list(range(args.seed, args.seed + seeds)), out=args.out,
+    first = args.seed or 0
+    return compare.compare(config, algos, list(range(first, first + seeds)), out=args.out,
                            report=not args.no_report)
 
 
@@ -121,6 +134,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness.terminal import quiet_libraries
     quiet_libraries()
     if args.run_dir:
+        refuse_flags_with(args, ("algo", "out", *CONFIG_FLAGS),
+                          f"--run-dir trains {args.run_dir} with the config saved in it")
         return run.run_folder(args.run_dir, resume=args.resume, probes=not args.no_probes)
     if args.resume:
         raise UserError("--resume needs --run-dir: the folder of the run to continue")
@@ -203,10 +218,10 @@ def build_parser() -> Parser:
     compare = sub.add_parser("compare", help="run each algorithm under the same budget and compare",
                              description="Train every algorithm with every seed under the same budget, each arm "
                                          "in its own process; print the tables and write the HTML/PDF report.")
-    compare.add_argument("--algos", default="grpo,ppo", help="comma-separated algorithms (default: grpo,ppo)")
+    compare.add_argument("--algos", help="comma-separated algorithms (default: grpo,ppo)")
     compare.add_argument("--seeds", type=int, help="seeds per algorithm: SEED, SEED+1, ... (default: verdict.seeds, "
                                                    "1 in most presets; 'harness plan' says how many a margin needs)")
-    compare.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    compare.add_argument("--seed", type=int, help="first seed (default 0)")
     compare.add_argument("--out", help="comparison folder (default: results/compare__TASK__TIME)")
     compare.add_argument("--resume", metavar="DIR", help="finish an interrupted comparison folder")
     compare.add_argument("--no-report", action="store_true", help="skip the HTML/PDF report")
@@ -321,9 +336,16 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"harness: error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("harness: interrupted; finished steps are saved (resume with --resume)", file=sys.stderr)
-        return 130
+    except OSError as err:  # a write the checks could not foresee: a full disk, a folder removed under us
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"harness: error: {where}{err.strerror or err}", file=sys.stderr)
+        return EXIT_USAGE
+    except (KeyboardInterrupt, Interrupted) as stop:
+        signum = getattr(stop, "signum", signal.SIGINT)
+        hint = getattr(stop, "hint", None) or "--resume"
+        print(f"harness: stopped by {signal.Signals(signum).name}; finished steps are saved (continue with {hint})",
+              file=sys.stderr)
+        return 128 + signum
 
 
 if __name__ == "__main__":

@@ -196,26 +196,41 @@ def _merge(target: Any, values: dict[str, Any], where: str) -> None:
 
 
 def _coerce(value: Any, kind: type, name: str) -> Any:
-    if kind is bool and isinstance(value, str):
-        if value.lower() in ("1", "true", "yes", "on"):
-            return True
-        if value.lower() in ("0", "false", "no", "off"):
-            return False
-    try:
-        if kind is int and isinstance(value, float) and not value.is_integer():
-            raise ValueError
+    """`value` as the field's type, strictly: true is not 1, 'maybe' is not a bool, nan is not a number."""
+    def refuse(expected: str):
+        return UserError(f"config field '{name}' expects {expected}, got {value!r}")
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise refuse("true or false")
+    if isinstance(value, bool) or isinstance(value, (dict, list)):
+        raise refuse({int: "an integer", float: "a number", str: "a string"}.get(kind, kind.__name__))
+    if kind is str:
+        return value if isinstance(value, str) else str(value)
+    if kind in (int, float) and type(value) is int:
         return kind(value)
+    try:
+        number = float(value)  # YAML 1.1 reads 1e-4 as a string; float() reads it as a number
     except (TypeError, ValueError):
-        raise UserError(f"config field '{name}' expects {kind.__name__}, got {value!r}") from None
+        number = math.nan
+    if kind is float and math.isfinite(number):
+        return number
+    if kind is int and math.isfinite(number) and number.is_integer():
+        return int(number)
+    raise refuse("an integer" if kind is int else "a finite number")
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise UserError(f"malformed YAML in {path}{where}: {getattr(err, 'problem', err)}") from None
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path} is not UTF-8 text (byte {err.start}): save it as UTF-8") from None
+    except RecursionError:
+        raise UserError(f"{path} is nested too deeply to be a config") from None
     except OSError as err:
         raise UserError(f"cannot read {path}: {err.strerror}") from None
     if data is None:
@@ -269,13 +284,59 @@ def load_config(preset: str = "tiny", config_file: str | None = None,
     return config
 
 
+# Every number's range, in one place: (test, what it must be). A new numeric field needs a line here
+# (tests/test_faults.py checks that each has one).
+AT_LEAST_1 = (lambda v: v >= 1, "at least 1")
+NON_NEGATIVE = (lambda v: v >= 0, "0 or more")
+POSITIVE = (lambda v: v > 0, "above 0")
+PROBABILITY = (lambda v: 0 < v <= 1, "in (0, 1]")
+# numpy seeds each step with seed * STEP_SEED_STRIDE + step (harness.runner.step_seed), below 2**32
+STEP_SEED_STRIDE = 1_000_003
+SEED_LIMIT = 2**32 // STEP_SEED_STRIDE - 1
+RUN_SEED = (lambda v: 0 <= v <= SEED_LIMIT, f"in [0, {SEED_LIMIT}]")
+
+FIELD_RANGES = {  # 0 means "off" or "all" where a field's comment says so
+    "model.hidden_size": AT_LEAST_1, "model.num_layers": AT_LEAST_1, "model.num_heads": AT_LEAST_1,
+    "model.warm_start_steps": NON_NEGATIVE, "model.warm_start_batch": AT_LEAST_1, "model.warm_start_lr": POSITIVE,
+    "model.vocab_pad_to": NON_NEGATIVE,
+    "task.eval_size": AT_LEAST_1, "task.validation_size": NON_NEGATIVE, "task.seed": NON_NEGATIVE,
+    "task.format_weight": NON_NEGATIVE,
+    "rollout.batch_size": AT_LEAST_1, "rollout.samples_per_prompt": AT_LEAST_1, "rollout.temperature": POSITIVE,
+    "rollout.top_p": PROBABILITY, "rollout.max_new_tokens": AT_LEAST_1, "rollout.logprob_batch_size": NON_NEGATIVE,
+    "rollout.slices": NON_NEGATIVE,
+    "budget.total": AT_LEAST_1,
+    "optim.lr": POSITIVE, "optim.epochs": AT_LEAST_1, "optim.minibatches": AT_LEAST_1,
+    "optim.micro_batch_size": NON_NEGATIVE, "optim.entropy_coef": NON_NEGATIVE,
+    "optim.max_grad_norm": POSITIVE, "optim.weight_decay": NON_NEGATIVE,
+    "run.seed": RUN_SEED, "run.threads": NON_NEGATIVE, "run.eval_every": NON_NEGATIVE,
+    "run.checkpoint_every": NON_NEGATIVE, "run.memory_every": NON_NEGATIVE, "run.lm_eval_k": NON_NEGATIVE,
+    "run.nproc_per_node": AT_LEAST_1, "run.nnodes": AT_LEAST_1, "run.node_rank": NON_NEGATIVE,
+    "run.master_port": (lambda v: 1 <= v <= 65535, "a port in [1, 65535]"),
+}  # the verdict section is checked as a whole (validate_verdict): its fields bound each other
+FIELD_CHOICES = {
+    "budget.unit": ("completions", "tokens", "steps"), "rollout.backend": ("hf", "vllm"),
+    "model.precision": PRECISIONS, "task.chat_template": ("auto", "none"),
+}
+
+
+def field_value(config: Config, dotted: str) -> Any:
+    section, name = dotted.split(".")
+    return getattr(getattr(config, section), name)
+
+
+def check_range(name: str, value: Any, rule: tuple) -> None:
+    test, expected = rule
+    if not test(value):
+        raise UserError(f"{name} must be {expected}, got {value!r}")
+
+
 def validate(config: Config) -> None:
-    if config.budget.unit not in ("completions", "tokens", "steps"):
-        raise UserError(f"budget.unit '{config.budget.unit}' is not one of: completions, tokens, steps")
-    if config.budget.total <= 0:
-        raise UserError("budget.total must be positive")
-    if config.rollout.batch_size <= 0 or config.rollout.samples_per_prompt <= 0:
-        raise UserError("rollout.batch_size and rollout.samples_per_prompt must be positive")
+    """Every field's range and choices, and the fields that must agree; one line for the first that is wrong."""
+    for name, rule in FIELD_RANGES.items():
+        check_range(name, field_value(config, name), rule)
+    for name, choices in FIELD_CHOICES.items():
+        if field_value(config, name) not in choices:
+            raise UserError(f"{name} '{field_value(config, name)}' is not one of: {', '.join(choices)}")
     if config.rollout.batch_size % config.rollout.samples_per_prompt:
         raise UserError(
             f"rollout.batch_size={config.rollout.batch_size} is not divisible by the group size "
@@ -284,25 +345,22 @@ def validate(config: Config) -> None:
         raise UserError(
             f"rollout.batch_size={config.rollout.batch_size} is not divisible into "
             f"optim.minibatches={config.optim.minibatches}")
-    if config.rollout.backend not in ("hf", "vllm"):
-        raise UserError(f"rollout.backend '{config.rollout.backend}' is not one of: hf, vllm")
-    if config.model.precision not in PRECISIONS:
-        raise UserError(f"model.precision '{config.model.precision}' is not one of: {', '.join(PRECISIONS)}")
     validate_processes(config)
     minibatch = config.rollout.batch_size // config.world_size // config.optim.minibatches
     micro = config.optim.micro_batch_size
-    if micro < 0 or (micro and minibatch % micro):
+    if micro and minibatch % micro:
         where = "" if config.world_size == 1 else f" per process ({config.world_size} processes)"
         raise UserError(f"optim.micro_batch_size={micro} does not divide a minibatch of {minibatch} rows{where} "
                         f"(rollout.batch_size / optim.minibatches); pick a divisor of {minibatch}, or 0 for all")
-    if config.rollout.logprob_batch_size < 0:
-        raise UserError("rollout.logprob_batch_size must be 0 (all rows) or positive")
-    if config.run.memory_every < 0:
-        raise UserError("run.memory_every must be 0 (off) or positive")
-    if config.task.eval_size < 1 or config.task.validation_size < 0:
-        raise UserError("task.eval_size must be at least 1 and task.validation_size at least 0")
-    if config.task.chat_template not in ("auto", "none"):
-        raise UserError(f"task.chat_template '{config.task.chat_template}' is not one of: auto, none")
+    model = config.model
+    if model.name == "tiny" and (model.hidden_size % model.num_heads or (model.hidden_size // model.num_heads) % 2):
+        raise UserError(f"model.hidden_size={model.hidden_size} must split into model.num_heads={model.num_heads} "
+                        f"heads of an even width (rotary embeddings rotate pairs)")
+    if not str(config.run.results_dir).strip():
+        raise UserError("run.results_dir is empty; give a folder")
+    validate_algorithm_sections(config.algorithms)
+    if not isinstance(config.task.options, dict):
+        raise UserError(f"task.options must be a mapping of generator options, got {config.task.options!r}")
     absolute_task_paths(config.task)
     from harness.trackers import parse_report_to
     parse_report_to(config.run.report_to)
@@ -343,6 +401,54 @@ def validate_verdict(verdict: VerdictConfig) -> None:
         raise UserError("verdict.seed_sd must be ≥ 0 and verdict.expected_accuracy between 0 and 1")
     if not 0.5 <= verdict.power < 1:
         raise UserError(f"verdict.power must lie in [0.5, 1), got {verdict.power}")
+
+
+
+def validate_algorithm_sections(sections: dict[str, Any]) -> None:
+    """Only registered algorithms, each a mapping; option names, types and ranges are the algorithm's."""
+    from harness.algorithms import algorithm_names
+    for name, options in sections.items():
+        if name not in algorithm_names():
+            raise UserError(f"unknown section 'algorithms.{name}'; valid: "
+                            f"{', '.join(f'algorithms.{a}' for a in algorithm_names())}")
+        if not isinstance(options, dict):
+            raise UserError(f"algorithms.{name} must be a mapping of options, got {options!r}")
+
+
+def check_seed(seed: int) -> None:
+    check_range("the seed", seed, RUN_SEED)
+
+
+def check_task_options(config: Config) -> None:
+    """A reasoning-gym task's options against the generator's own config dataclass: names, types, its validate()."""
+    from reasoning_gym.factory import DATASETS
+
+    from harness.tasks.gym import GYM_TASKS, RG_PREFIX, is_rg_task
+    name = config.task.name
+    generator, defaults = ((name[len(RG_PREFIX):], {}) if is_rg_task(name)
+                           else (GYM_TASKS[name].generator, GYM_TASKS[name].options))
+    options_class = DATASETS[generator][1]
+    fields = {f.name: f for f in dataclasses.fields(options_class) if f.name not in ("seed", "size")}
+    for key, value in config.task.options.items():
+        if key not in fields:
+            raise UserError(f"unknown option 'task.options.{key}' of task {name}; "
+                            f"valid: {', '.join(sorted(fields))}")
+        default = fields[key].default
+        if isinstance(default, (bool, int, float, str)) and not _same_kind(value, default):
+            raise UserError(f"task.options.{key} expects {type(default).__name__}, got {value!r}")
+    try:
+        options_class(**{**defaults, **config.task.options, "seed": config.task.seed,
+                         "size": config.task.eval_size}).validate()
+    except (AssertionError, ValueError, TypeError) as err:
+        raise UserError(f"task.options of {name}: {err}") from None
+
+
+def _same_kind(value: Any, default: Any) -> bool:
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, (int, float)):
+        return isinstance(value, int) if isinstance(default, int) else isinstance(value, (int, float))
+    return isinstance(value, type(default))
 
 
 def train_settings(config: Config):
@@ -393,11 +499,13 @@ def check_task(config: Config) -> None:
         if config.task.name[len(RG_PREFIX):] not in rg_names():
             raise UserError(f"unknown reasoning-gym dataset '{config.task.name[len(RG_PREFIX):]}'; "
                             f"valid: {', '.join(rg_names())}")
+        check_task_options(config)
         return
     if not is_data_task(config.task.name):
         if config.task.name not in task_names():
             raise UserError(f"unknown task '{config.task.name}'; valid: {', '.join(task_names())}, "
                             "rg:DATASET (any reasoning-gym dataset), or data:FILE.jsonl (your own prompts and answers)")
+        check_task_options(config)
         return
     task = make_task(config)
     task.check_reward_function()
@@ -416,13 +524,18 @@ def algorithm_options(config: Config, algo: str):
     """The typed options of `algo` from config.algorithms.<algo>, defaults filled in; one clear line if bad."""
     from harness.algorithms import parse_options
     try:
-        return parse_options(algo, config.algorithms.get(algo, {}))
+        options = parse_options(algo, config.algorithms.get(algo, {}))
     except (ValueError, TypeError) as err:
         raise UserError(f"algorithms.{algo}: {err}") from None
+    for name, value in dataclasses.asdict(options).items():  # nan passes every range test: refuse it first
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"config field 'algorithms.{algo}.{name}' expects a finite number, got {value!r}")
+    return options
 
 
 def check_setup(config: Config, algos: list[str] = ()) -> None:
-    """Everything that can be checked before a folder is written: task, model path, device, options."""
+    """Everything that can be checked before a folder is written: task and its options, model path,
+    device, algorithm options, the model cache, and whether the run can fit in memory."""
     from harness.algorithms import get_algorithm
     from harness.models import check_device, check_model_name
     check_model_name(config.model.name)
@@ -436,12 +549,17 @@ def check_setup(config: Config, algos: list[str] = ()) -> None:
     if config.rollout.backend == "vllm":
         raise UserError("rollout.backend=vllm is not available in this version: generation runs through "
                         "transformers (rollout.backend=hf) on every device")
+    options = []
     for algo in algos:
-        options = algorithm_options(config, algo)
-        needed = get_algorithm(algo).min_group_size(options)
+        options.append(algorithm_options(config, algo))
+        needed = get_algorithm(algo).min_group_size(options[-1])
         if config.rollout.samples_per_prompt < needed:
             raise UserError(f"{algo} compares completions within a group: rollout.samples_per_prompt="
                             f"{config.rollout.samples_per_prompt} needs to be at least {needed}")
+    from harness.preflight import check_model_cache, check_run_memory
+    task = make_task(config)
+    check_model_cache(config, task)
+    check_run_memory(config, options, task)
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
@@ -449,4 +567,5 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     data = {k: v for k, v in data.items() if k != "derived"}
     config = Config()
     _merge(config, data, "")
+    validate(config)
     return config

@@ -27,6 +27,7 @@ import torch
 
 from harness import UserError
 from harness.hub import hub_reachable
+from harness.io import atomic_file
 from harness.tasks.lm_eval import LocalTasks, write_local_tasks
 from harness.tasks.lm_eval.metrics import majority_at_k, majority_vote, pass_at_k  # noqa: F401  (the public API)
 from harness.tasks.lm_eval.standard import standard_task_index, standard_task_names, task_families, tasks_root
@@ -153,7 +154,7 @@ def metrics_of(entry: dict[str, Any], filter_name: str) -> dict[str, float]:
 
 def write_samples(path: Path, samples: list[dict[str, Any]]) -> None:
     """Each prompt's completions and extracted answers, for a look at what a policy got right."""
-    with open(path, "w") as handle:
+    with atomic_file(path, "w") as handle:
         for sample in sorted(samples, key=lambda s: s["doc_id"]):
             answers = sample["filtered_resps"]
             answers = answers[0] if answers and isinstance(answers[0], list) else answers  # repeats: one list

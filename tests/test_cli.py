@@ -103,7 +103,7 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path):
     (["compare", "--preset", "huge"], "unknown preset 'huge'; valid:"),
     (["compare", "--set", "rollout.batch_size=30"], "rollout.batch_size=30 is not divisible by the group size"),
     (["compare", "--set", "rollout.colour=red"], "unknown config field 'rollout.colour'"),
-    (["compare", "--set", "rollout.batch_size=many"], "config field 'rollout.batch_size' expects int"),
+    (["compare", "--set", "rollout.batch_size=many"], "config field 'rollout.batch_size' expects an integer, got 'many'"),
     (["compare", "--model", "./no/such/model"], "model path './no/such/model' does not exist"),
     (["compare", "--model", "nobody/no-such-model"], "model 'nobody/no-such-model' is not in the local Hugging Face "
                                                       "cache and HF_HUB_OFFLINE is set"),

@@ -13,7 +13,6 @@ finish), 2 bad input (a missing file, a baseline of another preset or device).
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 
 from harness import UserError
 from harness.config import config_from_dict, read_yaml
-from harness.io import read_json, write_json
+from harness.io import check_writable, read_json, read_json_object, refuse_if_being_written, write_json
 from harness.results import MEMORY_FIGURES, PHASES, headline
 
 EXIT_OK, EXIT_REGRESSED = 0, 1
@@ -29,6 +28,7 @@ BASELINE_FORMAT = 2
 
 EXACT = {"mem_live_peak", "mem_model_state"}  # deterministic: compared to the byte
 GPU = {"mem_cuda_allocated", "mem_cuda_reserved", "mem_nvml_used"}  # other memory figures: shown, not gated
+GATED_KINDS = {"exact"}  # always gated; "gpu" too when both sides ran on the same kind of GPU
 MODEL_CATEGORIES = ("params", "grads", "optimizer")
 # Config fields that cannot change a footprint: where results go; seeds are matched arm by arm.
 CONFIG_IGNORED = {"derived", "algo", "run.seed", "run.results_dir"}
@@ -63,25 +63,31 @@ def load_folder(path: str | Path) -> Measured:
     if not folder.is_dir():
         raise UserError(f"{folder} does not exist or is not a folder; give a run or comparison folder")
     if (folder / "comparison.json").exists():
-        plan = read_json(folder / "comparison.json")
+        plan = read_json_object(folder / "comparison.json", {"arms": list})
+        if not all(isinstance(arm, dict) and isinstance(arm.get("dir"), str) and arm["dir"] for arm in plan["arms"]):
+            raise UserError(f"{folder / 'comparison.json'} is damaged: an entry of 'arms' has no folder ('dir')")
         arm_dirs = [folder / arm["dir"] for arm in plan["arms"]]
     elif (folder / "summary.json").exists():
         arm_dirs = [folder]
     else:
         raise UserError(f"{folder} holds neither comparison.json nor summary.json: not a run or comparison folder")
+    refuse_if_being_written(folder, *arm_dirs)
     config = {k: v for k, v in read_yaml(folder / "config.yaml").items() if k not in ("algo", "derived")}
     arms, env = [], {}
     for arm_dir in arm_dirs:
         if not (arm_dir / "summary.json").exists():
             raise UserError(f"{arm_dir} has no summary.json: the comparison did not finish "
                             f"(finish it with 'harness compare --resume {folder}')")
-        summary = read_json(arm_dir / "summary.json")
-        if summary.get("status") == "running":
-            raise UserError(f"{arm_dir} is still running (or was killed): finish it before checking it")
-        arms.append({"algo": summary.get("algo"), "seed": summary.get("seed"), "status": summary.get("status"),
-                     "error": summary.get("error"), "mem": summary.get("mem", {})})
-        if not env and (arm_dir / "env.json").exists():
-            env = read_json(arm_dir / "env.json")
+        summary = read_json_object(arm_dir / "summary.json", {"status": str})
+        if summary["status"] == "running":
+            raise UserError(f"{arm_dir} stopped without recording how it ended (killed?): its summary.json still "
+                            f"says running; finish it before checking it")
+        arms.append({"algo": summary.get("algo"), "seed": summary.get("seed"), "status": summary["status"],
+                     "error": summary.get("error"), "mem": summary.get("mem") or {},
+                     "source": str(arm_dir / "summary.json")})
+        if (arm_dir / "env.json").exists():
+            arm_env = read_json_object(arm_dir / "env.json")  # every arm's: a damaged one is said, not skipped
+            env = env or arm_env
     device = "cuda" if str(config.get("run", {}).get("device", "cpu")).startswith("cuda") else "cpu"
     gpu_names = {(a["mem"].get("measured") or {}).get("device_name") for a in arms} - {None}
     return Measured(
@@ -113,16 +119,19 @@ def load_baseline(path: str | Path) -> Measured:
     path = Path(path)
     if not path.exists():
         raise UserError(f"baseline {path} does not exist; write one with 'harness baseline DIR --out {path}'")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise UserError(f"baseline {path} is not readable JSON: {err}") from None
+    data = read_json(path)
     if not isinstance(data, dict) or data.get("harness_baseline") != BASELINE_FORMAT:
         raise UserError(f"{path} is not a baseline file (format {BASELINE_FORMAT}); write one with 'harness baseline'")
+    data = read_json_object(path, {"preset": str, "config": dict, "config_hash": str, "device": str, "arms": list})
+    for arm in data["arms"]:
+        if not (isinstance(arm, dict) and isinstance(arm.get("algo"), str) and type(arm.get("seed")) is int
+                and isinstance(arm.get("mem"), dict)):
+            raise UserError(f"baseline {path} is damaged: an arm lacks its algo, seed or mem; "
+                            f"write it again with 'harness baseline'")
     return Measured(source=str(path), preset=data["preset"], config=data["config"], config_hash=data["config_hash"],
-                    device=data["device"], device_name=data.get("device_name"), versions=data.get("versions", {}),
-                    arms=[{**arm, "status": "ok", "error": None} for arm in data["arms"]],
-                    machine=data.get("machine", {}))
+                    device=data["device"], device_name=data.get("device_name"), versions=data.get("versions") or {},
+                    arms=[{**arm, "status": "ok", "error": None, "source": f"baseline {path}"} for arm in data["arms"]],
+                    machine=data.get("machine") or {})
 
 
 # ---------------------------------------------------------------- figures and verdicts
@@ -163,6 +172,28 @@ def verdict(base: float, now: float, tolerance: float) -> str:
     if now < base * (1 - tolerance) or (tolerance == 0 and now < base):
         return "improved"
     return "same" if now == base else "within"
+
+
+def missing_gated(mem: dict[str, Any], kinds: set[str]) -> list[str]:
+    """Labels of the gated figures that `mem` lacks: a summary that lost its memory data gates nothing."""
+    return [label.strip() for _, label, kind, value in arm_figures(mem) if kind in kinds and value is None]
+
+
+def refuse_missing(arm: dict[str, Any], kinds: set[str], fix: str) -> None:
+    lost = missing_gated(arm["mem"], kinds)
+    if lost:
+        raise UserError(f"{arm['source']} has no {'; '.join(lost)} for {arm['algo']} s{arm['seed']}: "
+                        f"{'a gated figure is' if len(lost) == 1 else 'gated figures are'} missing; {fix}")
+
+
+def refuse_dropped(arm: dict[str, Any], base_arm: dict[str, Any], kinds: set[str]) -> None:
+    """With the baseline's own config, a model or phase it measured cannot have gone away: the data was lost."""
+    now_keys = {key for key, _, _, _ in arm_figures(arm["mem"])}
+    dropped = [label.strip() for key, label, kind, value in arm_figures(base_arm["mem"])
+               if kind in kinds and value and key not in now_keys]
+    if dropped:
+        raise UserError(f"{arm['source']} has no {'; '.join(dropped)} for {arm['algo']} s{arm['seed']}, which the "
+                        f"baseline measured with the same config: the run lost memory data; run it again")
 
 
 def compare_arm(arm: str, base_mem: dict[str, Any], now_mem: dict[str, Any], exact_tolerance: float,
@@ -246,6 +277,13 @@ def check(folder: str, baseline_path: str, gpu_tolerance: float, exact_tolerance
                         f"(it has {', '.join(arm_names(base.arms))}); {fix}")
 
     gpu_comparable = now.device == "cuda" and bool(base.device_name) and base.device_name == now.device_name
+    gated = GATED_KINDS | ({"gpu"} if gpu_comparable else set())
+    for arm in now.arms:
+        if arm["status"] == "ok":  # a missing figure is an error, never an improvement
+            refuse_missing(arm, gated, "the run lost its memory data; run it again")
+            refuse_missing(base_arms[arm_key(arm)], gated, "write the baseline again with 'harness baseline'")
+            if not differences:
+                refuse_dropped(arm, base_arms[arm_key(arm)], gated)
     echo(f"harness check {folder}")
     echo(f"  baseline {baseline_path}: preset {base.preset}, config {base.config_hash}, "
          f"{base.device_name or base.device}, torch {base.versions.get('torch')}, "
@@ -347,6 +385,10 @@ def write_baseline(folder: str, out: str, echo=print) -> int:
     unfinished = [f"{a['algo']} s{a['seed']} ({a['status']}: {a['error']})" for a in measured.arms if a["status"] != "ok"]
     if unfinished:
         raise UserError(f"cannot write a baseline from arms that did not finish: {', '.join(unfinished)}")
+    gated = GATED_KINDS | ({"gpu"} if measured.device == "cuda" else set())
+    for arm in measured.arms:
+        refuse_missing(arm, gated, "a baseline without it would gate nothing; run the arm again")
+    check_writable(Path(out).parent, "baseline folder")
     existed = Path(out).exists()
     write_json(Path(out), baseline_dict(measured))
     echo(f"baseline: {'updated' if existed else 'wrote'} {out} from {folder}: preset {measured.preset}, "

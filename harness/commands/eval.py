@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ from harness import UserError
 from harness.config import RolloutConfig, TaskConfig, config_from_dict, make_task, read_yaml
 from harness.evaluate import (BATCH_SIZE, DEFAULT_K, check_prompts, score_policy, score_standard,
                               split_task_names)
-from harness.io import write_json
+from harness.io import FolderLock, check_writable, command_line, write_json
 from harness.models import check_device, load_policy
 from harness.rollout import use_chat_template
 from harness.tasks.data import is_data_task
@@ -22,6 +23,10 @@ def eval_target(target: Path):
     """(model folder, saved Config or None) for a run folder or a saved model folder."""
     if not target.exists():
         raise UserError(f"{target} does not exist; give a run folder (with final_model/) or a saved model folder")
+    if (target / "comparison.json").exists():
+        arms = sorted(p.name for p in target.iterdir() if (p / "final_model" / "config.json").exists())
+        example = f"e.g. harness eval {target / arms[0]}" if arms else "none of its arms has finished yet"
+        raise UserError(f"{target} is a comparison folder; pass one of its arm folders ({example})")
     if (target / "config.yaml").exists():
         if not (target / "final_model" / "config.json").exists():
             raise UserError(f"run folder {target} has no final_model/: the run has not finished "
@@ -66,30 +71,33 @@ def evaluate(target: Path | str, tasks: str | None = None, k: int = DEFAULT_K, l
     max_new_tokens = max_new_tokens or rollout.max_new_tokens
     quiet_libraries()
     check_device(device)
-    model, tokenizer = load_policy(str(model_dir), config.model.precision if config else "fp32", device)
-    use_chat_template(tokenizer, task_cfg.chat_template)
-    # The run's own task keeps its options; every task its eval size and data seed.
-    local_tasks = [load_task(name, eval_size=task_cfg.eval_size, seed=task_cfg.seed,
-                             options=task_cfg.options if name == task_cfg.name else None) for name in local]
-    if own:
-        local_tasks.insert(0, make_task(config))
-    for task in local_tasks:
-        check_prompts(tokenizer, task)
     out = Path(out) if out else (target / "lm_eval" if config else
-                                           Path(tempfile.mkdtemp(prefix=f"harness-eval-{model_dir.name}-")))
-    scores: dict[str, Any] = {}
-    with ArmProgress(target.name) as progress:
+                                 Path(tempfile.mkdtemp(prefix=f"harness-eval-{model_dir.name}-")))
+    check_writable(out, "eval output folder")
+    # a run folder has one writer at a time: not while its arm trains, not two evals at once
+    with FolderLock(target, command_line()) if config else contextlib.nullcontext():
+        model, tokenizer = load_policy(str(model_dir), config.model.precision if config else "fp32", device)
+        use_chat_template(tokenizer, task_cfg.chat_template)
+        # The run's own task keeps its options; every task its eval size and data seed.
+        local_tasks = [load_task(name, eval_size=task_cfg.eval_size, seed=task_cfg.seed,
+                                 options=task_cfg.options if name == task_cfg.name else None) for name in local]
+        if own:
+            local_tasks.insert(0, make_task(config))
         for task in local_tasks:
-            scores[task.name] = score_policy(model, tokenizer, task, k=k, seed=seed, max_new_tokens=max_new_tokens,
-                                             work_dir=out, temperature=rollout.temperature, top_p=rollout.top_p,
-                                             label="eval", limit=limit, progress=progress)
-            print(format_score(task.name, scores[task.name]))
-        if standard:
-            for name, score in score_standard(model, tokenizer, standard, seed=seed, limit=limit,
-                                              log=lambda line: None, progress=progress).items():
-                scores[name] = score
-                print(format_score(name, score))
-    write_json(out / "scores.json", {"model": str(model_dir), "seed": seed, "scores": scores})
+            check_prompts(tokenizer, task)
+        scores: dict[str, Any] = {}
+        with ArmProgress(target.name) as progress:
+            for task in local_tasks:
+                scores[task.name] = score_policy(model, tokenizer, task, k=k, seed=seed, max_new_tokens=max_new_tokens,
+                                                 work_dir=out, temperature=rollout.temperature, top_p=rollout.top_p,
+                                                 label="eval", limit=limit, progress=progress)
+                print(format_score(task.name, scores[task.name]))
+            if standard:
+                for name, score in score_standard(model, tokenizer, standard, seed=seed, limit=limit,
+                                                  log=lambda line: None, progress=progress).items():
+                    scores[name] = score
+                    print(format_score(name, score))
+        write_json(out / "scores.json", {"model": str(model_dir), "seed": seed, "scores": scores})
     print(f"results: {out / 'scores.json'}")
     lm_eval_names = [name for t in local_tasks
                      for name in (scores[t.name]["lm_eval_task"], scores[t.name]["lm_eval_task_sampled"]) if name]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from harness import UserError
+from harness.io import FolderLock, check_writable, command_line, read_json_object, refuse_if_being_written
 from harness.report import build_report
 
 
@@ -15,7 +17,14 @@ def report(comparison_dir: Path | str, out: Path | str | None = None, target: fl
         raise UserError(f"{comparison_dir} holds no comparison.json: not a comparison folder (make one with 'harness compare')")
     if target is not None and not 0 <= target <= 1:
         raise UserError(f"--target is an accuracy between 0 and 1, not {target}")
-    html, pdf_path = build_report(comparison_dir, out, target=target, pdf=pdf)
+    plan = read_json_object(comparison_dir / "comparison.json", {"arms": list})
+    refuse_if_being_written(comparison_dir, *(comparison_dir / arm["dir"] for arm in plan["arms"]
+                                              if isinstance(arm, dict) and isinstance(arm.get("dir"), str)))
+    check_writable(out or comparison_dir, "report folder")
+    # the report goes into the comparison folder unless --out says elsewhere: then this is its writer
+    inside = out is None or Path(out).resolve() == comparison_dir.resolve()
+    with FolderLock(comparison_dir, command_line()) if inside else contextlib.nullcontext():
+        html, pdf_path = build_report(comparison_dir, out, target=target, pdf=pdf)
     print(f"report: {html}")
     if pdf_path:
         print(f"report: {pdf_path}")

@@ -1,17 +1,27 @@
 """`harness run`: train one arm (what `harness compare` starts for each arm): in this process, or as a
-torchrun job of run.nproc_per_node processes that this process launches and waits for."""
+torchrun job of run.nproc_per_node processes that this process launches and waits for.
+
+The process that starts the arm holds its folder's lock until the arm ends (one writer per folder; the
+ranks of a torchrun job write under their launcher's lock). SIGTERM (docker stop, timeout, a cancelled
+CI job) or SIGINT stops the arm cleanly: summary.json says `interrupted` with the last step written,
+the process exits 143 or 130, and `--resume` continues from the last checkpoint.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import subprocess
+import sys
 from pathlib import Path
 
-from harness import UserError
+from harness import Interrupted, UserError
 from harness import distributed as ranks_
 from harness.config import Config, algorithm_options, check_setup, config_from_dict, read_yaml
-from harness.io import write_yaml
-from harness.runner import record_launch_failure, run_arm, run_name
+from harness.io import (FolderLock, check_writable, command_line, describe_bad_lines, new_folder, read_json_object,
+                        read_jsonl, remove_temporaries, write_json, write_yaml)
+from harness.runner import _partial_state as partial_state  # the steps a stopped arm wrote
+from harness.runner import record_launch_failure, run_arm, run_name, summarize
+from harness.supervise import Supervisor, stop_on_signals
 from harness.terminal import ArmProgress, print_arm, timestamp
 
 
@@ -19,22 +29,39 @@ def run(config: Config, algo: str, out: Path | str | None = None, probes: bool =
     """Train a new arm into `out` (default results/TASK__ALGO__sSEED__TIME); 0 when it finished."""
     check_setup(config, [algo])
     ranks_.check_launch(config)
-    run_dir = Path(out or Path(config.run.results_dir) / f"{run_name(config, algo)}__{timestamp()}")
-    if config.world_size > 1:
-        resolved = config.to_dict()
-        resolved["derived"]["algorithm_options"] = dataclasses.asdict(algorithm_options(config, algo))
-        write_yaml(run_dir / "config.yaml", {**resolved, "algo": algo})
-        return launch(run_dir, config, resume=False)
-    return _train(config, algo, run_dir, resume=False, probes=probes)
+    if out:
+        run_dir = Path(out)
+        check_writable(run_dir, "run folder")
+    else:
+        check_writable(config.run.results_dir, "results folder")
+        run_dir = new_folder(Path(config.run.results_dir), f"{run_name(config, algo)}__{timestamp()}")
+    with FolderLock(run_dir, command_line()):
+        if (run_dir / "summary.json").exists() or (run_dir / "config.yaml").exists():
+            raise UserError(f"{run_dir} already holds a run; continue it with 'harness run --run-dir {run_dir} "
+                            f"--resume', or choose another --out")
+        if config.world_size > 1:
+            resolved = config.to_dict()
+            resolved["derived"]["algorithm_options"] = dataclasses.asdict(algorithm_options(config, algo))
+            write_yaml(run_dir / "config.yaml", {**resolved, "algo": algo})
+            return launch(run_dir, config, resume=False)
+        return _train(config, algo, run_dir, resume=False, probes=probes)
 
 
 def launch(run_dir: Path, config: Config, resume: bool) -> int:
     """Start the arm's torchrun job and wait for it; the ranks write the folder. A rank that dies
-    (killed, out of memory) takes the job down: its number goes into the summary."""
+    (killed, out of memory) takes the job down: its number goes into the summary. A stop signal is
+    forwarded to the job, whose rank 0 records it."""
     run_dir.mkdir(parents=True, exist_ok=True)
     log = run_dir / "launcher.log"
-    with open(log, "w") as handle:
-        code = subprocess.run(ranks_.arm_command(run_dir, resume, config), stderr=handle).returncode
+    log.unlink(missing_ok=True)
+    with Supervisor().forwarding_signals() as job:
+        code, _ = job.run(ranks_.arm_command(run_dir, resume, config), log, echo=False, child_watches=False)
+    if job.stopped_by:
+        summary = read_json_object(run_dir / "summary.json") if (run_dir / "summary.json").exists() else {}
+        stop = Interrupted(job.stopped_by, hint=f"harness run --run-dir {run_dir} --resume")
+        if summary.get("status") in (None, "running"):
+            record_interrupted(config, summary.get("algo") or "?", run_dir, stop)
+        raise stop
     if code:
         record_launch_failure(run_dir, config, code, log.read_text(errors="replace"))
     return code
@@ -49,19 +76,52 @@ def run_folder(run_dir: Path | str, resume: bool = False, probes: bool = True) -
     algo = saved.pop("algo", None)
     if not algo:
         raise UserError(f"{run_dir / 'config.yaml'} names no algorithm ('algo')")
-    config = config_from_dict(saved)
+    try:
+        config = config_from_dict(saved)
+    except UserError as err:
+        raise UserError(f"{run_dir / 'config.yaml'}: {err}") from None
     check_setup(config, [algo])
-    if config.world_size > 1 and not ranks_.from_env().active:  # not yet a rank of the job: start it
-        ranks_.check_launch(config)
-        return launch(run_dir, config, resume)
-    return _train(config, algo, run_dir, resume=resume, probes=probes)
+    if ranks_.from_env().active:  # a rank of a torchrun job: its launcher holds the folder
+        return _train(config, algo, run_dir, resume=resume, probes=probes)
+    with FolderLock(run_dir, command_line()):
+        if config.world_size > 1:  # not yet a rank of the job: start it
+            ranks_.check_launch(config)
+            return launch(run_dir, config, resume)
+        return _train(config, algo, run_dir, resume=resume, probes=probes)
 
 
 def _train(config: Config, algo: str, run_dir: Path, resume: bool, probes: bool) -> int:
-    if not ranks_.from_env().main:  # the other ranks of a torchrun job train silently
-        summary = run_arm(config, algo, run_dir, resume=resume, progress=None, probes_enabled=probes)
-        return 0 if summary["status"] == "ok" else 1
-    with ArmProgress(f"{algo} s{config.run.seed}") as progress:
-        summary = run_arm(config, algo, run_dir, resume=resume, progress=progress, probes_enabled=probes)
-    print_arm(summary, run_dir)
+    main = ranks_.from_env().main  # the other ranks of a torchrun job train silently
+    if main:
+        remove_temporaries(run_dir)  # what a killed writer left; this process is the folder's writer now
+        remove_temporaries(run_dir / "checkpoint")
+        if resume:
+            warn_bad_lines(run_dir)
+    with stop_on_signals() as stopping:
+        try:
+            with ArmProgress(f"{algo} s{config.run.seed}") if main else contextlib.nullcontext() as progress:
+                summary = run_arm(config, algo, run_dir, resume=resume, progress=progress, probes_enabled=probes)
+        except Interrupted as stop:
+            stopping[:] = [stop.signum]
+        if stopping:  # also when the code the signal interrupted turned it into an error of its own
+            stop = Interrupted(stopping[0], hint=f"harness run --run-dir {run_dir} --resume")
+            if main:
+                record_interrupted(config, algo, run_dir, stop)
+            raise stop
+    if main:
+        print_arm(summary, run_dir)
     return 0 if summary["status"] == "ok" else 1
+
+
+def warn_bad_lines(run_dir: Path) -> None:
+    bad_lines: list[int] = []
+    read_jsonl(run_dir / "steps.jsonl", bad_lines)
+    if bad_lines:
+        print(f"warning: {describe_bad_lines(run_dir / 'steps.jsonl', bad_lines)}", file=sys.stderr)
+
+
+def record_interrupted(config: Config, algo: str, run_dir: Path, stop: Interrupted) -> None:
+    """summary.json of an arm stopped by a signal: `interrupted`, with the last step it wrote."""
+    state = partial_state(run_dir)
+    write_json(run_dir / "summary.json", summarize(config, algo, {"state": state}, "interrupted",
+                                                   f"interrupted by {stop.name} after step {state.step}"))

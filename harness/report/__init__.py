@@ -27,20 +27,25 @@ UNDEFINED = "ChainableUndefined"
 def render_html(comparison_dir: Path | str, target: float | None = None, figures_dir: Path | None = None) -> str:
     """The report page as one HTML string, with nothing outside it (no network, no files); with
     `figures_dir`, each figure is also written there as PNG and SVG."""
+    from harness.report.data import load_comparison
+    return render_comparison(load_comparison(comparison_dir), target, figures_dir)
+
+
+def render_comparison(cmp, target: float | None = None, figures_dir: Path | None = None) -> str:
+    """render_html of a comparison already loaded (harness.report.data.load_comparison)."""
     import jinja2
 
     from harness.report import content, verdict
-    from harness.report.data import load_comparison
     from harness.report.figures import render_figures
     from harness.report.stats import LEVEL
 
-    cmp = load_comparison(comparison_dir)
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=jinja2.select_autoescape(["html", "j2"]),
                              undefined=getattr(jinja2, UNDEFINED), trim_blocks=True, lstrip_blocks=True)
     context = {
         "cmp": cmp, "name": cmp.name, "plan": cmp.plan, "level": LEVEL,
         "generated": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "version": __version__,
         "arms": content.arm_table(cmp), "failed": [a for a in cmp.arms if not a.ok],
+        "skipped_lines": [a.bad_lines_note for a in cmp.arms if a.bad_lines],
         "verdict": verdict.verdict_section(cmp, target), "accuracy": content.accuracy_section(cmp),
         "health": content.health_section(cmp), "method": content.method_section(cmp),
         "ranks": content.rank_section(cmp),
@@ -50,12 +55,17 @@ def render_html(comparison_dir: Path | str, target: float | None = None, figures
 
 
 def write_pdf(html: str, pdf_path: Path) -> None:
+    """The PDF of `html`, written whole or not at all (a kill mid-way leaves the previous PDF)."""
     import logging
 
     import weasyprint
+
+    from harness.io import atomic_file
     logging.getLogger("weasyprint").setLevel(logging.ERROR)
     logging.getLogger("fontTools").setLevel(logging.ERROR)
-    weasyprint.HTML(string=html, base_url=str(pdf_path.parent)).write_pdf(pdf_path)
+    document = weasyprint.HTML(string=html, base_url=str(pdf_path.parent))
+    with atomic_file(pdf_path, "wb") as handle:
+        document.write_pdf(handle)
 
 
 def report_paths(comparison_dir: Path, out_dir: Path | str | None = None) -> tuple[Path, Path, Path]:
@@ -71,11 +81,15 @@ def build_report(comparison_dir: Path | str, out_dir: Path | str | None = None, 
                  pdf: bool = True) -> tuple[Path, Path | None]:
     """Write the HTML, the PDF and the figure files (see report_paths); the PDF is None if it could not be made."""
     from harness.io import atomic_write_text
+    from harness.report.data import load_comparison
     comparison_dir = Path(comparison_dir)
     html_path, pdf_path, figures_dir = report_paths(comparison_dir, out_dir)
-    html = render_html(comparison_dir, target, figures_dir)
+    cmp = load_comparison(comparison_dir)
+    for arm in cmp.arms:
+        if arm.bad_lines:
+            print(f"report: warning: {arm.bad_lines_note}", file=sys.stderr)
+    html = render_comparison(cmp, target, figures_dir)
     atomic_write_text(html_path, html)
-    html_path.chmod(0o644)  # a report is for reading
     if not pdf:
         return html_path, None
     try:

@@ -7,16 +7,15 @@ that failed, or never started, keeps whatever it managed to write.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from harness import UserError
-from harness.io import read_jsonl
+from harness.config import read_yaml
+from harness.io import describe_bad_lines, read_json_object, read_jsonl
 from harness.results import get_path as get
 from harness.results import arm_pair, headline
 
@@ -34,19 +33,13 @@ HEALTH_METRICS = [
 ]
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+def _read_object(path: Path) -> dict[str, Any] | None:
+    """The file's JSON object, or None when it does not exist; a damaged file is one line naming it (UserError)."""
+    return read_json_object(path) if path.exists() else None
 
 
 def _read_yaml(path: Path) -> Any:
-    try:
-        return yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
-        return None
-
+    return read_yaml(path) if path.exists() else None
 
 
 
@@ -60,6 +53,11 @@ class Arm:
     env: dict[str, Any]
     config: dict[str, Any]
     row: dict[str, Any] = field(default_factory=dict)  # harness.results.headline(summary)
+    bad_lines: list[int] = field(default_factory=list)  # lines of steps.jsonl that could not be read
+
+    @property
+    def bad_lines_note(self) -> str | None:
+        return describe_bad_lines(self.dir / "steps.jsonl", self.bad_lines) if self.bad_lines else None
 
     @property
     def label(self) -> str:
@@ -153,27 +151,30 @@ class Comparison:
 
 def load_arm(comparison_dir: Path, entry: dict[str, Any]) -> Arm:
     arm_dir = comparison_dir / entry["dir"]
-    summary = _read_json(arm_dir / "summary.json")
-    if not isinstance(summary, dict):
-        reason = "not started: no summary.json" if not arm_dir.exists() else "no readable summary.json"
+    summary = _read_object(arm_dir / "summary.json")
+    if summary is None:
+        reason = "not started: no summary.json" if not arm_dir.exists() else "no summary.json"
         summary = {"status": "missing", "error": reason}
     summary.setdefault("algo", entry.get("algo"))
     summary.setdefault("seed", entry.get("seed"))
-    rows = read_jsonl(arm_dir / "steps.jsonl")
+    bad_lines: list[int] = []
+    rows = [row for row in read_jsonl(arm_dir / "steps.jsonl", bad_lines) if isinstance(row.get("step"), int)]
     steps = pd.DataFrame(rows)
     if not steps.empty:
         steps = steps.sort_values("step", kind="stable").reset_index(drop=True) if "step" in steps else steps
     return Arm(algo=entry.get("algo") or summary.get("algo"), seed=entry.get("seed", summary.get("seed")),
-               dir=arm_dir, summary=summary, steps=steps, env=_read_json(arm_dir / "env.json") or {},
-               config=_read_yaml(arm_dir / "config.yaml") or {}, row=headline(summary))
+               dir=arm_dir, summary=summary, steps=steps, env=_read_object(arm_dir / "env.json") or {},
+               config=_read_yaml(arm_dir / "config.yaml") or {}, row=headline(summary), bad_lines=bad_lines)
 
 
 def load_comparison(comparison_dir: Path | str) -> Comparison:
     comparison_dir = Path(comparison_dir)
-    plan = _read_json(comparison_dir / "comparison.json")
-    if not isinstance(plan, dict):
-        raise UserError(f"{comparison_dir} holds no readable comparison.json: not a comparison folder "
+    if not (comparison_dir / "comparison.json").exists():
+        raise UserError(f"{comparison_dir} holds no comparison.json: not a comparison folder "
                         "(make one with 'harness compare')")
+    plan = read_json_object(comparison_dir / "comparison.json", {"arms": list})
+    if not all(isinstance(arm, dict) and isinstance(arm.get("dir"), str) and arm["dir"] for arm in plan["arms"]):
+        raise UserError(f"{comparison_dir / 'comparison.json'} is damaged: an entry of 'arms' has no folder ('dir')")
     config = _read_yaml(comparison_dir / "config.yaml") or {}
     # What the page names in its title: from the plan, else the resolved config, else a dash.
     plan.setdefault("task", get(config, "task", "name") or "—")
