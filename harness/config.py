@@ -108,6 +108,25 @@ class RunConfig:
     tracker_project: str = "rl-harness"  # the tracker project (trackio, W&B) or experiment (MLflow) arms log to
 
 
+# Device memory of the GPUs `harness estimate` checks a step against, in GiB (nominal capacities).
+DEVICE_MEMORY_GIB = {"h100": ("H100 80 GB", 80), "h200": ("H200 141 GB", 141), "a100-40": ("A100 40 GB", 40),
+                     "a100-80": ("A100 80 GB", 80)}
+ROLLOUT_ENGINES = ("resident", "asleep")
+
+
+@dataclass
+class EstimateConfig:
+    prompt_length: int = 0  # harness estimate: prompt tokens (0: the task's longest prompt, one token per character)
+    completion_length: int = 0  # harness estimate: generated tokens per completion (0: rollout.max_new_tokens)
+    world_size: int = 1  # harness estimate: GPUs per arm (FSDP/ZeRO-3 sharding, the batch split across them)
+    reward_model: str = "none"  # harness estimate: a learned reward model in both arms: none, same (the policy's size), or a model
+    rollout_reserve: float = 0.0  # harness estimate: a colocated rollout engine's share of device memory (TRL's vLLM: 0.3); 0: none
+    rollout_engine: str = "resident"  # harness estimate: the engine during training: resident (kept) | asleep (released)
+    device_memory: str = "h100"  # harness estimate: the device the reserve is a share of: h100, h200, a100-40, a100-80
+    at_scale: str = "Qwen/Qwen2.5-7B"  # harness compare: models of the report's "At scale" grid, comma-separated; none: off
+    at_scale_world_size: int = 8  # harness compare: GPUs per arm in the "At scale" grid
+
+
 @dataclass
 class VerdictConfig:
     """The analysis plan, fixed before the run and saved with it (see `harness plan`)."""
@@ -135,6 +154,7 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
     verdict: VerdictConfig = field(default_factory=VerdictConfig)
     algorithms: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-algorithm options
+    estimate: EstimateConfig = field(default_factory=EstimateConfig)
 
     @property
     def completions_per_step(self) -> int:
@@ -301,6 +321,7 @@ def validate(config: Config) -> None:
         raise UserError("run.memory_every must be 0 (off) or positive")
     if config.task.eval_size < 1 or config.task.validation_size < 0:
         raise UserError("task.eval_size must be at least 1 and task.validation_size at least 0")
+    validate_estimate(config.estimate)
     if config.task.chat_template not in ("auto", "none"):
         raise UserError(f"task.chat_template '{config.task.chat_template}' is not one of: auto, none")
     absolute_task_paths(config.task)
@@ -343,6 +364,19 @@ def validate_verdict(verdict: VerdictConfig) -> None:
         raise UserError("verdict.seed_sd must be ≥ 0 and verdict.expected_accuracy between 0 and 1")
     if not 0.5 <= verdict.power < 1:
         raise UserError(f"verdict.power must lie in [0.5, 1), got {verdict.power}")
+
+
+def validate_estimate(estimate: EstimateConfig) -> None:
+    if estimate.world_size < 1 or estimate.at_scale_world_size < 1:
+        raise UserError("estimate.world_size and estimate.at_scale_world_size must be at least 1 (GPUs per arm)")
+    if estimate.prompt_length < 0 or estimate.completion_length < 0:
+        raise UserError("estimate.prompt_length and estimate.completion_length must be 0 (the config's) or positive")
+    if not 0 <= estimate.rollout_reserve < 1:
+        raise UserError(f"estimate.rollout_reserve must be a share of device memory in [0, 1), got {estimate.rollout_reserve}")
+    if estimate.rollout_engine not in ROLLOUT_ENGINES:
+        raise UserError(f"estimate.rollout_engine '{estimate.rollout_engine}' is not one of: {', '.join(ROLLOUT_ENGINES)}")
+    if estimate.device_memory not in DEVICE_MEMORY_GIB:
+        raise UserError(f"estimate.device_memory '{estimate.device_memory}' is not one of: {', '.join(DEVICE_MEMORY_GIB)}")
 
 
 def train_settings(config: Config):

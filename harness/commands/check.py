@@ -31,7 +31,7 @@ EXACT = {"mem_live_peak", "mem_model_state"}  # deterministic: compared to the b
 GPU = {"mem_cuda_allocated", "mem_cuda_reserved", "mem_nvml_used"}  # other memory figures: shown, not gated
 MODEL_CATEGORIES = ("params", "grads", "optimizer")
 # Config fields that cannot change a footprint: where results go; seeds are matched arm by arm.
-CONFIG_IGNORED = {"derived", "algo", "run.seed", "run.results_dir"}
+CONFIG_IGNORED = {"derived", "algo", "run.seed", "run.results_dir", "estimate"}  # estimate.*: settings of harness estimate, not of the run
 
 
 # ---------------------------------------------------------------- what was measured

@@ -30,6 +30,7 @@ def render_html(comparison_dir: Path | str, target: float | None = None, figures
     import jinja2
 
     from harness.report import content, verdict
+    from harness.report.at_scale import at_scale_section
     from harness.report.data import load_comparison
     from harness.report.figures import render_figures
     from harness.report.stats import LEVEL
@@ -43,7 +44,7 @@ def render_html(comparison_dir: Path | str, target: float | None = None, figures
         "arms": content.arm_table(cmp), "failed": [a for a in cmp.arms if not a.ok],
         "verdict": verdict.verdict_section(cmp, target), "accuracy": content.accuracy_section(cmp),
         "health": content.health_section(cmp), "method": content.method_section(cmp),
-        "ranks": content.rank_section(cmp),
+        "ranks": content.rank_section(cmp), "at_scale": at_scale_section(comparison_dir),
         "figures": render_figures(cmp, figures_dir), "css": (TEMPLATES / "report.css").read_text(),
     }
     return env.get_template("report.html.j2").render(**context)
