@@ -21,13 +21,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from harness import UserError, __version__
-from harness.config import DEVICE_MEMORY_GIB, Config, algorithm_options, make_task
+from harness.config import DEVICE_MEMORY_GIB, Config, algorithm_options, config_from_dict, make_task, validate
 from harness.io import config_hash, read_json, write_json
 from harness.model_specs import ModelSpec, resolve_model
 from harness.results import PHASES, arm_pair
@@ -63,7 +62,6 @@ class Plan:
     engine: str  # resident | asleep
     device: str  # a key of DEVICE_MEMORY_GIB
     cuda_optimizer: bool = True  # AdamW's foreach path, which torch takes for CUDA tensors
-    notes: list[str] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------- the plan, checked before anything runs
@@ -71,6 +69,17 @@ class Plan:
 def task_prompt_length(config: Config) -> int:
     """The task's longest held-out prompt, one token per character (the tiny model's tokenizer)."""
     return max(len(example.prompt) for example in make_task(config).eval_examples())
+
+
+def check_world(config: Config, world: int) -> None:
+    """The arm's own checks for a run on `world` processes: whole groups per sampling slice, whole slices
+    per process, minibatches and micro-batches that divide each process's rows."""
+    probe = config_from_dict(config.to_dict())
+    probe.run.nproc_per_node, probe.run.nnodes, probe.run.node_rank = world, 1, 0
+    try:
+        validate(probe)
+    except UserError as err:
+        raise UserError(f"world size {world}: {err}") from None
 
 
 def plan_estimate(config: Config, cuda_optimizer: bool = True) -> Plan:
@@ -82,18 +91,8 @@ def plan_estimate(config: Config, cuda_optimizer: bool = True) -> Plan:
     if reward == "other":
         reward = resolve_model(settings.reward_model, config)
     world, batch = settings.world_size, config.rollout.batch_size
-    minibatches, micro = config.optim.minibatches, config.optim.micro_batch_size
-    if batch % world:
-        raise UserError(f"world size {world} does not divide the rollout batch of {batch} completions "
-                        f"(rollout.batch_size); pick a world size that divides {batch}")
+    check_world(config, world)
     rows = batch // world
-    if rows % minibatches:
-        raise UserError(f"world size {world} leaves {rows} completions per GPU, which optim.minibatches={minibatches} "
-                        "does not divide; pick a smaller world size or fewer minibatches")
-    per_minibatch = rows // minibatches
-    if micro and micro < per_minibatch and per_minibatch % micro:
-        raise UserError(f"world size {world} leaves minibatches of {per_minibatch} completions per GPU, which "
-                        f"optim.micro_batch_size={micro} does not divide")
     prompt = settings.prompt_length or task_prompt_length(config)
     completion = settings.completion_length or config.rollout.max_new_tokens
     positions = model.max_positions
@@ -101,16 +100,10 @@ def plan_estimate(config: Config, cuda_optimizer: bool = True) -> Plan:
         raise UserError(f"a prompt of {prompt} tokens and a completion of {completion} do not fit the {positions} "
                         f"positions of {model.name} (max_position_embeddings); shorten estimate.prompt_length or "
                         "estimate.completion_length")
-    group = config.rollout.samples_per_prompt
-    notes = []
-    if rows % group:
-        notes.append(f"{rows} completions per GPU hold no whole group of {group}: groups of {math.gcd(rows, group)} "
-                     "are used on each GPU (shapes only; the memory does not depend on it)")
-        group = math.gcd(rows, group)
     return Plan(model=model, reward_model=reward, world_size=world, batch_rows=batch,
-                workload=Workload(rows, prompt, completion, group), reserve=settings.rollout_reserve,
-                engine=settings.rollout_engine, device=settings.device_memory, cuda_optimizer=cuda_optimizer,
-                notes=notes)
+                workload=Workload(rows, prompt, completion, config.rollout.samples_per_prompt),
+                reserve=settings.rollout_reserve, engine=settings.rollout_engine, device=settings.device_memory,
+                cuda_optimizer=cuda_optimizer)
 
 
 # ---------------------------------------------------------------- one arm, cached
@@ -270,11 +263,18 @@ def notes(config: Config, plan: Plan) -> list[str]:
         lines.append("AdamW runs its foreach implementation, which torch picks for CUDA tensors (it holds a "
                      "temporary copy of the second moments during the optimizer step)")
     if plan.world_size > 1:
-        lines.append(f"per GPU of {plan.world_size}: activations, temporaries and KV cache are estimated for this "
-                     f"GPU's {w.rows} of {plan.batch_rows} completions; parameters, gradients and optimizer state "
-                     f"are arithmetic, 1/{plan.world_size} of each tensor (FSDP2's padding included); FSDP buffers "
-                     "are arithmetic: the root unit and two decoder layers gathered in the compute dtype (their "
-                     "gradients too in the update phases), in place of autocast's weight copies")
+        lines.append(f"per GPU of {plan.world_size}, as an arm runs under torchrun (harness.distributed: FSDP2 on each "
+                     "decoder layer then the root, MixedPrecisionPolicy for bf16-mixed): activations, temporaries and "
+                     f"KV cache are estimated for this GPU's {w.rows} of {plan.batch_rows} completions; parameters, "
+                     f"gradients and optimizer state are arithmetic, 1/{plan.world_size} of each tensor (FSDP2's "
+                     "padding included); FSDP buffers are arithmetic: the root unit and two decoder layers gathered "
+                     "in the compute dtype (their gradients too in the update phases), in place of autocast's weight "
+                     "copies")
+        offloaded = [name for name, flag in (("reference", config.run.offload_reference),
+                                             ("critic", config.run.offload_critic)) if flag]
+        if offloaded:
+            lines.append(f"{' and '.join(offloaded)}: shards in CPU memory (run.offload_*), gathered to the GPU "
+                         "while computing")
     if plan.reserve:
         lines.append(f"rollout engine: {plan.reserve:.0%} of the device's memory reserved, as TRL's colocated vLLM "
                      f"does; {plan.engine} during training; it generates, so the generate phase holds the model "
@@ -282,7 +282,7 @@ def notes(config: Config, plan: Plan) -> list[str]:
     if plan.reward_model:
         lines.append(f"a learned reward model ({plan.reward_model.name}, frozen, in the compute dtype) scores every "
                      "completion in the score phase, in both arms")
-    return lines + plan.notes
+    return lines
 
 
 def ratio(arms: dict[str, dict[str, Any]], algos: list[str], key: str) -> dict[str, Any] | None:

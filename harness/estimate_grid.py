@@ -22,17 +22,21 @@ from harness.results import arm_pair
 
 AXES = [("kl", ("on", "off")), ("reward_model", ("none", "same")), ("critic_pass", ("separate", "joint")),
         ("checkpointing", ("off", "on")), ("rollout_engine", ("resident", "asleep"))]
-KL_FIELDS = ("beta", "kl_coef")  # the KL coefficient of an algorithm's options, by the names algorithms use
 DEFAULT_RESERVE = 0.3  # TRL's vllm_gpu_memory_utilization in colocate mode
 
 
-def kl_option(algo: str) -> tuple[str, float] | None:
-    """(field, default) of the algorithm's KL coefficient, or None when it has none."""
-    from harness.algorithms import get_algorithm
-    for f in dataclasses.fields(get_algorithm(algo).Config):
-        if f.name in KL_FIELDS:
-            return f.name, f.default
-    return None
+def kl_options(config: Config, algo: str, on: bool) -> dict[str, float]:
+    """The options that turn the algorithm's KL to the reference (and so the reference model) on or off:
+    on keeps the config's coefficients, or takes the algorithm's defaults where the config has none."""
+    from harness.algorithms import get_algorithm, kl_settings
+    if not on:
+        return kl_settings(algo, "off", 0.0)
+    fields = get_algorithm(algo).KL_OPTIONS.values()
+    configured = {name: config.algorithms.get(algo, {}).get(name) for name in fields}
+    if any(configured.values()):
+        return {}
+    defaults = {f.name: f.default for f in dataclasses.fields(get_algorithm(algo).Config)}
+    return {name: defaults[name] for name in fields}
 
 
 def cell_config(config: Config, algos: list[str], cell: dict[str, str], reserve: float) -> Config:
@@ -40,12 +44,7 @@ def cell_config(config: Config, algos: list[str], cell: dict[str, str], reserve:
     out = config_from_dict(config.to_dict())
     out.preset = config.preset
     for algo in algos:
-        option = kl_option(algo)
-        if option:
-            name, default = option
-            configured = out.algorithms.get(algo, {}).get(name)
-            value = (configured or default) if cell["kl"] == "on" else 0.0
-            out.algorithms[algo] = {**out.algorithms.get(algo, {}), name: value}
+        out.algorithms[algo] = {**out.algorithms.get(algo, {}), **kl_options(config, algo, cell["kl"] == "on")}
         if any(f.name == "critic_pass" for f in dataclasses.fields(_options_class(algo))):
             out.algorithms[algo] = {**out.algorithms.get(algo, {}), "critic_pass": cell["critic_pass"]}
     out.model.gradient_checkpointing = cell["checkpointing"] == "on"

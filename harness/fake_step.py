@@ -31,6 +31,7 @@ from harness.models import WEIGHT_DTYPES, enable_gradient_checkpointing
 from harness.probes import Probes, model_state_bytes
 from harness.rollout import completion_mask, logprob_passes
 from harness.arm import arm_models, learn, rank_settings
+from harness.distributed import decoder_layers
 
 # Which models run forward (and backward) in each phase: what FSDP gathers there.
 PHASE_MODELS = {"generate": ("policy",), "score": ("reward_model",), "old_logprobs": ("policy",),
@@ -241,25 +242,19 @@ def shard_bytes(tensor: torch.Tensor, world_size: int) -> int:
     return rows * math.prod(tensor.shape[1:]) * tensor.element_size()
 
 
-def sharded_state(trained: dict, optimizers: dict, frozen: dict, world_size: int) -> dict[str, dict[str, int]]:
-    """{model: {params, grads, optimizer, total}} on one GPU of `world_size` (arithmetic)."""
+def sharded_state(trained: dict, optimizers: dict, frozen: dict, world_size: int,
+                  offloaded: frozenset[str] = frozenset()) -> dict[str, dict[str, int]]:
+    """{model: {params, grads, optimizer, total}} on one GPU of `world_size` (arithmetic); an offloaded
+    model's shards (FSDP2's CPU offload: run.offload_reference, run.offload_critic) hold none of it."""
     out = {}
     for name, model in {**trained, **frozen}.items():
-        params = sum(shard_bytes(p, world_size) for p in model.parameters())
-        grads = sum(shard_bytes(p, world_size) for p in model.parameters() if p.requires_grad) if name in trained else 0
+        share = 0 if name in offloaded else 1
+        params = share * sum(shard_bytes(p, world_size) for p in model.parameters())
+        grads = share * sum(shard_bytes(p, world_size) for p in model.parameters() if p.requires_grad) if name in trained else 0
         state = optimizers[name].state.values() if name in optimizers else []
-        moments = sum(shard_bytes(v, world_size) for s in state for v in s.values() if isinstance(v, torch.Tensor))
+        moments = share * sum(shard_bytes(v, world_size) for s in state for v in s.values() if isinstance(v, torch.Tensor))
         out[name] = {"params": params, "grads": grads, "optimizer": moments, "total": params + grads + moments}
     return out
-
-
-def layer_units(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The decoder layers `fully_shard` wraps one by one (the root unit holds everything else)."""
-    for module in model.modules():
-        layers = getattr(module, "layers", None)
-        if isinstance(layers, torch.nn.ModuleList) and len(layers):
-            return list(layers)
-    return []
 
 
 def gathered_bytes(model: torch.nn.Module, compute_dtype: torch.dtype) -> int:
@@ -267,7 +262,7 @@ def gathered_bytes(model: torch.nn.Module, compute_dtype: torch.dtype) -> int:
     dtype): the root unit (embeddings, final norm, head: not resharded between forward and backward)
     and two decoder layers (the one computing and the one prefetched)."""
     size = torch.tensor([], dtype=compute_dtype).element_size()
-    layers = layer_units(model)
+    layers = decoder_layers(model)
     in_layers = {id(p) for layer in layers for p in layer.parameters()}
     root = sum(p.numel() for p in model.parameters() if id(p) not in in_layers)
     largest = max((sum(p.numel() for p in layer.parameters()) for layer in layers), default=0)
@@ -293,7 +288,9 @@ def fake_step(config, algo: str, policy_config, reward_config, workload: Workloa
         materialize([*trained.values(), *frozen.values()], list(optimizers.values()))
         steady_state(algorithm, foreach)
         full = model_state_bytes(trained, optimizers, frozen)
-        sharded = sharded_state(trained, optimizers, frozen, world_size)
+        offloaded = frozenset(name for name, flag in (("reference", config.run.offload_reference),
+                                                      ("critic", config.run.offload_critic)) if flag and world_size > 1)
+        sharded = sharded_state(trained, optimizers, frozen, world_size, offloaded)
         factors = {category: (sum(s[category] for s in sharded.values()) /
                               max(sum(f[category] for f in full.values()), 1))
                    for category in ("params", "grads", "optimizer")}

@@ -240,9 +240,11 @@ def test_shipped_configs_answer_offline():
 
 @pytest.mark.parametrize("args, message", [
     (["--model", "someone/not-a-shipped-model"], "unknown model 'someone/not-a-shipped-model'"),
-    (["--world-size", "3"], "world size 3 does not divide the rollout batch of 32"),
+    (["--world-size", "3"], "world size 3: the 8 prompts of a step"),
     (["--world-size", "0"], "must be at least 1"),
-    (["--world-size", "32"], "optim.minibatches=2 does not divide"),
+    (["--world-size", "16"], "world size 16: the 8 prompts of a step"),
+    (["--world-size", "8", "--set", "optim.minibatches=8"],
+     "world size 8: a sampling slice of 4 completions does not split into optim.minibatches=8"),
     (["--prompt-length", "60", "--completion-length", "10"], "do not fit the 64 positions"),
     (["--rollout-reserve", "1.5"], "rollout_reserve must be a share"),
 ])
@@ -274,7 +276,7 @@ def test_grid_cells_cover_every_choice_once():
     on = cell_config(config, ["grpo", "ppo"], {**grid[0], "kl": "on", "critic_pass": "joint"}, 0.3)
     assert off.algorithms["grpo"]["beta"] == 0 and off.algorithms["ppo"]["kl_coef"] == 0
     assert off.model.gradient_checkpointing and not on.model.gradient_checkpointing
-    # KL on: the configured coefficient, or the algorithm's default where the config turned it off
+    # KL on: the configured coefficients, or the algorithm's defaults where the config turned them off
     assert on.algorithms["grpo"]["beta"] == 0.04 and on.algorithms["ppo"]["kl_coef"] == 0.05
     assert on.algorithms["ppo"]["critic_pass"] == "joint" and "critic_pass" not in on.algorithms["grpo"]
     assert [a for a, _ in AXES] == ["kl", "reward_model", "critic_pass", "checkpointing", "rollout_engine"]
