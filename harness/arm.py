@@ -23,7 +23,7 @@ import torch
 
 from harness import distributed as ranks_
 from harness.algorithms import get_algorithm
-from harness.algorithms.base import all_sum
+from harness.algorithms.base import TrainSettings, all_sum
 from harness.checkpoint import RunState, load_checkpoint, save_checkpoint
 from harness.config import Config, algorithm_options, make_task, train_settings
 from harness.io import append_jsonl, read_jsonl, rewrite_jsonl
@@ -65,6 +65,36 @@ def injected_fault(algo: str, step: int) -> None:
             raise RuntimeError("injected failure")
 
 
+def rank_settings(config: Config, world: int, rank: int) -> TrainSettings:
+    """The shared loop's settings on one process of `world`: its share of the step's sampling slices."""
+    per_rank = config.sampling_slices(world) // world
+    return dataclasses.replace(train_settings(config), slices=per_rank, first_slice=rank * per_rank)
+
+
+def arm_models(config: Config, algo: str, policy: torch.nn.Module, settings: TrainSettings):
+    """(algorithm, reference): what an arm trains `policy` with, built from the config. `harness estimate`
+    builds the same objects around a policy on the meta device."""
+    algorithm = get_algorithm(algo)(policy, algorithm_options(config, algo), settings, seed=config.run.seed)
+    # A frozen reference is stored in the compute dtype: bf16 under bf16-mixed (2 bytes per parameter).
+    reference_dtype = torch.bfloat16 if config.model.precision != "fp32" else WEIGHT_DTYPES["fp32"]
+    reference = frozen_copy(policy, reference_dtype) if algorithm.needs_reference else None
+    return algorithm, reference
+
+
+def learn(algorithm, batch, meter) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The algorithm's part of a step on a scored batch with its log-probs: the critic's values, the
+    advantages, then the update; (advantage statistics, update statistics), this process's, as 0-dim
+    tensors. `harness estimate` runs it on fake tensors."""
+    meter.retag_rollout(batch)
+    if algorithm.uses_critic:
+        with meter.phase("values"):
+            algorithm.compute_values(batch)
+    with meter.phase("advantages"):
+        prepared = algorithm.prepare(batch)
+    meter.retag_rollout(batch)
+    return prepared, algorithm.update(batch, meter)
+
+
 class Diverged(Exception):
     """A step produced a non-finite loss, gradient norm or log-prob."""
 
@@ -98,15 +128,8 @@ class Arm:
                                                   config.model.gradient_checkpointing)
         use_chat_template(self.tokenizer, config.task.chat_template)
         self.policy.eval()
-        slices = config.sampling_slices(self.ranks.world)
-        per_rank = slices // self.ranks.world
-        self.settings = dataclasses.replace(train_settings(config), slices=per_rank,
-                                            first_slice=self.ranks.rank * per_rank)
-        self.algorithm = get_algorithm(algo)(self.policy, algorithm_options(config, algo), self.settings,
-                                             seed=config.run.seed)
-        # A frozen reference is stored in the compute dtype: bf16 under bf16-mixed (2 bytes per parameter).
-        reference_dtype = torch.bfloat16 if config.model.precision != "fp32" else WEIGHT_DTYPES["fp32"]
-        self.reference = frozen_copy(self.policy, reference_dtype) if self.algorithm.needs_reference else None
+        self.settings = rank_settings(config, self.ranks.world, self.ranks.rank)
+        self.algorithm, self.reference = arm_models(config, algo, self.policy, self.settings)
         self.model_sizes = {name: sum(p.numel() for p in model.parameters())
                             for name, model in self.algorithm.trained_models().items()}
         self.sharded = False
@@ -295,16 +318,10 @@ class Arm:
             rollout = self.rollout(state.step, meter)
             batch = rollout.batch
             if batch is not None:  # None: dynamic sampling found no group with a reward spread
-                meter.retag_rollout(batch)
-                if algorithm.uses_critic:
-                    with meter.phase("values"):
-                        algorithm.compute_values(batch)
-                with meter.phase("advantages"):
-                    prepared = algorithm.prepare(batch)
-                stats.update({k: all_sum(v) / self.ranks.world for k, v in prepared.items()})
-                meter.retag_rollout(batch)
                 injected_fault(self.algo_name, state.step + 1)
-                stats.update(algorithm.update(batch, meter))
+                prepared, updated = learn(algorithm, batch, meter)
+                stats.update({k: all_sum(v) / self.ranks.world for k, v in prepared.items()})
+                stats.update(updated)
         step_time = time.perf_counter() - started
         times = probes.take_step_times()
         stats = to_floats(stats)

@@ -191,6 +191,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench.bench_probes_command(config_from_args(args), algo, args.repeats)
 
 
+ESTIMATE_FLAGS = {"world_size": "estimate.world_size", "prompt_length": "estimate.prompt_length",
+                  "completion_length": "estimate.completion_length", "reward_model": "estimate.reward_model",
+                  "rollout_reserve": "estimate.rollout_reserve", "rollout_engine": "estimate.rollout_engine",
+                  "device_memory": "estimate.device_memory"}
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    from harness.commands.estimate import estimate_command
+    from harness.terminal import quiet_libraries
+    quiet_libraries()
+    algos = parse_algos(args.algos)
+    args.overrides = [f"{field}={getattr(args, flag)}" for flag, field in ESTIMATE_FLAGS.items()
+                      if getattr(args, flag) is not None] + list(args.overrides)
+    return estimate_command(config_from_args(args), algos, grid=args.grid, as_json=args.json,
+                            use_cache=not args.no_cache)
+
+
 def cmd_tasks(args: argparse.Namespace) -> int:
     from harness.tasks.gym import GYM_TASKS
     for name, spec in sorted(GYM_TASKS.items()):
@@ -319,6 +336,35 @@ def build_parser() -> Parser:
                        help="trl: after timing, run each arm once more under pyinstrument and write its report to DIR")
     add_config_flags(bench)
     bench.set_defaults(func=cmd_bench)
+
+    estimate = sub.add_parser(
+        "estimate", help="GRPO vs PPO memory per GPU at any model size, from each arm's step on fake tensors",
+        description="Run each arm's own training step on fake tensors (nothing is allocated) for any model config "
+                    "and world size, and print the estimated peak of live tensors per phase and category, the step "
+                    "peak, the GRPO/PPO ratio and whether it fits on H100, H200 and A100 GPUs. --model takes a Hub "
+                    "name (Qwen/Qwen2.5-0.5B ... 72B and meta-llama/Llama-3.1-8B, 70B answer offline), a model "
+                    "folder or a config.json; the workload comes from the preset and --set like a real run.")
+    estimate.add_argument("--algos", default="grpo,ppo", help="comma-separated algorithms (default: grpo,ppo)")
+    estimate.add_argument("--world-size", type=int, help="GPUs per arm: per-GPU figures under FSDP/ZeRO-3 (default 1)")
+    estimate.add_argument("--prompt-length", type=int,
+                          help="prompt tokens (default: the task's longest prompt, one token per character)")
+    estimate.add_argument("--completion-length", type=int, help="generated tokens (default: rollout.max_new_tokens)")
+    estimate.add_argument("--reward-model", help="a learned reward model in both arms: none (default), same (the "
+                                                 "policy's size), or a model name, folder or config.json")
+    estimate.add_argument("--rollout-reserve", type=float, metavar="F",
+                          help="a colocated rollout engine reserving this share of device memory, e.g. 0.3 (TRL's vLLM)")
+    estimate.add_argument("--rollout-engine", choices=["resident", "asleep"],
+                          help="the engine during training: resident (kept, default) or asleep (released)")
+    estimate.add_argument("--device-memory", choices=["h100", "h200", "a100-40", "a100-80"],
+                          help="the device the reserve is a share of (default h100)")
+    estimate.add_argument("--grid", action="store_true",
+                          help="the sensitivity grid: KL on/off x reward model none/same x critic pass separate/joint "
+                               "x checkpointing off/on x rollout engine resident/asleep; prints the ratio's range")
+    estimate.add_argument("--json", action="store_true", help="print the result as JSON")
+    estimate.add_argument("--no-cache", action="store_true",
+                          help="run every fake step again (results are cached in $HARNESS_CACHE/estimates)")
+    add_config_flags(estimate)
+    estimate.set_defaults(func=cmd_estimate)
 
     sub.add_parser("tasks", help="list the offline tasks").set_defaults(func=cmd_tasks)
     sub.add_parser("presets", help="list the presets").set_defaults(func=cmd_presets)

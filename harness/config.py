@@ -108,6 +108,25 @@ class RunConfig:
     tracker_project: str = "rl-harness"  # the tracker project (trackio, W&B) or experiment (MLflow) arms log to
 
 
+# Device memory of the GPUs `harness estimate` checks a step against, in GiB (nominal capacities).
+DEVICE_MEMORY_GIB = {"h100": ("H100 80 GB", 80), "h200": ("H200 141 GB", 141), "a100-40": ("A100 40 GB", 40),
+                     "a100-80": ("A100 80 GB", 80)}
+ROLLOUT_ENGINES = ("resident", "asleep")
+
+
+@dataclass
+class EstimateConfig:
+    prompt_length: int = 0  # harness estimate: prompt tokens (0: the task's longest prompt, one token per character)
+    completion_length: int = 0  # harness estimate: generated tokens per completion (0: rollout.max_new_tokens)
+    world_size: int = 1  # harness estimate: GPUs per arm (FSDP/ZeRO-3 sharding, the batch split across them)
+    reward_model: str = "none"  # harness estimate: a learned reward model in both arms: none, same (the policy's size), or a model
+    rollout_reserve: float = 0.0  # harness estimate: a colocated rollout engine's share of device memory (TRL's vLLM: 0.3); 0: none
+    rollout_engine: str = "resident"  # harness estimate: the engine during training: resident (kept) | asleep (released)
+    device_memory: str = "h100"  # harness estimate: the device the reserve is a share of: h100, h200, a100-40, a100-80
+    at_scale: str = "Qwen/Qwen2.5-7B"  # harness compare: models of the report's "At scale" grid, comma-separated; none: off
+    at_scale_world_size: int = 8  # harness compare: GPUs per arm in the "At scale" grid
+
+
 @dataclass
 class VerdictConfig:
     """The analysis plan, fixed before the run and saved with it (see `harness plan`)."""
@@ -135,6 +154,7 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
     verdict: VerdictConfig = field(default_factory=VerdictConfig)
     algorithms: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-algorithm options
+    estimate: EstimateConfig = field(default_factory=EstimateConfig)
 
     @property
     def completions_per_step(self) -> int:
@@ -361,6 +381,7 @@ def validate(config: Config) -> None:
     validate_algorithm_sections(config.algorithms)
     if not isinstance(config.task.options, dict):
         raise UserError(f"task.options must be a mapping of generator options, got {config.task.options!r}")
+    validate_estimate(config.estimate)
     absolute_task_paths(config.task)
     from harness.trackers import parse_report_to
     parse_report_to(config.run.report_to)
@@ -401,7 +422,6 @@ def validate_verdict(verdict: VerdictConfig) -> None:
         raise UserError("verdict.seed_sd must be ≥ 0 and verdict.expected_accuracy between 0 and 1")
     if not 0.5 <= verdict.power < 1:
         raise UserError(f"verdict.power must lie in [0.5, 1), got {verdict.power}")
-
 
 
 def validate_algorithm_sections(sections: dict[str, Any]) -> None:
@@ -449,6 +469,19 @@ def _same_kind(value: Any, default: Any) -> bool:
     if isinstance(default, (int, float)):
         return isinstance(value, int) if isinstance(default, int) else isinstance(value, (int, float))
     return isinstance(value, type(default))
+
+
+def validate_estimate(estimate: EstimateConfig) -> None:
+    if estimate.world_size < 1 or estimate.at_scale_world_size < 1:
+        raise UserError("estimate.world_size and estimate.at_scale_world_size must be at least 1 (GPUs per arm)")
+    if estimate.prompt_length < 0 or estimate.completion_length < 0:
+        raise UserError("estimate.prompt_length and estimate.completion_length must be 0 (the config's) or positive")
+    if not 0 <= estimate.rollout_reserve < 1:
+        raise UserError(f"estimate.rollout_reserve must be a share of device memory in [0, 1), got {estimate.rollout_reserve}")
+    if estimate.rollout_engine not in ROLLOUT_ENGINES:
+        raise UserError(f"estimate.rollout_engine '{estimate.rollout_engine}' is not one of: {', '.join(ROLLOUT_ENGINES)}")
+    if estimate.device_memory not in DEVICE_MEMORY_GIB:
+        raise UserError(f"estimate.device_memory '{estimate.device_memory}' is not one of: {', '.join(DEVICE_MEMORY_GIB)}")
 
 
 def train_settings(config: Config):

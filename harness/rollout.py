@@ -119,13 +119,20 @@ def generate(policy, reference, tokenizer, task: Task, examples: list[Example], 
         batch = RolloutBatch(input_ids=input_ids, attention_mask=torch.cat([prompt_mask, mask.long()], dim=1),
                              completion_mask=mask, prompt_length=prompt_length, group_size=cfg.samples_per_prompt,
                              scores=torch.tensor([r.total for r in rewards], device=input_ids.device))
+    logprob_passes(policy, reference, batch, settings, meter, sampler_logps)
+    return Rollout(batch=batch, completions=texts, rewards=rewards)
+
+
+def logprob_passes(policy, reference, batch: RolloutBatch, settings: TrainSettings, meter,
+                   sampler_logps: bool = True) -> None:
+    """The sampler's log-probs of a scored batch (unless the algorithm does not need them), and the
+    reference's when there is one (no-grad micro-batches)."""
     if sampler_logps:
         with meter.phase("old_logprobs"):
             batch.old_logps = batched_logps(policy, batch, settings)
     if reference is not None:
         with meter.phase("ref_logprobs"):
             batch.ref_logps = batched_logps(reference, batch, settings)
-    return Rollout(batch=batch, completions=texts, rewards=rewards)
 
 
 @torch.no_grad()

@@ -21,7 +21,7 @@ from harness.results import MEMORY_FIGURES, TIME_FIGURES
 
 FIXTURES = Path(__file__).parent / "fixtures" / "report"
 COMPARE = FIXTURES / "compare"
-SECTIONS = ["verdict", "arms", "accuracy", "figures", "health", "method"]
+SECTIONS = ["verdict", "arms", "accuracy", "figures", "at-scale", "health", "method"]
 FIGURES = ["learning", "memory", "phases", "throughput", "health"]
 
 
@@ -62,6 +62,19 @@ def report(tmp_path_factory):
     html_path, pdf_path = build_report(COMPARE, out)
     return {"html_path": html_path, "pdf_path": pdf_path, "html": html_path.read_text(),
             "verdict": verdict_section(load_comparison(COMPARE))}
+
+
+def test_at_scale_section_renders_at_scale_json_and_says_why_when_there_is_none(report, tmp_path):
+    from harness.report.at_scale import at_scale_section
+    data = json.loads((COMPARE / "at_scale.json").read_text())
+    (name, grid), = data["models"].items()
+    low, high = grid["ratio_range"]
+    assert f"{name}: GRPO/PPO from {low:.3f} to {high:.3f}" in plain(report["html"])
+    assert plain(report["html"]).count("<tr>") >= 32  # a row per grid cell
+    folder = copy_fixture(tmp_path)
+    (folder / "at_scale.json").unlink()
+    section = at_scale_section(folder)
+    assert section["models"] == [] and section["why_not"].startswith("not estimated")
 
 
 def test_report_files_are_named_after_the_comparison(report):

@@ -31,7 +31,7 @@ GPU = {"mem_cuda_allocated", "mem_cuda_reserved", "mem_nvml_used"}  # other memo
 GATED_KINDS = {"exact"}  # always gated; "gpu" too when both sides ran on the same kind of GPU
 MODEL_CATEGORIES = ("params", "grads", "optimizer")
 # Config fields that cannot change a footprint: where results go; seeds are matched arm by arm.
-CONFIG_IGNORED = {"derived", "algo", "run.seed", "run.results_dir"}
+CONFIG_IGNORED = {"derived", "algo", "run.seed", "run.results_dir", "estimate"}  # estimate.*: settings of harness estimate, not of the run
 
 
 # ---------------------------------------------------------------- what was measured

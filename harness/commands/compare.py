@@ -17,6 +17,7 @@ from harness import distributed as ranks_
 from harness.algorithms import check_algorithms
 from harness.commands.plan import analysis_plan_lines, make_plan
 from harness.config import Config, check_seed, check_setup, config_from_dict, make_task, read_yaml
+from harness.estimate_grid import check_at_scale
 from harness.exports import write_steps_table
 from harness.io import (FolderLock, check_writable, command_line, new_folder, read_json_object,
                         refuse_if_being_written, remove_temporaries, write_json, write_yaml)
@@ -83,6 +84,7 @@ def compare(config: Config, algos: list[str], seeds: list[int], out: Path | str 
         check_seed(seed)
     check_setup(config, algos)
     ranks_.check_launch(config)
+    check_at_scale(config)
     if out:
         comparison_dir = Path(out)
         check_writable(comparison_dir, "comparison folder")
@@ -169,6 +171,7 @@ def run_arms(comparison_dir: Path, config: Config, algos: list[str], seeds: list
                 raise Interrupted(supervisor.stopped_by, hint=f"harness compare --resume {comparison_dir}")
         summaries = [load_summary(comparison_dir / a["dir"]) for a in arms]
         write_json(comparison_dir / "summary.json", comparison_summary(config, algos, seeds, summaries))
+        at_scale(config, algos, comparison_dir)
         render_terminal(summaries, algos)
         print(f"comparison: {comparison_dir}")
         exports = [write_steps_table(comparison_dir, arms)]
@@ -220,6 +223,22 @@ def print_verdict(comparison_dir: Path) -> None:
     from harness.report.data import load_comparison
     from harness.report.verdict import terminal_lines, verdict_section
     print("\n".join(terminal_lines(verdict_section(load_comparison(comparison_dir)))))
+
+
+def at_scale(config: Config, algos: list[str], comparison_dir: Path) -> None:
+    """The report's "At scale" grid (harness estimate) for the models in estimate.at_scale, into at_scale.json."""
+    from harness.estimate_grid import at_scale_models, write_at_scale
+    if not at_scale_models(config) or (comparison_dir / "at_scale.json").exists():
+        return
+    print(f"at scale: estimating {', '.join(at_scale_models(config))} at world size "
+          f"{config.estimate.at_scale_world_size} on fake tensors (cached per configuration)", flush=True)
+    data = write_at_scale(config, algos, comparison_dir / "at_scale.json",
+                          progress=lambda done, total, what: print(f"at scale {done}/{total}: {what}", flush=True))
+    if data:
+        ranges = "; ".join(f"{model} {'/'.join(grid['pair'])} from {grid['ratio_range'][0]:.3f} to "
+                           f"{grid['ratio_range'][1]:.3f}" for model, grid in data["models"].items())
+        print(f"at scale (estimated step peak ratio): {ranges}; {data['seconds']:.0f} s; "
+              f"{comparison_dir / 'at_scale.json'}", flush=True)
 
 
 def comparison_summary(config: Config, algos, seeds, summaries) -> dict[str, Any]:

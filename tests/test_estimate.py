@@ -1,0 +1,326 @@
+"""harness estimate: each arm's own step on fake tensors, checked against the live tensors a real run of
+the same config measures on the CPU, against hand arithmetic, and on bad input."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from harness.config import load_config
+
+GIB = 2 ** 30
+COMPUTE = ("activations", "temporaries", "kv_cache", "weight_casts")  # how the tracker files what a step computes
+MODEL_STATE = ("params", "grads", "optimizer")
+
+
+# ---------------------------------------------------------------- estimate vs measured on the CPU
+
+def measured_step(config, algo):
+    """A real arm's second step on the CPU under LiveTensors: {phase: peak by category}, and the step's
+    shapes (rows, prompt length, completion length: generate stops once every completion has ended)."""
+    import harness.arm as runner
+    from harness.checkpoint import RunState
+    from harness.memory import LiveTensors
+    from harness.meter import StepMeter
+    from harness.probes import Probes
+    shapes = {}
+    real_generate = runner.generate
+
+    def spy(*args, **kwargs):
+        rollout = real_generate(*args, **kwargs)
+        batch = rollout.batch
+        shapes.update(rows=batch.size, prompt=batch.prompt_length, completion=batch.completion_mask.shape[1])
+        return rollout
+
+    runner.generate = spy
+    try:
+        arm = runner.Arm(config, algo, Path(tempfile.mkdtemp(prefix="harness-estimate-test-")))
+        probes, state = Probes("cpu", enabled=False), RunState()
+        arm.train_step(state, StepMeter(probes, None), probes)  # the first step: AdamW's state appears
+        live = LiveTensors(arm.algorithm.trained_models().values(), arm.frozen_models().values(),
+                           arm.algorithm.optimizers().values())
+        meter = StepMeter(probes, live)
+        arm.train_step(state, meter, probes)
+    finally:
+        runner.generate = real_generate
+    return meter.tracked_peaks, shapes
+
+
+def estimated_step(config, algo, shapes):
+    from harness.fake_generation import Workload
+    from harness.fake_step import fake_step
+    from harness.model_specs import resolve_model
+    workload = Workload(shapes["rows"], shapes["prompt"], shapes["completion"], config.rollout.samples_per_prompt)
+    # the CPU's optimizer path (per tensor), as the real run on the CPU takes it
+    return fake_step(config, algo, resolve_model("tiny", config).config, None, workload, foreach=False).phases
+
+
+def assert_estimate_matches(measured, estimated):
+    """Every phase: model state and the rollout to the byte; the total to the byte, except generate's
+    within 1% (its data-dependent checks make a few tensors of a few bytes that the simulation does not)."""
+    assert list(estimated) == list(measured)
+    for phase, real in measured.items():
+        fake = estimated[phase]
+        for category in (*MODEL_STATE, "rollout"):
+            assert fake.get(category, 0) == real.get(category, 0), (phase, category)
+        if phase == "generate":
+            assert abs(fake["total"] - real["total"]) <= 0.01 * real["total"], (phase, fake, real)
+        else:
+            assert fake["total"] == real["total"], (phase, fake, real)
+            # autocast's weight copies are their own category in an estimate; a real run files them by when they appear
+            assert sum(fake.get(c, 0) for c in COMPUTE) == sum(real.get(c, 0) for c in COMPUTE), phase
+
+
+@pytest.mark.parametrize("algo", ["grpo", "ppo"])
+def test_estimate_equals_live_tensors_measured_on_the_smoke_preset(algo):
+    config = load_config("smoke")
+    measured, shapes = measured_step(config, algo)
+    assert_estimate_matches(measured, estimated_step(config, algo, shapes))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo", ["grpo", "ppo"])
+def test_estimate_equals_measured_under_bf16_mixed_with_checkpointing_and_a_joint_critic(algo):
+    config = load_config("smoke", overrides=["model.precision=bf16-mixed", "model.gradient_checkpointing=true",
+                                             "optim.micro_batch_size=4", "rollout.logprob_batch_size=8",
+                                             "algorithms.ppo.critic_pass=joint"])
+    measured, shapes = measured_step(config, algo)
+    assert_estimate_matches(measured, estimated_step(config, algo, shapes))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["tiny", "tiny-realistic-vocab"])
+@pytest.mark.parametrize("algo", ["grpo", "ppo"])
+def test_estimate_equals_measured_on_the_tiny_presets(preset, algo):
+    config = load_config(preset)
+    measured, shapes = measured_step(config, algo)
+    assert_estimate_matches(measured, estimated_step(config, algo, shapes))
+
+
+def test_skipping_decoding_steps_to_the_last_keeps_the_generate_peak(monkeypatch):
+    import harness.fake_generation as fake_generation
+    import harness.fake_step as fake_step
+    from harness.model_specs import resolve_model
+    config = load_config("smoke", overrides=["model.precision=bf16-mixed", "rollout.top_p=0.9"])
+    spec = resolve_model("tiny", config)
+    workload = fake_generation.Workload(rows=8, prompt_length=6, completion_length=40, group_size=4)
+    fast = fake_step.fake_step(config, "grpo", spec.config, None, workload).phases["generate"]
+    monkeypatch.setattr(fake_generation, "FULL_DECODE_STEPS", 10 ** 6)  # every one of the 40 steps
+    every = fake_step.fake_step(config, "grpo", spec.config, None, workload).phases["generate"]
+    assert fast == every
+
+
+# ---------------------------------------------------------------- arithmetic
+
+QWEN_7B = 28 * 233_057_792 + 2 * 152_064 * 3_584 + 3_584  # 28 layers, embeddings, LM head (untied), final norm
+QWEN_7B_TENSORS = 12 * 28 + 3  # per layer q, k, v (weights and biases), o, gate, up, down, two norms; + 3
+
+
+def test_qwen_7b_model_state_is_16_bytes_per_trained_parameter_and_2_per_frozen():
+    from harness.estimate import estimate
+    assert QWEN_7B == 7_615_616_512
+    critic = QWEN_7B - 152_064 * 3_584 + 3_584 + 1  # the decoder without the LM head, a scalar value head
+    config = load_config("smoke", overrides=["model.name=Qwen/Qwen2.5-7B", "model.precision=bf16-mixed",
+                                             "rollout.batch_size=4", "estimate.prompt_length=4",
+                                             "estimate.completion_length=2"])
+    result = estimate(config, ["grpo", "ppo"], use_cache=False)
+    step_counters = 4 * QWEN_7B_TENSORS  # AdamW's step is a 4-byte tensor per parameter tensor
+    for algo in ("grpo", "ppo"):
+        state = result["arms"][algo]["model_state"]
+        # bf16-mixed: fp32 weights (4) + fp32 gradients (4) + AdamW's two fp32 moments (8) = 16 bytes per parameter
+        assert state["policy"] == {"params": 4 * QWEN_7B, "grads": 4 * QWEN_7B, "optimizer": 8 * QWEN_7B + step_counters,
+                                   "total": 16 * QWEN_7B + step_counters}
+        assert state["reference"] == {"params": 2 * QWEN_7B, "grads": 0, "optimizer": 0, "total": 2 * QWEN_7B}
+        # the fake step holds exactly that state between its passes, with each model's buffers: the rotary
+        # inverse frequencies and their original, 64 values each (fp32 in trained models, bf16 in the reference)
+        between = result["arms"][algo]["phases"]["advantages"]
+        trained = {"grpo": [QWEN_7B], "ppo": [QWEN_7B, critic]}[algo]
+        assert between["grads"] == 4 * sum(trained)
+        assert between["params"] == 4 * sum(trained) + 2 * QWEN_7B + 2 * 64 * (4 * len(trained) + 2)
+    critic_state = result["arms"]["ppo"]["model_state"]["critic"]
+    assert critic_state["total"] == 16 * critic + 4 * (QWEN_7B_TENSORS - 1 + 2)  # no LM head; value head weight and bias
+    # GRPO/PPO in model state: (16 + 2) x 7.62B / ((16 + 2) x 7.62B + 16 x 7.07B) = 0.548 (FIELD-NOTES)
+    assert result["ratio"]["model_state"]["value"] == pytest.approx(0.548, abs=0.001)
+
+
+def test_shard_bytes_split_dim_zero_with_padding():
+    import torch
+
+    from harness.fake_step import shard_bytes
+    assert shard_bytes(torch.empty(5, 3), 2) == 3 * 3 * 4  # rows 5 -> chunks of 3 (the last padded), fp32
+    assert shard_bytes(torch.empty(5, 3), 1) == 5 * 3 * 4
+    assert shard_bytes(torch.empty((), dtype=torch.float32), 8) == 4  # a step counter is not sharded
+    assert shard_bytes(torch.empty(16, dtype=torch.bfloat16), 8) == 2 * 2
+
+
+def test_world_size_two_halves_each_gpu_s_model_state():
+    from harness.estimate import estimate
+    one = estimate(load_config("smoke"), ["grpo", "ppo"], cuda_optimizer=False)
+    two = estimate(load_config("smoke", overrides=["estimate.world_size=2"]), ["grpo", "ppo"], cuda_optimizer=False)
+    for algo in ("grpo", "ppo"):
+        for model, full in one["arms"][algo]["model_state"].items():
+            half = two["arms"][algo]["model_state"][model]
+            tensors = 12 * 2 + 3  # the smoke model: 2 layers; padding adds at most one row of each tensor
+            for category in MODEL_STATE:
+                assert full[category] / 2 <= half[category] <= full[category] / 2 + tensors * 128 * 4 * 2, (model, category)
+        between_one = one["arms"][algo]["phases"]["advantages"]
+        between_two = two["arms"][algo]["phases"]["advantages"]
+        for category in ("grads", "optimizer"):
+            assert between_two[category] == pytest.approx(between_one[category] / 2, rel=0.02)
+    assert two["setup"]["rows_per_gpu"] == 16 and one["setup"]["rows_per_gpu"] == 32
+
+
+def test_per_gpu_figures_and_the_rollout_engine_by_hand():
+    from harness.estimate import per_gpu, with_engine
+    raw = {"phases": {"generate": {"params": 100, "grads": 40, "optimizer": 80, "weight_casts": 50, "kv_cache": 30,
+                                   "total": 300},
+                      "advantages": {"params": 100, "grads": 40, "optimizer": 80, "rollout": 6, "total": 226},
+                      "policy_update": {"params": 100, "optimizer": 80, "activations": 70, "total": 250}},
+           "factors": {"params": 0.5, "grads": 0.5, "optimizer": 0.5}, "gathered": {"policy": 10}}
+    assert per_gpu(raw, 1) == raw["phases"]
+    gpu = per_gpu(raw, 2)
+    # model state halved, autocast's copies replaced by the policy's gathered units (with their gradients in updates)
+    assert gpu["generate"] == {"params": 50, "grads": 20, "optimizer": 40, "kv_cache": 30, "fsdp_buffers": 10, "total": 150}
+    assert gpu["advantages"] == {"params": 50, "grads": 20, "optimizer": 40, "rollout": 6, "total": 116}
+    assert gpu["policy_update"] == {"params": 50, "optimizer": 40, "activations": 70, "fsdp_buffers": 20, "total": 180}
+    resident = with_engine(gpu, 1000, "resident")
+    # the engine generates: generate holds the model state (50 + 20 + 40) and the engine's 1000
+    assert resident["generate"]["total"] == 1110 and resident["policy_update"]["total"] == 1180
+    asleep = with_engine(gpu, 1000, "asleep")
+    assert asleep["generate"]["total"] == 1110 and asleep["policy_update"]["total"] == 180
+    assert with_engine(gpu, 0, "resident") == gpu
+
+
+def test_the_rollout_engine_reserves_a_share_of_each_device(tmp_path):
+    from harness.estimate import estimate
+    config = load_config("smoke", overrides=["estimate.rollout_reserve=0.3", "estimate.device_memory=h200"])
+    result = estimate(config, ["grpo"])
+    arm = result["arms"]["grpo"]
+    assert result["setup"]["rollout_engine"]["bytes"] == round(0.3 * 141 * GIB)
+    assert arm["phases"]["generate"]["rollout_engine"] == round(0.3 * 141 * GIB)
+    assert arm["on_devices"]["a100-40"]["peak"] == pytest.approx(0.3 * 40 * GIB, rel=0.01)  # the tiny model is the rest
+    assert all(entry["fits"] for entry in arm["on_devices"].values())
+
+
+# ---------------------------------------------------------------- the command
+
+def run_cli(capsys, *args):
+    from harness.cli import main
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_estimate_prints_each_arm_the_ratio_and_the_fit_and_reuses_its_cache(capsys):
+    code, out, _ = run_cli(capsys, "estimate", "--preset", "smoke")
+    assert code == 0
+    for text in ("GRPO: estimated peak of live tensors per phase", "PPO: estimated peak", "GRPO/PPO step peak (estimated)",
+                 "model state (arithmetic)", "H100 80 GB", "A100 40 GB", "estimated, not measured",
+                 "generation simulated with the policy's own forward", "flash attention"):
+        assert text in out, text
+    code, out, err = run_cli(capsys, "estimate", "--preset", "smoke", "--json")
+    result = json.loads(out)
+    assert code == 0 and all(arm["cached"] for arm in result["arms"].values())
+    assert result["ratio"]["peak"]["numerator"] == "grpo" and 0 < result["ratio"]["peak"]["value"] < 1
+    assert result["arms"]["ppo"]["peak"] == max(row["total"] for row in result["arms"]["ppo"]["phases"].values())
+
+
+def test_shipped_configs_answer_offline():
+    from harness.model_specs import known_models, resolve_model
+    config = load_config("smoke")
+    assert len(known_models()) == 8
+    spec = resolve_model("qwen2.5-0.5b", config)
+    assert spec.name == "Qwen/Qwen2.5-0.5B" and spec.config.tie_word_embeddings
+    llama = resolve_model("meta-llama/Llama-3.1-70B", config).config
+    assert (llama.hidden_size, llama.num_hidden_layers, llama.num_key_value_heads, llama.vocab_size) == (8192, 80, 8, 128256)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "someone/not-a-shipped-model"], "unknown model 'someone/not-a-shipped-model'"),
+    (["--world-size", "3"], "world size 3: the 8 prompts of a step"),
+    (["--world-size", "0"], "must be at least 1"),
+    (["--world-size", "16"], "world size 16: the 8 prompts of a step"),
+    (["--world-size", "8", "--set", "optim.minibatches=8"],
+     "world size 8: a sampling slice of 4 completions does not split into optim.minibatches=8"),
+    (["--prompt-length", "60", "--completion-length", "10"], "do not fit the 64 positions"),
+    (["--rollout-reserve", "1.5"], "rollout_reserve must be a share"),
+])
+def test_bad_input_is_one_line_and_exit_2(capsys, args, message):
+    code, out, err = run_cli(capsys, "estimate", "--preset", "smoke", *args)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("facts, message", [
+    ({"model_type": "no-such-architecture", "hidden_size": 8}, "transformers cannot build model_type 'no-such-architecture'"),
+    ({"model_type": "vit", "hidden_size": 8}, "no causal language model"),
+    ({"hidden_size": 8}, "has no model_type"),
+])
+def test_a_config_json_transformers_cannot_build_is_one_line_and_exit_2(capsys, tmp_path, facts, message):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(facts))
+    code, _, err = run_cli(capsys, "estimate", "--preset", "smoke", "--model", str(path))
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+# ---------------------------------------------------------------- the grid
+
+def test_grid_cells_cover_every_choice_once():
+    from harness.estimate_grid import AXES, cell_config, cells
+    grid = cells()
+    assert len(grid) == 32 and len({tuple(sorted(c.items())) for c in grid}) == 32
+    config = load_config("smoke", overrides=["algorithms.grpo.beta=0"])
+    off = cell_config(config, ["grpo", "ppo"], {**grid[0], "kl": "off", "checkpointing": "on"}, 0.3)
+    on = cell_config(config, ["grpo", "ppo"], {**grid[0], "kl": "on", "critic_pass": "joint"}, 0.3)
+    assert off.algorithms["grpo"]["beta"] == 0 and off.algorithms["ppo"]["kl_coef"] == 0
+    assert off.model.gradient_checkpointing and not on.model.gradient_checkpointing
+    # KL on: the configured coefficients, or the algorithm's defaults where the config turned them off
+    assert on.algorithms["grpo"]["beta"] == 0.04 and on.algorithms["ppo"]["kl_coef"] == 0.05
+    assert on.algorithms["ppo"]["critic_pass"] == "joint" and "critic_pass" not in on.algorithms["grpo"]
+    assert [a for a, _ in AXES] == ["kl", "reward_model", "critic_pass", "checkpointing", "rollout_engine"]
+
+
+@pytest.mark.slow
+def test_grid_on_the_smoke_model_gives_the_ratio_range_and_reruns_from_the_cache(tmp_path, monkeypatch):
+    from harness.estimate_grid import estimate_grid
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
+    config = load_config("smoke")
+    first = estimate_grid(config, ["grpo", "ppo"])
+    # 8 GRPO configurations (it has no critic pass) and 16 PPO ones; the engine axis is arithmetic
+    assert first["fake_steps"] == {"computed": 24, "reused": 40}
+    low, high = first["ratio_range"]
+    assert all(low <= cell["ratio"] <= high for cell in first["cells"])
+    cell = {(c["kl"], c["reward_model"], c["critic_pass"], c["checkpointing"], c["rollout_engine"]): c
+            for c in first["cells"]}
+    for algo in ("grpo", "ppo"):
+        # a reference model costs memory, a learned reward model too, a resident engine more than a sleeping one
+        assert cell["on", "none", "separate", "off", "asleep"]["peaks"][algo] > cell["off", "none", "separate", "off", "asleep"]["peaks"][algo]
+        assert cell["on", "same", "separate", "off", "asleep"]["peaks"][algo] > cell["on", "none", "separate", "off", "asleep"]["peaks"][algo]
+        assert cell["on", "none", "separate", "off", "resident"]["peaks"][algo] >= cell["on", "none", "separate", "off", "asleep"]["peaks"][algo]
+    again = estimate_grid(config, ["grpo", "ppo"])
+    assert again["fake_steps"] == {"computed": 0, "reused": 64} and again["cells"] == first["cells"]
+
+
+# ---------------------------------------------------------------- the comparison's "At scale" section
+
+def test_a_bad_at_scale_model_stops_compare_before_any_folder(capsys, tmp_path):
+    out = tmp_path / "comparison"
+    code, _, err = run_cli(capsys, "compare", "--preset", "smoke", "--out", str(out),
+                           "--set", "estimate.at_scale=someone/not-a-shipped-model")
+    assert code == 2 and "estimate.at_scale: unknown model" in err and not out.exists()
+
+
+@pytest.mark.slow
+def test_compare_writes_the_at_scale_grid_and_the_report_shows_it(tmp_path):
+    from conftest import harness
+    out = tmp_path / "comparison"
+    harness("compare", "--preset", "smoke", "--out", str(out), "--set", "estimate.at_scale=tiny",
+            "--set", "estimate.at_scale_world_size=2", "--set", "run.lm_eval=false", check=True)
+    data = json.loads((out / "at_scale.json").read_text())
+    grid = data["models"]["tiny"]
+    assert data["world_size"] == 2 and grid["setup"]["rows_per_gpu"] == 16 and len(grid["cells"]) == 32
+    low, high = grid["ratio_range"]
+    page = (out / "report.html").read_text()
+    assert '<section id="at-scale"' in page and f"tiny: GRPO/PPO from {low:.3f} to {high:.3f}" in page
