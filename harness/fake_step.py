@@ -191,8 +191,8 @@ def materialize(models: list[torch.nn.Module], optimizers: list[torch.optim.Opti
 
 
 def steady_state(algorithm, foreach: bool) -> None:
-    """The state a step starts from after the first: AdamW's moments exist, and the last minibatch's
-    gradients are still allocated (they are freed only by the next minibatch's zero_grad)."""
+    """The state a step starts from after the first: AdamW's moments exist, and no gradients (the
+    update frees them after its last optimizer step, as TRL and verl do)."""
     for optimizer in algorithm.optimizers().values():
         for group in optimizer.param_groups:
             group["foreach"] = foreach  # torch picks foreach for CUDA tensors, the per-tensor loop on the CPU
@@ -201,6 +201,7 @@ def steady_state(algorithm, foreach: bool) -> None:
             param.grad = torch.zeros_like(param)
     for optimizer in algorithm.optimizers().values():
         optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
 
 
 # ---------------------------------------------------------------- the rollout, on fake tensors

@@ -134,11 +134,14 @@ def test_qwen_7b_model_state_is_16_bytes_per_trained_parameter_and_2_per_frozen(
         assert state["policy"] == {"params": 4 * QWEN_7B, "grads": 4 * QWEN_7B, "optimizer": 8 * QWEN_7B + step_counters,
                                    "total": 16 * QWEN_7B + step_counters}
         assert state["reference"] == {"params": 2 * QWEN_7B, "grads": 0, "optimizer": 0, "total": 2 * QWEN_7B}
-        # the fake step holds exactly that state between its passes, with each model's buffers: the rotary
-        # inverse frequencies and their original, 64 values each (fp32 in trained models, bf16 in the reference)
-        between = result["arms"][algo]["phases"]["advantages"]
+        # the fake step holds exactly the weights between its passes, with each model's buffers: the rotary
+        # inverse frequencies and their original, 64 values each (fp32 in trained models, bf16 in the reference);
+        # no gradients (the last update freed them) until the policy's update makes its fp32 gradients
+        phases = result["arms"][algo]["phases"]
+        between = phases["advantages"]
         trained = {"grpo": [QWEN_7B], "ppo": [QWEN_7B, critic]}[algo]
-        assert between["grads"] == 4 * sum(trained)
+        assert between.get("grads", 0) == 0
+        assert phases["policy_update"]["grads"] == 4 * QWEN_7B
         assert between["params"] == 4 * sum(trained) + 2 * QWEN_7B + 2 * 64 * (4 * len(trained) + 2)
     critic_state = result["arms"]["ppo"]["model_state"]["critic"]
     assert critic_state["total"] == 16 * critic + 4 * (QWEN_7B_TENSORS - 1 + 2)  # no LM head; value head weight and bias
@@ -168,7 +171,7 @@ def test_world_size_two_halves_each_gpu_s_model_state():
                 assert full[category] / 2 <= half[category] <= full[category] / 2 + tensors * 128 * 4 * 2, (model, category)
         between_one = one["arms"][algo]["phases"]["advantages"]
         between_two = two["arms"][algo]["phases"]["advantages"]
-        for category in ("grads", "optimizer"):
+        for category in ("params", "optimizer"):  # no gradients between passes: the update freed them
             assert between_two[category] == pytest.approx(between_one[category] / 2, rel=0.02)
     assert two["setup"]["rows_per_gpu"] == 16 and one["setup"]["rows_per_gpu"] == 32
 
