@@ -11,6 +11,7 @@ cells that share an arm's configuration (GRPO has no critic pass; the engine is 
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from typing import Any, Callable
 
@@ -122,6 +123,10 @@ def at_scale_config(config: Config, model: str) -> Config:
     out.preset = config.preset
     out.model.name = model
     out.estimate.world_size = config.estimate.at_scale_world_size
+    # the comparison's global batch spread over more GPUs: a micro-batch no larger than one GPU's minibatch
+    per_gpu = out.rollout.batch_size // out.estimate.world_size // out.optim.minibatches
+    if out.optim.micro_batch_size and per_gpu and per_gpu % out.optim.micro_batch_size:
+        out.optim.micro_batch_size = math.gcd(out.optim.micro_batch_size, per_gpu)
     return out
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import load_config
+from harness.config import load_config, preset_names
 
 GIB = 2 ** 30
 COMPUTE = ("activations", "temporaries", "kv_cache", "weight_casts")  # how the tracker files what a step computes
@@ -327,3 +327,15 @@ def test_compare_writes_the_at_scale_grid_and_the_report_shows_it(tmp_path):
     low, high = grid["ratio_range"]
     page = (out / "report.html").read_text()
     assert '<section id="at-scale"' in page and f"tiny: GRPO/PPO from {low:.3f} to {high:.3f}" in page
+
+
+@pytest.mark.parametrize("preset", preset_names())
+def test_every_shipped_preset_passes_the_at_scale_check(preset):
+    """A default comparison must not stop at its own "At scale" grid (tiny's micro-batch of 64 is more
+    than one of 8 GPUs' 16-row minibatch: the grid takes the largest micro-batch that divides it)."""
+    from harness.estimate_grid import at_scale_config, check_at_scale
+    config = load_config(preset)
+    check_at_scale(config)
+    if preset == "tiny":
+        scaled = at_scale_config(config, "Qwen/Qwen2.5-7B")
+        assert scaled.optim.micro_batch_size == 16  # 256 rows / 8 GPUs / 2 minibatches = 16; gcd(64, 16)
