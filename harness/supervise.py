@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Callable, Iterator
 
 from harness import Interrupted
 
@@ -71,12 +71,13 @@ def die_with_supervisor() -> None:
 
 
 class Supervisor:
-    """Runs children one at a time, each in a session of its own, forwarding SIGINT and SIGTERM to it."""
+    """Runs children, each in a session of its own, forwarding SIGINT and SIGTERM to them: one at a time
+    (`run`), or side by side on disjoint GPU sets (`run_side_by_side`)."""
 
     GRACE_S = 60  # after a forwarded signal, how long a child gets to record its stop before SIGKILL
 
     def __init__(self):
-        self.process: subprocess.Popen | None = None
+        self.running: list[subprocess.Popen] = []  # one child, or one per device set with run_side_by_side
         self.stopped_by: int | None = None  # the signal this process received, once one did
         self.stop_time = 0.0
 
@@ -93,12 +94,21 @@ class Supervisor:
                 signal.signal(signum, action)
 
     def _on_signal(self, signum, frame) -> None:
-        if self.process is None or self.process.poll() is not None:
+        alive = [process for process in self.running if process.poll() is None]
+        if not alive:
             raise Interrupted(signum)  # no child running: stop this process now
         if self.stopped_by is None:
             self.stopped_by, self.stop_time = signum, time.monotonic()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signum)
+        for process in alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signum)
+
+    def _kill_after_grace(self) -> None:
+        """SIGKILL to the children still alive a grace period after a forwarded signal."""
+        if self.stopped_by and time.monotonic() - self.stop_time > self.GRACE_S:
+            for process in self.running:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
 
     def run(self, command: list[str], log: Path, echo: bool = True,
             child_watches: bool = True) -> tuple[int, str | None]:
@@ -109,35 +119,98 @@ class Supervisor:
         `child_watches`, the child is a harness process that stops when this one dies (a torchrun
         launcher is not, and its ranks' parent is torchrun).
         """
-        env = {key: value for key, value in os.environ.items() if key != SUPERVISOR_ENV}
-        if child_watches:
-            env[SUPERVISOR_ENV] = str(os.getpid())
-        interactive = sys.stdout.isatty() or not echo
-        with open(log, "ab") as log_file:
-            log_file.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n".encode())
-            log_file.flush()
-            sys.stdout.flush()  # this process's lines before the child's
-            self.process = subprocess.Popen(command, stdout=None if interactive else subprocess.PIPE,
-                                            stderr=subprocess.PIPE, start_new_session=True, env=env)
-            stderr_tail = bytearray()
-            copies = [_copy(self.process.stderr, sys.stderr if echo else None, log_file, stderr_tail)]
-            if not interactive:
-                copies.append(_copy(self.process.stdout, sys.stdout, log_file))
-            code = self._wait()
-            for thread in copies:
-                thread.join()
-        self.process = None
-        lines = [line.strip() for line in stderr_tail.decode(errors="replace").splitlines() if line.strip()]
-        return code, (lines[-1] if lines else None)
-
-    def _wait(self) -> int:
+        child = _Child.start(command, log, child_env(child_watches), echo=echo, interactive=sys.stdout.isatty() or not echo)
+        self.running = [child.process]
         while True:
             try:
-                return self.process.wait(timeout=1.0)
+                child.process.wait(timeout=1.0)
+                break
             except subprocess.TimeoutExpired:
-                if self.stopped_by and time.monotonic() - self.stop_time > self.GRACE_S:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(self.process.pid, signal.SIGKILL)
+                self._kill_after_grace()
+        self.running = []
+        return child.finish()
+
+    def run_side_by_side(self, jobs: list[tuple[str, list[str], Path]], device_sets: list[list[int]],
+                         on_finish: Callable[[str, int, str | None], None]) -> None:
+        """Run the jobs (key, command, log), at most one per device set at a time, each child seeing only
+        its set's GPUs (CUDA_VISIBLE_DEVICES); `on_finish(key, exit status, last stderr line)` as each ends.
+
+        Children's output goes to their logs only (interleaved progress bars would be unreadable): this
+        process prints a line as each starts and ends. After a forwarded signal no further job starts.
+        """
+        waiting, free = list(jobs), [list(devices) for devices in device_sets]
+        started: dict[int, tuple[str, _Child, list[int], float]] = {}
+        while waiting or started:
+            while waiting and free and not self.stopped_by:
+                key, command, log = waiting.pop(0)
+                devices = free.pop(0)
+                env = {**child_env(True), "CUDA_VISIBLE_DEVICES": ",".join(map(str, devices))}
+                child = _Child.start(command, log, env, echo=False, interactive=False)
+                started[child.process.pid] = (key, child, devices, time.monotonic())
+                print(f"{key}: started on GPU {','.join(map(str, devices))} (log: {log})", flush=True)
+            if self.stopped_by and not started:
+                return
+            self.running = [child.process for _, child, _, _ in started.values()]
+            time.sleep(0.5)
+            self._kill_after_grace()
+            for pid, (key, child, devices, began) in list(started.items()):
+                if child.process.poll() is None:
+                    continue
+                del started[pid]
+                free.append(devices)
+                code, last_line = child.finish()
+                print(f"{key}: exited with status {code} after {time.monotonic() - began:,.0f} s", flush=True)
+                on_finish(key, code, last_line)
+        self.running = []
+
+
+def device_sets(device_count: int, per_arm: int) -> list[list[int]]:
+    """Disjoint sets of `per_arm` GPUs out of `device_count`; GPUs left over stay idle.
+
+    >>> device_sets(8, 2)
+    [[0, 1], [2, 3], [4, 5], [6, 7]]
+    >>> device_sets(5, 2)
+    [[0, 1], [2, 3]]
+    """
+    return [list(range(start, start + per_arm)) for start in range(0, device_count - per_arm + 1, per_arm)]
+
+
+def child_env(child_watches: bool) -> dict[str, str]:
+    """This process's environment for a child; with `child_watches`, the child knows its supervisor."""
+    env = {key: value for key, value in os.environ.items() if key != SUPERVISOR_ENV}
+    if child_watches:
+        env[SUPERVISOR_ENV] = str(os.getpid())
+    return env
+
+
+class _Child:
+    """A child process in a session of its own, its stderr (and stdout off a terminal) copied to its log."""
+
+    def __init__(self, process: subprocess.Popen, log_file, copies: list[threading.Thread], tail: bytearray):
+        self.process, self.log_file, self.copies, self.tail = process, log_file, copies, tail
+
+    @classmethod
+    def start(cls, command: list[str], log: Path, env: dict[str, str], echo: bool, interactive: bool) -> "_Child":
+        log_file = open(log, "ab")
+        log_file.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n".encode())
+        log_file.flush()
+        sys.stdout.flush()  # this process's lines before the child's
+        process = subprocess.Popen(command, stdout=None if interactive else subprocess.PIPE,
+                                   stderr=subprocess.PIPE, start_new_session=True, env=env)
+        tail = bytearray()
+        copies = [_copy(process.stderr, sys.stderr if echo else None, log_file, tail)]
+        if not interactive:
+            copies.append(_copy(process.stdout, sys.stdout if echo else None, log_file))
+        return cls(process, log_file, copies, tail)
+
+    def finish(self) -> tuple[int, str | None]:
+        """(exit status, negative for a signal; the last line the child wrote to stderr), once it ended."""
+        code = self.process.wait()
+        for thread in self.copies:
+            thread.join()
+        self.log_file.close()
+        lines = [line.strip() for line in self.tail.decode(errors="replace").splitlines() if line.strip()]
+        return code, (lines[-1] if lines else None)
 
 
 def _copy(source: IO[bytes], terminal, log: IO[bytes], tail: bytearray | None = None) -> threading.Thread:
