@@ -94,13 +94,20 @@ def save_sharded(path: Path, state: RunState, algorithm, ranks) -> None:
     dist.barrier()
 
 
+def load_refusal(err: Exception) -> str:
+    """Why torch refused a file in one phrase: the object it would not build, never torch's advice to
+    load it unsafely."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    named = [line for line in lines if "GLOBAL" in line or line.startswith("Unsupported")]
+    return named[0].rstrip(".") if named else (lines[0].split(". ")[0] if lines else type(err).__name__)
+
+
 def load_checkpoint(path: Path, algorithm, ranks=None) -> RunState:
     """Restore the algorithm and the generators; the run state to carry on from."""
     try:
         payload = torch.load(path, weights_only=True, map_location="cpu")
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise UserError(f"checkpoint {path} cannot be loaded safely (weights only): {first}; "
+        raise UserError(f"checkpoint {path} cannot be loaded safely (weights only): {load_refusal(err)}; "
                         "delete the checkpoint folder to start the arm afresh") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserError(f"checkpoint {path} is not a checkpoint of this harness version (format {FORMAT}); "
