@@ -142,6 +142,26 @@ def check_launch(config) -> None:
                             f"({err.strerror or err}); start node 0 first, or check --master-addr/--master-port") from None
 
 
+def arm_device_sets(config) -> list[list[int]]:
+    """The disjoint GPU sets that `--parallel-arms` runs arms on, one process per GPU of a set; one line
+    when it cannot: arms side by side need several GPUs of one machine."""
+    from harness import UserError
+    from harness.supervise import device_sets
+    run = config.run
+    if not run.device.startswith("cuda"):
+        raise UserError(f"--parallel-arms places arms on disjoint GPUs, and this run's device is {run.device}: "
+                        "drop --parallel-arms (arms then run one after another)")
+    if run.nnodes > 1:
+        raise UserError("--parallel-arms places arms on the GPUs of one machine; with --nnodes > 1 each arm spans "
+                        "the nodes and the arms run one after another")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    sets = device_sets(count, run.nproc_per_node)
+    if len(sets) < 2:
+        raise UserError(f"--parallel-arms needs room for two arms of {run.nproc_per_node} GPU(s) "
+                        f"(--devices-per-arm), and {count} GPU(s) are visible here")
+    return sets
+
+
 def failed_rank(launcher_log: str) -> tuple[int, int] | None:
     """(rank, exit code) of the first failure torchrun reports ("Root Cause"), or None.
 

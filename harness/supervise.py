@@ -144,7 +144,8 @@ class Supervisor:
             while waiting and free and not self.stopped_by:
                 key, command, log = waiting.pop(0)
                 devices = free.pop(0)
-                env = {**child_env(True), "CUDA_VISIBLE_DEVICES": ",".join(map(str, devices))}
+                env = {**child_env(True),
+                       "CUDA_VISIBLE_DEVICES": visible_devices(devices, os.environ.get("CUDA_VISIBLE_DEVICES"))}
                 child = _Child.start(command, log, env, echo=False, interactive=False)
                 started[child.process.pid] = (key, child, devices, time.monotonic())
                 print(f"{key}: started on GPU {','.join(map(str, devices))} (log: {log})", flush=True)
@@ -173,6 +174,19 @@ def device_sets(device_count: int, per_arm: int) -> list[list[int]]:
     [[0, 1], [2, 3]]
     """
     return [list(range(start, start + per_arm)) for start in range(0, device_count - per_arm + 1, per_arm)]
+
+
+def visible_devices(devices: list[int], parent_visible: str | None) -> str:
+    """CUDA_VISIBLE_DEVICES for a child given GPU indices as this process sees them (they index the
+    parent's own CUDA_VISIBLE_DEVICES when one is set).
+
+    >>> visible_devices([0, 1], None)
+    '0,1'
+    >>> visible_devices([0, 1], "4,5,6,7")
+    '4,5'
+    """
+    names = [name.strip() for name in parent_visible.split(",")] if parent_visible else None
+    return ",".join(names[d] if names else str(d) for d in devices)
 
 
 def child_env(child_watches: bool) -> dict[str, str]:
