@@ -63,12 +63,14 @@ def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     raise ValueError(f"cannot find the decoder layers of {type(model).__name__} to shard")
 
 
-def shard(model: torch.nn.Module, precision: str, offload: bool = False) -> torch.nn.Module:
+def shard(model: torch.nn.Module, precision: str, offload: bool = False, mesh=None) -> torch.nn.Module:
     """FSDP2: each decoder layer, then the root; bf16 compute over fp32 shards for bf16-mixed, shards in
     CPU memory with `offload`. FSDP averages gradients over the ranks; the shared loop's loss carries the
-    whole minibatch's denominator times the world size, so the average is the minibatch's gradient."""
+    whole minibatch's denominator times the world size, so the average is the minibatch's gradient.
+    `mesh`: the device mesh (default: the whole job on this process's accelerator; `harness estimate`
+    passes a CPU mesh over a fake process group)."""
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
-    kwargs: dict[str, Any] = {"offload_policy": CPUOffloadPolicy() if offload else OffloadPolicy()}
+    kwargs: dict[str, Any] = {"offload_policy": CPUOffloadPolicy() if offload else OffloadPolicy(), "mesh": mesh}
     if precision == "bf16-mixed":
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     for layer in decoder_layers(model):

@@ -2,13 +2,14 @@
 
 Each arm's own step runs on fake tensors (`harness.fake_step`): the figures are predictions of the
 peak bytes of live tensors per phase, "estimated", never measured. With a world size N > 1 they are
-per GPU under FSDP/ZeRO-3: each GPU runs the step on its share of the rollout batch (activations,
-temporaries and KV cache are estimated for those rows), while parameters, gradients and optimizer
-state are sharded arithmetically (1/N of each tensor, FSDP2's padding included) and the buffers FSDP
-gathers are added as arithmetic; torch's FSDP2 memory tracker cannot follow the step (it tracks one
-root module with one optimizer, and refuses a module called again, as generation calls the policy
-once per token). A colocated rollout engine's reservation, a learned reward model and the fit on
-named GPUs are added on top.
+rank 0's under torchrun: the step runs on its share of the rollout batch, with its models sharded by
+the arm's own FSDP2 code over a fake process group of N ranks, so that parameters, gradients and
+optimizer state are its shards (FSDP2's padding included) and the gathered layers and communication
+buffers are FSDP2's own, freed when FSDP2 frees them. Those lifetimes are the same on the CPU with gloo
+and on GPUs with NCCL (Python references, not streams), so the estimate takes no backend; what NCCL
+allocates inside its collectives is no tensor and is counted neither here nor by the live-tensor
+measurement. A colocated rollout engine's reservation, a learned reward model and the fit on named
+GPUs are added on top.
 
     from harness.config import load_config
     from harness.estimate import estimate
@@ -42,11 +43,11 @@ CATEGORIES = [("params", "params", "parameters (and buffers) of every model"),
               ("temporaries", "temps", "tensors made in backward"),
               ("kv_cache", "KV", "what generation keeps: the KV cache, logits and sampler tensors"),
               ("rollout", "rollout", "the rollout batch: ids, masks, log-probs, advantages"),
-              ("fsdp_buffers", "FSDP", "units FSDP holds gathered (arithmetic)"),
+              ("fsdp_buffers", "FSDP", "FSDP2's gathered parameters, all-gather and reduce-scatter buffers"),
               ("rollout_engine", "engine", "a colocated rollout engine's reservation (arithmetic)")]
 # The code whose change makes a cached estimate stale.
 ENGINE_MODULES = ("harness.fake_step", "harness.fake_generation", "harness.estimate", "harness.memory", "harness.meter",
-                  "harness.arm", "harness.rollout", "harness.models", "harness.algorithms.base")
+                  "harness.arm", "harness.distributed", "harness.rollout", "harness.models", "harness.algorithms.base")
 
 
 @dataclass
@@ -163,24 +164,12 @@ def run_arm(config: Config, algo: str, plan: Plan, use_cache: bool = True,
 
 # ---------------------------------------------------------------- per-GPU figures (pure)
 
-def per_gpu(raw: dict[str, Any], world_size: int) -> dict[str, dict[str, int]]:
-    """{phase: {category: bytes, total}} on one GPU: at world size 1 the fake step's figures as they are;
-    above it, model state times each category's share, autocast's weight copies replaced by the
-    FSDP-gathered units of the models computing in the phase (arithmetic)."""
-    from harness.fake_step import PHASE_MODELS, TRAINING_PHASES
+def per_gpu(raw: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """{phase: {category: bytes, total}} on one GPU: the fake step's figures (rank 0's under FSDP2 above world
+    size 1), less the shards of offloaded models, which live in CPU memory."""
     out = {}
     for phase, row in raw["phases"].items():
-        if world_size == 1:
-            out[phase] = dict(row)
-            continue
-        cells = {}
-        for category, value in row.items():
-            if category in ("total", "weight_casts"):
-                continue
-            cells[category] = round(value * raw["factors"][category]) if category in MODEL_STATE else value
-        gathered = sum(raw["gathered"].get(model, 0) for model in PHASE_MODELS.get(phase, ()))
-        if gathered:
-            cells["fsdp_buffers"] = gathered * (2 if phase in TRAINING_PHASES else 1)  # with unsharded grads
+        cells = {category: value for category, value in row.items() if category not in ("total", "offloaded")}
         out[phase] = {**cells, "total": sum(cells.values())}
     return out
 
@@ -218,11 +207,11 @@ def ordered(phases: dict[str, Any]) -> dict[str, Any]:
 
 def arm_figures(raw: dict[str, Any], plan: Plan) -> dict[str, Any]:
     """One arm's per-GPU phases, step peak and model state, and its peak on each named device."""
-    gpu = per_gpu(raw, plan.world_size)
+    gpu = per_gpu(raw)
     engine_bytes = round(plan.reserve * device_bytes(plan.device))
     phases = ordered(with_engine(gpu, engine_bytes, plan.engine))
     peak, peak_phase = step_peak(phases)
-    state = raw["sharded"]
+    state = raw["model_state"]
     on_devices = {}
     for device in DEVICE_MEMORY_GIB:
         device_peak, _ = step_peak(with_engine(gpu, round(plan.reserve * device_bytes(device)), plan.engine))
@@ -263,18 +252,18 @@ def notes(config: Config, plan: Plan) -> list[str]:
         lines.append("AdamW runs its foreach implementation, which torch picks for CUDA tensors (it holds a "
                      "temporary copy of the second moments during the optimizer step)")
     if plan.world_size > 1:
-        lines.append(f"per GPU of {plan.world_size}, as an arm runs under torchrun (harness.distributed: FSDP2 on each "
-                     "decoder layer then the root, MixedPrecisionPolicy for bf16-mixed): activations, temporaries and "
-                     f"KV cache are estimated for this GPU's {w.rows} of {plan.batch_rows} completions; parameters, "
-                     f"gradients and optimizer state are arithmetic, 1/{plan.world_size} of each tensor (FSDP2's "
-                     "padding included); FSDP buffers are arithmetic: the root unit and two decoder layers gathered "
-                     "in the compute dtype (their gradients too in the update phases), in place of autocast's weight "
-                     "copies")
+        lines.append(f"per GPU of {plan.world_size}: rank 0 of an arm under torchrun, its models sharded by the arm's "
+                     "own FSDP2 code (harness.distributed: each decoder layer then the root, MixedPrecisionPolicy for "
+                     "bf16-mixed) over a fake process group; activations, temporaries and KV cache for this GPU's "
+                     f"{w.rows} of {plan.batch_rows} completions; FSDP buffers are FSDP2's gathered parameters and "
+                     "communication buffers, alive as long as FSDP2 keeps them (the same on gloo and NCCL)")
         offloaded = [name for name, flag in (("reference", config.run.offload_reference),
                                              ("critic", config.run.offload_critic)) if flag]
         if offloaded:
-            lines.append(f"{' and '.join(offloaded)}: shards in CPU memory (run.offload_*), gathered to the GPU "
-                         "while computing")
+            lines.append(f"{' and '.join(offloaded)}: parameter and optimizer shards in CPU memory (run.offload_*), "
+                         "left out; gathered to the GPU while computing. Their gradient shards count on the GPU until "
+                         "the update ends (FSDP2 moves them to CPU memory as they are reduced): at most 1/"
+                         f"{plan.world_size} of the fp32 parameters too many")
     if plan.reserve:
         lines.append(f"rollout engine: {plan.reserve:.0%} of the device's memory reserved, as TRL's colocated vLLM "
                      f"does; {plan.engine} during training; it generates, so the generate phase holds the model "

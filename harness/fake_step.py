@@ -8,13 +8,21 @@ the first kernel in a CPU-only torch build). The step is the arm's: the same log
 (`rollout.logprob_passes`), the same values, advantages and update loop (`runner.learn`), the same
 phase names and categories. Generation alone is simulated (`harness.fake_generation`): transformers'
 `generate` reads data to decide when to stop, and fake tensors hold none.
+
+At a world size N > 1 the step is rank 0's of an arm under torchrun: a fake process group of N ranks
+(torch's `fake` backend: collectives do nothing) and the arm's own FSDP2 sharding
+(`harness.distributed.shard`: each decoder layer, then the root), so that the shards, the gathered
+layers, the all-gather and reduce-scatter buffers and the moments they are freed are FSDP2's own. Its
+buffers' lifetimes are Python references, the same on every device and backend (gloo on the CPU, NCCL
+on GPUs); what a backend allocates inside its collectives (NCCL's channels) is no tensor, and neither
+the estimate nor the live-tensor measurement counts it.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,37 +33,29 @@ from torch.distributed._tools.mem_tracker import _TOTAL_KEY, _RefType
 
 from harness.algorithms.base import RolloutBatch, TrainSettings, autocast
 from harness.fake_generation import Workload, fake_sample
-from harness.memory import CATEGORIES, LiveTensors, _Category, _LeanTracker
+from harness.memory import CATEGORIES, LiveTensors, _Category, _LeanTracker, retag_fsdp_buffers
 from harness.meter import StepMeter
 from harness.models import WEIGHT_DTYPES, enable_gradient_checkpointing
 from harness.probes import Probes, model_state_bytes
 from harness.rollout import completion_mask, logprob_passes
 from harness.arm import arm_models, learn, rank_settings
-from harness.distributed import decoder_layers
-
-# Which models run forward (and backward) in each phase: what FSDP gathers there.
-PHASE_MODELS = {"generate": ("policy",), "score": ("reward_model",), "old_logprobs": ("policy",),
-                "ref_logprobs": ("reference",), "values": ("critic",), "policy_update": ("policy",),
-                "critic_update": ("critic",), "joint_update": ("policy", "critic")}
-TRAINING_PHASES = ("policy_update", "critic_update", "joint_update")
+from harness.distributed import shard
 
 
 @dataclass
 class FakeStep:
-    """What one arm's fake step recorded (full-size tensors; `estimate` turns them into per-GPU figures)."""
+    """What one arm's fake step recorded, on one GPU of `world_size` (`estimate` turns it into figures)."""
 
-    phases: dict[str, dict[str, int]]  # phase -> {category: bytes, "total": bytes} at the weighted peak
-    model_state: dict[str, dict[str, int]]  # arithmetic: {model: {params, grads, optimizer, total}}, unsharded
-    sharded: dict[str, dict[str, int]]  # the same, per GPU of `world_size`, FSDP2's padding included
-    factors: dict[str, float]  # per-GPU share of each model-state category
-    gathered: dict[str, int]  # per model: bytes FSDP holds unsharded while it computes (root unit + 2 layers)
+    phases: dict[str, dict[str, int]]  # phase -> {category: bytes, "total": bytes} at the (weighted) peak
+    model_state: dict[str, dict[str, int]]  # arithmetic: {model: {params, grads, optimizer, total}} of this GPU's shards
     seconds: float
 
 
 # ---------------------------------------------------------------- the tracker
 
 class _EstimateCategory(_RefType):
-    """MemTracker's categories plus the compute-dtype copies autocast makes of trained weights."""
+    """The live-tensor tracker's categories plus the compute-dtype copies autocast makes of trained weights,
+    and the shards of models offloaded to CPU memory (weight 0: not on the GPU)."""
 
     PARAM = "Parameter"
     BUFFER = "Buffer"
@@ -65,10 +65,12 @@ class _EstimateCategory(_RefType):
     OPT = "Optstate"
     OTH = "Other"
     ROLLOUT = "Rollout"
+    FSDP = "FSDP"
     WEIGHT_CAST = "Weight cast"
+    OFFLOADED = "Offloaded"
 
 
-ESTIMATE_CATEGORIES = {**CATEGORIES, "Weight cast": "weight_casts"}
+ESTIMATE_CATEGORIES = {**CATEGORIES, "Weight cast": "weight_casts", "Offloaded": "offloaded"}
 
 
 class _WeightedTracker(_LeanTracker):
@@ -76,9 +78,9 @@ class _WeightedTracker(_LeanTracker):
 
     - autocast's copies of parameters (bf16 weights under bf16-mixed, saved for backward and cached
       while autocast is on) are their own category, `weight_casts`;
-    - each phase's peak is taken where the per-GPU total peaks: a weight per category (a GPU holds
-      1/N of the model state under FSDP, and no autocast copies), so that the moment kept is the one
-      that matters per GPU. With every weight 1 it is the plain peak of `LiveTensors`.
+    - each phase's peak is taken where the GPU's total peaks: a weight per category (0 for the shards
+      of an offloaded model, which live in CPU memory), so that the moment kept is the one that
+      matters on the GPU. With every weight 1 it is the plain peak of `LiveTensors`.
     """
 
     def __init__(self, weights: dict[str, float] | None = None) -> None:
@@ -126,6 +128,8 @@ class _WeightedTracker(_LeanTracker):
         for output in result if isinstance(result, (tuple, list)) else (result,):
             if isinstance(output, torch.Tensor):
                 self._track(category, output)
+        if getattr(func, "namespace", None) == "fsdp":
+            retag_fsdp_buffers(self, result, kwargs)
         self._update_peak_stats(None)
         return result
 
@@ -140,12 +144,23 @@ class _WeightedTracker(_LeanTracker):
 
 
 class EstimateTensors(LiveTensors):
-    """`LiveTensors` with the weighted tracker above (same phases, same retagging of the rollout)."""
+    """`LiveTensors` with the weighted tracker above (same phases, same retagging of the rollout); the
+    parameters and optimizer state of `offloaded` models are filed as `offloaded` (weight 0)."""
 
-    def __init__(self, trained, frozen, optimizers, weights: dict[str, float] | None = None):
+    def __init__(self, trained, frozen, optimizers, offloaded: tuple = ()):
         super().__init__(trained, frozen, optimizers)
-        self._tracker = _WeightedTracker(weights)
+        self._tracker = _WeightedTracker({"offloaded": 0.0} if offloaded else {})
         self._tracker.track_external(*self._trained, *frozen, *optimizers)
+        self._offloaded = offloaded  # (model, its optimizer or None)
+
+    def __enter__(self) -> "EstimateTensors":
+        super().__enter__()  # files every parameter and moment again: the offloaded ones are retagged after it
+        for model, optimizer in self._offloaded:
+            tensors = [*model.parameters(), *(v for state in (optimizer.state.values() if optimizer else ())
+                                              for v in state.values() if isinstance(v, torch.Tensor))]
+            for tensor in tensors:
+                self._tracker._update_and_maybe_create_winfos(tensor, _EstimateCategory.OFFLOADED)
+        return self
 
 
 # ---------------------------------------------------------------- building the arm on fake tensors
@@ -234,81 +249,72 @@ def simulated_rollout(policy, reference, reward_model, settings: TrainSettings, 
     return batch
 
 
-# ---------------------------------------------------------------- model-state arithmetic per GPU
+# ---------------------------------------------------------------- FSDP2 on a fake process group
 
-def shard_bytes(tensor: torch.Tensor, world_size: int) -> int:
-    """Bytes of one GPU's shard under FSDP2: dim 0 split in world_size chunks, the last padded."""
-    if tensor.dim() == 0 or world_size == 1:
-        return tensor.numel() * tensor.element_size()
-    rows = math.ceil(tensor.shape[0] / world_size)
-    return rows * math.prod(tensor.shape[1:]) * tensor.element_size()
-
-
-def sharded_state(trained: dict, optimizers: dict, frozen: dict, world_size: int,
-                  offloaded: frozenset[str] = frozenset()) -> dict[str, dict[str, int]]:
-    """{model: {params, grads, optimizer, total}} on one GPU of `world_size` (arithmetic); an offloaded
-    model's shards (FSDP2's CPU offload: run.offload_reference, run.offload_critic) hold none of it."""
-    out = {}
-    for name, model in {**trained, **frozen}.items():
-        share = 0 if name in offloaded else 1
-        params = share * sum(shard_bytes(p, world_size) for p in model.parameters())
-        grads = share * sum(shard_bytes(p, world_size) for p in model.parameters() if p.requires_grad) if name in trained else 0
-        state = optimizers[name].state.values() if name in optimizers else []
-        moments = share * sum(shard_bytes(v, world_size) for s in state for v in s.values() if isinstance(v, torch.Tensor))
-        out[name] = {"params": params, "grads": grads, "optimizer": moments, "total": params + grads + moments}
-    return out
+@contextmanager
+def fake_ranks(world_size: int):
+    """Rank 0 of `world_size` processes, in this one: torch's `fake` process-group backend (collectives
+    do nothing, tensors keep their shapes) under a CPU device mesh. Yields the mesh (None for one process)."""
+    if world_size == 1:
+        yield None
+        return
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    if dist.is_initialized():
+        raise RuntimeError("an estimate at a world size above 1 needs a process without a process group")
+    dist.init_process_group("fake", rank=0, world_size=world_size, store=dist.HashStore())
+    try:
+        yield init_device_mesh("cpu", (world_size,))
+    finally:
+        dist.destroy_process_group()
 
 
-def gathered_bytes(model: torch.nn.Module, compute_dtype: torch.dtype) -> int:
-    """What FSDP2 holds unsharded while `model` computes, in the compute dtype (its mixed-precision param
-    dtype): the root unit (embeddings, final norm, head: not resharded between forward and backward)
-    and two decoder layers (the one computing and the one prefetched)."""
-    size = torch.tensor([], dtype=compute_dtype).element_size()
-    layers = decoder_layers(model)
-    in_layers = {id(p) for layer in layers for p in layer.parameters()}
-    root = sum(p.numel() for p in model.parameters() if id(p) not in in_layers)
-    largest = max((sum(p.numel() for p in layer.parameters()) for layer in layers), default=0)
-    return (root + 2 * largest) * size
+def shard_arm(algorithm, frozen: dict[str, torch.nn.Module], precision: str, mesh) -> None:
+    """FSDP2 over every model of the arm as `Arm.shard` does (the optimizers rebuilt over the shards), on
+    the meta device; frozen models (reference, reward model) too. Offloading is not simulated: the fake
+    device is the CPU; `EstimateTensors` files an offloaded model's shards apart instead."""
+    algorithm.shard_models(lambda name, model: shard(model, precision, mesh=mesh))
+    for model in frozen.values():
+        shard(model, precision, mesh=mesh)
 
 
 # ---------------------------------------------------------------- one arm
 
 def fake_step(config, algo: str, policy_config, reward_config, workload: Workload, world_size: int = 1,
               foreach: bool = True, name: str = "model") -> FakeStep:
-    """Run one steady-state step of arm `algo` on fake tensors: per-phase peaks by category."""
+    """Run one steady-state step of arm `algo` on fake tensors, as rank 0 of `world_size` runs it (FSDP2
+    over a fake process group above 1): per-phase peaks by category."""
     started = time.perf_counter()
     precision = config.model.precision
     compute_dtype = torch.float32 if precision == "fp32" else torch.bfloat16
-    policy = meta_policy(policy_config, precision, config.model.gradient_checkpointing, name)
-    # one GPU of `world_size`: its share of the step's sampling slices, as the arm's own process holds it
-    settings = rank_settings(config, world_size, 0)
-    algorithm, reference = arm_models(config, algo, policy, settings)
-    reward_model = meta_reward_model(reward_config, compute_dtype) if reward_config is not None else None
-    trained, optimizers = algorithm.trained_models(), algorithm.optimizers()
-    frozen = {k: m for k, m in (("reference", reference), ("reward_model", reward_model)) if m is not None}
-    with FakeTensorMode(allow_non_fake_inputs=True):
-        materialize([*trained.values(), *frozen.values()], list(optimizers.values()))
-        steady_state(algorithm, foreach)
-        full = model_state_bytes(trained, optimizers, frozen)
-        offloaded = frozenset(name for name, flag in (("reference", config.run.offload_reference),
-                                                      ("critic", config.run.offload_critic)) if flag and world_size > 1)
-        sharded = sharded_state(trained, optimizers, frozen, world_size, offloaded)
-        factors = {category: (sum(s[category] for s in sharded.values()) /
-                              max(sum(f[category] for f in full.values()), 1))
-                   for category in ("params", "grads", "optimizer")}
-        weights = {**factors, "weight_casts": 0.0} if world_size > 1 else {}
-        live = EstimateTensors(trained.values(), frozen.values(), optimizers.values(), weights)
-        meter = StepMeter(Probes("cpu", enabled=False), live)
-        sampling = {"temperature": config.rollout.temperature, "top_p": config.rollout.top_p}
-        eos = policy_config.eos_token_id
-        token_ids = (eos[0] if isinstance(eos, (list, tuple)) else eos or 0, getattr(policy_config, "pad_token_id", None) or 0)
-        with meter.step(True):
-            batch = simulated_rollout(policy, reference, reward_model, settings, workload, meter, sampling, token_ids,
-                                      algorithm.needs_sampler_logps)
-            learn(algorithm, batch, meter)
-            del batch
-        models = {**trained, **frozen}
-        gathered = {name: gathered_bytes(model, compute_dtype) for name, model in models.items()} if world_size > 1 else {}
-    return FakeStep(phases=meter.tracked_peaks, model_state=full, sharded=sharded, factors=factors,
-                    gathered=gathered, seconds=time.perf_counter() - started)
-
+    with fake_ranks(world_size) as mesh:
+        policy = meta_policy(policy_config, precision, config.model.gradient_checkpointing, name)
+        # one GPU of `world_size`: its share of the step's sampling slices, as the arm's own process holds it
+        settings = rank_settings(config, world_size, 0)
+        algorithm, reference = arm_models(config, algo, policy, settings)
+        reward_model = meta_reward_model(reward_config, compute_dtype) if reward_config is not None else None
+        frozen = {k: m for k, m in (("reference", reference), ("reward_model", reward_model)) if m is not None}
+        if mesh is not None:
+            shard_arm(algorithm, frozen, precision, mesh)
+        trained, optimizers = algorithm.trained_models(), algorithm.optimizers()
+        offloaded = [name for name, flag in (("reference", config.run.offload_reference),
+                                             ("critic", config.run.offload_critic))
+                     if flag and mesh is not None and name in {**trained, **frozen}]
+        with FakeTensorMode(allow_non_fake_inputs=True):
+            materialize([*trained.values(), *frozen.values()], list(optimizers.values()))
+            steady_state(algorithm, foreach)
+            state = model_state_bytes(trained, optimizers, frozen)
+            for model in offloaded:  # its shards are in CPU memory (FSDP2's CPUOffloadPolicy)
+                state[model] = dict.fromkeys(state[model], 0)
+            live = EstimateTensors(trained.values(), frozen.values(), optimizers.values(),
+                                   tuple(({**trained, **frozen}[m], optimizers.get(m)) for m in offloaded))
+            meter = StepMeter(Probes("cpu", enabled=False), live)
+            sampling = {"temperature": config.rollout.temperature, "top_p": config.rollout.top_p}
+            eos = policy_config.eos_token_id
+            token_ids = (eos[0] if isinstance(eos, (list, tuple)) else eos or 0, getattr(policy_config, "pad_token_id", None) or 0)
+            with meter.step(True):
+                batch = simulated_rollout(policy, reference, reward_model, settings, workload, meter, sampling, token_ids,
+                                          algorithm.needs_sampler_logps)
+                learn(algorithm, batch, meter)
+                del batch
+    return FakeStep(phases=meter.tracked_peaks, model_state=state, seconds=time.perf_counter() - started)

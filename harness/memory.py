@@ -12,7 +12,11 @@ What this subclass changes, and why:
   (generate calls the model once per token) and cost most of the tracker's time; "in backward" is
   read from autograd's engine instead;
 - the peak is reset at each phase boundary, so each phase keeps its own peak and breakdown;
-- a `Rollout` category for the rollout batch's tensors, retagged once the rollout is built.
+- a `Rollout` category for the rollout batch's tensors, retagged once the rollout is built;
+- an `FSDP` category for what FSDP2's own ops (the `fsdp::` namespace) write: the gathered (unsharded)
+  parameters, the all-gather buffer and the reduce-scatter input. Left to MemTracker they would be
+  activations or temporaries (and the KV cache in generate), as torch.empty made them in forward or backward.
+  Sharded gradients stay temporaries: FSDP2 assigns them to `.grad` directly, past the gradient hooks.
 During activation checkpointing's recomputation the recomputed activations count as temporaries;
 the totals, which the verdict reads, are unaffected.
 """
@@ -27,7 +31,8 @@ from torch.distributed._tools.mem_tracker import _TOTAL_KEY, MemTracker, _RefTyp
 
 # Our names for MemTracker's categories, in the order tables show them.
 CATEGORIES = {"Parameter": "params", "Buffer": "params", "Gradient": "grads", "Optstate": "optimizer",
-              "Activation": "activations", "Temp": "temporaries", "Rollout": "rollout", "Other": "other"}
+              "Activation": "activations", "Temp": "temporaries", "Rollout": "rollout", "FSDP": "fsdp_buffers",
+              "Other": "other"}
 # In the generate phase, what forward creates and keeps is the KV cache (and the sampler's logits).
 PHASE_LABELS = {"generate": {"activations": "kv_cache"}}
 
@@ -41,6 +46,7 @@ class _Category(_RefType):
     OPT = "Optstate"
     OTH = "Other"
     ROLLOUT = "Rollout"
+    FSDP = "FSDP"
 
 
 def in_backward() -> bool:
@@ -92,6 +98,8 @@ class _LeanTracker(MemTracker):
         for output in outputs:
             if isinstance(output, torch.Tensor):
                 self._track(category, output)
+        if getattr(func, "namespace", None) == "fsdp":
+            retag_fsdp_buffers(self, result, kwargs)
         self._update_peak_stats(None)
         return result
 
@@ -102,6 +110,15 @@ class _LeanTracker(MemTracker):
     def peak(self) -> dict[str, int]:
         """The peak since the last reset: {"total": bytes, category: bytes, ...} summed over devices."""
         return by_category(self._peak_mem_snap)
+
+
+def retag_fsdp_buffers(tracker: MemTracker, result, kwargs) -> None:
+    """File the tensors an `fsdp::` op returns or writes (`out=`) under FSDP (they exist before it: torch.empty)."""
+    written = kwargs.get("out") if kwargs else None
+    for group in (result, written):
+        for tensor in group if isinstance(group, (tuple, list)) else (group,):
+            if isinstance(tensor, torch.Tensor):
+                tracker._update_and_maybe_create_winfos(tensor, _Category.FSDP)
 
 
 def by_category(snapshot: dict) -> dict[str, int]:

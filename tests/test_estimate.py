@@ -149,16 +149,6 @@ def test_qwen_7b_model_state_is_16_bytes_per_trained_parameter_and_2_per_frozen(
     assert result["ratio"]["model_state"]["value"] == pytest.approx(0.548, abs=0.001)
 
 
-def test_shard_bytes_split_dim_zero_with_padding():
-    import torch
-
-    from harness.fake_step import shard_bytes
-    assert shard_bytes(torch.empty(5, 3), 2) == 3 * 3 * 4  # rows 5 -> chunks of 3 (the last padded), fp32
-    assert shard_bytes(torch.empty(5, 3), 1) == 5 * 3 * 4
-    assert shard_bytes(torch.empty((), dtype=torch.float32), 8) == 4  # a step counter is not sharded
-    assert shard_bytes(torch.empty(16, dtype=torch.bfloat16), 8) == 2 * 2
-
-
 def test_world_size_two_halves_each_gpu_s_model_state():
     from harness.estimate import estimate
     one = estimate(load_config("smoke"), ["grpo", "ppo"], cuda_optimizer=False)
@@ -178,16 +168,14 @@ def test_world_size_two_halves_each_gpu_s_model_state():
 
 def test_per_gpu_figures_and_the_rollout_engine_by_hand():
     from harness.estimate import per_gpu, with_engine
-    raw = {"phases": {"generate": {"params": 100, "grads": 40, "optimizer": 80, "weight_casts": 50, "kv_cache": 30,
-                                   "total": 300},
-                      "advantages": {"params": 100, "grads": 40, "optimizer": 80, "rollout": 6, "total": 226},
-                      "policy_update": {"params": 100, "optimizer": 80, "activations": 70, "total": 250}},
-           "factors": {"params": 0.5, "grads": 0.5, "optimizer": 0.5}, "gathered": {"policy": 10}}
-    assert per_gpu(raw, 1) == raw["phases"]
-    gpu = per_gpu(raw, 2)
-    # model state halved, autocast's copies replaced by the policy's gathered units (with their gradients in updates)
-    assert gpu["generate"] == {"params": 50, "grads": 20, "optimizer": 40, "kv_cache": 30, "fsdp_buffers": 10, "total": 150}
-    assert gpu["advantages"] == {"params": 50, "grads": 20, "optimizer": 40, "rollout": 6, "total": 116}
+    raw = {"phases": {"generate": {"params": 50, "grads": 20, "optimizer": 40, "kv_cache": 30, "fsdp_buffers": 10,
+                                   "total": 150},
+                      "advantages": {"params": 50, "grads": 20, "optimizer": 40, "rollout": 6, "total": 116},
+                      "policy_update": {"params": 50, "optimizer": 40, "activations": 70, "fsdp_buffers": 20,
+                                        "offloaded": 60, "total": 240}}}
+    gpu = per_gpu(raw)
+    assert gpu["generate"] == raw["phases"]["generate"] and gpu["advantages"] == raw["phases"]["advantages"]
+    # an offloaded model's shards live in CPU memory: 240 - 60
     assert gpu["policy_update"] == {"params": 50, "optimizer": 40, "activations": 70, "fsdp_buffers": 20, "total": 180}
     resident = with_engine(gpu, 1000, "resident")
     # the engine generates: generate holds the model state (50 + 20 + 40) and the engine's 1000
