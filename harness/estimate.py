@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -81,6 +82,20 @@ def check_world(config: Config, world: int) -> None:
         validate(probe)
     except UserError as err:
         raise UserError(f"world size {world}: {err}") from None
+
+
+def spread_over_gpus(config: Config) -> Config:
+    """The config's global batch over estimate.world_size GPUs: a micro-batch no larger than one GPU's
+    minibatch (the largest that divides it), since a micro-batch sized for one device rarely divides an
+    eighth of the batch. A config that already fits comes back as it is."""
+    per_gpu = config.rollout.batch_size // config.estimate.world_size // max(config.optim.minibatches, 1)
+    micro = config.optim.micro_batch_size
+    if not micro or not per_gpu or per_gpu % micro == 0:
+        return config
+    out = config_from_dict(config.to_dict())
+    out.preset = config.preset
+    out.optim.micro_batch_size = math.gcd(micro, per_gpu)
+    return out
 
 
 def plan_estimate(config: Config, cuda_optimizer: bool = True) -> Plan:
@@ -284,6 +299,7 @@ def ratio(arms: dict[str, dict[str, Any]], algos: list[str], key: str) -> dict[s
 def estimate(config: Config, algos: list[str], use_cache: bool = True, cuda_optimizer: bool = True,
              progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Per-GPU phase peaks of each arm, the step peaks, their ratio and the fit on named devices (JSON-able)."""
+    config = spread_over_gpus(config)
     plan = plan_estimate(config, cuda_optimizer)
     arms = {}
     for algo in algos:

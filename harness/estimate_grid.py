@@ -11,13 +11,12 @@ cells that share an arm's configuration (GRPO has no critic pass; the engine is 
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from typing import Any, Callable
 
 from harness import UserError
 from harness.config import DEVICE_MEMORY_GIB, Config, config_from_dict
-from harness.estimate import arm_figures, describe, notes, plan_estimate, run_arm
+from harness.estimate import arm_figures, describe, notes, plan_estimate, run_arm, spread_over_gpus
 from harness.io import write_json
 from harness.results import arm_pair
 
@@ -70,6 +69,7 @@ def cells() -> list[dict[str, str]]:
 def estimate_grid(config: Config, algos: list[str], use_cache: bool = True,
                   progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
     """Every cell's per-GPU step peak of each arm and their ratio; the ratio's range (JSON-able)."""
+    config = spread_over_gpus(config)
     pair = arm_pair(algos)
     if pair is None:
         raise UserError("--grid compares two algorithms: give two in --algos (e.g. grpo,ppo)")
@@ -123,11 +123,7 @@ def at_scale_config(config: Config, model: str) -> Config:
     out.preset = config.preset
     out.model.name = model
     out.estimate.world_size = config.estimate.at_scale_world_size
-    # the comparison's global batch spread over more GPUs: a micro-batch no larger than one GPU's minibatch
-    per_gpu = out.rollout.batch_size // out.estimate.world_size // out.optim.minibatches
-    if out.optim.micro_batch_size and per_gpu and per_gpu % out.optim.micro_batch_size:
-        out.optim.micro_batch_size = math.gcd(out.optim.micro_batch_size, per_gpu)
-    return out
+    return spread_over_gpus(out)
 
 
 def check_at_scale(config: Config) -> None:
