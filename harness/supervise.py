@@ -17,8 +17,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Callable, Iterator
+from typing import IO
 
 from harness import Interrupted
 
@@ -82,7 +83,7 @@ class Supervisor:
         self.stop_time = 0.0
 
     @contextlib.contextmanager
-    def forwarding_signals(self) -> Iterator["Supervisor"]:
+    def forwarding_signals(self) -> Iterator[Supervisor]:
         if not in_main_thread():
             yield self
             return

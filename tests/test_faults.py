@@ -624,10 +624,9 @@ def test_9_a_model_folder_is_staged_and_renamed(tmp_path):
         (staging / "config.json").write_text("{}")
         assert not folder.exists()  # nothing visible until it is whole
     assert (folder / "config.json").read_text() == "{}"
-    with pytest.raises(RuntimeError):
-        with atomic_folder(folder) as staging:
-            (staging / "config.json").write_text('{"half": ')
-            raise RuntimeError("killed while saving")
+    with pytest.raises(RuntimeError), atomic_folder(folder) as staging:
+        (staging / "config.json").write_text('{"half": ')
+        raise RuntimeError("killed while saving")
     assert (folder / "config.json").read_text() == "{}" and not leftovers(tmp_path)
     with atomic_folder(folder) as staging:
         (staging / "model.safetensors").write_bytes(b"new")
@@ -688,7 +687,8 @@ def test_10_resume_keeps_the_steps_after_a_bad_line(tmp_path):
 def test_10_resume_refuses_flags_it_would_ignore(finished, capsys, args, message):
     before = snapshot(finished)
     code, _, err = run_main(capsys, "compare", "--resume", finished, *args)
-    assert_one_line(code, err, f"--resume continues {finished} with the config, algorithms and seeds it was started with; {message}")
+    assert_one_line(code, err, f"--resume continues {finished} with the config, algorithms and seeds it was started with; "
+                               f"{message}")
     assert snapshot(finished) == before
 
 

@@ -62,7 +62,9 @@ def test_ppo_state_is_grpo_state_plus_the_critic():
     one_step(ppo, ppo_policy)
     grpo_state = model_state_bytes(grpo.trained_models(), grpo.optimizers(), {"reference": grpo_policy})
     ppo_state = model_state_bytes(ppo.trained_models(), ppo.optimizers(), {"reference": ppo_policy})
-    total = lambda state: sum(row["total"] for row in state.values())
+
+    def total(state):
+        return sum(row["total"] for row in state.values())
     assert total(ppo_state) == total(grpo_state) + ppo_state["critic"]["total"]
     # the critic is the policy's decoder (1200 parameters, tied head not counted twice) + a value head of 8 + 1
     assert ppo_state["critic"]["params"] == (1200 + 9) * 4
@@ -71,10 +73,9 @@ def test_ppo_state_is_grpo_state_plus_the_critic():
 
 def test_sampler_threads_stop_cleanly_even_when_the_arm_raises():
     before = set(threading.enumerate())
-    with pytest.raises(RuntimeError):
-        with Probes("cpu", interval=0.001) as probes:
-            assert probes.rss.alive
-            raise RuntimeError("the arm crashed")
+    with pytest.raises(RuntimeError), Probes("cpu", interval=0.001) as probes:
+        assert probes.rss.alive
+        raise RuntimeError("the arm crashed")
     assert not probes.rss.alive
     assert set(threading.enumerate()) == before
     assert probes.rss.peaks["rss"] > 0
