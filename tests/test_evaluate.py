@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shlex
 import socket
 import subprocess
@@ -20,6 +21,7 @@ from harness.evaluate import majority_at_k, pass_at_k, score_policy, score_stand
 from harness.io import write_yaml
 from harness.models import load_policy, resolve_model_path
 from harness.rollout import completion_mask, decode_completions, greedy_eval, sample
+from harness.tasks.base import Example
 from harness.tasks.gym import load_task, task_names
 from harness.tasks.lm_eval import write_local_tasks
 from harness.tasks.lm_eval.metrics import canonical_number, majority_vote, sampled_scores
@@ -194,16 +196,30 @@ def test_generated_yaml_loads_with_a_fresh_task_manager_offline(tmp_path, smoke,
     assert offline == []
 
 
-def test_lm_eval_pass_at_1_equals_the_harness_greedy_accuracy(tmp_path, smoke, offline):
-    """Same policy, same 200 held-out prompts, greedy both ways: same completions, same accuracy."""
+def with_reference(example: Example, answer: str) -> Example:
+    """The same prompt scored against another reference (the generator's scorer reads item["answer"])."""
+    return Example(example.prompt, answer, {**example.item, "answer": answer})
+
+
+def test_lm_eval_pass_at_1_equals_the_harness_greedy_accuracy(tmp_path, smoke, offline, monkeypatch):
+    """Same policy, same 200 held-out prompts, greedy both ways: same completions, same accuracy.
+
+    The smoke model solves about 1 chain sum in 200, and two scorers that both said 0 would agree while
+    one of them never counted anything correct. So every other prompt whose greedy answer is a number
+    gets that number as its reference: a known share of the prompts is solved, and both must count it."""
     model, tokenizer, config = smoke
     task = load_task("chain_sum", eval_size=200, seed=0)
-    examples = task.eval_examples()
-    harness = greedy_eval(model, tokenizer, task, examples, config.rollout.max_new_tokens)
-    input_ids, _, prompt_length = sample(model, tokenizer, [e.prompt for e in examples],
+    input_ids, _, prompt_length = sample(model, tokenizer, [e.prompt for e in task.eval_examples()],
                                          config.rollout.max_new_tokens, greedy=True)
     mask, _ = completion_mask(input_ids[:, prompt_length:], tokenizer.eos_token_id)
     completions = decode_completions(tokenizer, input_ids[:, prompt_length:], mask)
+    examples = [with_reference(e, c) if i % 2 == 0 and re.fullmatch(r"-?[1-9]\d*|0", c) else e
+                for i, (e, c) in enumerate(zip(task.eval_examples(), completions))]
+    relabelled = sum(e.answer != original.answer for e, original in zip(examples, task.eval_examples()))
+    assert relabelled >= 50  # the smoke model answers most prompts with a well-formed number
+    monkeypatch.setattr(task, "eval_examples", lambda: list(examples))
+    harness = greedy_eval(model, tokenizer, task, examples, config.rollout.max_new_tokens)
+    assert harness["accuracy"] >= relabelled / 200 > 0  # it solves what it was relabelled to solve
 
     score = score_policy(model, tokenizer, task, k=0, seed=0, max_new_tokens=config.rollout.max_new_tokens,
                          work_dir=tmp_path, label="base")

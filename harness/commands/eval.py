@@ -112,7 +112,7 @@ def lm_eval_command(model_dir: Path, include_path: Path, names: list[str], *, de
     """The plain `lm_eval` command that scores the same prompts the same way (same batch size, seed, limit).
 
     >>> command = lm_eval_command(Path("m"), Path("o"), ["harness_chain_sum"], device="cpu", seed=0, limit=5, chat=False)
-    >>> print(command.replace(" --", "\n  --"))
+    >>> print(command.replace(" --", "\\n  --"))
     lm_eval
       --model hf
       --model_args pretrained=m,add_bos_token=False
