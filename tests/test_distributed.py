@@ -6,14 +6,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import harness
+from conftest import harness, wait_for_steps
 from harness import UserError
 from harness.config import load_config
 from harness.distributed import check_launch
@@ -67,9 +66,7 @@ def test_a_killed_rank_is_named_and_the_arm_resumes_from_its_sharded_checkpoint(
     harness("run", "--algo", "ppo", *flags, "--out", str(straight), check=True)
     launcher = subprocess.Popen([sys.executable, "-m", "harness", "run", "--algo", "ppo", *flags, "--out", str(cut)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 600
-    while time.time() < deadline and not ((cut / "steps.jsonl").exists() and len(rows(cut)) >= 3):
-        time.sleep(0.2)
+    wait_for_steps(cut / "steps.jsonl", 3, launcher, timeout=600)
     rank_one = [pid for pid in map(int, subprocess.run(["pgrep", "-f", f"harness run --run-dir {cut}"],
                                                        capture_output=True, text=True).stdout.split())
                 if b"RANK=1\x00" in Path(f"/proc/{pid}/environ").read_bytes()]

@@ -27,7 +27,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import harness
+from conftest import harness, wait_for_steps
 from harness.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,17 +90,6 @@ def start(*args, **popen) -> subprocess.Popen:
     """`harness ARGS` as its own process (and process group, so that a test can clean up after it)."""
     return subprocess.Popen([sys.executable, "-m", "harness", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=os.environ.copy(), start_new_session=True, **popen)
-
-
-def wait_for_steps(path: Path, count: int, process: subprocess.Popen, timeout: float = 300) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if path.exists() and len(path.read_text().splitlines()) >= count:
-            return
-        if process.poll() is not None:
-            raise AssertionError(f"exited {process.returncode} before step {count}:\n{process.communicate()[1][-3000:]}")
-        time.sleep(0.05)
-    raise AssertionError(f"no step {count} in {path} after {timeout} s")
 
 
 def arm_process(parent: subprocess.Popen, arm_dir: Path) -> psutil.Process:

@@ -88,6 +88,7 @@ def test_sampler_keeps_peaks():
     while sampler.count < 3 and time.monotonic() < deadline:
         time.sleep(0.001)
     sampler.stop()
+    assert sampler.count >= 3, f"the sampler took {sampler.count} samples in 10 s"
     assert sampler.peaks["x"] == 9
 
 
