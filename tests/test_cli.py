@@ -128,7 +128,8 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path):
     (["compare", "--set", "optim.micro_batch_size=3"], "optim.micro_batch_size=3 does not divide a minibatch of 128 rows"),
     (["compare", "--bogus-flag"], "unrecognized arguments: --bogus-flag"),
     (["compare", "--set", "verdict.margin=5"], "verdict.margin must lie between 0 and 1"),
-    (["compare", "--set", "verdict.pilot=nowhere", "--preset", "smoke"], "nowhere holds no comparison.json: not a comparison folder"),
+    (["compare", "--set", "verdict.pilot=nowhere", "--preset", "smoke"],
+     "nowhere holds no comparison.json: not a comparison folder"),
     (["plan", "--seeds", "0"], "--seeds must be at least 1"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, args, message):

@@ -159,6 +159,7 @@ def yaml_judge(task, folder):
     return correct
 
 
+@pytest.mark.slow  # lm-eval
 @pytest.mark.parametrize("name", task_names())
 def test_the_yaml_counts_as_correct_exactly_what_the_task_counts_as_solved(name, tmp_path, offline):
     task = load_task(name, eval_size=40, seed=0)
@@ -175,6 +176,7 @@ def test_the_yaml_counts_as_correct_exactly_what_the_task_counts_as_solved(name,
 
 # ---------------------------------------------------------------- offline YAML, agreement
 
+@pytest.mark.slow  # lm-eval
 def test_generated_yaml_loads_with_a_fresh_task_manager_offline(tmp_path, smoke, offline):
     from lm_eval.tasks import TaskManager
     model, tokenizer, config = smoke
@@ -201,6 +203,7 @@ def with_reference(example: Example, answer: str) -> Example:
     return Example(example.prompt, answer, {**example.item, "answer": answer})
 
 
+@pytest.mark.slow  # lm-eval
 def test_lm_eval_pass_at_1_equals_the_harness_greedy_accuracy(tmp_path, smoke, offline, monkeypatch):
     """Same policy, same 200 held-out prompts, greedy both ways: same completions, same accuracy.
 
@@ -230,6 +233,7 @@ def test_lm_eval_pass_at_1_equals_the_harness_greedy_accuracy(tmp_path, smoke, o
     assert score["maj@k"] is None and score["pass@k"] is None  # k = 0: greedy only
 
 
+@pytest.mark.slow  # lm-eval
 def test_scoring_is_seeded_and_leaves_training_state_alone(tmp_path, smoke):
     model, tokenizer, config = smoke
     task = load_task("chain_sum", eval_size=16, seed=0)
@@ -245,6 +249,7 @@ def test_scoring_is_seeded_and_leaves_training_state_alone(tmp_path, smoke):
 
 # ---------------------------------------------------------------- standard benchmarks, CLI
 
+@pytest.mark.slow  # lm-eval
 def test_a_benchmark_without_its_data_gives_one_line_and_the_run_goes_on(smoke, offline):
     model, tokenizer, _ = smoke
     lines = []
@@ -266,6 +271,7 @@ def test_eval_of_a_missing_folder_gives_one_line_and_exit_status_2(tmp_path, cap
     assert len(err.splitlines()) == 1 and "does not exist" in err
 
 
+@pytest.mark.slow  # lm-eval
 def test_harness_eval_and_plain_lm_eval_agree_on_a_saved_policy(run_dir, tmp_path, capsys, offline):
     assert main(["eval", str(run_dir), "--k", "2", "--limit", "8"]) == 0
     scores = json.loads((run_dir / "lm_eval" / "scores.json").read_text())["scores"]["chain_sum"]
