@@ -16,6 +16,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRACKIO_DIR", tempfile.mkdtemp(prefix="harness-tests-trackio-"))
 
 
+def pytest_collection_modifyitems(config, items):
+    """The smoke comparison takes most of a minute: a test that reads it belongs in the slow lane."""
+    unmarked = [item.nodeid for item in items
+                if "smoke_comparison" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("slow")]
+    if unmarked:
+        raise pytest.UsageError(f"mark @pytest.mark.slow (it runs the smoke comparison): {', '.join(unmarked)}")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def model_cache(tmp_path_factory):
     """Every test builds the smoke model into one session cache, never the user's."""

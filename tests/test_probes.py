@@ -102,6 +102,7 @@ def test_no_gpu_is_reported_in_words():
     assert module is None and (reason.startswith(NO_GPU) or reason.startswith("not measured"))
 
 
+@pytest.mark.slow
 def test_arm_summary_says_why_gpu_figures_are_absent(smoke_comparison):
     import json
     out, _ = smoke_comparison
