@@ -205,8 +205,8 @@ class _Child:
         self.process, self.log_file, self.copies, self.tail = process, log_file, copies, tail
 
     @classmethod
-    def start(cls, command: list[str], log: Path, env: dict[str, str], echo: bool, interactive: bool) -> "_Child":
-        log_file = open(log, "ab")
+    def start(cls, command: list[str], log: Path, env: dict[str, str], echo: bool, interactive: bool) -> _Child:
+        log_file = open(log, "ab")  # noqa: SIM115 (open while the child runs; finish() closes it)
         log_file.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n".encode())
         log_file.flush()
         sys.stdout.flush()  # this process's lines before the child's
