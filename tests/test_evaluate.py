@@ -22,7 +22,7 @@ from harness.io import write_yaml
 from harness.models import load_policy, resolve_model_path
 from harness.rollout import completion_mask, decode_completions, greedy_eval, sample
 from harness.tasks.base import Example
-from harness.tasks.gym import load_task, task_names
+from harness.tasks.gym import GymTask, load_task, task_names
 from harness.tasks.lm_eval import write_local_tasks
 from harness.tasks.lm_eval.metrics import canonical_number, majority_vote, sampled_scores
 
@@ -203,21 +203,28 @@ def with_reference(example: Example, answer: str) -> Example:
     return Example(example.prompt, answer, {**example.item, "answer": answer})
 
 
+def greedy_completions(model, tokenizer, examples: list[Example], max_new_tokens: int) -> list[str]:
+    input_ids, _, prompt_length = sample(model, tokenizer, [e.prompt for e in examples], max_new_tokens, greedy=True)
+    mask, _ = completion_mask(input_ids[:, prompt_length:], tokenizer.eos_token_id)
+    return decode_completions(tokenizer, input_ids[:, prompt_length:], mask)
+
+
+def own_answers_as_references(examples: list[Example], completions: list[str]) -> list[Example]:
+    """The smoke model solves about 1 chain sum in 200, and two scorers that both said 0 would agree while
+    one of them never counted anything correct: every other prompt whose greedy answer is a number gets
+    that number as its reference, so that a known share is solved and both scorers must count it."""
+    return [with_reference(e, c) if i % 2 == 0 and re.fullmatch(r"-?[1-9]\d*|0", c) else e
+            for i, (e, c) in enumerate(zip(examples, completions))]
+
+
 @pytest.mark.slow  # lm-eval
 def test_lm_eval_pass_at_1_equals_the_harness_greedy_accuracy(tmp_path, smoke, offline, monkeypatch):
-    """Same policy, same 200 held-out prompts, greedy both ways: same completions, same accuracy.
-
-    The smoke model solves about 1 chain sum in 200, and two scorers that both said 0 would agree while
-    one of them never counted anything correct. So every other prompt whose greedy answer is a number
-    gets that number as its reference: a known share of the prompts is solved, and both must count it."""
+    """Same policy, same 200 held-out prompts, greedy both ways: same completions, same accuracy (on
+    references that make the model solve a known share: own_answers_as_references)."""
     model, tokenizer, config = smoke
     task = load_task("chain_sum", eval_size=200, seed=0)
-    input_ids, _, prompt_length = sample(model, tokenizer, [e.prompt for e in task.eval_examples()],
-                                         config.rollout.max_new_tokens, greedy=True)
-    mask, _ = completion_mask(input_ids[:, prompt_length:], tokenizer.eos_token_id)
-    completions = decode_completions(tokenizer, input_ids[:, prompt_length:], mask)
-    examples = [with_reference(e, c) if i % 2 == 0 and re.fullmatch(r"-?[1-9]\d*|0", c) else e
-                for i, (e, c) in enumerate(zip(task.eval_examples(), completions))]
+    completions = greedy_completions(model, tokenizer, task.eval_examples(), config.rollout.max_new_tokens)
+    examples = own_answers_as_references(task.eval_examples(), completions)
     relabelled = sum(e.answer != original.answer for e, original in zip(examples, task.eval_examples()))
     assert relabelled >= 50  # the smoke model answers most prompts with a well-formed number
     monkeypatch.setattr(task, "eval_examples", lambda: list(examples))
@@ -272,10 +279,17 @@ def test_eval_of_a_missing_folder_gives_one_line_and_exit_status_2(tmp_path, cap
 
 
 @pytest.mark.slow  # lm-eval
-def test_harness_eval_and_plain_lm_eval_agree_on_a_saved_policy(run_dir, tmp_path, capsys, offline):
+def test_harness_eval_and_plain_lm_eval_agree_on_a_saved_policy(run_dir, smoke, tmp_path, capsys, offline, monkeypatch):
+    # `harness eval` writes the prompts and references it scores into the data file plain lm_eval reads
+    model, tokenizer, config = smoke
+    task = load_task("chain_sum", eval_size=config.task.eval_size, seed=config.task.seed)
+    examples = own_answers_as_references(
+        task.eval_examples(), greedy_completions(model, tokenizer, task.eval_examples(), config.rollout.max_new_tokens))
+    monkeypatch.setattr(GymTask, "eval_examples", lambda self: list(examples))
     assert main(["eval", str(run_dir), "--k", "2", "--limit", "8"]) == 0
     scores = json.loads((run_dir / "lm_eval" / "scores.json").read_text())["scores"]["chain_sum"]
     out = capsys.readouterr().out
+    assert scores["pass@1"] > 0  # an agreement on zeros would not show that both count a solved prompt
     assert scores["n"] == 8 and any(line.startswith("chain_sum ") and "pass@1" in line for line in out.splitlines())
     # The command `harness eval` prints, on the same files and the saved model: it carries --limit,
     # so that it scores the same 8 prompts.
