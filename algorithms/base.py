@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, ContextManager, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
 import torch.distributed as dist
@@ -52,13 +52,13 @@ class RolloutBatch:
     def tensors(self) -> list[torch.Tensor]:
         return [t for t in (getattr(self, n) for n in self.PER_ROW) if t is not None] + list(self.extras.values())
 
-    def select(self, index: torch.Tensor | slice) -> "RolloutBatch":
+    def select(self, index: torch.Tensor | slice) -> RolloutBatch:
         """The rows `index` of every per-completion tensor (a minibatch or a micro-batch)."""
         picked = {n: (None if getattr(self, n) is None else getattr(self, n)[index]) for n in self.PER_ROW}
         return RolloutBatch(**picked, prompt_length=self.prompt_length, group_size=self.group_size,
                             extras={k: v[index] for k, v in self.extras.items()})
 
-    def split(self, rows: int) -> list["RolloutBatch"]:
+    def split(self, rows: int) -> list[RolloutBatch]:
         """Consecutive micro-batches of `rows` rows (all rows at once when rows is 0 or larger)."""
         if rows <= 0 or rows >= self.size:
             return [self]
@@ -108,11 +108,11 @@ def all_sum(tensor: torch.Tensor) -> torch.Tensor:
 class Meter(Protocol):
     """The harness's measurement hooks: a context per phase (time, live tensors, allocator peaks)."""
 
-    def phase(self, name: str) -> ContextManager: ...
+    def phase(self, name: str) -> AbstractContextManager: ...
 
 
 class NoMeter:
-    def phase(self, name: str) -> ContextManager:
+    def phase(self, name: str) -> AbstractContextManager:
         return nullcontext()
 
 
@@ -232,7 +232,7 @@ def checkpointing_is_on(model) -> bool:
     return bool(getattr(model, "is_gradient_checkpointing", False))
 
 
-def autocast(model, dtype: torch.dtype | None) -> ContextManager:
+def autocast(model, dtype: torch.dtype | None) -> AbstractContextManager:
     """bf16 compute over fp32 weights (bf16-mixed); nothing for fp32 or pure bf16."""
     if dtype is None:
         return nullcontext()

@@ -25,7 +25,8 @@ import importlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from harness import UserError, __version__
 from harness.config import DEVICE_MEMORY_GIB, Config, algorithm_options, config_from_dict, make_task, validate
@@ -124,7 +125,7 @@ def plan_estimate(config: Config, cuda_optimizer: bool = True) -> Plan:
 
 # ---------------------------------------------------------------- one arm, cached
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def code_fingerprint(algo: str) -> str:
     """A hash of the code that runs in a fake step (read once per process): a cached estimate of older
     code is not reused."""

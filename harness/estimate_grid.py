@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from harness import UserError
 from harness.config import DEVICE_MEMORY_GIB, Config, config_from_dict

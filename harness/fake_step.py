@@ -153,7 +153,7 @@ class EstimateTensors(LiveTensors):
         self._tracker.track_external(*self._trained, *frozen, *optimizers)
         self._offloaded = offloaded  # (model, its optimizer or None)
 
-    def __enter__(self) -> "EstimateTensors":
+    def __enter__(self) -> EstimateTensors:
         super().__enter__()  # files every parameter and moment again: the offloaded ones are retagged after it
         for model, optimizer in self._offloaded:
             tensors = [*model.parameters(), *(v for state in (optimizer.state.values() if optimizer else ())
@@ -311,7 +311,8 @@ def fake_step(config, algo: str, policy_config, reward_config, workload: Workloa
             meter = StepMeter(Probes("cpu", enabled=False), live)
             sampling = {"temperature": config.rollout.temperature, "top_p": config.rollout.top_p}
             eos = policy_config.eos_token_id
-            token_ids = (eos[0] if isinstance(eos, (list, tuple)) else eos or 0, getattr(policy_config, "pad_token_id", None) or 0)
+            token_ids = (eos[0] if isinstance(eos, (list, tuple)) else eos or 0,
+                         getattr(policy_config, "pad_token_id", None) or 0)
             with meter.step(True):
                 batch = simulated_rollout(policy, reference, reward_model, settings, workload, meter, sampling, token_ids,
                                           algorithm.needs_sampler_logps)

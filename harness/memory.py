@@ -24,7 +24,7 @@ the totals, which the verdict reads, are unaffected.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch.distributed._tools.mem_tracker import _TOTAL_KEY, MemTracker, _RefType
@@ -149,7 +149,7 @@ class LiveTensors:
         self._tracker.track_external(*self._trained, *frozen, *self._optimizers)
         self.step_peaks: dict[str, dict[str, int]] = {}
 
-    def __enter__(self) -> "LiveTensors":
+    def __enter__(self) -> LiveTensors:
         self.step_peaks = {}
         self._tracker.__enter__()
         for model in self._trained:  # gradients are tracked from hooks as they are made; exit removes the hooks

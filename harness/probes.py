@@ -104,7 +104,7 @@ class Sampler:
         while not self._stop.wait(self.interval):
             self._sample_once()
 
-    def start(self) -> "Sampler":
+    def start(self) -> Sampler:
         self._sample_once()
         self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
         self._thread.start()
@@ -185,7 +185,7 @@ class Probes:
         self._energy_start = None
         self.interval = interval
 
-    def start(self) -> "Probes":
+    def start(self) -> Probes:
         """Start the samplers; the RSS baseline is taken now (after imports and model loading)."""
         if not self.enabled:
             return self
@@ -208,7 +208,7 @@ class Probes:
             if sampler is not None:
                 sampler.stop()
 
-    def __enter__(self) -> "Probes":
+    def __enter__(self) -> Probes:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -17,8 +17,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Callable, Iterator
+from typing import IO
 
 from harness import Interrupted
 
@@ -82,7 +83,7 @@ class Supervisor:
         self.stop_time = 0.0
 
     @contextlib.contextmanager
-    def forwarding_signals(self) -> Iterator["Supervisor"]:
+    def forwarding_signals(self) -> Iterator[Supervisor]:
         if not in_main_thread():
             yield self
             return
@@ -204,8 +205,8 @@ class _Child:
         self.process, self.log_file, self.copies, self.tail = process, log_file, copies, tail
 
     @classmethod
-    def start(cls, command: list[str], log: Path, env: dict[str, str], echo: bool, interactive: bool) -> "_Child":
-        log_file = open(log, "ab")
+    def start(cls, command: list[str], log: Path, env: dict[str, str], echo: bool, interactive: bool) -> _Child:
+        log_file = open(log, "ab")  # noqa: SIM115 (open while the child runs; finish() closes it)
         log_file.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n".encode())
         log_file.flush()
         sys.stdout.flush()  # this process's lines before the child's

@@ -290,7 +290,7 @@ class ArmTrackers:
         saved = read_json(saved_path) if saved_path.exists() else {}
         arm = arm_identity(self.run_dir, project, results_dir)
         for name in names:
-            run = self._guard(name, lambda: RUNS[name](arm, saved.get(name, {})))
+            run = self._guard(name, lambda name=name: RUNS[name](arm, saved.get(name, {})))
             if run is not None:
                 self.runs[name] = run
                 saved[name] = run.ids
@@ -313,7 +313,7 @@ class ArmTrackers:
         self.last_step = int(record.get("step", self.last_step + 1))
         metrics = tracked_metrics(record)
         for name, run in list(self.runs.items()):
-            self._guard(name, lambda: run.log(metrics, self.last_step))
+            self._guard(name, lambda run=run: run.log(metrics, self.last_step))
 
     def finish(self, summary: dict[str, Any]) -> None:
         """Right after summary.json is written: the summary, the arm's files, and the runs closed."""
@@ -322,7 +322,7 @@ class ArmTrackers:
                  if (self.run_dir / f).exists()]
         ok = summary.get("status") == "ok"
         for name, run in list(self.runs.items()):
-            self._guard(name, lambda: (run.summary(summary, step), run.files(files, "run"), run.close(ok)))
+            self._guard(name, lambda run=run: (run.summary(summary, step), run.files(files, "run"), run.close(ok)))
         self.runs = {}
 
 
@@ -346,4 +346,4 @@ def attach_report(arm_dirs: list[Path], files: list[Path], report_to: str, proje
             continue
         trackers = ArmTrackers(names, arm_dir, project, results_dir)
         for name, run in list(trackers.runs.items()):
-            trackers._guard(name, lambda: (run.files(files, "report"), run.close(True)))
+            trackers._guard(name, lambda run=run: (run.files(files, "report"), run.close(True)))

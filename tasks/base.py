@@ -20,7 +20,8 @@ class Reward:
     """Format and correctness kept apart, so that a run can show which one RL moved."""
 
     format: float  # 1.0 when the completion ended with EOS and has the answer's shape
-    correct: float  # the generator's own score in [0, 1] (partial credit where it gives some); a data task: its reward function's value
+    # the generator's own score in [0, 1] (partial credit where it gives some); a data task: its reward function's value
+    correct: float
     total: float  # correct + format_weight * format
 
     @property

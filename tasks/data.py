@@ -27,8 +27,9 @@ import os
 import random
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from harness import UserError
 from harness.tasks.base import Example, Reward

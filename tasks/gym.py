@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import re
 import string
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import reasoning_gym
 
@@ -164,7 +165,7 @@ def allocate(capacity: dict[str, int], total: int) -> dict[str, int]:
     >>> allocate({"a": 10, "b": 10, "c": 10}, 7)
     {'a': 3, 'b': 2, 'c': 2}
     """
-    shares = {level: 0 for level in sorted(capacity)}
+    shares = dict.fromkeys(sorted(capacity), 0)
     remaining = total
     open_levels = [level for level in shares if capacity[level] > 0]
     while remaining > 0 and open_levels:

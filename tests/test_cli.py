@@ -3,18 +3,28 @@
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 import yaml
 
-from conftest import harness
+from conftest import harness, wait_for_steps
+from harness.cli import main
+
+
+def cli(*args: str, capsys) -> tuple[int, str]:
+    """`harness ARGS` in this process: its exit status (argparse's own exit included) and stderr."""
+    try:
+        code = main(list(args))
+    except SystemExit as exit_info:  # argparse rejects a flag by exiting
+        code = exit_info.code
+    return code, capsys.readouterr().err
 
 
 def read_rows(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_compare_smoke_end_to_end(smoke_comparison):
     out, result = smoke_comparison
     plan = json.loads((out / "comparison.json").read_text())
@@ -45,6 +55,7 @@ def test_compare_smoke_end_to_end(smoke_comparison):
     assert "one paired seed (an interval needs ≥ 2)" in verdict  # one seed: quality cannot be read
 
 
+@pytest.mark.slow
 def test_both_arms_see_the_same_prompts_and_model(smoke_comparison):
     out, _ = smoke_comparison
     grpo = json.loads((out / "chain_sum__grpo__s0" / "summary.json").read_text())
@@ -58,6 +69,7 @@ def test_both_arms_see_the_same_prompts_and_model(smoke_comparison):
         assert first_grpo[key] == first_ppo[key], key
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_steps(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     for folder in (a, b):
@@ -70,6 +82,7 @@ def test_same_seed_gives_identical_steps(tmp_path):
     assert all(r["mem/live/peak"] > 0 and r["mem/live/peak_phase"] for r in rows_a)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_from_its_checkpoint(tmp_path):
     # 8 steps, checkpointed every 2; killed (SIGKILL) once 3 steps are written, then resumed:
     # the resumed run's records equal those of a run that was never interrupted.
@@ -78,14 +91,12 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path):
     harness("run", "--algo", "ppo", *flags, "--out", str(straight), check=True)
     process = subprocess.Popen([sys.executable, "-m", "harness", "run", "--algo", "ppo", *flags, "--out", str(cut)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and process.poll() is None:
-        steps = cut / "steps.jsonl"
-        if steps.exists() and len(steps.read_text().splitlines()) >= 3:
-            break
-        time.sleep(0.02)
-    process.kill()
-    process.wait()
+    try:
+        wait_for_steps(cut / "steps.jsonl", 3, process, timeout=120)
+    finally:
+        process.kill()
+        process.wait()
+    assert len(read_rows(cut / "steps.jsonl")) < 8, "the run finished before it was killed: nothing to resume"
     harness("run", "--run-dir", str(cut), "--resume", check=True)
     keep = ("step", "reward/mean", "loss/policy_loss", "loss/value_loss", "completions")
     resumed = [{k: r[k] for k in keep} for r in read_rows(cut / "steps.jsonl")]
@@ -117,26 +128,43 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path):
     (["compare", "--set", "optim.micro_batch_size=3"], "optim.micro_batch_size=3 does not divide a minibatch of 128 rows"),
     (["compare", "--bogus-flag"], "unrecognized arguments: --bogus-flag"),
     (["compare", "--set", "verdict.margin=5"], "verdict.margin must lie between 0 and 1"),
-    (["compare", "--set", "verdict.pilot=nowhere", "--preset", "smoke"], "nowhere holds no readable comparison.json"),
+    (["compare", "--set", "verdict.pilot=nowhere", "--preset", "smoke"],
+     "nowhere holds no comparison.json: not a comparison folder"),
     (["plan", "--seeds", "0"], "--seeds must be at least 1"),
 ])
-def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
+def test_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, args, message):
+    # In this process: the console script's own code (harness.cli.main), without a start-up per row
+    monkeypatch.chdir(tmp_path)
+    code, err = cli(*args, "--results-dir", str(tmp_path / "results"), capsys=capsys)
+    assert code == 2, err
+    assert message in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    # nothing half-written: no comparison or arm folder holds a result
+    assert not list((tmp_path / "results").rglob("summary.json"))
+
+
+def test_malformed_yaml_config(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rollout:\n  batch_size: [1, 2\n")
+    code, err = cli("compare", "--config", str(bad), "--results-dir", str(tmp_path / "r"), capsys=capsys)
+    assert code == 2
+    assert f"malformed YAML in {bad}" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args, message", [
+    (["compare", "--bogus-flag"], "unrecognized arguments: --bogus-flag"),
+    (["compare", "--set", "rollout.batch_size=30"], "rollout.batch_size=30 is not divisible by the group size"),
+])
+def test_the_console_script_gives_the_same_one_line(tmp_path, args, message):
     result = harness(*args, "--results-dir", str(tmp_path / "results"), cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
-    # nothing half-written: no comparison or arm folder holds a result
-    assert not list((tmp_path / "results").rglob("summary.json")) if (tmp_path / "results").exists() else True
+    assert not (tmp_path / "results").exists()
 
 
-def test_malformed_yaml_config(tmp_path):
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("rollout:\n  batch_size: [1, 2\n")
-    result = harness("compare", "--config", str(bad), "--results-dir", str(tmp_path / "r"))
-    assert result.returncode == 2
-    assert f"malformed YAML in {bad}" in result.stderr and len(result.stderr.strip().splitlines()) == 1
-
-
+@pytest.mark.slow
 def test_one_arm_out_of_memory_is_recorded_and_the_other_arm_goes_on(tmp_path, monkeypatch):
     monkeypatch.setenv("HARNESS_INJECT_FAULT", "ppo:2:oom")
     out = tmp_path / "cmp"
@@ -160,9 +188,10 @@ def test_one_arm_out_of_memory_is_recorded_and_the_other_arm_goes_on(tmp_path, m
     assert [r["step"] for r in read_rows(out / "chain_sum__ppo__s0" / "steps.jsonl")] == [1, 2, 3]
 
 
-def test_plan_prints_the_minimum_detectable_difference_without_running(tmp_path):
-    result = harness("plan", "--preset", "smoke", "--seeds", "3", "--set", "verdict.seed_sd=0.01", cwd=tmp_path, check=True)
-    out = result.stdout
+def test_plan_prints_the_minimum_detectable_difference_without_running(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["plan", "--preset", "smoke", "--seeds", "3", "--set", "verdict.seed_sd=0.01"]) == 0
+    out = capsys.readouterr().out
     # sqrt(2 (0.25 / 32 + 0.01^2)) = 0.12579: 12.6 points per seed; x 5.6535 (noncentral t, 2 df) / sqrt(3) = 41.1
     assert "SD of one seed's GRPO − PPO accuracy: 12.6 points" in out
     assert "minimum detectable difference: 41.1 points (80% power, 95% interval, paired t with 2 df)" in out

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shlex
 import socket
 import subprocess
@@ -20,7 +21,8 @@ from harness.evaluate import majority_at_k, pass_at_k, score_policy, score_stand
 from harness.io import write_yaml
 from harness.models import load_policy, resolve_model_path
 from harness.rollout import completion_mask, decode_completions, greedy_eval, sample
-from harness.tasks.gym import load_task, task_names
+from harness.tasks.base import Example
+from harness.tasks.gym import GymTask, load_task, task_names
 from harness.tasks.lm_eval import write_local_tasks
 from harness.tasks.lm_eval.metrics import canonical_number, majority_vote, sampled_scores
 
@@ -157,6 +159,7 @@ def yaml_judge(task, folder):
     return correct
 
 
+@pytest.mark.slow  # lm-eval
 @pytest.mark.parametrize("name", task_names())
 def test_the_yaml_counts_as_correct_exactly_what_the_task_counts_as_solved(name, tmp_path, offline):
     task = load_task(name, eval_size=40, seed=0)
@@ -173,6 +176,7 @@ def test_the_yaml_counts_as_correct_exactly_what_the_task_counts_as_solved(name,
 
 # ---------------------------------------------------------------- offline YAML, agreement
 
+@pytest.mark.slow  # lm-eval
 def test_generated_yaml_loads_with_a_fresh_task_manager_offline(tmp_path, smoke, offline):
     from lm_eval.tasks import TaskManager
     model, tokenizer, config = smoke
@@ -194,16 +198,38 @@ def test_generated_yaml_loads_with_a_fresh_task_manager_offline(tmp_path, smoke,
     assert offline == []
 
 
-def test_lm_eval_pass_at_1_equals_the_harness_greedy_accuracy(tmp_path, smoke, offline):
-    """Same policy, same 200 held-out prompts, greedy both ways: same completions, same accuracy."""
+def with_reference(example: Example, answer: str) -> Example:
+    """The same prompt scored against another reference (the generator's scorer reads item["answer"])."""
+    return Example(example.prompt, answer, {**example.item, "answer": answer})
+
+
+def greedy_completions(model, tokenizer, examples: list[Example], max_new_tokens: int) -> list[str]:
+    input_ids, _, prompt_length = sample(model, tokenizer, [e.prompt for e in examples], max_new_tokens, greedy=True)
+    mask, _ = completion_mask(input_ids[:, prompt_length:], tokenizer.eos_token_id)
+    return decode_completions(tokenizer, input_ids[:, prompt_length:], mask)
+
+
+def own_answers_as_references(examples: list[Example], completions: list[str]) -> list[Example]:
+    """The smoke model solves about 1 chain sum in 200, and two scorers that both said 0 would agree while
+    one of them never counted anything correct: every other prompt whose greedy answer is a number gets
+    that number as its reference, so that a known share is solved and both scorers must count it."""
+    return [with_reference(e, c) if i % 2 == 0 and re.fullmatch(r"-?[1-9]\d*|0", c) else e
+            for i, (e, c) in enumerate(zip(examples, completions))]
+
+
+@pytest.mark.slow  # lm-eval
+def test_lm_eval_pass_at_1_equals_the_harness_greedy_accuracy(tmp_path, smoke, offline, monkeypatch):
+    """Same policy, same 200 held-out prompts, greedy both ways: same completions, same accuracy (on
+    references that make the model solve a known share: own_answers_as_references)."""
     model, tokenizer, config = smoke
     task = load_task("chain_sum", eval_size=200, seed=0)
-    examples = task.eval_examples()
+    completions = greedy_completions(model, tokenizer, task.eval_examples(), config.rollout.max_new_tokens)
+    examples = own_answers_as_references(task.eval_examples(), completions)
+    relabelled = sum(e.answer != original.answer for e, original in zip(examples, task.eval_examples()))
+    assert relabelled >= 50  # the smoke model answers most prompts with a well-formed number
+    monkeypatch.setattr(task, "eval_examples", lambda: list(examples))
     harness = greedy_eval(model, tokenizer, task, examples, config.rollout.max_new_tokens)
-    input_ids, _, prompt_length = sample(model, tokenizer, [e.prompt for e in examples],
-                                         config.rollout.max_new_tokens, greedy=True)
-    mask, _ = completion_mask(input_ids[:, prompt_length:], tokenizer.eos_token_id)
-    completions = decode_completions(tokenizer, input_ids[:, prompt_length:], mask)
+    assert harness["accuracy"] >= relabelled / 200 > 0  # it solves what it was relabelled to solve
 
     score = score_policy(model, tokenizer, task, k=0, seed=0, max_new_tokens=config.rollout.max_new_tokens,
                          work_dir=tmp_path, label="base")
@@ -214,6 +240,7 @@ def test_lm_eval_pass_at_1_equals_the_harness_greedy_accuracy(tmp_path, smoke, o
     assert score["maj@k"] is None and score["pass@k"] is None  # k = 0: greedy only
 
 
+@pytest.mark.slow  # lm-eval
 def test_scoring_is_seeded_and_leaves_training_state_alone(tmp_path, smoke):
     model, tokenizer, config = smoke
     task = load_task("chain_sum", eval_size=16, seed=0)
@@ -229,6 +256,7 @@ def test_scoring_is_seeded_and_leaves_training_state_alone(tmp_path, smoke):
 
 # ---------------------------------------------------------------- standard benchmarks, CLI
 
+@pytest.mark.slow  # lm-eval
 def test_a_benchmark_without_its_data_gives_one_line_and_the_run_goes_on(smoke, offline):
     model, tokenizer, _ = smoke
     lines = []
@@ -250,10 +278,18 @@ def test_eval_of_a_missing_folder_gives_one_line_and_exit_status_2(tmp_path, cap
     assert len(err.splitlines()) == 1 and "does not exist" in err
 
 
-def test_harness_eval_and_plain_lm_eval_agree_on_a_saved_policy(run_dir, tmp_path, capsys, offline):
+@pytest.mark.slow  # lm-eval
+def test_harness_eval_and_plain_lm_eval_agree_on_a_saved_policy(run_dir, smoke, tmp_path, capsys, offline, monkeypatch):
+    # `harness eval` writes the prompts and references it scores into the data file plain lm_eval reads
+    model, tokenizer, config = smoke
+    task = load_task("chain_sum", eval_size=config.task.eval_size, seed=config.task.seed)
+    examples = own_answers_as_references(
+        task.eval_examples(), greedy_completions(model, tokenizer, task.eval_examples(), config.rollout.max_new_tokens))
+    monkeypatch.setattr(GymTask, "eval_examples", lambda self: list(examples))
     assert main(["eval", str(run_dir), "--k", "2", "--limit", "8"]) == 0
     scores = json.loads((run_dir / "lm_eval" / "scores.json").read_text())["scores"]["chain_sum"]
     out = capsys.readouterr().out
+    assert scores["pass@1"] > 0  # an agreement on zeros would not show that both count a solved prompt
     assert scores["n"] == 8 and any(line.startswith("chain_sum ") and "pass@1" in line for line in out.splitlines())
     # The command `harness eval` prints, on the same files and the saved model: it carries --limit,
     # so that it scores the same 8 prompts.

@@ -8,7 +8,7 @@ from torch.testing import assert_close
 
 from harness.algorithms import algorithm_names, get_algorithm, parse_options
 from harness.algorithms.base import RolloutBatch, TrainSettings
-from harness.algorithms.dapo import DAPO, DAPOConfig, has_spread, overlong_penalty
+from harness.algorithms.dapo import DAPO, has_spread, overlong_penalty
 from harness.algorithms.dr_grpo import DrGRPO, DrGRPOConfig
 from harness.algorithms.reinforce_pp import reinforce_pp_advantages, reward_to_go
 from harness.algorithms.rloo import leave_one_out_advantages, rloo_loss, sequence_kl
@@ -89,7 +89,8 @@ def test_dapo_length_penalty_clip_higher_and_groups_without_spread():
 def test_concatenated_rollouts_are_re_padded_on_both_sides():
     def batch(prompt, completion, value):
         rows = 2
-        return RolloutBatch(input_ids=torch.full((rows, prompt + completion), value), attention_mask=torch.ones(rows, prompt + completion),
+        return RolloutBatch(input_ids=torch.full((rows, prompt + completion), value),
+                            attention_mask=torch.ones(rows, prompt + completion),
                             completion_mask=torch.ones(rows, completion), prompt_length=prompt,
                             scores=torch.full((rows,), float(value)), group_size=2,
                             old_logps=torch.full((rows, completion), -1.0))

@@ -4,7 +4,8 @@ Each row gives the bad value or the fault, the one line and exit status expected
 nothing was half-written or lost. Sections follow the issue's numbered items (3 and 5, divergence and
 checkpoint loading, are tested with the runner). Every bug found later gets a row here.
 
-Kill and signal rows run real `harness` processes on the smoke preset and are marked slow.
+Kill and signal rows run real `harness` processes on the smoke preset and are marked slow, and so are
+the rows on a copy of the session's finished smoke comparison (`finished`, `smoke_baseline`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import harness
+from conftest import harness, wait_for_steps
 from harness.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,17 +91,6 @@ def start(*args, **popen) -> subprocess.Popen:
     """`harness ARGS` as its own process (and process group, so that a test can clean up after it)."""
     return subprocess.Popen([sys.executable, "-m", "harness", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=os.environ.copy(), start_new_session=True, **popen)
-
-
-def wait_for_steps(path: Path, count: int, process: subprocess.Popen, timeout: float = 300) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if path.exists() and len(path.read_text().splitlines()) >= count:
-            return
-        if process.poll() is not None:
-            raise AssertionError(f"exited {process.returncode} before step {count}:\n{process.communicate()[1][-3000:]}")
-        time.sleep(0.05)
-    raise AssertionError(f"no step {count} in {path} after {timeout} s")
 
 
 def arm_process(parent: subprocess.Popen, arm_dir: Path) -> psutil.Process:
@@ -167,6 +157,7 @@ def test_1_a_second_writer_and_every_reader_are_refused_while_a_comparison_runs(
     assert steps == sorted(set(steps)), "two writers interleaved their steps"
 
 
+@pytest.mark.slow
 def test_1_readers_refuse_a_folder_whose_lock_is_held(finished, smoke_baseline, tmp_path, capsys):
     from harness.io import FolderLock
     with FolderLock(finished / PPO, "harness run --run-dir X"):
@@ -179,6 +170,7 @@ def test_1_readers_refuse_a_folder_whose_lock_is_held(finished, smoke_baseline, 
     assert run_main(capsys, "check", finished, "--baseline", smoke_baseline)[0] == 0  # released with its holder
 
 
+@pytest.mark.slow
 def test_1_a_new_run_never_overwrites_a_finished_one(finished, capsys):
     before = snapshot(finished)
     code, _, err = run_main(capsys, "run", "--algo", "grpo", "--preset", "smoke", "--out", finished / GRPO)
@@ -187,6 +179,7 @@ def test_1_a_new_run_never_overwrites_a_finished_one(finished, capsys):
     assert snapshot(finished) == before
 
 
+@pytest.mark.slow
 def test_1_eval_does_not_write_into_a_run_folder_being_trained(smoke_comparison, capsys):
     from harness.io import FolderLock
     arm = smoke_comparison[0] / GRPO
@@ -250,6 +243,7 @@ def test_2_an_arm_killed_by_sigkill_is_recorded_and_the_other_arms_go_on(tmp_pat
 
 # ---------------------------------------------------------------- 4. the memory gate
 
+@pytest.mark.slow
 def test_4_a_summary_without_its_memory_figures_is_an_error_not_an_improvement(finished, smoke_baseline, capsys):
     data = summary(finished / PPO)
     del data["mem"]
@@ -259,6 +253,7 @@ def test_4_a_summary_without_its_memory_figures_is_an_error_not_an_improvement(f
     assert "gated figures are missing; the run lost its memory data" in err and "improved" not in out
 
 
+@pytest.mark.slow
 def test_4_a_phase_that_lost_its_figure_is_an_error(finished, smoke_baseline, capsys):
     data = summary(finished / PPO)
     data["mem"]["live"]["phases"]["policy_update"].pop("total")
@@ -267,6 +262,7 @@ def test_4_a_phase_that_lost_its_figure_is_an_error(finished, smoke_baseline, ca
     assert_one_line(code, err, "has no live tensors: policy_update for ppo s0: a gated figure is missing")
 
 
+@pytest.mark.slow
 def test_4_a_phase_dropped_under_the_baselines_own_config_is_an_error(finished, smoke_baseline, capsys):
     data = summary(finished / PPO)
     del data["mem"]["live"]["phases"]["critic_update"]
@@ -276,6 +272,7 @@ def test_4_a_phase_dropped_under_the_baselines_own_config_is_an_error(finished, 
                                "the same config: the run lost memory data")
 
 
+@pytest.mark.slow
 def test_4_baseline_refuses_a_run_without_memory_figures(finished, smoke_baseline, tmp_path, capsys):
     data = summary(finished / GRPO)
     del data["mem"]["live"]
@@ -285,6 +282,7 @@ def test_4_baseline_refuses_a_run_without_memory_figures(finished, smoke_baselin
     assert "a baseline without it would gate nothing" in err and not (tmp_path / "b.json").exists()
 
 
+@pytest.mark.slow
 def test_4_a_baseline_that_lost_a_gated_figure_is_an_error(finished, smoke_baseline, tmp_path, capsys):
     data = json.loads(smoke_baseline.read_text())
     data["arms"][1]["mem"]["arithmetic"].pop("model_state_total")
@@ -427,6 +425,7 @@ def test_7_a_seed_past_the_limit_from_the_seed_flags(tmp_path, capsys):
     assert not (tmp_path / "cmp").exists()
 
 
+@pytest.mark.slow
 def test_7_a_batch_too_big_for_this_machine_is_refused_before_it_starts(tmp_path):
     # 2**30 completions of the smoke model: its KV cache alone is hundreds of GiB. Before the check this
     # ran until the machine ran out of memory; the address-space limit keeps a regression from doing so.
@@ -525,6 +524,7 @@ def test_8_atomic_writes_leave_the_old_file_and_name_the_new_one_when_the_disk_f
     assert json.loads(path.read_text()) == {"status": "running"} and not leftovers(tmp_path)
 
 
+@pytest.mark.slow
 def test_8_a_write_failure_is_one_line_not_a_traceback(finished, tmp_path, capsys, monkeypatch):
     import harness.io
 
@@ -555,6 +555,7 @@ DAMAGED_READS = [(command, name) for command in ("check", "baseline", "report", 
                  if not (command == "resume" and name.endswith("env.json"))]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command, name", DAMAGED_READS)
 def test_8_a_damaged_result_file_is_named_in_one_line(finished, tmp_path, capsys, command, name):
     for content in DAMAGED:
@@ -570,6 +571,7 @@ def test_8_a_damaged_result_file_is_named_in_one_line(finished, tmp_path, capsys
         assert not (tmp_path / "b.json").exists() and not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("edit, message", [
     (lambda d: d.pop("arms"), "is damaged: it has no 'arms'"),
     (lambda d: d.update(arms={"grpo": 1}), "is damaged: 'arms' is a dict, not a list"),
@@ -586,6 +588,7 @@ def test_8_a_malformed_baseline(finished, tmp_path, capsys, edit, message):
     assert str(path) in err
 
 
+@pytest.mark.slow
 def test_8_a_run_folder_whose_config_was_edited_to_a_bad_value(finished, capsys):
     path = finished / GRPO / "config.yaml"
     config = yaml.safe_load(path.read_text())
@@ -599,6 +602,7 @@ def test_8_a_run_folder_whose_config_was_edited_to_a_bad_value(finished, capsys)
 
 # ---------------------------------------------------------------- 9. every output file written whole
 
+@pytest.mark.slow
 def test_9_a_kill_mid_pdf_leaves_the_previous_report(finished, tmp_path, monkeypatch):
     import weasyprint
 
@@ -624,10 +628,9 @@ def test_9_a_model_folder_is_staged_and_renamed(tmp_path):
         (staging / "config.json").write_text("{}")
         assert not folder.exists()  # nothing visible until it is whole
     assert (folder / "config.json").read_text() == "{}"
-    with pytest.raises(RuntimeError):
-        with atomic_folder(folder) as staging:
-            (staging / "config.json").write_text('{"half": ')
-            raise RuntimeError("killed while saving")
+    with pytest.raises(RuntimeError), atomic_folder(folder) as staging:
+        (staging / "config.json").write_text('{"half": ')
+        raise RuntimeError("killed while saving")
     assert (folder / "config.json").read_text() == "{}" and not leftovers(tmp_path)
     with atomic_folder(folder) as staging:
         (staging / "model.safetensors").write_bytes(b"new")
@@ -652,6 +655,7 @@ def test_9_result_files_take_the_umask(tmp_path, umask, mode, folder_mode):
 
 # ---------------------------------------------------------------- 10. the lower items
 
+@pytest.mark.slow
 def test_10_a_bad_line_in_steps_is_skipped_counted_and_said(finished, tmp_path, capsys):
     from harness.io import read_jsonl
     steps = finished / GRPO / "steps.jsonl"
@@ -679,6 +683,7 @@ def test_10_resume_keeps_the_steps_after_a_bad_line(tmp_path):
     assert [r["step"] for r in rows(steps)] == [1, 3, 4, 5]  # rows after the bad line kept, 5 trained again
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (("--set", "optim.lr=1"), "drop --set"),
     (("--preset", "tiny"), "drop --preset"),
@@ -688,10 +693,12 @@ def test_10_resume_keeps_the_steps_after_a_bad_line(tmp_path):
 def test_10_resume_refuses_flags_it_would_ignore(finished, capsys, args, message):
     before = snapshot(finished)
     code, _, err = run_main(capsys, "compare", "--resume", finished, *args)
-    assert_one_line(code, err, f"--resume continues {finished} with the config, algorithms and seeds it was started with; {message}")
+    assert_one_line(code, err, f"--resume continues {finished} with the config, algorithms and seeds it was started with; "
+                               f"{message}")
     assert snapshot(finished) == before
 
 
+@pytest.mark.slow
 def test_10_run_dir_refuses_flags_it_would_ignore(finished, capsys):
     before = snapshot(finished)
     code, _, err = run_main(capsys, "run", "--run-dir", finished / GRPO, "--resume", "--set", "optim.lr=1")
@@ -719,6 +726,7 @@ def test_10_an_arm_that_dies_keeps_its_output_and_its_last_error_line(tmp_path):
         assert f"cannot load model '{model}'" in (out / arm / "arm.log").read_text()
 
 
+@pytest.mark.slow
 def test_10_eval_of_a_comparison_folder_names_an_arm_folder(smoke_comparison, capsys):
     out = smoke_comparison[0]
     code, _, err = run_main(capsys, "eval", out)

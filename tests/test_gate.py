@@ -2,6 +2,7 @@
 
 Two runs are shared by the whole file: the session's smoke comparison (grpo, ppo; conftest.py) and
 one GRPO arm with a rollout batch twice the size (a bigger footprint: activations and the KV cache grow).
+The tests on those runs are in the slow lane; the pure pieces and the CI files are fast.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ def copy_run(folder: Path, tmp_path: Path) -> Path:
 
 # ---------------------------------------------------------------- the three outcomes
 
+@pytest.mark.slow
 def test_baseline_records_what_it_was_measured_with(smoke, baseline):
     data = json.loads(baseline.read_text())
     assert data["preset"] == "smoke" and data["device"] == "cpu" and data["device_name"] is None
@@ -78,6 +80,7 @@ def test_baseline_records_what_it_was_measured_with(smoke, baseline):
     assert data["arms"][1]["mem"]["live"]["phases"]["critic_update"]["total"] > 0
 
 
+@pytest.mark.slow
 def test_identical_run_passes(capsys, smoke, baseline):
     code, out, _ = check(capsys, smoke, baseline)
     assert code == 0, out
@@ -88,6 +91,7 @@ def test_identical_run_passes(capsys, smoke, baseline):
     assert "info, not gated" in out  # RSS is shown, never gated
 
 
+@pytest.mark.slow
 def test_bigger_footprint_fails_and_names_what_grew(capsys, bigger, baseline):
     code, out, _ = check(capsys, bigger, baseline)
     assert code == 1, out
@@ -100,17 +104,20 @@ def test_bigger_footprint_fails_and_names_what_grew(capsys, bigger, baseline):
     assert "policy params" in out and "REGRESSED: 7 of 12 figures" in out
 
 
+@pytest.mark.slow
 def test_bigger_footprint_within_exact_tolerance_passes(capsys, bigger, baseline):
     code, out, _ = check(capsys, bigger, baseline, "--exact-tolerance", "150%")
     assert code == 0, out
 
 
+@pytest.mark.slow
 def test_strict_config_makes_a_config_change_bad_input(capsys, bigger, baseline):
     code, _, err = check(capsys, bigger, baseline, "--strict-config")
     assert code == 2
     assert "config differs from the baseline's" in err and "rollout.batch_size 32 -> 64" in err
 
 
+@pytest.mark.slow
 def test_better_run_passes_and_says_it_improved(capsys, smoke, bigger, tmp_path):
     bigger_baseline = tmp_path / "bigger.json"
     assert main(["baseline", str(bigger), "--out", str(bigger_baseline)]) == 0
@@ -122,18 +129,21 @@ def test_better_run_passes_and_says_it_improved(capsys, smoke, bigger, tmp_path)
 
 # ---------------------------------------------------------------- bad input: exit 2, one line
 
+@pytest.mark.slow
 def test_baseline_of_another_preset_is_bad_input(capsys, smoke, baseline, tmp_path):
     code, out, err = check(capsys, smoke, edited_copy(baseline, tmp_path, preset="tiny"))
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and "is for preset 'tiny'" in err and "ran preset 'smoke'" in err
 
 
+@pytest.mark.slow
 def test_baseline_of_another_device_is_bad_input(capsys, smoke, baseline, tmp_path):
     gpu = edited_copy(baseline, tmp_path, device="cuda", device_name="NVIDIA H100 80GB HBM3")
     code, _, err = check(capsys, smoke, gpu)
     assert code == 2 and err.count("\n") == 1 and "was measured on cuda" in err
 
 
+@pytest.mark.slow
 def test_missing_files_are_bad_input(capsys, smoke, baseline, tmp_path):
     code, _, err = check(capsys, smoke, tmp_path / "none.json")
     assert code == 2 and "does not exist" in err and "harness baseline" in err
@@ -146,6 +156,7 @@ def test_missing_files_are_bad_input(capsys, smoke, baseline, tmp_path):
     assert code == 2 and "is not a percentage" in err
 
 
+@pytest.mark.slow
 def test_arm_without_a_baseline_is_bad_input(capsys, smoke, bigger, tmp_path):
     grpo_only = tmp_path / "grpo.json"
     assert main(["baseline", str(bigger), "--out", str(grpo_only)]) == 0
@@ -154,6 +165,7 @@ def test_arm_without_a_baseline_is_bad_input(capsys, smoke, bigger, tmp_path):
     assert code == 2 and "has no arm ppo s0" in err
 
 
+@pytest.mark.slow
 def test_an_arm_that_did_not_finish_fails(capsys, smoke, baseline, tmp_path):
     folder = copy_run(smoke, tmp_path)
     summary = folder / "chain_sum__ppo__s0" / "summary.json"
@@ -181,6 +193,7 @@ def as_gpu_run(smoke: Path, tmp_path: Path, name: str, allocated: int) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_gpu_peaks_are_compared_with_tolerance_on_the_same_gpu(capsys, smoke, tmp_path):
     gb = 1 << 30
     gpu_baseline = tmp_path / "gpu.json"

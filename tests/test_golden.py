@@ -20,6 +20,7 @@ def trajectory(folder: Path) -> list[dict[str, float]]:
     return [{k: row[k] for k in KEYS if k in row} for row in rows]
 
 
+@pytest.mark.slow
 def test_smoke_trajectory_matches_golden(smoke_comparison):
     out, _ = smoke_comparison
     now = {algo: trajectory(out / f"chain_sum__{algo}__s0") for algo in ("grpo", "ppo")}

@@ -70,9 +70,8 @@ def test_optimizer_state_made_on_an_untracked_step_counts_on_a_tracked_one():
     layer(torch.ones(4, 3)).sum().backward()  # the first step runs untracked (run.memory_every > 1)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    with live:
-        with live.phase("forward"):
-            x = torch.ones(4, 3)
+    with live, live.phase("forward"):
+        x = torch.ones(4, 3)
     # weight 24 + x 48 + AdamW's exp_avg 24, exp_avg_sq 24 and step 4 = 124
     assert live.step_peaks["forward"] == {"total": 124, "params": 24, "activations": 48, "optimizer": 52}
     del x

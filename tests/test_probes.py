@@ -62,7 +62,9 @@ def test_ppo_state_is_grpo_state_plus_the_critic():
     one_step(ppo, ppo_policy)
     grpo_state = model_state_bytes(grpo.trained_models(), grpo.optimizers(), {"reference": grpo_policy})
     ppo_state = model_state_bytes(ppo.trained_models(), ppo.optimizers(), {"reference": ppo_policy})
-    total = lambda state: sum(row["total"] for row in state.values())
+
+    def total(state):
+        return sum(row["total"] for row in state.values())
     assert total(ppo_state) == total(grpo_state) + ppo_state["critic"]["total"]
     # the critic is the policy's decoder (1200 parameters, tied head not counted twice) + a value head of 8 + 1
     assert ppo_state["critic"]["params"] == (1200 + 9) * 4
@@ -71,10 +73,9 @@ def test_ppo_state_is_grpo_state_plus_the_critic():
 
 def test_sampler_threads_stop_cleanly_even_when_the_arm_raises():
     before = set(threading.enumerate())
-    with pytest.raises(RuntimeError):
-        with Probes("cpu", interval=0.001) as probes:
-            assert probes.rss.alive
-            raise RuntimeError("the arm crashed")
+    with pytest.raises(RuntimeError), Probes("cpu", interval=0.001) as probes:
+        assert probes.rss.alive
+        raise RuntimeError("the arm crashed")
     assert not probes.rss.alive
     assert set(threading.enumerate()) == before
     assert probes.rss.peaks["rss"] > 0
@@ -87,6 +88,7 @@ def test_sampler_keeps_peaks():
     while sampler.count < 3 and time.monotonic() < deadline:
         time.sleep(0.001)
     sampler.stop()
+    assert sampler.count >= 3, f"the sampler took {sampler.count} samples in 10 s"
     assert sampler.peaks["x"] == 9
 
 
@@ -100,6 +102,7 @@ def test_no_gpu_is_reported_in_words():
     assert module is None and (reason.startswith(NO_GPU) or reason.startswith("not measured"))
 
 
+@pytest.mark.slow
 def test_arm_summary_says_why_gpu_figures_are_absent(smoke_comparison):
     import json
     out, _ = smoke_comparison

@@ -58,10 +58,17 @@ def plain(text: str) -> str:
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
+    """The page and its figure files (the PDF, seconds of WeasyPrint, has its own fixture in the slow lane)."""
     out = tmp_path_factory.mktemp("reports")
+    html_path, _ = build_report(COMPARE, out, pdf=False)
+    return {"html_path": html_path, "html": html_path.read_text(), "verdict": verdict_section(load_comparison(COMPARE))}
+
+
+@pytest.fixture(scope="module")
+def pdf_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pdf-reports")
     html_path, pdf_path = build_report(COMPARE, out)
-    return {"html_path": html_path, "pdf_path": pdf_path, "html": html_path.read_text(),
-            "verdict": verdict_section(load_comparison(COMPARE))}
+    return {"html_path": html_path, "pdf_path": pdf_path, "verdict": verdict_section(load_comparison(COMPARE))}
 
 
 def test_at_scale_section_renders_at_scale_json_and_says_why_when_there_is_none(report, tmp_path):
@@ -79,8 +86,13 @@ def test_at_scale_section_renders_at_scale_json_and_says_why_when_there_is_none(
 
 def test_report_files_are_named_after_the_comparison(report):
     assert report["html_path"].name == f"{COMPARE.name}.html"
-    assert report["pdf_path"] is not None and report["pdf_path"].name == f"{COMPARE.name}.pdf"
-    assert report["pdf_path"].read_bytes()[:5] == b"%PDF-"
+
+
+@pytest.mark.slow  # PDF
+def test_the_pdf_is_named_after_the_comparison(pdf_report):
+    assert pdf_report["html_path"].name == f"{COMPARE.name}.html"
+    assert pdf_report["pdf_path"] is not None and pdf_report["pdf_path"].name == f"{COMPARE.name}.pdf"
+    assert pdf_report["pdf_path"].read_bytes()[:5] == b"%PDF-"
 
 
 def test_html_has_every_section_and_figure(report):
@@ -151,22 +163,24 @@ def test_method_section_marks_differing_config_fields(report):
     assert env["torch"] in html and env["git_commit"] in html
 
 
-def test_pdf_has_pages_and_the_verdict(report):
+@pytest.mark.slow  # PDF
+def test_pdf_has_pages_and_the_verdict(pdf_report):
     if not shutil.which("pdfinfo") or not shutil.which("pdftotext"):
         pytest.skip("poppler-utils is not installed (apt-get install poppler-utils)")
-    info = subprocess.run(["pdfinfo", str(report["pdf_path"])], capture_output=True, text=True, check=True).stdout
+    info = subprocess.run(["pdfinfo", str(pdf_report["pdf_path"])], capture_output=True, text=True, check=True).stdout
     pages = int(re.search(r"Pages:\s+(\d+)", info).group(1))
     assert pages > 1
-    text = subprocess.run(["pdftotext", str(report["pdf_path"]), "-"], capture_output=True, text=True, check=True).stdout
-    assert report["verdict"]["reading"].upper() in text
+    text = subprocess.run(["pdftotext", str(pdf_report["pdf_path"]), "-"], capture_output=True, text=True, check=True).stdout
+    assert pdf_report["verdict"]["reading"].upper() in text
     # pdftotext joins a word broken at its hyphen across lines ("held-" / "out" -> "heldout"): compare without them
-    assert plain(report["verdict"]["sentence"]).replace("-", "") in plain(text).replace("-", "")
+    assert plain(pdf_report["verdict"]["sentence"]).replace("-", "") in plain(text).replace("-", "")
 
 
-def test_pdftoppm_renders_the_first_page(report, tmp_path):
+@pytest.mark.slow  # PDF
+def test_pdftoppm_renders_the_first_page(pdf_report, tmp_path):
     if not shutil.which("pdftoppm"):
         pytest.skip("poppler-utils is not installed (apt-get install poppler-utils)")
-    subprocess.run(["pdftoppm", "-png", "-r", "40", "-f", "1", "-l", "1", str(report["pdf_path"]), str(tmp_path / "page")],
+    subprocess.run(["pdftoppm", "-png", "-r", "40", "-f", "1", "-l", "1", str(pdf_report["pdf_path"]), str(tmp_path / "page")],
                    check=True, capture_output=True)
     (page,) = tmp_path.glob("page*.png")
     width, height = png_size(page.read_bytes())
@@ -176,6 +190,7 @@ def test_pdftoppm_renders_the_first_page(report, tmp_path):
     assert pixels.getextrema()[0] < 100  # there is dark ink on the page, not a blank sheet
 
 
+@pytest.mark.slow  # Chromium
 def test_chromium_renders_the_page(report, tmp_path):
     from harness.report.browser import find_chromium, inspect_page
     if find_chromium() is None:

@@ -134,7 +134,8 @@ def test_tensorboard_holds_each_arms_steps_summary_and_figures(logged):
 
 
 def test_mlflow_holds_each_arms_steps_summary_and_files(logged):
-    MlflowClient = pytest.importorskip("mlflow", reason="mlflow is an optional extra: pip install 'rl-harness[mlflow]'").MlflowClient
+    mlflow = pytest.importorskip("mlflow", reason="mlflow is an optional extra: pip install 'rl-harness[mlflow]'")
+    MlflowClient = mlflow.MlflowClient
     tmp_path, arms = logged
     for value, arm in zip((0.25, 0.5), arms):
         saved = json.loads((arm / "trackers.json").read_text())["mlflow"]

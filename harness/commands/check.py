@@ -31,7 +31,8 @@ GPU = {"mem_cuda_allocated", "mem_cuda_reserved", "mem_nvml_used"}  # other memo
 GATED_KINDS = {"exact"}  # always gated; "gpu" too when both sides ran on the same kind of GPU
 MODEL_CATEGORIES = ("params", "grads", "optimizer")
 # Config fields that cannot change a footprint: where results go; seeds are matched arm by arm.
-CONFIG_IGNORED = {"derived", "algo", "run.seed", "run.results_dir", "estimate"}  # estimate.*: settings of harness estimate, not of the run
+# estimate.*: settings of harness estimate, not of the run
+CONFIG_IGNORED = {"derived", "algo", "run.seed", "run.results_dir", "estimate"}
 
 
 # ---------------------------------------------------------------- what was measured
@@ -213,7 +214,7 @@ def compare_arm(arm: str, base_mem: dict[str, Any], now_mem: dict[str, Any], exa
             continue  # a frozen model's grads and optimizer: nothing to compare
         tolerance = exact_tolerance if kind == "exact" else gpu_tolerance
         rows.append(Row(arm, label, base_value, now, verdict(base_value, now, tolerance)))
-    for key, (label, kind, value) in base.items():  # a model the baseline had and this run has not
+    for label, kind, value in base.values():  # a model the baseline had and this run has not
         if kind == "exact" and value:
             rows.append(Row(arm, label, value, 0, "improved"))
     return rows

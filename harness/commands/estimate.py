@@ -33,7 +33,8 @@ def setup_lines(setup: dict[str, Any], grid: bool = False) -> list[str]:
     if not grid:
         model += (f", activation checkpointing {'on' if setup['gradient_checkpointing'] else 'off'}, reward model "
                   f"{setup['reward_model'] or 'none'}")
-    gpus = f"world size {setup['world_size']}: {setup['rows_per_gpu']} completions per GPU; optimizer path {setup['optimizer_path']}"
+    gpus = (f"world size {setup['world_size']}: {setup['rows_per_gpu']} completions per GPU; "
+            f"optimizer path {setup['optimizer_path']}")
     if engine and not grid:
         gpus += f"; rollout engine reserving {engine['reserve']:.0%} of {engine['device']} memory ({engine['mode']})"
     return [

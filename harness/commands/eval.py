@@ -111,8 +111,17 @@ def lm_eval_command(model_dir: Path, include_path: Path, names: list[str], *, de
                     limit: int | None, chat: bool) -> str:
     """The plain `lm_eval` command that scores the same prompts the same way (same batch size, seed, limit).
 
-    >>> lm_eval_command(Path("m"), Path("o"), ["harness_chain_sum"], device="cpu", seed=0, limit=5, chat=False)
-    'lm_eval --model hf --model_args pretrained=m,add_bos_token=False --include_path o --tasks harness_chain_sum --device cpu --batch_size 256 --seed 0 --limit 5'
+    >>> command = lm_eval_command(Path("m"), Path("o"), ["harness_chain_sum"], device="cpu", seed=0, limit=5, chat=False)
+    >>> print(command.replace(" --", "\\n  --"))
+    lm_eval
+      --model hf
+      --model_args pretrained=m,add_bos_token=False
+      --include_path o
+      --tasks harness_chain_sum
+      --device cpu
+      --batch_size 256
+      --seed 0
+      --limit 5
     """
     return (f"lm_eval --model hf --model_args pretrained={model_dir},add_bos_token=False --include_path {include_path} "
             f"--tasks {','.join(names)} --device {device} --batch_size {BATCH_SIZE} --seed {seed}"
