@@ -99,24 +99,52 @@ def add_probe_flag(parser: argparse.ArgumentParser) -> None:
                         help="turn probes off: samplers, CUDA peaks and live-tensor tracking (model-state bytes stay)")
 
 
+def add_arm_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--baseline", metavar="ARM", help="the arm every ratio is taken against (default: the first "
+                                                          "PPO arm, else the first arm)")
+    parser.add_argument("--kl", choices=["native", "off", "loss", "reward"],
+                        help="KL to the reference, alike in every arm: off (no reference model), loss (k3 in the "
+                             "loss), reward (k1 in the reward), native (each algorithm's default; the default)")
+    parser.add_argument("--kl-coef", type=float, metavar="X",
+                        help="the coefficient of --kl loss or reward (default 0.04 in the loss, 0.05 in the reward)")
+
+
 # ---------------------------------------------------------------- handlers
+
+def arm_specs_from_args(args: argparse.Namespace, default: str = "grpo,ppo"):
+    """The arms: --algos, or the `arms:` section of --config (not both)."""
+    from harness.arm_specs import arms_from_yaml, parse_arm_specs
+    from harness.config import read_yaml
+    section = read_yaml(Path(args.config)).get("arms") if args.config else None
+    if section is not None and args.algos:
+        raise UserError(f"the arms are named twice: in --algos and in the arms: section of {args.config}; keep one")
+    if section is not None:
+        return arms_from_yaml(section, args.config)
+    return parse_arm_specs(args.algos or default)
+
+
+def kl_from_args(args: argparse.Namespace):
+    from harness.arm_specs import KLSetting
+    return KLSetting(args.kl or "native", args.kl_coef)
+
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from harness.commands import compare
     from harness.terminal import quiet_libraries
     quiet_libraries()
     if args.resume:
-        refuse_flags_with(args, ("algos", "seeds", "seed", "out", *CONFIG_FLAGS),
-                          f"--resume continues {args.resume} with the config, algorithms and seeds it was started with")
+        refuse_flags_with(args, ("algos", "seeds", "seed", "out", "baseline", "kl", "kl_coef", *CONFIG_FLAGS),
+                          f"--resume continues {args.resume} with the config, arms and seeds it was started with")
         return compare.resume(args.resume, report=not args.no_report)
-    algos = parse_algos(args.algos or "grpo,ppo")
+    arms = arm_specs_from_args(args)
+    kl = kl_from_args(args)
     config = config_from_args(args)
     seeds = config.verdict.seeds if args.seeds is None else args.seeds
     if seeds < 1:
         raise UserError("--seeds must be at least 1")
     first = args.seed or 0
-    return compare.compare(config, algos, list(range(first, first + seeds)), out=args.out,
-                           report=not args.no_report)
+    return compare.compare(config, arms, list(range(first, first + seeds)), out=args.out,
+                           report=not args.no_report, baseline=args.baseline, kl=kl)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -235,7 +263,10 @@ def build_parser() -> Parser:
     compare = sub.add_parser("compare", help="run each algorithm under the same budget and compare",
                              description="Train every algorithm with every seed under the same budget, each arm "
                                          "in its own process; print the tables and write the HTML/PDF report.")
-    compare.add_argument("--algos", help="comma-separated algorithms (default: grpo,ppo)")
+    compare.add_argument("--algos", help="comma-separated arms (default: grpo,ppo): an algorithm, or a variant "
+                                         "NAME=ALGO:section.field=value[:...], e.g. ppo-n1=ppo:rollout.samples_per_prompt=1 "
+                                         "(or an arms: section in --config)")
+    add_arm_flags(compare)
     compare.add_argument("--seeds", type=int, help="seeds per algorithm: SEED, SEED+1, ... (default: verdict.seeds, "
                                                    "1 in most presets; 'harness plan' says how many a margin needs)")
     compare.add_argument("--seed", type=int, help="first seed (default 0)")
