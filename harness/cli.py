@@ -147,6 +147,27 @@ def cmd_compare(args: argparse.Namespace) -> int:
                            report=not args.no_report, baseline=args.baseline, kl=kl)
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from harness.commands import sweep
+    from harness.terminal import quiet_libraries
+    quiet_libraries()
+    if args.resume:
+        refuse_flags_with(args, ("algos", "grid", "seeds", "seed", "out", "baseline", "kl", "kl_coef", "no_compare",
+                                 "compare_seeds", *CONFIG_FLAGS),
+                          f"--resume continues {args.resume} with the grid, arms and seeds it was started with")
+        return sweep.resume_sweep(args.resume, report=not args.no_report)
+    arms = arm_specs_from_args(args)
+    kl = kl_from_args(args)
+    grid = sweep.parse_grid(args.grid or [])
+    point_budget, args.budget = args.budget, None  # --budget: per point; the comparison keeps the config's
+    config = config_from_args(args)
+    if (args.seeds or 1) < 1 or (args.compare_seeds is not None and args.compare_seeds < 1):
+        raise UserError("--seeds and --compare-seeds must be at least 1")
+    return sweep.sweep(config, arms, grid, seeds=args.seeds or 1, out=args.out, budget=point_budget, kl=kl,
+                       baseline=args.baseline, compare_after=not args.no_compare, compare_seeds=args.compare_seeds,
+                       first_seed=args.seed or 0, report=not args.no_report)
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     from harness.commands.plan import plan_command
     algos = parse_algos(args.algos)
@@ -275,6 +296,26 @@ def build_parser() -> Parser:
     compare.add_argument("--no-report", action="store_true", help="skip the HTML/PDF report")
     add_config_flags(compare)
     compare.set_defaults(func=cmd_compare)
+
+    sweep = sub.add_parser(
+        "sweep", help="a grid per arm on a short budget, chosen on the validation split, then best against best",
+        description="Train every arm at every point of a grid (--grid section.field=v1,v2; algorithms.NAME.* fields "
+                    "apply only to arms running NAME) on a short budget, evaluate each point on the validation split "
+                    "only, pick each arm's best point (ties: the first in grid order), write sweep.json, sweep.html "
+                    "and a figure, then compare the best settings on fresh seeds on the test split (compare/).")
+    sweep.add_argument("--algos", help="comma-separated arms, as for compare (default: grpo,ppo)")
+    sweep.add_argument("--grid", action="append", metavar="SECTION.FIELD=V1,V2,...",
+                       help="values of a config field to try, e.g. optim.lr=1e-4,3e-4,1e-3 (repeatable: all combinations)")
+    sweep.add_argument("--seeds", type=int, help="seeds per point (default 1)")
+    sweep.add_argument("--seed", type=int, help="first seed of the sweep (default 0); the comparison takes the next ones")
+    sweep.add_argument("--compare-seeds", type=int, help="seeds of the best-against-best comparison (default: verdict.seeds)")
+    sweep.add_argument("--no-compare", action="store_true", help="stop after the choice")
+    sweep.add_argument("--out", help="sweep folder (default: results/sweep__TASK__TIME)")
+    sweep.add_argument("--resume", metavar="DIR", help="finish an interrupted sweep folder (finished points are kept)")
+    sweep.add_argument("--no-report", action="store_true", help="skip the comparison's HTML/PDF report")
+    add_arm_flags(sweep)
+    add_config_flags(sweep)
+    sweep.set_defaults(func=cmd_sweep)
 
     plan = sub.add_parser(
         "plan", help="print the analysis plan of a comparison without running it",

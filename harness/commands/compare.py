@@ -212,20 +212,7 @@ def run_arms(comparison_dir: Path, config: Config, specs: list[ArmSpec], seeds: 
     names = {s.name: s.algo for s in specs}
     with Supervisor().forwarding_signals() as supervisor:
         prepare_model(config)
-        for arm in arms:
-            arm_dir = comparison_dir / arm["dir"]
-            previous = _summary_or_refuse(arm_dir)
-            if previous and previous.get("status") == "ok":
-                label_summary(arm_dir, arm)
-                continue  # finished before an interruption
-            if not (arm_dir / "config.yaml").exists():
-                write_yaml(arm_dir / "config.yaml", {**arm["config"].to_dict(), "algo": arm["algo"]})
-            resumable = resume and (arm_dir / "checkpoint" / "state.pt").exists()
-            code, last_line = supervisor.run(arm_command(arm_dir, resumable), arm_dir / "arm.log")
-            record_outcome(arm_dir, arm, code, last_line, supervisor.stopped_by)
-            label_summary(arm_dir, arm)
-            if supervisor.stopped_by:  # the user's own Ctrl-C, or SIGTERM to this process: stop here
-                raise Interrupted(supervisor.stopped_by, hint=f"harness compare --resume {comparison_dir}")
+        run_each_arm(comparison_dir, arms, resume, supervisor, hint=f"harness compare --resume {comparison_dir}")
         summaries = [load_summary(comparison_dir / a["dir"]) for a in arms]
         write_json(comparison_dir / "summary.json", comparison_summary(config, specs, seeds, summaries, baseline))
         at_scale(config, list(dict.fromkeys(s.algo for s in specs)), comparison_dir)
@@ -244,6 +231,24 @@ def run_arms(comparison_dir: Path, config: Config, specs: list[ArmSpec], seeds: 
         attach_report([comparison_dir / a["dir"] for a in arms], exports, config.run.report_to,
                       config.run.tracker_project, config.run.results_dir)
     return 0 if all(s.get("status") == "ok" for s in summaries) else 1
+
+
+def run_each_arm(folder: Path, arms: list[dict[str, Any]], resume: bool, supervisor: Supervisor, hint: str) -> None:
+    """Each arm not yet finished, in turn, as its own process under `supervisor`; a stop signal ends the loop."""
+    for arm in arms:
+        arm_dir = folder / arm["dir"]
+        previous = _summary_or_refuse(arm_dir)
+        if previous and previous.get("status") == "ok":
+            label_summary(arm_dir, arm)
+            continue  # finished before an interruption
+        if not (arm_dir / "config.yaml").exists():
+            write_yaml(arm_dir / "config.yaml", {**arm["config"].to_dict(), "algo": arm["algo"]})
+        resumable = resume and (arm_dir / "checkpoint" / "state.pt").exists()
+        code, last_line = supervisor.run(arm_command(arm_dir, resumable), arm_dir / "arm.log")
+        record_outcome(arm_dir, arm, code, last_line, supervisor.stopped_by)
+        label_summary(arm_dir, arm)
+        if supervisor.stopped_by:  # the user's own Ctrl-C, or SIGTERM to this process: stop here
+            raise Interrupted(supervisor.stopped_by, hint=hint)
 
 
 def label_summary(arm_dir: Path, arm: dict[str, Any]) -> None:
