@@ -86,7 +86,9 @@ def parse_arm_spec(text: str) -> ArmSpec:
             raise UserError(f"arm '{text}' has overrides but no name: write {SPEC_FORM}")
         return check_name(ArmSpec(text, text), text)
     name, rest = (part.strip() for part in text.split("=", 1))
-    if not name or ":" in name:
+    if ":" in name:
+        raise UserError(f"arm '{text}' has overrides but no name: write {SPEC_FORM}")
+    if not name:
         raise UserError(f"arm '{text}' names no arm: write {SPEC_FORM}")
     algo, *sets = rest.split(":")
     if not algo.strip():
