@@ -152,8 +152,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from harness.terminal import quiet_libraries
     quiet_libraries()
     if args.resume:
-        refuse_flags_with(args, ("algos", "grid", "seeds", "seed", "out", "baseline", "kl", "kl_coef", "no_compare",
-                                 "compare_seeds", *CONFIG_FLAGS),
+        refuse_flags_with(args, ("algos", "grid", "seeds", "seed", "out", "baseline", "kl", "kl_coef", "compare_seeds",
+                                 *(["no_compare"] if args.no_compare else []), *CONFIG_FLAGS),
                           f"--resume continues {args.resume} with the grid, arms and seeds it was started with")
         return sweep.resume_sweep(args.resume, report=not args.no_report)
     arms = arm_specs_from_args(args)
