@@ -525,6 +525,8 @@ class ValidationView:
         self.whole_task = task
 
     def __getattr__(self, name: str):
+        if name == "whole_task":  # not set yet (copy, pickle): no recursion through __getattr__
+            raise AttributeError(name)
         return getattr(self.whole_task, name)
 
     def eval_examples(self):

@@ -60,12 +60,12 @@ def as_specs(arms: list[ArmSpec | str]) -> list[ArmSpec]:
     return check_arm_list([a if isinstance(a, ArmSpec) else parse_arm_spec(a) for a in arms])
 
 
-def plan_arms(config: Config, specs: list[ArmSpec], seeds: list[int], kl: KLSetting | None = None,
-              ) -> list[dict[str, Any]]:
+def plan_arms(config: Config, specs: list[ArmSpec | str], seeds: list[int],
+              kl: KLSetting | None = None) -> list[dict[str, Any]]:
     """Every (arm, seed): its config (the KL setting, then its overrides), checked, and its folder."""
     arms = []
     for seed in seeds:
-        for spec in specs:
+        for spec in as_specs(specs):
             arm = arm_config(config, spec, kl, seed)
             arms.append({"arm": spec.name, "algo": spec.algo, "overrides": dict(spec.overrides), "seed": seed,
                          "dir": run_name(arm, spec.name), "config": arm})
