@@ -163,7 +163,7 @@ def check_arm_list(specs: list[ArmSpec]) -> list[ArmSpec]:
                 raise UserError(f"arm {spec.name}: {key} is the same for every arm of a comparison (fairness); "
                                 "set it for all arms with --set")
             section = algorithm_section(spec.algo)
-            if key.startswith("algorithms.") and key.split(".")[1] != section:
+            if key.startswith("algorithms.") and key.split(".")[1] not in (section, spec.algo):
                 raise UserError(f"arm {spec.name} runs {spec.algo}: {key} does not apply to it "
                                 f"(its options are algorithms.{section}.*)")
     return specs
@@ -200,7 +200,7 @@ def arm_config(config: Config, spec: ArmSpec, kl: KLSetting | None = None, seed:
         for key, value in spec.overrides.items():
             _merge(arm, nest(key.split("."), value), "")
         validate(arm)
-        algorithm_options(arm, algorithm_section(spec.algo))
+        algorithm_options(arm, spec.algo)
     except UserError as err:
         raise UserError(f"arm {spec.name}: {err}") from None
     return arm

@@ -134,7 +134,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     quiet_libraries()
     if args.resume:
         refuse_flags_with(args, ("algos", "seeds", "seed", "out", "baseline", "kl", "kl_coef", *CONFIG_FLAGS),
-                          f"--resume continues {args.resume} with the config, arms and seeds it was started with")
+                          f"--resume continues {args.resume} with the config, algorithms and seeds it was started with")
         return compare.resume(args.resume, report=not args.no_report)
     arms = arm_specs_from_args(args)
     kl = kl_from_args(args)

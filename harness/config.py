@@ -428,11 +428,12 @@ def validate_verdict(verdict: VerdictConfig) -> None:
 
 def validate_algorithm_sections(sections: dict[str, Any]) -> None:
     """Only registered algorithms, each a mapping; option names, types and ranges are the algorithm's."""
-    from harness.algorithms import algorithm_names
+    from harness.algorithms import CROSS_CHECKS, algorithm_names
+    valid = algorithm_names() + sorted(CROSS_CHECKS)  # a cross-check's section goes over its algorithm's
     for name, options in sections.items():
-        if name not in algorithm_names():
+        if name not in valid:
             raise UserError(f"unknown section 'algorithms.{name}'; valid: "
-                            f"{', '.join(f'algorithms.{a}' for a in algorithm_names())}")
+                            f"{', '.join(f'algorithms.{a}' for a in valid)}")
         if not isinstance(options, dict):
             raise UserError(f"algorithms.{name} must be a mapping of options, got {options!r}")
 
@@ -584,9 +585,12 @@ def check_task(config: Config) -> None:
 
 def algorithm_options(config: Config, algo: str):
     """The typed options of `algo` from config.algorithms.<algo>, defaults filled in; one clear line if bad."""
-    from harness.algorithms import parse_options
+    from harness.algorithms import CROSS_CHECKS, parse_options
+    values = config.algorithms.get(algo, {})
+    if algo in CROSS_CHECKS:  # the checked algorithm's options, the cross-check's own section over them
+        values = {**config.algorithms.get(CROSS_CHECKS[algo], {}), **values}
     try:
-        options = parse_options(algo, config.algorithms.get(algo, {}))
+        options = parse_options(algo, values)
     except (ValueError, TypeError) as err:
         raise UserError(f"algorithms.{algo}: {err}") from None
     for name, value in dataclasses.asdict(options).items():  # nan passes every range test: refuse it first
@@ -622,7 +626,7 @@ def check_algorithms_fit(config: Config, algos, task=None) -> None:
     from harness.algorithms import CROSS_CHECKS, get_algorithm
     options = []
     for algo in algos:
-        options.append(algorithm_options(config, CROSS_CHECKS.get(algo, algo)))  # a cross-check: the checked one's
+        options.append(algorithm_options(config, algo))
         needed = get_algorithm(algo).min_group_size(options[-1])
         if config.rollout.samples_per_prompt < needed:
             raise UserError(f"{algo} compares completions within a group: rollout.samples_per_prompt="

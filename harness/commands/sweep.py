@@ -53,7 +53,7 @@ def parse_grid(items: list[str]) -> dict[str, list[Any]]:
 def fields_for(spec: ArmSpec, grid: dict[str, list[Any]]) -> list[str]:
     """The grid fields that apply to an arm: algorithms.NAME.* only to arms running NAME, the rest to all."""
     section = algorithm_section(spec.algo)
-    return [key for key in grid if not key.startswith("algorithms.") or key.split(".")[1] == section]
+    return [key for key in grid if not key.startswith("algorithms.") or key.split(".")[1] in (section, spec.algo)]
 
 
 def sweep_config(config: Config, budget: int | None) -> Config:
