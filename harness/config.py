@@ -334,6 +334,9 @@ FIELD_RANGES = {  # 0 means "off" or "all" where a field's comment says so
     "run.checkpoint_every": NON_NEGATIVE, "run.memory_every": NON_NEGATIVE, "run.lm_eval_k": NON_NEGATIVE,
     "run.nproc_per_node": AT_LEAST_1, "run.nnodes": AT_LEAST_1, "run.node_rank": NON_NEGATIVE,
     "run.master_port": (lambda v: 1 <= v <= 65535, "a port in [1, 65535]"),
+    "estimate.world_size": AT_LEAST_1, "estimate.at_scale_world_size": AT_LEAST_1,
+    "estimate.prompt_length": NON_NEGATIVE, "estimate.completion_length": NON_NEGATIVE,
+    "estimate.rollout_reserve": (lambda v: 0 <= v < 1, "a share of device memory in [0, 1)"),
 }  # the verdict section is checked as a whole (validate_verdict): its fields bound each other
 FIELD_CHOICES = {
     "budget.unit": ("completions", "tokens", "steps"), "rollout.backend": ("hf", "vllm"),
