@@ -99,24 +99,73 @@ def add_probe_flag(parser: argparse.ArgumentParser) -> None:
                         help="turn probes off: samplers, CUDA peaks and live-tensor tracking (model-state bytes stay)")
 
 
+def add_arm_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--baseline", metavar="ARM", help="the arm every ratio is taken against (default: the first "
+                                                          "PPO arm, else the first arm)")
+    parser.add_argument("--kl", choices=["native", "off", "loss", "reward"],
+                        help="KL to the reference, alike in every arm: off (no reference model), loss (k3 in the "
+                             "loss), reward (k1 in the reward), native (each algorithm's default; the default)")
+    parser.add_argument("--kl-coef", type=float, metavar="X",
+                        help="the coefficient of --kl loss or reward (default 0.04 in the loss, 0.05 in the reward)")
+
+
 # ---------------------------------------------------------------- handlers
+
+def arm_specs_from_args(args: argparse.Namespace, default: str = "grpo,ppo"):
+    """The arms: --algos, or the `arms:` section of --config (not both)."""
+    from harness.arm_specs import arms_from_yaml, parse_arm_specs
+    from harness.config import read_yaml
+    section = read_yaml(Path(args.config)).get("arms") if args.config else None
+    if section is not None and args.algos:
+        raise UserError(f"the arms are named twice: in --algos and in the arms: section of {args.config}; keep one")
+    if section is not None:
+        return arms_from_yaml(section, args.config)
+    return parse_arm_specs(args.algos or default)
+
+
+def kl_from_args(args: argparse.Namespace):
+    from harness.arm_specs import KLSetting
+    return KLSetting(args.kl or "native", args.kl_coef)
+
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from harness.commands import compare
     from harness.terminal import quiet_libraries
     quiet_libraries()
     if args.resume:
-        refuse_flags_with(args, ("algos", "seeds", "seed", "out", *CONFIG_FLAGS),
+        refuse_flags_with(args, ("algos", "seeds", "seed", "out", "baseline", "kl", "kl_coef", *CONFIG_FLAGS),
                           f"--resume continues {args.resume} with the config, algorithms and seeds it was started with")
         return compare.resume(args.resume, report=not args.no_report)
-    algos = parse_algos(args.algos or "grpo,ppo")
+    arms = arm_specs_from_args(args)
+    kl = kl_from_args(args)
     config = config_from_args(args)
     seeds = config.verdict.seeds if args.seeds is None else args.seeds
     if seeds < 1:
         raise UserError("--seeds must be at least 1")
     first = args.seed or 0
-    return compare.compare(config, algos, list(range(first, first + seeds)), out=args.out,
-                           report=not args.no_report)
+    return compare.compare(config, arms, list(range(first, first + seeds)), out=args.out,
+                           report=not args.no_report, baseline=args.baseline, kl=kl)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from harness.commands import sweep
+    from harness.terminal import quiet_libraries
+    quiet_libraries()
+    if args.resume:
+        refuse_flags_with(args, ("algos", "grid", "seeds", "seed", "out", "baseline", "kl", "kl_coef", "compare_seeds",
+                                 *(["no_compare"] if args.no_compare else []), *CONFIG_FLAGS),
+                          f"--resume continues {args.resume} with the grid, arms and seeds it was started with")
+        return sweep.resume_sweep(args.resume, report=not args.no_report)
+    arms = arm_specs_from_args(args)
+    kl = kl_from_args(args)
+    grid = sweep.parse_grid(args.grid or [])
+    point_budget, args.budget = args.budget, None  # --budget: per point; the comparison keeps the config's
+    config = config_from_args(args)
+    if (args.seeds or 1) < 1 or (args.compare_seeds is not None and args.compare_seeds < 1):
+        raise UserError("--seeds and --compare-seeds must be at least 1")
+    return sweep.sweep(config, arms, grid, seeds=args.seeds or 1, out=args.out, budget=point_budget, kl=kl,
+                       baseline=args.baseline, compare_after=not args.no_compare, compare_seeds=args.compare_seeds,
+                       first_seed=args.seed or 0, report=not args.no_report)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -235,7 +284,10 @@ def build_parser() -> Parser:
     compare = sub.add_parser("compare", help="run each algorithm under the same budget and compare",
                              description="Train every algorithm with every seed under the same budget, each arm "
                                          "in its own process; print the tables and write the HTML/PDF report.")
-    compare.add_argument("--algos", help="comma-separated algorithms (default: grpo,ppo)")
+    compare.add_argument("--algos", help="comma-separated arms (default: grpo,ppo): an algorithm, or a variant "
+                                         "NAME=ALGO:section.field=value[:...], e.g. ppo-n1=ppo:rollout.samples_per_prompt=1 "
+                                         "(or an arms: section in --config)")
+    add_arm_flags(compare)
     compare.add_argument("--seeds", type=int, help="seeds per algorithm: SEED, SEED+1, ... (default: verdict.seeds, "
                                                    "1 in most presets; 'harness plan' says how many a margin needs)")
     compare.add_argument("--seed", type=int, help="first seed (default 0)")
@@ -244,6 +296,26 @@ def build_parser() -> Parser:
     compare.add_argument("--no-report", action="store_true", help="skip the HTML/PDF report")
     add_config_flags(compare)
     compare.set_defaults(func=cmd_compare)
+
+    sweep = sub.add_parser(
+        "sweep", help="a grid per arm on a short budget, chosen on the validation split, then best against best",
+        description="Train every arm at every point of a grid (--grid section.field=v1,v2; algorithms.NAME.* fields "
+                    "apply only to arms running NAME) on a short budget, evaluate each point on the validation split "
+                    "only, pick each arm's best point (ties: the first in grid order), write sweep.json, sweep.html "
+                    "and a figure, then compare the best settings on fresh seeds on the test split (compare/).")
+    sweep.add_argument("--algos", help="comma-separated arms, as for compare (default: grpo,ppo)")
+    sweep.add_argument("--grid", action="append", metavar="SECTION.FIELD=V1,V2,...",
+                       help="values of a config field to try, e.g. optim.lr=1e-4,3e-4,1e-3 (repeatable: all combinations)")
+    sweep.add_argument("--seeds", type=int, help="seeds per point (default 1)")
+    sweep.add_argument("--seed", type=int, help="first seed of the sweep (default 0); the comparison takes the next ones")
+    sweep.add_argument("--compare-seeds", type=int, help="seeds of the best-against-best comparison (default: verdict.seeds)")
+    sweep.add_argument("--no-compare", action="store_true", help="stop after the choice")
+    sweep.add_argument("--out", help="sweep folder (default: results/sweep__TASK__TIME)")
+    sweep.add_argument("--resume", metavar="DIR", help="finish an interrupted sweep folder (finished points are kept)")
+    sweep.add_argument("--no-report", action="store_true", help="skip the comparison's HTML/PDF report")
+    add_arm_flags(sweep)
+    add_config_flags(sweep)
+    sweep.set_defaults(func=cmd_sweep)
 
     plan = sub.add_parser(
         "plan", help="print the analysis plan of a comparison without running it",

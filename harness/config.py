@@ -19,6 +19,7 @@ from harness.io import config_hash
 
 PRESET_DIR = Path(__file__).parent / "presets"
 PRECISIONS = ("fp32", "bf16-mixed", "bf16")
+EVAL_SPLITS = ("test", "validation")
 
 
 @dataclass
@@ -100,6 +101,7 @@ class RunConfig:
     master_port: int = 29500  # and its port
     offload_reference: bool = False  # keep the reference's shards in CPU memory (FSDP2 CPU offload)
     offload_critic: bool = False  # the same for PPO's critic
+    eval_split: str = "test"  # test | validation: the split held-out accuracy and lm-eval score (harness sweep: validation)
     lm_eval: bool = True  # score the base and final policy with lm-evaluation-harness
     lm_eval_k: int = 8  # samples per prompt for maj@k and pass@k (0: greedy pass@1 only)
     eval_tasks: str = ""  # extra lm-eval benchmarks by name, comma-separated (e.g. gsm8k)
@@ -296,8 +298,8 @@ def load_config(preset: str = "tiny", config_file: str | None = None,
         raise UserError(f"unknown preset '{preset}'; valid: {', '.join(preset_names())}")
     config.preset = preset
     _merge(config, read_yaml(PRESET_DIR / f"{preset}.yaml"), "")
-    if config_file:
-        _merge(config, read_yaml(Path(config_file)), "")
+    if config_file:  # its `arms:` section is the comparison's (harness.arm_specs), not a config field
+        _merge(config, {k: v for k, v in read_yaml(Path(config_file)).items() if k != "arms"}, "")
     for text in overrides or []:
         _merge(config, nest(*parse_override(text)), "")
     validate(config)
@@ -332,10 +334,13 @@ FIELD_RANGES = {  # 0 means "off" or "all" where a field's comment says so
     "run.checkpoint_every": NON_NEGATIVE, "run.memory_every": NON_NEGATIVE, "run.lm_eval_k": NON_NEGATIVE,
     "run.nproc_per_node": AT_LEAST_1, "run.nnodes": AT_LEAST_1, "run.node_rank": NON_NEGATIVE,
     "run.master_port": (lambda v: 1 <= v <= 65535, "a port in [1, 65535]"),
+    "estimate.world_size": AT_LEAST_1, "estimate.at_scale_world_size": AT_LEAST_1,
+    "estimate.prompt_length": NON_NEGATIVE, "estimate.completion_length": NON_NEGATIVE,
+    "estimate.rollout_reserve": (lambda v: 0 <= v < 1, "a share of device memory in [0, 1)"),
 }  # the verdict section is checked as a whole (validate_verdict): its fields bound each other
 FIELD_CHOICES = {
     "budget.unit": ("completions", "tokens", "steps"), "rollout.backend": ("hf", "vllm"),
-    "model.precision": PRECISIONS, "task.chat_template": ("auto", "none"),
+    "model.precision": PRECISIONS, "task.chat_template": ("auto", "none"), "run.eval_split": EVAL_SPLITS,
 }
 
 
@@ -426,11 +431,12 @@ def validate_verdict(verdict: VerdictConfig) -> None:
 
 def validate_algorithm_sections(sections: dict[str, Any]) -> None:
     """Only registered algorithms, each a mapping; option names, types and ranges are the algorithm's."""
-    from harness.algorithms import algorithm_names
+    from harness.algorithms import CROSS_CHECKS, algorithm_names
+    valid = algorithm_names() + sorted(CROSS_CHECKS)  # a cross-check's section goes over its algorithm's
     for name, options in sections.items():
-        if name not in algorithm_names():
+        if name not in valid:
             raise UserError(f"unknown section 'algorithms.{name}'; valid: "
-                            f"{', '.join(f'algorithms.{a}' for a in algorithm_names())}")
+                            f"{', '.join(f'algorithms.{a}' for a in valid)}")
         if not isinstance(options, dict):
             raise UserError(f"algorithms.{name} must be a mapping of options, got {options!r}")
 
@@ -499,16 +505,39 @@ def train_settings(config: Config):
 
 
 def make_task(config: Config):
-    """The task this config names, with its eval split, data seed, format weight and options."""
+    """The task this config names, with its eval split, data seed, format weight and options; with
+    run.eval_split=validation, a view of it whose held-out examples are the validation split."""
     task = config.task
     from harness.tasks.data import is_data_task, load_data_task
     if is_data_task(task.name):
-        return load_data_task(task.name, prompt_key=task.prompt_key, answer_key=task.answer_key,
-                              eval_file=task.eval_file, eval_size=task.eval_size, seed=task.seed,
-                              reward=task.reward, format_weight=task.format_weight, options=task.options)
-    from harness.tasks.gym import load_task
-    return load_task(task.name, eval_size=task.eval_size, seed=task.seed, format_weight=task.format_weight,
-                     options=task.options, validation_size=task.validation_size)
+        loaded = load_data_task(task.name, prompt_key=task.prompt_key, answer_key=task.answer_key,
+                                eval_file=task.eval_file, eval_size=task.eval_size, seed=task.seed,
+                                reward=task.reward, format_weight=task.format_weight, options=task.options)
+    else:
+        from harness.tasks.gym import load_task
+        loaded = load_task(task.name, eval_size=task.eval_size, seed=task.seed, format_weight=task.format_weight,
+                           options=task.options, validation_size=task.validation_size)
+    return ValidationView(loaded) if config.run.eval_split == "validation" else loaded
+
+
+class ValidationView:
+    """A task whose held-out examples (`eval_examples`, what every evaluation and lm-eval score) are its
+    validation split: what a sweep selects on, so that the test split is never read while tuning.
+    Everything else is the task's own; `whole_task` is the task itself (its splits shape the warm start)."""
+
+    def __init__(self, task):
+        self.whole_task = task
+
+    def __getattr__(self, name: str):
+        if name == "whole_task":  # not set yet (copy, pickle): no recursion through __getattr__
+            raise AttributeError(name)
+        return getattr(self.whole_task, name)
+
+    def eval_examples(self):
+        return self.whole_task.validation_examples()
+
+    def validation_examples(self):
+        return self.whole_task.validation_examples()
 
 
 def absolute_task_paths(task: TaskConfig) -> None:
@@ -528,6 +557,10 @@ def check_task(config: Config) -> None:
     """A data task reads, its reward function answers, and its examples fit the tiny model."""
     from harness.tasks.data import is_data_task
     from harness.tasks.gym import RG_PREFIX, is_rg_task, rg_names, task_names
+    if config.run.eval_split == "validation" and (is_data_task(config.task.name) or config.task.validation_size < 1):
+        raise UserError(f"run.eval_split=validation: task {config.task.name} has no validation split "
+                        f"({'data tasks have none yet' if is_data_task(config.task.name) else 'task.validation_size is 0'}); "
+                        "tune on a built-in task, or evaluate on the test split")
     if is_rg_task(config.task.name):
         if config.task.name[len(RG_PREFIX):] not in rg_names():
             raise UserError(f"unknown reasoning-gym dataset '{config.task.name[len(RG_PREFIX):]}'; "
@@ -555,9 +588,12 @@ def check_task(config: Config) -> None:
 
 def algorithm_options(config: Config, algo: str):
     """The typed options of `algo` from config.algorithms.<algo>, defaults filled in; one clear line if bad."""
-    from harness.algorithms import parse_options
+    from harness.algorithms import CROSS_CHECKS, parse_options
+    values = config.algorithms.get(algo, {})
+    if algo in CROSS_CHECKS:  # the checked algorithm's options, the cross-check's own section over them
+        values = {**config.algorithms.get(CROSS_CHECKS[algo], {}), **values}
     try:
-        options = parse_options(algo, config.algorithms.get(algo, {}))
+        options = parse_options(algo, values)
     except (ValueError, TypeError) as err:
         raise UserError(f"algorithms.{algo}: {err}") from None
     for name, value in dataclasses.asdict(options).items():  # nan passes every range test: refuse it first
@@ -569,7 +605,6 @@ def algorithm_options(config: Config, algo: str):
 def check_setup(config: Config, algos: list[str] = ()) -> None:
     """Everything that can be checked before a folder is written: task and its options, model path,
     device, algorithm options, the model cache, and whether the run can fit in memory."""
-    from harness.algorithms import get_algorithm
     from harness.models import check_device, check_model_name
     check_model_name(config.model.name)
     if config.model.name != "tiny" and not Path(config.model.name).expanduser().exists():
@@ -582,6 +617,16 @@ def check_setup(config: Config, algos: list[str] = ()) -> None:
     if config.rollout.backend == "vllm":
         raise UserError("rollout.backend=vllm is not available in this version: generation runs through "
                         "transformers (rollout.backend=hf) on every device")
+    task = make_task(config)
+    from harness.preflight import check_model_cache
+    check_model_cache(config, task)
+    check_algorithms_fit(config, algos, task)
+
+
+def check_algorithms_fit(config: Config, algos, task=None) -> None:
+    """Each algorithm's options under this config, its group size, what a cross-check's trainer can do, and
+    whether the run can fit in memory: the part of check_setup that differs between the arms of a comparison."""
+    from harness.algorithms import CROSS_CHECKS, get_algorithm
     options = []
     for algo in algos:
         options.append(algorithm_options(config, algo))
@@ -589,10 +634,11 @@ def check_setup(config: Config, algos: list[str] = ()) -> None:
         if config.rollout.samples_per_prompt < needed:
             raise UserError(f"{algo} compares completions within a group: rollout.samples_per_prompt="
                             f"{config.rollout.samples_per_prompt} needs to be at least {needed}")
-    from harness.preflight import check_model_cache, check_run_memory
-    task = make_task(config)
-    check_model_cache(config, task)
-    check_run_memory(config, options, task)
+        if algo in CROSS_CHECKS:
+            from harness.trl_settings import check_trl_options
+            check_trl_options(algo, options[-1])
+    from harness.preflight import check_run_memory
+    check_run_memory(config, options, task if task is not None else make_task(config))
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:

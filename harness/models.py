@@ -105,7 +105,9 @@ def warm_start(model, tokenizer, task: Task, cfg: ModelConfig, seed: int, progre
 def tiny_key(cfg: ModelConfig, task: Task) -> str:
     fields = {k: getattr(cfg, k) for k in ("hidden_size", "num_layers", "num_heads", "warm_start_steps",
                                            "warm_start_batch", "warm_start_lr", "vocab_pad_to")}
-    # The warm-start pairs skip the held-out prompts, so the held-out splits are part of what shapes the weights.
+    # The warm-start pairs skip the held-out prompts, so the held-out splits are part of what shapes the weights;
+    # a view that evaluates on the validation split (run.eval_split) warm-starts from the same weights.
+    task = getattr(task, "whole_task", task)
     validation = getattr(task, "validation_examples", list)()
     return config_hash({"model": fields, "task": task.name, "alphabet": task.alphabet,
                         "options": getattr(task, "options", {}), "seed": getattr(task, "seed", 0),

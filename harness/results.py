@@ -1,6 +1,9 @@
 """The contract between the writers of results (the runner) and their readers (terminal tables, the
-report, the CI gate): the headline figures of an arm's summary.json, their labels and units, which two
-algorithms every ratio is taken between, and how figures are formatted."""
+report, the CI gate): the headline figures of an arm's summary.json, their labels and units, which arm
+every ratio is taken against (the baseline) and which pair the verdict reads, and how figures are formatted.
+
+An arm is named (`arm`: grpo, ppo, ppo-n1, ...) and trains an algorithm (`algo`); summaries written before
+arms had names carry the algorithm only, which is then the arm's name."""
 
 from __future__ import annotations
 
@@ -54,7 +57,7 @@ def headline(summary: dict[str, Any]) -> dict[str, Any]:
     # the wall time, evaluations included: time_basis says which one the time figures use.
     train_s = get_path(summary, "time", "train_s")
     row = {
-        "algo": summary.get("algo"), "seed": summary.get("seed"), "status": summary.get("status"),
+        "arm": summary.get("arm") or summary.get("algo"), "algo": summary.get("algo"), "seed": summary.get("seed"), "status": summary.get("status"),
         "error": summary.get("error"), "steps": summary.get("steps"),
         "completions": get_path(summary, "budget", "used", "completions"),
         "acc_base": get_path(summary, "eval", "base", "accuracy"),
@@ -84,31 +87,73 @@ def headline(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def arm_pair(algos: list[str]) -> tuple[str, str] | None:
-    """(numerator, denominator) of every ratio: grpo/ppo when both ran, else the first two algorithms."""
+    """(numerator, denominator) of two algorithms: grpo/ppo when both ran, else the first two (harness estimate)."""
     if {"grpo", "ppo"} <= set(algos):
         return "grpo", "ppo"
     return (algos[0], algos[1]) if len(algos) >= 2 else None
+
+
+def as_arms(arms: dict[str, str] | list[str]) -> dict[str, str]:
+    """{arm name: algorithm} in order; a plain list names arms after their algorithms."""
+    return dict(arms) if isinstance(arms, dict) else {name: name for name in arms}
+
+
+def default_baseline(arms: dict[str, str] | list[str]) -> str | None:
+    """The arm every ratio is taken against: the first PPO arm, else the first arm."""
+    arms = as_arms(arms)
+    return next((name for name, algo in arms.items() if algo == "ppo"), next(iter(arms), None))
+
+
+def arm_pair_of(arms: dict[str, str] | list[str], baseline: str | None = None) -> tuple[str, str] | None:
+    """(numerator, baseline) of the verdict's claim: the first GRPO arm against the baseline, else the first
+    other arm. grpo,ppo gives ('grpo', 'ppo'); one arm gives None."""
+    arms = as_arms(arms)
+    baseline = baseline or default_baseline(arms)
+    others = [name for name in arms if name != baseline]
+    if baseline is None or not others:
+        return None
+    return next((name for name in others if arms[name] == "grpo"), others[0]), baseline
 
 
 def arm_rows(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [headline(s) for s in summaries if s]
 
 
-def ratio_rows(summaries: list[dict[str, Any]], algos: list[str]) -> dict[str, Any]:
-    """numerator/denominator of the seed-mean of every figure (grpo/ppo when both ran)."""
-    pair = arm_pair(algos)
+def figure_ratios(rows: list[dict[str, Any]], top: str, bottom: str) -> dict[str, Any]:
+    """top/bottom of the seed-mean of every figure both arms have."""
+    figures = {}
+    for key, label, _ in MEMORY_FIGURES + TIME_FIGURES:
+        numerator = [r[key] for r in rows if r["arm"] == top and r[key] is not None]
+        denominator = [r[key] for r in rows if r["arm"] == bottom and r[key] is not None]
+        if numerator and denominator and mean(denominator):
+            figures[key] = {"label": label, "ratio": mean(numerator) / mean(denominator),
+                            top: mean(numerator), bottom: mean(denominator)}
+    return figures
+
+
+def accuracy_difference(rows: list[dict[str, Any]], top: str, bottom: str) -> float | None:
+    """Mean over the seeds both arms finished of top − bottom final held-out accuracy."""
+    finals = {name: {r["seed"]: r["acc_final"] for r in rows if r["arm"] == name and r["acc_final"] is not None}
+              for name in (top, bottom)}
+    seeds = sorted(set(finals[top]) & set(finals[bottom]))
+    return mean(finals[top][s] - finals[bottom][s] for s in seeds) if seeds else None
+
+
+def ratio_rows(summaries: list[dict[str, Any]], arms: dict[str, str] | list[str],
+               baseline: str | None = None) -> dict[str, Any]:
+    """Every arm against the baseline: the ratio of seed means of every figure, and the paired difference in final
+    accuracy; `numerator`/`denominator`/`figures` hold the verdict's pair (grpo/ppo when both ran)."""
+    arms = as_arms(arms)
+    pair = arm_pair_of(arms, baseline)
     if pair is None:
         return {}
     numerator, denominator = pair
     rows = [r for r in arm_rows(summaries) if r["status"] == "ok"]
-    out: dict[str, Any] = {"numerator": numerator, "denominator": denominator, "figures": {}}
-    for key, label, _ in MEMORY_FIGURES + TIME_FIGURES:
-        top = [r[key] for r in rows if r["algo"] == numerator and r[key] is not None]
-        bottom = [r[key] for r in rows if r["algo"] == denominator and r[key] is not None]
-        if top and bottom and mean(bottom):
-            out["figures"][key] = {"label": label, "ratio": mean(top) / mean(bottom),
-                                   numerator: mean(top), denominator: mean(bottom)}
-    return out
+    against = {name: {"algo": algo, "figures": figure_ratios(rows, name, denominator),
+                      "acc_final_difference": accuracy_difference(rows, name, denominator)}
+               for name, algo in arms.items() if name != denominator}
+    return {"numerator": numerator, "denominator": denominator, "baseline": denominator,
+            "figures": against[numerator]["figures"], "arms": against}
 
 
 def fmt(value: Any, unit: str) -> str:

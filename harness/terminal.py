@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.results import MEMORY_FIGURES, TIME_FIGURES, arm_rows, fmt, get_path, ratio_rows
+from harness.results import MEMORY_FIGURES, TIME_FIGURES, arm_rows, as_arms, fmt, get_path, ratio_rows
 
 
 def quiet_libraries() -> None:
@@ -120,21 +120,25 @@ def print_arm(summary: dict[str, Any], run_dir) -> None:
     console.print(f"results: {run_dir}")
 
 
-def render_terminal(summaries: list[dict[str, Any]], algos: list[str], console=None) -> None:
+def render_terminal(summaries: list[dict[str, Any]], arms: dict[str, str] | list[str], console=None,
+                    baseline: str | None = None) -> None:
+    """The comparison's tables: what each arm bought, lm-eval, memory by model, cost per arm with the verdict
+    pair's ratio, and (more than two arms) every arm against the baseline."""
     from rich.console import Console
     from rich.table import Table
     console = console or Console()
     rows = arm_rows(summaries)
+    arms = as_arms(arms)
 
-    arms = Table(title="Arms: what each bought (greedy accuracy on held-out prompts)")
+    table = Table(title="Arms: what each bought (greedy accuracy on held-out prompts)")
     for column in ("arm", "status", "steps", "completions", "wall s", "acc start", "acc end", "change"):
-        arms.add_column(column, justify="right" if column not in ("arm", "status") else "left")
+        table.add_column(column, justify="right" if column not in ("arm", "status") else "left")
     for r in rows:
         status = r["status"] if r["status"] == "ok" else f"[red]{r['status']}[/red]: {r['error']}"
-        arms.add_row(f"{r['algo']} s{r['seed']}", status, fmt(r["steps"], ""), fmt(r["completions"], ""),
+        table.add_row(f"{r['arm']} s{r['seed']}", status, fmt(r["steps"], ""), fmt(r["completions"], ""),
                      fmt(r["wall"], "s"), fmt(r["acc_base"], "%"), fmt(r["acc_final"], "%"),
                      fmt(r.get("acc_delta"), "%"))
-    console.print(arms)
+    console.print(table)
 
     scored = [r for r in rows if isinstance(r["lm_eval_base"], dict) and isinstance(r["lm_eval_final"], dict)]
     if scored:
@@ -144,7 +148,7 @@ def render_terminal(summaries: list[dict[str, Any]], algos: list[str], console=N
         for metric in ("pass@1", "maj@k", "pass@k"):
             lm.add_column(f"{metric.replace('@k', f'@{k}')} start -> end", justify="right")
         for r in scored:
-            lm.add_row(f"{r['algo']} s{r['seed']}", *(f"{fmt(r['lm_eval_base'].get(m), '%')} -> "
+            lm.add_row(f"{r['arm']} s{r['seed']}", *(f"{fmt(r['lm_eval_base'].get(m), '%')} -> "
                                                       f"{fmt(r['lm_eval_final'].get(m), '%')}"
                                                       for m in ("pass@1", "maj@k", "pass@k")))
         console.print(lm)
@@ -155,14 +159,14 @@ def render_terminal(summaries: list[dict[str, Any]], algos: list[str], console=N
         memory.add_column(column, justify="right" if column != "model" else "left")
     for r in rows:
         for model, sizes in r["models"].items():
-            memory.add_row(f"{r['algo']} s{r['seed']}", model, *(fmt(sizes[k], "MiB") for k in ("params", "grads", "optimizer", "total")))
+            memory.add_row(f"{r['arm']} s{r['seed']}", model, *(fmt(sizes[k], "MiB") for k in ("params", "grads", "optimizer", "total")))
     console.print(memory)
 
     figures = Table(title="Cost per arm (MiB, seconds)")
     figures.add_column("figure")
     for r in rows:
-        figures.add_column(f"{r['algo']} s{r['seed']}", justify="right")
-    ratios = ratio_rows(summaries, algos)
+        figures.add_column(f"{r['arm']} s{r['seed']}", justify="right")
+    ratios = ratio_rows(summaries, arms, baseline)
     if ratios:
         figures.add_column(f"{ratios['numerator']}/{ratios['denominator']}", justify="right", style="bold")
     phase_names = sorted({p for r in rows for p in r["phases_per_step"]})
@@ -176,13 +180,37 @@ def render_terminal(summaries: list[dict[str, Any]], algos: list[str], console=N
         cells = [fmt(r["phases_per_step"].get(phase), "s") for r in rows]
         figures.add_row(f"time per step: {phase}", *cells, *([""] if ratios else []))
     console.print(figures)
+    if ratios and len(ratios["arms"]) > 1:
+        console.print(baseline_table(ratios))
     gpu_notes = {(get_path(s, "mem", "measured", "gpu")) for s in summaries if s and get_path(s, "mem", "measured", "gpu")}
     for note in sorted(gpu_notes):
         console.print(f"GPU figures: {note}")
 
 
+BASELINE_COLUMNS = [("mem_live_peak", "live peak"), ("mem_model_state", "model state (arith.)"),
+                    ("mem_cuda_allocated", "CUDA alloc."), ("time_per_step", "time/step"), ("wall", "train time")]
+
+
+def baseline_table(ratios: dict[str, Any]):
+    """One row per arm against the baseline: ratios of seed means, and the final accuracy difference."""
+    from rich.table import Table
+    base = ratios["baseline"]
+    keys = [(k, label) for k, label in BASELINE_COLUMNS if any(k in a["figures"] for a in ratios["arms"].values())]
+    table = Table(title=f"Every arm against the baseline {base} (ratio of seed means; accuracy: paired difference)")
+    table.add_column("arm")
+    for _, label in keys:
+        table.add_column(f"{label} /{base}", justify="right")
+    table.add_column(f"acc end − {base}", justify="right")
+    for name, against in ratios["arms"].items():
+        cells = [fmt(get_path(against, "figures", k, "ratio"), "") for k, _ in keys]
+        difference = against["acc_final_difference"]
+        marker = " (verdict)" if name == ratios["numerator"] else ""
+        table.add_row(f"{name}{marker}", *cells, "—" if difference is None else f"{100 * difference:+.1f} pts")
+    return table
+
+
 def past_arm_seconds(results_dir: Path | str, config_hash: str) -> dict[str, list[float]]:
-    """{algo: [seconds, ...]} of finished arms of earlier comparisons of the same config, each timed from
+    """{arm: [seconds, ...]} of finished arms of earlier comparisons of the same config, each timed from
     its env.json (written as the arm starts) to its summary.json (written as it ends)."""
     import json
     seconds: dict[str, list[float]] = {}
@@ -195,7 +223,7 @@ def past_arm_seconds(results_dir: Path | str, config_hash: str) -> dict[str, lis
                 folder = plan_path.parent / arm["dir"]
                 if json.loads((folder / "summary.json").read_text()).get("status") == "ok":
                     took = (folder / "summary.json").stat().st_mtime - (folder / "env.json").stat().st_mtime
-                    seconds.setdefault(arm["algo"], []).append(took)
+                    seconds.setdefault(arm.get("arm") or arm["algo"], []).append(took)
         except (OSError, ValueError, KeyError, TypeError):
             continue
     return seconds
@@ -210,24 +238,58 @@ def expected_time(results_dir: Path | str, config_hash: str, arms: list[str]) ->
     return f"about {duration(total)} (from {runs} finished arm{'s' * (runs != 1)} of this config in {results_dir})"
 
 
-def plan_lines(config, algos: list[str], seeds: list[int], comparison_dir: Path, trackers: list[str]) -> list[str]:
-    """What a comparison is about to do, printed before the first arm starts (and kept in CI logs)."""
-    arms = [algo for _ in seeds for algo in algos]
+def plan_lines(config, arms, seeds: list[int], comparison_dir: Path, trackers: list[str], baseline: str | None = None,
+               kl=None, arm_configs: dict[str, Any] | None = None) -> list[str]:
+    """What a comparison is about to do, printed before the first arm starts (and kept in CI logs).
+
+    `arms`: arm specs (harness.arm_specs.ArmSpec) or algorithm names; `arm_configs`: each arm's config by name."""
+    names = [getattr(a, "name", a) for a in arms]
+    runs = [name for _ in seeds for name in names]
     seed_text = ", ".join(map(str, seeds))
     steps = config.total_steps()
     lm_eval = (f"lm-eval on the base and final policy: greedy pass@1, maj@{config.run.lm_eval_k} and "
                f"pass@{config.run.lm_eval_k}" if config.run.lm_eval and config.run.lm_eval_k
                else "lm-eval on the base and final policy: greedy pass@1" if config.run.lm_eval else "lm-eval: off")
-    return [
-        f"plan: {len(arms)} arms = {', '.join(algos)} x {len(seeds)} seed{'s' * (len(seeds) != 1)} ({seed_text}), "
+    lines = [
+        f"plan: {len(runs)} arms = {', '.join(names)} x {len(seeds)} seed{'s' * (len(seeds) != 1)} ({seed_text}), "
         "one after another, each in its own process",
         f"  model {config.model.name} on {config.run.device}; task {config.task.name} "
         f"({config.task.eval_size} held-out prompts)",
         f"  budget per arm: {config.budget.total} {config.budget.unit}"
         + (f" = {steps} steps of {config.completions_per_step} completions ({config.prompts_per_step} prompts x "
            f"{config.rollout.samples_per_prompt})" if config.budget.unit == "completions" else ""),
+    ]
+    lines += arm_lines(arms, arm_configs or {}, config)
+    if baseline:
+        lines.append(f"  ratios against the baseline arm: {baseline}")
+    if kl is not None:
+        lines.append(f"  KL to the reference: {kl.words()}")
+    lines += [
         f"  {lm_eval}",
         f"  trackers: {', '.join(trackers) if trackers else 'none (--report-to trackio,tensorboard,... to add)'}",
-        f"  expected time: {expected_time(config.run.results_dir, config.hash(), arms)}",
+        f"  expected time: {expected_time(config.run.results_dir, config.hash(), runs)}",
         f"  folder: {comparison_dir}",
     ]
+    return lines
+
+
+def arm_lines(arms, arm_configs: dict[str, Any], config) -> list[str]:
+    """Each arm with overrides, its prompts per step where its group size differs, and a critic's warm-up."""
+    lines = []
+    for arm in arms:
+        name, overrides = getattr(arm, "name", arm), getattr(arm, "overrides", {})
+        own = arm_configs.get(name)
+        notes = []
+        if overrides:
+            notes.append(f"{getattr(arm, 'algo', name)} with " + ", ".join(f"{k}={v}" for k, v in overrides.items()))
+        if own is not None and own.prompts_per_step != config.prompts_per_step:
+            notes.append(f"{own.prompts_per_step} prompts x {own.rollout.samples_per_prompt} per step, "
+                         f"{own.total_steps()} steps")
+        warmup = (own.algorithms.get("ppo", {}).get("critic_warmup_steps", 0)
+                  if own is not None and getattr(arm, "algo", name) == "ppo" else 0)
+        if warmup:
+            notes.append(f"critic warm-up: the first {warmup} steps ({warmup * own.completions_per_step} completions, "
+                         "counted in the budget) train the critic only")
+        if notes:
+            lines.append(f"  arm {name}: " + "; ".join(notes))
+    return lines

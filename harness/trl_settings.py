@@ -27,6 +27,17 @@ class TRLSettings:
     not_matched: list[str] = field(default_factory=list)  # in words, for config.yaml and the report
 
 
+def check_trl_options(algo: str, options) -> None:
+    """One line for an option TRL's GRPOTrainer has no setting for (before any folder is written)."""
+    from harness import UserError
+    if options.kl_reward_coef > 0:
+        raise UserError(f"TRL's GRPOTrainer ({algo}) has no KL term in the reward (algorithms.grpo.kl_reward_coef="
+                        f"{options.kl_reward_coef}); use --kl loss, off or native for a comparison with {algo}")
+    if options.aggregation not in LOSS_TYPES:
+        raise UserError(f"TRL's GRPOTrainer ({algo}) has no loss_type for aggregation '{options.aggregation}'; "
+                        f"use one of: {', '.join(LOSS_TYPES)}")
+
+
 def trl_settings(config, options) -> TRLSettings:
     """GRPOConfig keywords for `config` (a harness Config) and `options` (GRPO's typed options)."""
     rollout, optim, run = config.rollout, config.optim, config.run

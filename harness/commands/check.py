@@ -83,7 +83,9 @@ def load_folder(path: str | Path) -> Measured:
         if summary["status"] == "running":
             raise UserError(f"{arm_dir} stopped without recording how it ended (killed?): its summary.json still "
                             f"says running; finish it before checking it")
-        arms.append({"algo": summary.get("algo"), "seed": summary.get("seed"), "status": summary["status"],
+        # an arm is matched by its name (a variant such as ppo-n1 is not its algorithm's plain arm)
+        arms.append({"algo": summary.get("arm") or summary.get("algo"), "seed": summary.get("seed"),
+                     "status": summary["status"],
                      "error": summary.get("error"), "mem": summary.get("mem") or {},
                      "source": str(arm_dir / "summary.json")})
         if (arm_dir / "env.json").exists():

@@ -2,7 +2,11 @@
 
     from harness.config import load_config
     from harness.commands.compare import compare
-    compare(load_config("smoke"), ["grpo", "ppo"], seeds=[0, 1], out="results/my-comparison")
+    compare(load_config("smoke"), ["grpo", "ppo", "ppo-n1=ppo:rollout.samples_per_prompt=1"], seeds=[0, 1],
+            out="results/my-comparison", kl=KLSetting("loss"))
+
+An arm is a name, an algorithm and config overrides (harness.arm_specs); every ratio is taken against one
+baseline arm (default: the first PPO arm).
 """
 
 from __future__ import annotations
@@ -14,14 +18,14 @@ from typing import Any
 
 from harness import Interrupted, UserError
 from harness import distributed as ranks_
-from harness.algorithms import check_algorithms
+from harness.arm_specs import ArmSpec, KLSetting, arm_config, check_arm_list, check_baseline, parse_arm_spec
 from harness.commands.plan import analysis_plan_lines, make_plan
-from harness.config import Config, check_seed, check_setup, config_from_dict, make_task, read_yaml
+from harness.config import Config, check_algorithms_fit, check_seed, check_setup, config_from_dict, make_task, read_yaml
 from harness.estimate_grid import check_at_scale
 from harness.exports import write_steps_table
 from harness.io import (FolderLock, check_writable, command_line, new_folder, read_json_object,
                         refuse_if_being_written, remove_temporaries, write_json, write_yaml)
-from harness.results import arm_rows, ratio_rows
+from harness.results import arm_pair_of, arm_rows, ratio_rows
 from harness.runner import _partial_state as partial_state  # the steps a stopped arm wrote
 from harness.runner import load_summary, run_name, summarize
 from harness.supervise import Supervisor, death_of
@@ -39,19 +43,48 @@ FAIRNESS = [
 ]
 
 
-def fairness_lines(config: Config) -> list[str]:
-    return [line.format(unit=config.budget.unit, total=config.budget.total) for line in FAIRNESS]
+def fairness_lines(config: Config, specs: list[ArmSpec] = (), kl: KLSetting | None = None) -> list[str]:
+    """The fairness rules, then what this comparison sets apart from them: the KL, each arm's overrides."""
+    lines = [line.format(unit=config.budget.unit, total=config.budget.total) for line in FAIRNESS]
+    lines.append(f"KL to the reference: {(kl or KLSetting()).words()}")
+    lines += [f"arm {s.name}: {s.algo} with {override_text(s)}" for s in specs if s.overrides]
+    return lines
 
 
-def plan_arms(config: Config, algos: list[str], seeds: list[int]) -> list[dict[str, Any]]:
+def override_text(spec: ArmSpec) -> str:
+    return ", ".join(f"{key}={value}" for key, value in spec.overrides.items()) or "no overrides"
+
+
+def as_specs(arms: list[ArmSpec | str]) -> list[ArmSpec]:
+    """Arms given as specs or as --algos items ('grpo', 'ppo-n1=ppo:rollout.samples_per_prompt=1'), checked."""
+    return check_arm_list([a if isinstance(a, ArmSpec) else parse_arm_spec(a) for a in arms])
+
+
+def plan_arms(config: Config, specs: list[ArmSpec | str], seeds: list[int],
+              kl: KLSetting | None = None) -> list[dict[str, Any]]:
+    """Every (arm, seed): its config (the KL setting, then its overrides), checked, and its folder."""
     arms = []
     for seed in seeds:
-        for algo in algos:
-            arm_config = config_from_dict(config.to_dict())
-            arm_config.preset = config.preset
-            arm_config.run.seed = seed
-            arms.append({"algo": algo, "seed": seed, "dir": run_name(arm_config, algo), "config": arm_config})
+        for spec in as_specs(specs):
+            arm = arm_config(config, spec, kl, seed)
+            arms.append({"arm": spec.name, "algo": spec.algo, "overrides": dict(spec.overrides), "seed": seed,
+                         "dir": run_name(arm, spec.name), "config": arm})
     return arms
+
+
+def check_arms(config: Config, arms: list[dict[str, Any]]) -> None:
+    """What differs between arms, checked for each distinct arm config (the seed changes nothing here)."""
+    task = make_task(config)
+    seen = set()
+    for arm in arms:
+        key = (arm["algo"], repr(sorted(arm["overrides"].items())))
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            check_algorithms_fit(arm["config"], [arm["algo"]], task)
+        except UserError as err:
+            raise UserError(f"arm {arm['arm']}: {err}") from None
 
 
 def prepare_model(config: Config) -> None:
@@ -72,17 +105,22 @@ def arm_command(arm_dir: Path, resume: bool) -> list[str]:
     return [sys.executable, "-m", "harness", "run", "--run-dir", str(arm_dir), *(["--resume"] if resume else [])]
 
 
-def compare(config: Config, algos: list[str], seeds: list[int], out: Path | str | None = None,
-            report: bool = True) -> int:
-    """Start a comparison: every (algorithm, seed) arm under the same budget, then tables and the report.
+def compare(config: Config, arms: list[ArmSpec | str], seeds: list[int], out: Path | str | None = None,
+            report: bool = True, baseline: str | None = None, kl: KLSetting | None = None) -> int:
+    """Start a comparison: every (arm, seed) under the same budget, then tables and the report.
 
     Returns 0 when every arm finished, 1 when one did not (its failure is recorded in its summary).
     """
+    specs = as_specs(arms)
+    kl = kl or KLSetting()
+    baseline = check_baseline(specs, baseline)
     if not seeds:
         raise UserError("a comparison needs at least one seed")
     for seed in seeds:
         check_seed(seed)
-    check_setup(config, algos)
+    check_setup(config, [])
+    planned = plan_arms(config, specs, seeds, kl)
+    check_arms(config, planned)
     ranks_.check_launch(config)
     check_at_scale(config)
     if out:
@@ -95,31 +133,45 @@ def compare(config: Config, algos: list[str], seeds: list[int], out: Path | str 
         if (comparison_dir / "comparison.json").exists():
             raise UserError(f"{comparison_dir} already holds a comparison; finish it with "
                             f"'harness compare --resume {comparison_dir}', or choose another --out")
-        analysis_plan = make_plan(config, len(seeds), algos)  # fixed before any arm runs, saved with them
-        arms = plan_arms(config, algos, seeds)
+        pair = arm_pair_of({s.name: s.algo for s in specs}, baseline)
+        analysis_plan = make_plan(config, len(seeds), list(pair) if pair else [s.name for s in specs])
         write_yaml(comparison_dir / "config.yaml", config.to_dict())
         write_json(comparison_dir / "comparison.json", {
-            "algos": algos, "seeds": seeds, "preset": config.preset, "task": config.task.name,
-            "model": config.model.name, "budget": {"unit": config.budget.unit, "total": config.budget.total},
-            "config_hash": config.hash(), "fairness": fairness_lines(config), "plan": analysis_plan,
-            "arms": [{"algo": a["algo"], "seed": a["seed"], "dir": a["dir"]} for a in arms]})
-        for arm in arms:
+            "algos": list(dict.fromkeys(s.algo for s in specs)), "arm_specs": [s.to_dict() for s in specs],
+            "baseline": baseline, "kl": kl.to_dict(), "seeds": seeds, "preset": config.preset,
+            "task": config.task.name, "model": config.model.name,
+            "budget": {"unit": config.budget.unit, "total": config.budget.total},
+            "config_hash": config.hash(), "fairness": fairness_lines(config, specs, kl), "plan": analysis_plan,
+            "arms": [{k: a[k] for k in ("arm", "algo", "overrides", "seed", "dir")} for a in planned]})
+        for arm in planned:
             write_yaml(comparison_dir / arm["dir"] / "config.yaml", {**arm["config"].to_dict(), "algo": arm["algo"]})
-        print("\n".join(plan_lines(config, algos, seeds, comparison_dir, parse_report_to(config.run.report_to))))
+        print("\n".join(plan_lines(config, specs, seeds, comparison_dir, parse_report_to(config.run.report_to),
+                                   baseline=baseline, kl=kl, arm_configs=arm_configs(planned))))
         print("\n".join(analysis_plan_lines(analysis_plan)), flush=True)
-        return run_arms(comparison_dir, config, algos, seeds, arms, resume=False, report=report)
+        return run_arms(comparison_dir, config, specs, seeds, planned, resume=False, report=report, baseline=baseline)
 
 
-def read_plan(comparison_dir: Path) -> tuple[Config, list[str], list[int]]:
-    """The saved config, algorithms and seeds of a comparison folder; one line naming a damaged file."""
+def arm_configs(planned: list[dict[str, Any]]) -> dict[str, Config]:
+    """The first seed's config of each arm, by name."""
+    out: dict[str, Config] = {}
+    for arm in planned:
+        out.setdefault(arm["arm"], arm["config"])
+    return out
+
+
+def read_plan(comparison_dir: Path) -> tuple[Config, list[ArmSpec], list[int], str, KLSetting]:
+    """The saved config, arms, seeds, baseline and KL of a comparison folder; one line naming a damaged file."""
     path = comparison_dir / "comparison.json"
     plan = read_json_object(path, {"algos": list, "seeds": list})
     try:
-        check_algorithms(plan["algos"])
-        known = bool(plan["algos"])
-    except (ValueError, TypeError):  # an unknown name, or not a name at all
-        known = False
-    if not known:
+        entries = plan.get("arm_specs") or [{"name": a, "algo": a, "overrides": {}} for a in plan["algos"]]
+        specs = check_arm_list([ArmSpec(str(e["name"]), str(e["algo"]), dict(e.get("overrides") or {}))
+                                for e in entries])
+        kl = KLSetting(**(plan.get("kl") or {}))
+        baseline = check_baseline(specs, plan.get("baseline"))
+    except (UserError, ValueError, TypeError, KeyError, AttributeError):  # not arm names, or not entries at all
+        specs = []
+    if not specs:
         raise UserError(f"{path} is damaged: 'algos' {plan['algos']!r} are not algorithm names")
     if not plan["seeds"] or not all(type(seed) is int for seed in plan["seeds"]):
         raise UserError(f"{path} is damaged: 'seeds' {plan['seeds']!r} are not a list of seeds")
@@ -127,7 +179,7 @@ def read_plan(comparison_dir: Path) -> tuple[Config, list[str], list[int]]:
         config = config_from_dict(read_yaml(comparison_dir / "config.yaml"))
     except UserError as err:
         raise UserError(f"{comparison_dir / 'config.yaml'}: {err}") from None
-    return config, plan["algos"], plan["seeds"]
+    return config, specs, plan["seeds"], baseline, kl
 
 
 def resume(comparison_dir: Path | str, report: bool = True) -> int:
@@ -136,17 +188,18 @@ def resume(comparison_dir: Path | str, report: bool = True) -> int:
     if not (comparison_dir / "comparison.json").exists():
         raise UserError(f"{comparison_dir} holds no comparison.json: not a comparison folder")
     with FolderLock(comparison_dir, command_line()):
-        config, algos, seeds = read_plan(comparison_dir)
-        check_setup(config, algos)
+        config, specs, seeds, baseline, kl = read_plan(comparison_dir)
+        check_setup(config, [])
+        planned = plan_arms(config, specs, seeds, kl)
+        check_arms(config, planned)
         saved_plan = read_json_object(comparison_dir / "comparison.json").get("plan")
         if saved_plan:
             print("\n".join(analysis_plan_lines(saved_plan)))
-        return run_arms(comparison_dir, config, algos, seeds, plan_arms(config, algos, seeds), resume=True,
-                        report=report)
+        return run_arms(comparison_dir, config, specs, seeds, planned, resume=True, report=report, baseline=baseline)
 
 
-def run_arms(comparison_dir: Path, config: Config, algos: list[str], seeds: list[int], arms: list[dict[str, Any]],
-             resume: bool, report: bool) -> int:
+def run_arms(comparison_dir: Path, config: Config, specs: list[ArmSpec], seeds: list[int],
+             arms: list[dict[str, Any]], resume: bool, report: bool, baseline: str | None = None) -> int:
     """Each arm in turn as its own process; then the tables, the verdict and the report.
 
     SIGINT or SIGTERM to this process is forwarded to the running arm, which records `interrupted`,
@@ -155,24 +208,15 @@ def run_arms(comparison_dir: Path, config: Config, algos: list[str], seeds: list
     """
     refuse_if_being_written(*(comparison_dir / arm["dir"] for arm in arms))
     remove_temporaries(comparison_dir)
+    baseline = baseline or check_baseline(specs, None)
+    names = {s.name: s.algo for s in specs}
     with Supervisor().forwarding_signals() as supervisor:
         prepare_model(config)
-        for arm in arms:
-            arm_dir = comparison_dir / arm["dir"]
-            previous = _summary_or_refuse(arm_dir)
-            if previous and previous.get("status") == "ok":
-                continue  # finished before an interruption
-            if not (arm_dir / "config.yaml").exists():
-                write_yaml(arm_dir / "config.yaml", {**arm["config"].to_dict(), "algo": arm["algo"]})
-            resumable = resume and (arm_dir / "checkpoint" / "state.pt").exists()
-            code, last_line = supervisor.run(arm_command(arm_dir, resumable), arm_dir / "arm.log")
-            record_outcome(arm_dir, arm, code, last_line, supervisor.stopped_by)
-            if supervisor.stopped_by:  # the user's own Ctrl-C, or SIGTERM to this process: stop here
-                raise Interrupted(supervisor.stopped_by, hint=f"harness compare --resume {comparison_dir}")
+        run_each_arm(comparison_dir, arms, resume, supervisor, hint=f"harness compare --resume {comparison_dir}")
         summaries = [load_summary(comparison_dir / a["dir"]) for a in arms]
-        write_json(comparison_dir / "summary.json", comparison_summary(config, algos, seeds, summaries))
-        at_scale(config, algos, comparison_dir)
-        render_terminal(summaries, algos)
+        write_json(comparison_dir / "summary.json", comparison_summary(config, specs, seeds, summaries, baseline))
+        at_scale(config, list(dict.fromkeys(s.algo for s in specs)), comparison_dir)
+        render_terminal(summaries, names, baseline=baseline)
         print(f"comparison: {comparison_dir}")
         exports = [write_steps_table(comparison_dir, arms)]
         print(f"steps table: {exports[0]}")
@@ -187,6 +231,35 @@ def run_arms(comparison_dir: Path, config: Config, algos: list[str], seeds: list
         attach_report([comparison_dir / a["dir"] for a in arms], exports, config.run.report_to,
                       config.run.tracker_project, config.run.results_dir)
     return 0 if all(s.get("status") == "ok" for s in summaries) else 1
+
+
+def run_each_arm(folder: Path, arms: list[dict[str, Any]], resume: bool, supervisor: Supervisor, hint: str) -> None:
+    """Each arm not yet finished, in turn, as its own process under `supervisor`; a stop signal ends the loop."""
+    for arm in arms:
+        arm_dir = folder / arm["dir"]
+        previous = _summary_or_refuse(arm_dir)
+        if previous and previous.get("status") == "ok":
+            label_summary(arm_dir, arm)
+            continue  # finished before an interruption
+        if not (arm_dir / "config.yaml").exists():
+            write_yaml(arm_dir / "config.yaml", {**arm["config"].to_dict(), "algo": arm["algo"]})
+        resumable = resume and (arm_dir / "checkpoint" / "state.pt").exists()
+        code, last_line = supervisor.run(arm_command(arm_dir, resumable), arm_dir / "arm.log")
+        record_outcome(arm_dir, arm, code, last_line, supervisor.stopped_by)
+        label_summary(arm_dir, arm)
+        if supervisor.stopped_by:  # the user's own Ctrl-C, or SIGTERM to this process: stop here
+            raise Interrupted(supervisor.stopped_by, hint=hint)
+
+
+def label_summary(arm_dir: Path, arm: dict[str, Any]) -> None:
+    """The arm's name and overrides in its summary.json (the arm process knows only its algorithm and config)."""
+    try:
+        summary = read_json_object(arm_dir / "summary.json") if (arm_dir / "summary.json").exists() else None
+    except UserError:
+        return
+    if summary is None or (summary.get("arm") == arm["arm"] and summary.get("overrides") == arm["overrides"]):
+        return
+    write_json(arm_dir / "summary.json", {"arm": arm["arm"], "overrides": arm["overrides"], **summary})
 
 
 def _summary_or_refuse(arm_dir: Path) -> dict[str, Any] | None:
@@ -241,6 +314,9 @@ def at_scale(config: Config, algos: list[str], comparison_dir: Path) -> None:
               f"{comparison_dir / 'at_scale.json'}", flush=True)
 
 
-def comparison_summary(config: Config, algos, seeds, summaries) -> dict[str, Any]:
-    return {"algos": algos, "seeds": seeds, "budget": {"unit": config.budget.unit, "total": config.budget.total},
-            "arms": arm_rows(summaries), "ratios": ratio_rows(summaries, algos)}
+def comparison_summary(config: Config, specs: list[ArmSpec], seeds, summaries, baseline: str) -> dict[str, Any]:
+    names = {s.name: s.algo for s in specs}
+    return {"algos": list(dict.fromkeys(names.values())), "arm_specs": [s.to_dict() for s in specs],
+            "baseline": baseline, "seeds": seeds,
+            "budget": {"unit": config.budget.unit, "total": config.budget.total},
+            "arms": arm_rows(summaries), "ratios": ratio_rows(summaries, names, baseline)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from harness import UserError
 from harness.report.data import HEALTH_METRICS, Arm, Comparison, get
 from harness.report.stats import Estimate, mean_ci
 
@@ -98,7 +99,7 @@ def figure_values(arms: list[Arm], key: str) -> list[float]:
 
 def accuracy_section(cmp: Comparison) -> dict[str, Any]:
     rows = []
-    for algo in cmp.algos:
+    for algo in cmp.names:
         arms = cmp.ok_arms(algo)
         base, final = figure_values(arms, "acc_base"), figure_values(arms, "acc_final")
         change = [a.row["acc_final"] - a.row["acc_base"] for a in arms
@@ -114,7 +115,7 @@ def lm_eval_section(cmp: Comparison) -> dict[str, Any]:
     """lm-evaluation-harness scores before and after (summary.eval.lm_eval), seed means with intervals."""
     rows, ks, n = [], set(), set()
     extra: dict[str, dict[str, Any]] = {}  # standard benchmarks by name: {(algo, when): [metrics, ...]} or why not
-    for algo in cmp.algos:
+    for algo in cmp.names:
         arms = cmp.ok_arms(algo)
         for when in ("base", "final"):
             scores = [s for s in (get(a.summary, "eval", "lm_eval", when) for a in arms) if isinstance(s, dict)]
@@ -148,7 +149,7 @@ def extra_tables(cmp: Comparison, extra: dict[str, dict[str, Any]]) -> list[dict
     for name, entry in extra.items():
         metrics = list(dict.fromkeys(m for values in entry["cells"].values() for v in values for m in v))
         rows = []
-        for algo in cmp.algos:
+        for algo in cmp.names:
             for when in ("base", "final"):
                 values = entry["cells"].get((algo, when), [])
                 if values:
@@ -165,7 +166,7 @@ def health_section(cmp: Comparison) -> list[dict[str, Any]]:
     rows = []
     for key, label in HEALTH_METRICS:
         cells = {}
-        for algo in cmp.algos:
+        for algo in cmp.names:
             arms = [a for a in cmp.ok_arms(algo) if key in a.steps and a.steps[key].notna().any()]
             if not arms:
                 cells[algo] = None
@@ -190,14 +191,15 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def config_section(cmp: Comparison) -> dict[str, Any]:
-    """The resolved config of each algorithm's first arm, side by side; differing fields marked."""
+    """The resolved config of each arm's first seed, side by side; differing fields marked."""
     columns, flat = [], {}
-    for algo in cmp.algos:
+    for algo in cmp.names:
         arms = cmp.arms_of(algo)
         arm = next((a for a in arms if a.config), None)
         config = dict(arm.config) if arm else {}
         # The options the arm ran with, defaults filled in, as its config.yaml recorded them.
-        options = get(config, "derived", "algorithm_options") or get(config, "algorithms", algo) or {}
+        options = (get(config, "derived", "algorithm_options")
+                   or get(config, "algorithms", cmp.arm_algos.get(algo, algo)) or {})
         config.pop("algorithms", None)
         # another library's settings (derived.trl) have a section of their own: see cross_check_section
         config["derived"] = {k: v for k, v in (config.get("derived") or {}).items()
@@ -206,10 +208,10 @@ def config_section(cmp: Comparison) -> dict[str, Any]:
         flat_config.update({f"algorithm.{k}": v for k, v in options.items()})
         columns.append(f"{algo} ({arm.label})" if arm else algo)
         flat[algo] = flat_config
-    keys = list(dict.fromkeys(k for algo in cmp.algos for k in flat[algo]))
+    keys = list(dict.fromkeys(k for algo in cmp.names for k in flat[algo]))
     differing, shared = [], []
     for key in keys:
-        values = [str(flat[algo].get(key, "—")) for algo in cmp.algos]
+        values = [str(flat[algo].get(key, "—")) for algo in cmp.names]
         if len(set(values)) > 1:
             differing.append({"key": key, "values": values})
         else:
@@ -221,7 +223,7 @@ def cross_check_section(cmp: Comparison) -> list[dict[str, Any]]:
     """Arms trained by TRL's GRPOTrainer: the GRPOConfig fields set explicitly and what could not be matched,
     as each arm's config.yaml recorded them (derived.trl)."""
     out = []
-    for algo in cmp.algos:
+    for algo in cmp.names:
         arm = next((a for a in cmp.arms_of(algo) if get(a.config, "derived", "trl")), None)
         if arm is None:
             continue
@@ -244,9 +246,49 @@ def environment_section(cmp: Comparison) -> list[dict[str, Any]]:
     return rows
 
 
+def warmup_completions(arm: Arm) -> tuple[int, int]:
+    """(steps, sampled completions) an arm spent training its critic alone (PPO's critic warm-up): the steps
+    that logged loss/policy_frozen, each step's completions taken from the cumulative count."""
+    if "loss/policy_frozen" not in arm.steps or "completions" not in arm.steps:
+        return 0, 0
+    spent = arm.steps["completions"].diff().fillna(arm.steps["completions"])
+    frozen = arm.steps["loss/policy_frozen"].fillna(0) > 0
+    return int(frozen.sum()), int(spent[frozen].sum())
+
+
+def arms_section(cmp: Comparison) -> list[dict[str, Any]]:
+    """Each arm: its algorithm, overrides, prompts per step, and what its critic's warm-up spent of the budget."""
+    rows = []
+    for spec in cmp.specs:
+        arms = cmp.arms_of(spec["name"])
+        config = next((a.config for a in arms if a.config), {})
+        finished = [(a.label, *warmup_completions(a)) for a in arms if a.ok]
+        planned = (get(config, "derived", "algorithm_options") or {}).get("critic_warmup_steps") or 0
+        if any(steps for _, steps, _ in finished):
+            warmup = "; ".join(f"{label}: {steps} steps, {spent:,} completions" for label, steps, spent in finished)
+        else:
+            warmup = f"{planned} steps planned; no finished arm logged them" if planned else "—"
+        rows.append({"name": spec["name"], "algo": spec["algo"], "baseline": spec["name"] == cmp.baseline,
+                     "overrides": ", ".join(f"{k}={v}" for k, v in spec["overrides"].items()) or "none",
+                     "prompts": get(config, "derived", "prompts_per_step"),
+                     "group": get(config, "rollout", "samples_per_prompt"), "warmup": warmup})
+    return rows
+
+
+def kl_words(cmp: Comparison) -> str:
+    """The comparison's KL setting (--kl, --kl-coef) in words; native for one made before it was saved."""
+    from harness.arm_specs import KLSetting
+    saved = cmp.plan.get("kl") if isinstance(cmp.plan.get("kl"), dict) else {}
+    try:
+        return KLSetting(saved.get("mode") or "native", saved.get("coef")).words()
+    except UserError:
+        return f"not readable in comparison.json: {saved!r}"
+
+
 def method_section(cmp: Comparison) -> dict[str, Any]:
     budget = cmp.plan.get("budget") or {}
     return {"fairness": cmp.plan.get("fairness") or [], "budget": budget, "config": config_section(cmp),
+            "arms": arms_section(cmp), "kl": kl_words(cmp), "baseline": cmp.baseline,
             "cross_checks": cross_check_section(cmp),
             "environment": environment_section(cmp), "config_hash": cmp.plan.get("config_hash"),
             "preset": cmp.plan.get("preset"), "task": cmp.plan.get("task"), "model": cmp.plan.get("model")}

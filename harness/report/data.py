@@ -1,8 +1,9 @@
 """Read a comparison folder into arms, step tables and configs; nothing here may crash on a gap.
 
 A comparison folder holds comparison.json (the plan), config.yaml (the resolved config) and one
-folder per (algorithm, seed) arm with config.yaml, env.json, steps.jsonl and summary.json. An arm
-that failed, or never started, keeps whatever it managed to write.
+folder per (arm, seed) with config.yaml, env.json, steps.jsonl and summary.json. An arm that failed,
+or never started, keeps whatever it managed to write. Arms are grouped by name (grpo, ppo, ppo-n1, ...);
+each trains an algorithm (`algo`); a comparison made before arms had names has one arm per algorithm.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from harness import UserError
 from harness.config import read_yaml
 from harness.io import describe_bad_lines, read_json_object, read_jsonl
 from harness.results import get_path as get
-from harness.results import arm_pair, headline
+from harness.results import arm_pair_of, default_baseline, headline
 
 # (steps.jsonl key, label) of the training-health panels; the last three belong to one algorithm each.
 HEALTH_METRICS = [
@@ -45,7 +46,8 @@ def _read_yaml(path: Path) -> Any:
 
 @dataclass
 class Arm:
-    algo: str
+    name: str  # the arm's name: its rows, columns and colours
+    algo: str  # the algorithm it trains
     seed: int
     dir: Path
     summary: dict[str, Any]
@@ -54,6 +56,7 @@ class Arm:
     config: dict[str, Any]
     row: dict[str, Any] = field(default_factory=dict)  # harness.results.headline(summary)
     bad_lines: list[int] = field(default_factory=list)  # lines of steps.jsonl that could not be read
+    overrides: dict[str, Any] = field(default_factory=dict)  # the arm's config overrides (harness.arm_specs)
 
     @property
     def bad_lines_note(self) -> str | None:
@@ -61,7 +64,7 @@ class Arm:
 
     @property
     def label(self) -> str:
-        return f"{self.algo} s{self.seed}"
+        return f"{self.name} s{self.seed}"
 
     @property
     def status(self) -> str:
@@ -121,31 +124,57 @@ class Comparison:
     arms: list[Arm]
 
     @property
+    def specs(self) -> list[dict[str, Any]]:
+        """Each arm's name, algorithm and overrides, in the comparison's order."""
+        saved = self.plan.get("arm_specs")
+        if isinstance(saved, list) and all(isinstance(s, dict) and s.get("name") for s in saved):
+            return [{"name": s["name"], "algo": s.get("algo") or s["name"], "overrides": s.get("overrides") or {}}
+                    for s in saved]
+        names = self.plan.get("algos") or list(dict.fromkeys(a.name for a in self.arms))
+        return [{"name": n, "algo": n, "overrides": {}} for n in names]
+
+    @property
+    def names(self) -> list[str]:
+        """The arms' names, in the comparison's order."""
+        return [s["name"] for s in self.specs]
+
+    @property
+    def arm_algos(self) -> dict[str, str]:
+        return {s["name"]: s["algo"] for s in self.specs}
+
+    @property
     def algos(self) -> list[str]:
-        return list(self.plan.get("algos") or dict.fromkeys(a.algo for a in self.arms))
+        """The algorithms the arms train, each once."""
+        return list(dict.fromkeys(self.arm_algos.values()))
 
     @property
     def seeds(self) -> list[int]:
         return list(self.plan.get("seeds") or sorted({a.seed for a in self.arms}))
 
     @property
+    def baseline(self) -> str | None:
+        """The arm every ratio is taken against: as saved, else the first PPO arm, else the first."""
+        saved = self.plan.get("baseline")
+        return saved if saved in self.names else default_baseline(self.arm_algos)
+
+    @property
     def pair(self) -> tuple[str, str] | None:
-        """(numerator, denominator) of every ratio: grpo/ppo when both ran."""
-        return arm_pair(self.algos)
+        """(numerator, baseline) of the verdict: the first GRPO arm against the baseline (grpo/ppo when both ran)."""
+        return arm_pair_of(self.arm_algos, self.baseline)
 
-    def ok_arms(self, algo: str) -> list[Arm]:
-        return [a for a in self.arms if a.algo == algo and a.ok]
+    def ok_arms(self, name: str) -> list[Arm]:
+        return [a for a in self.arms if a.name == name and a.ok]
 
-    def arms_of(self, algo: str) -> list[Arm]:
-        return [a for a in self.arms if a.algo == algo]
+    def arms_of(self, name: str) -> list[Arm]:
+        return [a for a in self.arms if a.name == name]
 
     def steps(self, ok_only: bool = True) -> pd.DataFrame:
-        """Every arm's steps.jsonl in one table, with algo, seed and status columns."""
+        """Every arm's steps.jsonl in one table, with arm, algo, seed and status columns."""
         frames = []
         for arm in self.arms:
             if arm.steps.empty or (ok_only and not arm.ok):
                 continue
-            frames.append(arm.steps.assign(algo=arm.algo, seed=arm.seed, status=arm.status))
+            frames.append(arm.steps.assign(arm=arm.name, algo=arm.algo, seed=arm.seed, status=arm.status))
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
@@ -156,15 +185,18 @@ def load_arm(comparison_dir: Path, entry: dict[str, Any]) -> Arm:
         reason = "not started: no summary.json" if not arm_dir.exists() else "no summary.json"
         summary = {"status": "missing", "error": reason}
     summary.setdefault("algo", entry.get("algo"))
+    summary.setdefault("arm", entry.get("arm") or summary.get("algo"))
     summary.setdefault("seed", entry.get("seed"))
     bad_lines: list[int] = []
     rows = [row for row in read_jsonl(arm_dir / "steps.jsonl", bad_lines) if isinstance(row.get("step"), int)]
     steps = pd.DataFrame(rows)
     if not steps.empty:
         steps = steps.sort_values("step", kind="stable").reset_index(drop=True) if "step" in steps else steps
-    return Arm(algo=entry.get("algo") or summary.get("algo"), seed=entry.get("seed", summary.get("seed")),
-               dir=arm_dir, summary=summary, steps=steps, env=_read_object(arm_dir / "env.json") or {},
-               config=_read_yaml(arm_dir / "config.yaml") or {}, row=headline(summary), bad_lines=bad_lines)
+    algo = entry.get("algo") or summary.get("algo")
+    return Arm(name=entry.get("arm") or summary.get("arm") or algo, algo=algo,
+               seed=entry.get("seed", summary.get("seed")), dir=arm_dir, summary=summary, steps=steps,
+               env=_read_object(arm_dir / "env.json") or {}, config=_read_yaml(arm_dir / "config.yaml") or {},
+               row=headline(summary), bad_lines=bad_lines, overrides=entry.get("overrides") or {})
 
 
 def load_comparison(comparison_dir: Path | str) -> Comparison:

@@ -77,7 +77,7 @@ def plot_seeds(ax, cmp: Comparison, curves_of, x: str, y: str, palette: dict[str
     """Wall time, where seeds end at different times: a thin line per seed over its whole run, and the
     seed mean with its 95% band over the range every seed covers; failed arms dashed."""
     drawn = False
-    for algo in cmp.algos:
+    for algo in cmp.names:
         ok_curves = []
         for arm in cmp.arms_of(algo):
             curve = curves_of(arm)
@@ -102,7 +102,7 @@ def plot_seeds(ax, cmp: Comparison, curves_of, x: str, y: str, palette: dict[str
 def plot_band(ax, cmp: Comparison, curves_of, x: str, y: str, palette: dict[str, str]) -> bool:
     """Draw every algorithm's seed band on ax, failed arms as thin dashed lines; False if nothing."""
     drawn = False
-    for algo in cmp.algos:
+    for algo in cmp.names:
         arms = cmp.arms_of(algo)
         band = seed_band([curves_of(a) for a in arms if a.ok], x, y)
         if len(band):
@@ -153,7 +153,7 @@ def _finish(ax, xlabel: str, ylabel: str, drawn: bool, empty: str) -> None:
 
 def fig_learning(cmp: Comparison) -> str:
     """Reward (train) and held-out accuracy against sampled completions and against wall time."""
-    palette = algo_palette(cmp.algos)
+    palette = algo_palette(cmp.names)
     fig, axes = plt.subplots(2, 2, figsize=(WIDTH, 5.4), sharey="row")
     for col, (x, xlabel, plot) in enumerate([("completions", "sampled completions", plot_band),
                                              ("wall", "wall time (s)", plot_seeds)]):
@@ -174,7 +174,7 @@ def live_memory_frame(cmp: Comparison) -> pd.DataFrame:
         for phase, peak in (get(arm.summary, "mem", "live", "phases") or {}).items():
             for category, value in peak.items():
                 if category != "total":
-                    rows.append({"algo": arm.algo, "seed": arm.seed, "phase": phase, "category": category,
+                    rows.append({"algo": arm.name, "seed": arm.seed, "phase": phase, "category": category,
                                  "bytes": value})
     frame = pd.DataFrame(rows, columns=["algo", "seed", "phase", "category", "bytes"])
     if frame.empty:
@@ -187,7 +187,7 @@ def live_memory_frame(cmp: Comparison) -> pd.DataFrame:
 def measured_memory_frame(cmp: Comparison) -> pd.DataFrame:
     measures = [("mem_rss_net", "RSS peak, net"), ("mem_cuda_allocated", "CUDA allocated peak"),
                 ("mem_cuda_reserved", "CUDA reserved peak"), ("mem_nvml_used", "NVML used peak")]
-    rows = [{"algo": a.algo, "seed": a.seed, "measure": label, "MiB": a.row[key] / MIB}
+    rows = [{"algo": a.name, "seed": a.seed, "measure": label, "MiB": a.row[key] / MIB}
             for a in cmp.arms if a.ok for key, label in measures if a.row.get(key) is not None]
     return pd.DataFrame(rows, columns=["algo", "seed", "measure", "MiB"])
 
@@ -206,7 +206,7 @@ def fig_memory(cmp: Comparison) -> str:
     if live.empty and measured.empty:
         raise NoData("no arm recorded memory")
     fig, (left, right) = plt.subplots(1, 2, figsize=(WIDTH, 3.8), gridspec_kw={"width_ratios": [1.6, 1]})
-    algos = [a for a in cmp.algos if not live.empty and a in set(live["algo"])]
+    algos = [a for a in cmp.names if not live.empty and a in set(live["algo"])]
     phases = [p for p in PHASES if not live.empty and p in set(live["phase"])]
     categories = [c for c in LIVE_CATEGORIES if not live.empty and c in set(live["category"])]
     colors = dict(zip(categories, sns.color_palette("tab10", len(categories))))
@@ -238,11 +238,11 @@ def fig_memory(cmp: Comparison) -> str:
                    ha="center", va="center", transform=right.transAxes, color="#777", fontsize=8)
         right.set_axis_off()
     else:
-        palette = algo_palette(cmp.algos)
-        sns.barplot(data=measured, x="measure", y="MiB", hue="algo", hue_order=[a for a in cmp.algos if a in set(measured["algo"])],
+        palette = algo_palette(cmp.names)
+        sns.barplot(data=measured, x="measure", y="MiB", hue="algo", hue_order=[a for a in cmp.names if a in set(measured["algo"])],
                     palette=palette, errorbar=t_errorbar, capsize=0.15, err_kws={"linewidth": 1}, ax=right)
         sns.stripplot(data=measured, x="measure", y="MiB", hue="algo", dodge=True, palette=palette, legend=False,
-                      hue_order=[a for a in cmp.algos if a in set(measured["algo"])], size=3, color="black",
+                      hue_order=[a for a in cmp.names if a in set(measured["algo"])], size=3, color="black",
                       edgecolor="black", linewidth=0.5, ax=right)
         right.set_xlabel("")
         right.set_ylabel("MiB (measured)")
@@ -255,7 +255,7 @@ def fig_memory(cmp: Comparison) -> str:
 
 def fig_phases(cmp: Comparison) -> str:
     """Seconds per step in each phase, seed means, stacked."""
-    rows = [{"algo": a.algo, "phase": phase, "s": seconds} for a in cmp.arms if a.ok
+    rows = [{"algo": a.name, "phase": phase, "s": seconds} for a in cmp.arms if a.ok
             for phase, seconds in (a.row.get("phases_per_step") or {}).items()]
     frame = pd.DataFrame(rows, columns=["algo", "phase", "s"])
     if frame.empty:
@@ -263,7 +263,7 @@ def fig_phases(cmp: Comparison) -> str:
     means = frame.groupby(["algo", "phase"], as_index=False)["s"].mean()
     phases = sorted(set(means["phase"]), key=lambda p: (PHASES.index(p) if p in PHASES else 99, p))
     colors = dict(zip(phases, sns.color_palette("Set2", len(phases))))
-    algos = [a for a in cmp.algos if a in set(means["algo"])]
+    algos = [a for a in cmp.names if a in set(means["algo"])]
     fig, ax = plt.subplots(figsize=(WIDTH, 0.7 + 0.55 * len(algos)))
     for i, algo in enumerate(algos):
         left = 0.0
@@ -291,13 +291,13 @@ def fig_phases(cmp: Comparison) -> str:
 def fig_throughput(cmp: Comparison) -> str:
     """Samples and generated tokens per second, per arm, with the seed-mean CI."""
     measures = [("samples_per_s", "sampled completions / s"), ("gen_tokens_per_s", "generated tokens / s (generate phase)")]
-    rows = [{"algo": a.algo, "seed": a.seed, "measure": label, "value": a.row[key]}
+    rows = [{"algo": a.name, "seed": a.seed, "measure": label, "value": a.row[key]}
             for a in cmp.arms if a.ok for key, label in measures if a.row.get(key) is not None]
     frame = pd.DataFrame(rows, columns=["algo", "seed", "measure", "value"])
     if frame.empty:
         raise NoData("no finished arm recorded throughput")
-    palette = algo_palette(cmp.algos)
-    order = [a for a in cmp.algos if a in set(frame["algo"])]
+    palette = algo_palette(cmp.names)
+    order = [a for a in cmp.names if a in set(frame["algo"])]
     fig, axes = plt.subplots(1, len(measures), figsize=(WIDTH, 2.6))
     for ax, (_, label) in zip(axes, measures):
         part = frame[frame["measure"] == label]
@@ -320,7 +320,7 @@ def fig_health(cmp: Comparison) -> str:
     present = [(key, title) for key, title in HEALTH_METRICS if key in steps and steps[key].notna().any()]
     if not present:
         raise NoData("no training statistics logged")
-    palette = algo_palette(cmp.algos)
+    palette = algo_palette(cmp.names)
     cols = 3
     rows = math.ceil(len(present) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(WIDTH, 1.95 * rows + 0.3), squeeze=False)

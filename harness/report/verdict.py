@@ -8,6 +8,10 @@ Primary figures:
   claim ± the plan's band; the arithmetic model-state ratio beside it, labelled;
 - compute: GRPO/PPO training time per step (periodic evaluations excluded), read the same way.
 Time to the plan's target accuracy, throughput and the other memory measures are shown, never the verdict.
+
+The verdict's pair is the first GRPO arm against the baseline arm (default: the first PPO arm); every
+other arm is set against the same baseline in secondary rows (its paired accuracy difference and cost
+ratios), read by the same rules but never the verdict.
 """
 
 from __future__ import annotations
@@ -200,7 +204,9 @@ def configuration(cmp: Comparison, top: str, bottom: str) -> str:
     for algo in (top, bottom):
         arm = next((a for a in cmp.arms_of(algo) if a.config), None)
         options[algo] = (get(arm.config, "derived", "algorithm_options") or {}) if arm else {}
-    kl = {algo: options[algo].get("beta", options[algo].get("kl_coef")) for algo in (top, bottom)}
+    kl_fields = ("beta", "kl_coef", "kl_loss_coef", "kl_reward_coef")  # any KL term on loads the reference
+    kl = {algo: (max(options[algo][f] for f in kl_fields if f in options[algo])
+                 if any(f in options[algo] for f in kl_fields) else None) for algo in (top, bottom)}
     with_reference = [algo.upper() for algo, value in kl.items() if value]
     reference = ("a reference model in both arms" if len(with_reference) == 2 else
                  f"a reference model in {with_reference[0]} only" if with_reference else
@@ -240,7 +246,7 @@ def verdict_section(cmp: Comparison, target: float | None = None) -> dict[str, A
     if pair is None:
         section.update(reading=INCONCLUSIVE, quality=None, memory=None, compute=None,
                        sentence="Inconclusive: a verdict needs two algorithms; this comparison ran "
-                                f"only {', '.join(cmp.algos) or 'none'}.")
+                                f"only {', '.join(cmp.names) or 'none'}.")
         return section
     top, bottom = pair
     arms = {top: cmp.ok_arms(top), bottom: cmp.ok_arms(bottom)}
@@ -256,9 +262,42 @@ def verdict_section(cmp: Comparison, target: float | None = None) -> dict[str, A
                "reading": rows["time_per_step"]["reading"] if rows["time_per_step"]["reading"] != "—" else INCONCLUSIVE}
     reading = verdict(memory["reading"], quality["reading"])
     section.update(quality=quality, memory=memory, compute=compute, reading=reading,
+                   against=baseline_section(cmp, plan),
                    primary=primary_figures(section, quality, memory, compute, top, bottom),
                    sentence=verdict_sentence(cmp, plan, top, bottom, memory, quality, reading))
     return section
+
+
+# The cost figures of the secondary rows: each arm against the baseline.
+SECONDARY_FIGURES = [("mem_cuda_allocated", "CUDA allocator peak"), ("mem_live_peak", "step peak of live tensors"),
+                     ("mem_model_state", "model state (arithmetic)"), ("time_per_step", "time per step"),
+                     ("wall", "training time")]
+
+
+def baseline_section(cmp: Comparison, plan: dict[str, Any]) -> dict[str, Any]:
+    """Every arm but the baseline against it: the paired difference in final accuracy (read at the plan's
+    margin) and the ratio of each cost figure, with intervals. The verdict's own pair is one of the rows."""
+    if cmp.pair is None:
+        return {"baseline": None, "rows": [], "columns": []}
+    top, base = cmp.pair
+    labels = {key: (label, unit) for key, label, unit in MEMORY_FIGURES + TIME_FIGURES}
+    rows = []
+    for name in cmp.names:
+        if name == base:
+            continue
+        arms = {name: cmp.ok_arms(name), base: cmp.ok_arms(base)}
+        quality = quality_section(cmp, plan, name, base)
+        ratios = {key: ratio_row(cmp, plan, "", key, labels[key][0], labels[key][1], arms)
+                  for key, _ in SECONDARY_FIGURES}
+        rows.append({"name": name, "algo": cmp.arm_algos.get(name, name), "verdict": name == top,
+                     "seeds": len(arms[name]), "quality": {"value": fmt(quality["estimate"].mean, "pts"),
+                                                           "interval": fmt_interval(quality["estimate"], "pts")},
+                     "quality_reading": quality["reading"],
+                     "ratios": {key: row["ratio"] for key, row in ratios.items()},
+                     "readings": {key: row["reading"] for key, row in ratios.items()}})
+    columns = [(key, label) for key, label in SECONDARY_FIGURES
+               if any(r["ratios"][key]["value"] != "—" for r in rows)]
+    return {"baseline": base, "rows": rows, "columns": columns}
 
 
 def primary_figures(section, quality, memory, compute, top: str, bottom: str) -> list[dict[str, str]]:
@@ -377,4 +416,11 @@ def terminal_lines(section: dict[str, Any]) -> list[str]:
     if not target.get("usable"):
         lines.append(f"  {'target':8s} time to target not read: {target.get('note') or target['source']}")
     lines.append(f"  {section['sentence']}")
+    against = section.get("against") or {}
+    if len(against.get("rows") or []) > 1:
+        lines.append(f"Every arm against {against['baseline']} (secondary; the verdict reads the pair above):")
+        for row in against["rows"]:
+            ratios = "  ".join(f"{label} {row['ratios'][key]['value']}" for key, label in against["columns"])
+            lines.append(f"  {row['name']:14s} accuracy {row['quality']['value']} {row['quality']['interval']}  "
+                         f"{row['quality_reading']};  {ratios}")
     return lines
