@@ -60,7 +60,7 @@ FLAG_FIELDS = {"model": "model.name", "task": "task.name", "budget": "budget.tot
                "prompt_key": "task.prompt_key", "answer_key": "task.answer_key", "reward": "task.reward",
                "eval_file": "task.eval_file", "chat_template": "task.chat_template", "report_to": "run.report_to",
                "nproc_per_node": "run.nproc_per_node", "nnodes": "run.nnodes", "node_rank": "run.node_rank",
-               "master_addr": "run.master_addr", "master_port": "run.master_port"}
+               "master_addr": "run.master_addr", "master_port": "run.master_port", "parallel_arms": "run.parallel_arms"}
 CONFIG_FLAGS = ("preset", "config", *FLAG_FIELDS, "overrides")  # every flag that sets a config field
 
 
@@ -133,11 +133,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from harness.terminal import quiet_libraries
     quiet_libraries()
     if args.resume:
-        refuse_flags_with(args, ("algos", "seeds", "seed", "out", "baseline", "kl", "kl_coef", *CONFIG_FLAGS),
+        refuse_flags_with(args, ("algos", "seeds", "seed", "out", "baseline", "kl", "kl_coef", "devices_per_arm", *CONFIG_FLAGS),
                           f"--resume continues {args.resume} with the config, algorithms and seeds it was started with")
         return compare.resume(args.resume, report=not args.no_report)
     arms = arm_specs_from_args(args)
     kl = kl_from_args(args)
+    if args.devices_per_arm is not None:
+        if args.nproc_per_node is not None and args.nproc_per_node != args.devices_per_arm:
+            raise UserError(f"--devices-per-arm {args.devices_per_arm} and --nproc-per-node {args.nproc_per_node} "
+                            "both set an arm's processes (one per GPU): give one")
+        if not args.parallel_arms:
+            raise UserError("--devices-per-arm goes with --parallel-arms (without it, --nproc-per-node sets an arm's GPUs)")
+        args.nproc_per_node = args.devices_per_arm
     config = config_from_args(args)
     seeds = config.verdict.seeds if args.seeds is None else args.seeds
     if seeds < 1:
@@ -293,6 +300,10 @@ def build_parser() -> Parser:
     compare.add_argument("--seed", type=int, help="first seed (default 0)")
     compare.add_argument("--out", help="comparison folder (default: results/compare__TASK__TIME)")
     compare.add_argument("--resume", metavar="DIR", help="finish an interrupted comparison folder")
+    compare.add_argument("--parallel-arms", action="store_const", const="true",
+                         help="on a machine with several GPUs: arms (and seeds) at once, each on its own GPUs")
+    compare.add_argument("--devices-per-arm", type=int, metavar="K",
+                         help="GPUs per arm with --parallel-arms (the arm's --nproc-per-node; default 1)")
     compare.add_argument("--no-report", action="store_true", help="skip the HTML/PDF report")
     add_config_flags(compare)
     compare.set_defaults(func=cmd_compare)

@@ -99,6 +99,7 @@ class RunConfig:
     node_rank: int = 0  # this machine's index among them
     master_addr: str = "127.0.0.1"  # the rendezvous host (node 0)
     master_port: int = 29500  # and its port
+    parallel_arms: bool = False  # harness compare on a GPU machine: arms at once, each on its own nproc_per_node GPUs
     offload_reference: bool = False  # keep the reference's shards in CPU memory (FSDP2 CPU offload)
     offload_critic: bool = False  # the same for PPO's critic
     eval_split: str = "test"  # test | validation: the split held-out accuracy and lm-eval score (harness sweep: validation)

@@ -145,3 +145,27 @@ def test_the_estimate_at_world_size_two_is_what_a_rank_measures(algo, tmp_path):
         assert estimated["total"] == pytest.approx(measured, rel=0.01), phase
     for model in ("policy", "critic") if algo == "ppo" else ("policy",):
         assert arm["model_state"][model] == mem["arithmetic"]["per_rank"][0][model], model
+
+
+def test_two_nodes_on_one_machine_run_a_comparison_that_node_zero_writes(tmp_path):
+    """`harness compare` on "two nodes" (two launchers on this machine, one process each): node 1 follows
+    node 0's plan, joins each arm's torchrun job, and writes nothing but its launcher logs."""
+    import socket
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    out = tmp_path / "cmp"
+    node_flags = ("--nnodes", "2", "--nproc-per-node", "1", "--master-addr", "127.0.0.1", "--master-port", port)
+    command = [sys.executable, "-m", "harness", "compare", "--algos", "grpo,ppo", *FLAGS, "--no-report", "--out", str(out)]
+    follower = subprocess.Popen([*command, *node_flags, "--node-rank", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)  # started first: it waits for node 0's plan
+    leader = subprocess.run([*command, *node_flags, "--node-rank", "0"], capture_output=True, text=True, timeout=900)
+    follower_out, _ = follower.communicate(timeout=300)
+    assert leader.returncode == 0, leader.stdout + leader.stderr
+    assert follower.returncode == 0 and "followed 2 arms" in follower_out, follower_out
+    for algo in ("grpo", "ppo"):
+        arm = out / f"chain_sum__{algo}__s0"
+        summary = json.loads((arm / "summary.json").read_text())
+        assert summary["status"] == "ok" and summary["world_size"] == 2
+        assert len(summary["mem"]["live"]["per_rank"]) == 2
+        assert (arm / "launcher-node1.log").exists()

@@ -44,3 +44,16 @@ def test_device_sets_are_disjoint_and_leave_the_remainder_idle():
 def test_parallel_arms_are_refused_where_they_cannot_run(overrides, message):
     with pytest.raises(UserError, match=message):
         arm_device_sets(load_config("smoke", overrides=overrides))
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--parallel-arms"], "this run's device is cpu"),
+    (["--devices-per-arm", "2"], "--devices-per-arm goes with --parallel-arms"),
+    (["--parallel-arms", "--devices-per-arm", "2", "--nproc-per-node", "4"], "give one"),
+])
+def test_compare_refuses_parallel_arms_it_cannot_run_before_any_folder(tmp_path, capsys, flags, message):
+    from harness.cli import main
+    code = main(["compare", "--preset", "smoke", "--out", str(tmp_path / "cmp"), *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "cmp").exists()

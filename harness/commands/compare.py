@@ -121,7 +121,12 @@ def compare(config: Config, arms: list[ArmSpec | str], seeds: list[int], out: Pa
     check_setup(config, [])
     planned = plan_arms(config, specs, seeds, kl)
     check_arms(config, planned)
+    if config.run.node_rank > 0:  # node 0 plans and writes the comparison; this node joins its arms
+        from harness.commands.follow import follow
+        return follow(config, out)
     ranks_.check_launch(config)
+    if config.run.parallel_arms:
+        ranks_.arm_device_sets(config)
     check_at_scale(config)
     if out:
         comparison_dir = Path(out)
@@ -234,7 +239,9 @@ def run_arms(comparison_dir: Path, config: Config, specs: list[ArmSpec], seeds: 
 
 
 def run_each_arm(folder: Path, arms: list[dict[str, Any]], resume: bool, supervisor: Supervisor, hint: str) -> None:
-    """Each arm not yet finished, in turn, as its own process under `supervisor`; a stop signal ends the loop."""
+    """Each arm not yet finished as its own process under `supervisor`: in turn, or side by side on
+    disjoint GPU sets with run.parallel_arms; a stop signal ends the loop."""
+    pending = []
     for arm in arms:
         arm_dir = folder / arm["dir"]
         previous = _summary_or_refuse(arm_dir)
@@ -243,12 +250,33 @@ def run_each_arm(folder: Path, arms: list[dict[str, Any]], resume: bool, supervi
             continue  # finished before an interruption
         if not (arm_dir / "config.yaml").exists():
             write_yaml(arm_dir / "config.yaml", {**arm["config"].to_dict(), "algo": arm["algo"]})
+        pending.append(arm)
+    if pending and pending[0]["config"].run.parallel_arms:
+        run_side_by_side(folder, pending, resume, supervisor, hint)
+        return
+    for arm in pending:
+        arm_dir = folder / arm["dir"]
         resumable = resume and (arm_dir / "checkpoint" / "state.pt").exists()
         code, last_line = supervisor.run(arm_command(arm_dir, resumable), arm_dir / "arm.log")
         record_outcome(arm_dir, arm, code, last_line, supervisor.stopped_by)
         label_summary(arm_dir, arm)
         if supervisor.stopped_by:  # the user's own Ctrl-C, or SIGTERM to this process: stop here
             raise Interrupted(supervisor.stopped_by, hint=hint)
+
+
+def run_side_by_side(folder: Path, arms: list[dict[str, Any]], resume: bool, supervisor: Supervisor, hint: str) -> None:
+    """The arms at once, each on its own set of run.nproc_per_node GPUs; memory and time stay per arm."""
+    by_dir = {arm["dir"]: arm for arm in arms}
+    jobs = [(arm["dir"], arm_command(folder / arm["dir"], resume and (folder / arm["dir"] / "checkpoint" / "state.pt").exists()),
+             folder / arm["dir"] / "arm.log") for arm in arms]
+
+    def finished(key: str, code: int, last_line: str | None) -> None:
+        record_outcome(folder / key, by_dir[key], code, last_line, supervisor.stopped_by)
+        label_summary(folder / key, by_dir[key])
+
+    supervisor.run_side_by_side(jobs, ranks_.arm_device_sets(arms[0]["config"]), finished)
+    if supervisor.stopped_by:
+        raise Interrupted(supervisor.stopped_by, hint=hint)
 
 
 def label_summary(arm_dir: Path, arm: dict[str, Any]) -> None:
