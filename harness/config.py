@@ -122,12 +122,15 @@ class EstimateConfig:
     prompt_length: int = 0  # harness estimate: prompt tokens (0: the task's longest prompt, one token per character)
     completion_length: int = 0  # harness estimate: generated tokens per completion (0: rollout.max_new_tokens)
     world_size: int = 1  # harness estimate: GPUs per arm (FSDP/ZeRO-3 sharding, the batch split across them)
-    reward_model: str = "none"  # harness estimate: a learned reward model in both arms: none, same (the policy's size), or a model
-    rollout_reserve: float = 0.0  # harness estimate: a colocated rollout engine's share of device memory (TRL's vLLM: 0.3); 0: none
+    # harness estimate: a learned reward model in both arms: none, same (the policy's size), or a model
+    reward_model: str = "none"
+    # harness estimate: a colocated rollout engine's share of device memory (TRL's vLLM: 0.3); 0: none
+    rollout_reserve: float = 0.0
     rollout_engine: str = "resident"  # harness estimate: the engine during training: resident (kept) | asleep (released)
     device_memory: str = "h100"  # harness estimate: the device the reserve is a share of: h100, h200, a100-40, a100-80
     at_scale: str = "Qwen/Qwen2.5-7B"  # harness compare: models of the report's "At scale" grid, comma-separated; none: off
     at_scale_world_size: int = 8  # harness compare: GPUs per arm in the "At scale" grid
+    at_scale_grid: bool = False  # harness compare: every choice of the grid (minutes), not only this config's own
 
 
 @dataclass
@@ -226,7 +229,7 @@ def _coerce(value: Any, kind: type, name: str) -> Any:
         if isinstance(value, bool):
             return value
         raise refuse("true or false")
-    if isinstance(value, bool) or isinstance(value, (dict, list)):
+    if isinstance(value, (bool, dict, list)):
         raise refuse({int: "an integer", float: "a number", str: "a string"}.get(kind, kind.__name__))
     if kind is str:
         return value if isinstance(value, str) else str(value)

@@ -110,6 +110,25 @@ def estimate_grid(config: Config, algos: list[str], use_cache: bool = True,
                "completion, in both arms"]}
 
 
+def config_cell(config: Config, algos: list[str], use_cache: bool = True,
+                progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
+    """The grid's answer for one cell: this config's own choices (two fake steps, not the grid's dozens)."""
+    config = spread_over_gpus(config)
+    pair = arm_pair(algos)
+    plan = plan_estimate(config)
+    figures = {}
+    for algo in pair:
+        if progress:
+            progress(1, 1, f"this configuration: {algo}")
+        figures[algo] = arm_figures(run_arm(config, algo, plan, use_cache), plan)
+    top, bottom = (figures[a]["peak"] for a in pair)
+    cell = {"peaks": {a: figures[a]["peak"] for a in pair}, "peak_phases": {a: figures[a]["peak_phase"] for a in pair},
+            "ratio": top / bottom if bottom else None}
+    return {"kind": "estimate_cell", "pair": list(pair), "setup": describe(config, plan), "axes": [],
+            "reserve": config.estimate.rollout_reserve, "cells": [cell], "ratio_range": [cell["ratio"]] * 2,
+            "lowest": cell, "highest": cell, "notes": notes(config, plan)}
+
+
 # ---------------------------------------------------------------- the comparison report's "At scale"
 
 def at_scale_models(config: Config) -> list[str]:
@@ -142,7 +161,8 @@ def write_at_scale(config: Config, algos: list[str], path, progress=None) -> dic
     if not models or arm_pair(algos) is None:
         return None
     started = time.perf_counter()
-    grids = {model: estimate_grid(at_scale_config(config, model), algos, progress=progress) for model in models}
+    estimate_models = estimate_grid if config.estimate.at_scale_grid else config_cell
+    grids = {model: estimate_models(at_scale_config(config, model), algos, progress=progress) for model in models}
     data = {"kind": "at_scale", "world_size": config.estimate.at_scale_world_size, "models": grids,
             "seconds": time.perf_counter() - started}
     write_json(path, data)

@@ -57,7 +57,8 @@ def headline(summary: dict[str, Any]) -> dict[str, Any]:
     # the wall time, evaluations included: time_basis says which one the time figures use.
     train_s = get_path(summary, "time", "train_s")
     row = {
-        "arm": summary.get("arm") or summary.get("algo"), "algo": summary.get("algo"), "seed": summary.get("seed"), "status": summary.get("status"),
+        "arm": summary.get("arm") or summary.get("algo"), "algo": summary.get("algo"), "seed": summary.get("seed"),
+        "status": summary.get("status"),
         "error": summary.get("error"), "steps": summary.get("steps"),
         "completions": get_path(summary, "budget", "used", "completions"),
         "acc_base": get_path(summary, "eval", "base", "accuracy"),

@@ -159,7 +159,8 @@ def render_terminal(summaries: list[dict[str, Any]], arms: dict[str, str] | list
         memory.add_column(column, justify="right" if column != "model" else "left")
     for r in rows:
         for model, sizes in r["models"].items():
-            memory.add_row(f"{r['arm']} s{r['seed']}", model, *(fmt(sizes[k], "MiB") for k in ("params", "grads", "optimizer", "total")))
+            sizes_mib = (fmt(sizes[k], "MiB") for k in ("params", "grads", "optimizer", "total"))
+            memory.add_row(f"{r['arm']} s{r['seed']}", model, *sizes_mib)
     console.print(memory)
 
     figures = Table(title="Cost per arm (MiB, seconds)")

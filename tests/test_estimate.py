@@ -310,17 +310,22 @@ def test_a_bad_at_scale_model_stops_compare_before_any_folder(capsys, tmp_path):
 
 
 @pytest.mark.slow
-def test_compare_writes_the_at_scale_grid_and_the_report_shows_it(tmp_path):
+def test_compare_writes_the_at_scale_estimate_and_the_report_shows_it(tmp_path):
+    """By default the comparison's own configuration only (two fake steps): the same ratio harness
+    estimate gives for that config; the grid is harness estimate --grid's (tested above)."""
     from conftest import harness
+    from harness.estimate import estimate
     out = tmp_path / "comparison"
     harness("compare", "--preset", "smoke", "--out", str(out), "--set", "estimate.at_scale=tiny",
             "--set", "estimate.at_scale_world_size=2", "--set", "run.lm_eval=false", check=True)
     data = json.loads((out / "at_scale.json").read_text())
-    grid = data["models"]["tiny"]
-    assert data["world_size"] == 2 and grid["setup"]["rows_per_gpu"] == 16 and len(grid["cells"]) == 32
-    low, high = grid["ratio_range"]
+    cell = data["models"]["tiny"]
+    assert data["world_size"] == 2 and cell["setup"]["rows_per_gpu"] == 16 and len(cell["cells"]) == 1
+    alone = estimate(load_config("smoke", overrides=["estimate.world_size=2"]), ["grpo", "ppo"])
+    assert cell["ratio_range"] == [alone["ratio"]["peak"]["value"]] * 2
     page = (out / "report.html").read_text()
-    assert '<section id="at-scale"' in page and f"tiny: GRPO/PPO from {low:.3f} to {high:.3f}" in page
+    assert '<section id="at-scale"' in page
+    assert f"tiny: GRPO/PPO {cell['ratio_range'][0]:.3f} with this comparison's own choices" in page
 
 
 @pytest.mark.parametrize("preset", preset_names())

@@ -6,6 +6,7 @@ descriptors 3 and 4), so it needs nothing but a `chromium` binary: no driver, no
 
 from __future__ import annotations
 
+import contextlib
 import base64
 import json
 import os
@@ -109,20 +110,16 @@ class DevTools:
                 return event
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # a browser that already went away
             self.send("Browser.close", timeout=5)
-        except Exception:
-            pass
         try:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
         for fd in (self._read, self._write):
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
 
 
 def inspect_page(html_path: Path | str, screenshot: Path | str | None = None, width: int = 1100,

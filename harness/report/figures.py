@@ -239,7 +239,8 @@ def fig_memory(cmp: Comparison) -> str:
         right.set_axis_off()
     else:
         palette = algo_palette(cmp.names)
-        sns.barplot(data=measured, x="measure", y="MiB", hue="algo", hue_order=[a for a in cmp.names if a in set(measured["algo"])],
+        order = [a for a in cmp.names if a in set(measured["algo"])]
+        sns.barplot(data=measured, x="measure", y="MiB", hue="algo", hue_order=order,
                     palette=palette, errorbar=t_errorbar, capsize=0.15, err_kws={"linewidth": 1}, ax=right)
         sns.stripplot(data=measured, x="measure", y="MiB", hue="algo", dodge=True, palette=palette, legend=False,
                       hue_order=[a for a in cmp.names if a in set(measured["algo"])], size=3, color="black",
@@ -336,7 +337,7 @@ def fig_health(cmp: Comparison) -> str:
             ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="#777")
     for ax in list(axes.flat)[len(present):]:
         ax.set_axis_off()
-    handles, labels = {}, {}
+    handles = {}
     for ax in axes.flat:
         for h, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, h)

@@ -47,7 +47,7 @@ def sweep_figure(data: dict[str, Any]):
     x = x_field(data["grid"])
     if x.endswith("lr") and frame["x"].min() > 0:
         ax.set_xscale("log")
-    for arm, best in (data.get("choice") or {}).items():
+    for best in (data.get("choice") or {}).values():
         if best and x in best["setting"]:
             ax.scatter([best["setting"][x]], [best["validation_accuracy"]], s=120, facecolors="none",
                        edgecolors="black", linewidths=1.2, zorder=5)

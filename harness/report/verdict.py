@@ -21,7 +21,7 @@ from typing import Any
 
 from harness.report.content import cell, figure_values, fmt, fmt_interval, fmt_points
 from harness.report.data import Arm, Comparison, get
-from harness.report.stats import (ARITHMETIC, INCONCLUSIVE, NOT_REPRODUCED, NOT_WORSE, REPRODUCED, WORSE, Estimate,
+from harness.report.stats import (INCONCLUSIVE, NOT_REPRODUCED, NOT_WORSE, REPRODUCED, WORSE, Estimate,
                                   arithmetic, arithmetic_ratio, mean_ci, non_inferiority, paired_difference,
                                   ratio_ci, ratio_reading, verdict, width_in_words)
 from harness.results import MEMORY_FIGURES, TIME_FIGURES
