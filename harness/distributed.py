@@ -153,6 +153,8 @@ def arm_device_sets(config) -> list[list[int]]:
     if not run.device.startswith("cuda"):
         raise UserError(f"--parallel-arms places arms on disjoint GPUs, and this run's device is {run.device}: "
                         "drop --parallel-arms (arms then run one after another)")
+    if run.device != "cuda":
+        raise UserError(f"--parallel-arms gives each arm its own GPUs: use --device cuda, not {run.device}")
     if run.nnodes > 1:
         raise UserError("--parallel-arms places arms on the GPUs of one machine; with --nnodes > 1 each arm spans "
                         "the nodes and the arms run one after another")

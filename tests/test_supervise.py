@@ -38,6 +38,7 @@ def test_device_sets_are_disjoint_and_leave_the_remainder_idle():
 
 @pytest.mark.parametrize("overrides, message", [
     ([], "this run's device is cpu"),
+    (["run.device=cuda:1"], "use --device cuda, not cuda:1"),
     (["run.device=cuda", "run.nnodes=2"], "GPUs of one machine"),
     (["run.device=cuda"], "needs room for two arms"),
 ])

@@ -267,8 +267,11 @@ def run_each_arm(folder: Path, arms: list[dict[str, Any]], resume: bool, supervi
 def run_side_by_side(folder: Path, arms: list[dict[str, Any]], resume: bool, supervisor: Supervisor, hint: str) -> None:
     """The arms at once, each on its own set of run.nproc_per_node GPUs; memory and time stay per arm."""
     by_dir = {arm["dir"]: arm for arm in arms}
-    jobs = [(arm["dir"], arm_command(folder / arm["dir"], resume and (folder / arm["dir"] / "checkpoint" / "state.pt").exists()),
-             folder / arm["dir"] / "arm.log") for arm in arms]
+    jobs = []
+    for arm in arms:
+        arm_dir = folder / arm["dir"]
+        resumable = resume and (arm_dir / "checkpoint" / "state.pt").exists()
+        jobs.append((arm["dir"], arm_command(arm_dir, resumable), arm_dir / "arm.log"))
 
     def finished(key: str, code: int, last_line: str | None) -> None:
         record_outcome(folder / key, by_dir[key], code, last_line, supervisor.stopped_by)
