@@ -149,6 +149,15 @@ def new_folder(parent: Path | str, name: str) -> Path:
     raise AssertionError("unreachable")
 
 
+def output_folder(out: Path | str | None, results_dir: Path | str, name: str, what: str) -> Path:
+    """`out` when given (checked writable as the `what` folder), else a new folder `name` in results_dir."""
+    if out:
+        check_writable(out, f"{what} folder")
+        return Path(out)
+    check_writable(results_dir, "results folder")
+    return new_folder(results_dir, name)
+
+
 def check_writable(folder: Path | str, what: str) -> None:
     """One line (UserError) when files cannot be created in `folder`, or in the nearest folder above it that exists.
 

@@ -23,7 +23,7 @@ from harness.commands.plan import analysis_plan_lines, make_plan
 from harness.config import Config, check_algorithms_fit, check_seed, check_setup, config_from_dict, make_task, read_yaml
 from harness.estimate_grid import check_at_scale
 from harness.exports import write_steps_table
-from harness.io import (FolderLock, check_writable, command_line, new_folder, read_json_object,
+from harness.io import (FolderLock, command_line, output_folder, read_json_object,
                         refuse_if_being_written, remove_temporaries, write_json, write_yaml)
 from harness.results import arm_pair_of, arm_rows, ratio_rows
 from harness.runner import _partial_state as partial_state  # the steps a stopped arm wrote
@@ -128,12 +128,8 @@ def compare(config: Config, arms: list[ArmSpec | str], seeds: list[int], out: Pa
     if config.run.parallel_arms:
         ranks_.arm_device_sets(config)
     check_at_scale(config)
-    if out:
-        comparison_dir = Path(out)
-        check_writable(comparison_dir, "comparison folder")
-    else:
-        check_writable(config.run.results_dir, "results folder")
-        comparison_dir = new_folder(config.run.results_dir, f"compare__{config.task.label}__{timestamp()}")
+    comparison_dir = output_folder(out, config.run.results_dir, f"compare__{config.task.label}__{timestamp()}",
+                                   "comparison")
     with FolderLock(comparison_dir, command_line()):
         if (comparison_dir / "comparison.json").exists():
             raise UserError(f"{comparison_dir} already holds a comparison; finish it with "

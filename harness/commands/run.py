@@ -17,7 +17,7 @@ from pathlib import Path
 from harness import Interrupted, UserError
 from harness import distributed as ranks_
 from harness.config import Config, algorithm_options, check_setup, config_from_dict, read_yaml
-from harness.io import (FolderLock, check_writable, command_line, describe_bad_lines, new_folder, read_json_object,
+from harness.io import (FolderLock, command_line, output_folder, describe_bad_lines, read_json_object,
                         read_jsonl, remove_temporaries, write_json, write_yaml)
 from harness.runner import _partial_state as partial_state  # the steps a stopped arm wrote
 from harness.runner import record_launch_failure, run_arm, run_name, summarize
@@ -29,12 +29,7 @@ def run(config: Config, algo: str, out: Path | str | None = None, probes: bool =
     """Train a new arm into `out` (default results/TASK__ALGO__sSEED__TIME); 0 when it finished."""
     check_setup(config, [algo])
     ranks_.check_launch(config)
-    if out:
-        run_dir = Path(out)
-        check_writable(run_dir, "run folder")
-    else:
-        check_writable(config.run.results_dir, "results folder")
-        run_dir = new_folder(Path(config.run.results_dir), f"{run_name(config, algo)}__{timestamp()}")
+    run_dir = output_folder(out, config.run.results_dir, f"{run_name(config, algo)}__{timestamp()}", "run")
     with FolderLock(run_dir, command_line()):
         if (run_dir / "summary.json").exists() or (run_dir / "config.yaml").exists():
             raise UserError(f"{run_dir} already holds a run; continue it with 'harness run --run-dir {run_dir} "

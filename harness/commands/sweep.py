@@ -21,7 +21,7 @@ from harness import UserError
 from harness.arm_specs import ArmSpec, KLSetting, algorithm_section, check_arm_list, check_baseline
 from harness.commands import compare as compare_
 from harness.config import Config, check_seed, check_setup, config_from_dict, parse_scalar, read_yaml
-from harness.io import (FolderLock, check_writable, command_line, new_folder, read_json_object, refuse_if_being_written,
+from harness.io import (FolderLock, command_line, output_folder, read_json_object, refuse_if_being_written,
                         remove_temporaries, write_json, write_yaml)
 from harness.runner import load_summary
 from harness.supervise import Supervisor
@@ -102,12 +102,7 @@ def sweep(config: Config, arms: list[ArmSpec | str], grid: dict[str, list[Any]],
     points = plan_points(points_config, specs, grid, sweep_seeds, kl)
     compare_.check_arms(points_config, points)
     check_setup(config, [])  # the comparison after it, on the test split
-    if out:
-        sweep_dir = Path(out)
-        check_writable(sweep_dir, "sweep folder")
-    else:
-        check_writable(config.run.results_dir, "results folder")
-        sweep_dir = new_folder(config.run.results_dir, f"sweep__{config.task.label}__{timestamp()}")
+    sweep_dir = output_folder(out, config.run.results_dir, f"sweep__{config.task.label}__{timestamp()}", "sweep")
     with FolderLock(sweep_dir, command_line()):
         if (sweep_dir / SWEEP_FILE).exists():
             raise UserError(f"{sweep_dir} already holds a sweep; finish it with 'harness sweep --resume {sweep_dir}'")
