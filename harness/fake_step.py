@@ -53,21 +53,11 @@ class FakeStep:
 
 # ---------------------------------------------------------------- the tracker
 
-class _EstimateCategory(_RefType):
-    """The live-tensor tracker's categories plus the compute-dtype copies autocast makes of trained weights,
-    and the shards of models offloaded to CPU memory (weight 0: not on the GPU)."""
-
-    PARAM = "Parameter"
-    BUFFER = "Buffer"
-    GRAD = "Gradient"
-    ACT = "Activation"
-    TEMP = "Temp"
-    OPT = "Optstate"
-    OTH = "Other"
-    ROLLOUT = "Rollout"
-    FSDP = "FSDP"
-    WEIGHT_CAST = "Weight cast"
-    OFFLOADED = "Offloaded"
+# The live-tensor tracker's categories (derived, so that one added there reaches the estimate too) plus
+# the compute-dtype copies autocast makes of trained weights, and the shards of models offloaded to CPU
+# memory (weight 0: not on the GPU).
+_EstimateCategory = _RefType("_EstimateCategory", [(c.name, c.value) for c in _Category]
+                             + [("WEIGHT_CAST", "Weight cast"), ("OFFLOADED", "Offloaded")])
 
 
 ESTIMATE_CATEGORIES = {**CATEGORIES, "Weight cast": "weight_casts", "Offloaded": "offloaded"}
