@@ -294,6 +294,17 @@ def nest(path: list[str], value: Any) -> dict[str, Any]:
     return out
 
 
+def task_named(layers: list[dict[str, Any]]) -> Any:
+    """The task name the last of `layers` to set one sets, else None.
+
+    >>> task_named([{"task": {"name": "spell_backward"}}, {"optim": {"lr": 1e-4}}])
+    'spell_backward'
+    """
+    names = [layer["task"]["name"] for layer in layers
+             if isinstance(layer.get("task"), dict) and "name" in layer["task"]]
+    return names[-1] if names else None
+
+
 def load_config(preset: str = "tiny", config_file: str | None = None,
                 overrides: list[str] | None = None) -> Config:
     """Defaults <- preset YAML <- --config file <- --set overrides, in that order."""
@@ -302,10 +313,14 @@ def load_config(preset: str = "tiny", config_file: str | None = None,
         raise UserError(f"unknown preset '{preset}'; valid: {', '.join(preset_names())}")
     config.preset = preset
     _merge(config, read_yaml(PRESET_DIR / f"{preset}.yaml"), "")
+    layers = []
     if config_file:  # its `arms:` section is the comparison's (harness.arm_specs), not a config field
-        _merge(config, {k: v for k, v in read_yaml(Path(config_file)).items() if k != "arms"}, "")
-    for text in overrides or []:
-        _merge(config, nest(*parse_override(text)), "")
+        layers.append({k: v for k, v in read_yaml(Path(config_file)).items() if k != "arms"})
+    layers += [nest(*parse_override(text)) for text in overrides or []]
+    if task_named(layers) not in (None, config.task.name):
+        config.task.options = {}  # the preset's generator options are its own task's (tiny: min_digits)
+    for layer in layers:
+        _merge(config, layer, "")
     validate(config)
     return config
 

@@ -99,3 +99,19 @@ def test_the_credit_assignment_task_has_long_answers_with_partial_credit():
     half = example.answer[: len(example.answer) // 2] + "z" * (len(example.answer) - len(example.answer) // 2)
     partial = task.reward(half, example).correct
     assert 0.3 < partial < 0.8 and task.reward(example.answer, example).correct == 1.0
+
+
+def test_a_preset_s_generator_options_stay_with_its_task(tmp_path):
+    """tiny's chain_sum options (min_digits) would be refused by another task: --task drops them,
+    while the task's own options, from any later layer, are kept."""
+    from harness.config import load_config
+    assert load_config("tiny").task.options == {"min_digits": 2}
+    assert load_config("tiny", overrides=["task.name=spell_backward"]).task.options == {}
+    other = load_config("tiny", overrides=["task.name=spell_backward", "task.options.max_word_len=5"])
+    assert other.task.options == {"max_word_len": 5}
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text("task:\n  name: spell_backward\n  options: {min_word_len: 4}\n")
+    assert load_config("tiny", str(config_file)).task.options == {"min_word_len": 4}
+    assert load_config("tiny", overrides=["task.name=chain_sum"]).task.options == {"min_digits": 2}
+    load_task("spell_backward", eval_size=4, validation_size=2,
+              options=load_config("tiny", overrides=["task.name=spell_backward"]).task.options)
