@@ -265,10 +265,13 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
-    from harness.tasks.gym import GYM_TASKS
+    from harness.tasks.gym import GYM_TASKS, rg_names
     for name, spec in sorted(GYM_TASKS.items()):
-        print(f"{name:16s} reasoning-gym '{spec.generator}', options {spec.options}")
-    print(f"{'data:FILE':16s} your own prompts and answers: JSONL, JSON or Parquet (--prompt-key, --answer-key, "
+        print(f"{name:20s} reasoning-gym '{spec.generator}', options {spec.options}")
+    names = rg_names()
+    print(f"{'rg:NAME':20s} any of reasoning-gym's {len(names)} datasets with its own question text and answer "
+          f"checker, for Hub models: {', '.join(names)}")
+    print(f"{'data:FILE':20s} your own prompts and answers: JSONL, JSON or Parquet (--prompt-key, --answer-key, "
           "--reward; see the README)")
     return EXIT_OK
 

@@ -197,3 +197,11 @@ def test_plan_prints_the_minimum_detectable_difference_without_running(tmp_path,
     assert "minimum detectable difference: 41.1 points (80% power, 95% interval, paired t with 2 df)" in out
     assert "32 distinct test prompts (2 terms of 1 digit: 16, 2 terms of 2 digits: 16)" in out
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_tasks_lists_the_offline_tasks_and_reasoning_gym_by_name(capsys):
+    code = main(["tasks"])
+    out = capsys.readouterr().out
+    names = [line.split()[0] for line in out.splitlines()]
+    assert code == 0 and names == ["chain_sum", "spell_backward", "spell_backward_long", "rg:NAME", "data:FILE"]
+    assert "basic_arithmetic" in out  # the rg: line names reasoning-gym's datasets
