@@ -68,10 +68,12 @@ def simulated_sample(policy, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor
     from transformers import DynamicCache
     rows = prompt_ids.shape[0]
     position_ids = prompt_mask.long().cumsum(-1) - 1  # as generate infers them from the attention mask
+    forward_parameters = inspect.signature(policy.forward).parameters
+    cache_key = "cache" if "cache" in forward_parameters else "past_key_values"  # transformers before 5.2x: the latter
     kwargs: dict[str, Any] = {"attention_mask": prompt_mask, "position_ids": position_ids.masked_fill(prompt_mask == 0, 0),
-                              "cache": DynamicCache(config=policy.config.get_text_config(decoder=True))}
+                              cache_key: DynamicCache(config=policy.config.get_text_config(decoder=True))}
     del position_ids
-    if "logits_to_keep" in inspect.signature(policy.forward).parameters:
+    if "logits_to_keep" in forward_parameters:
         kwargs["logits_to_keep"] = 1  # generate keeps the last position's logits only
     processors, stopping = generation_setup(policy, prompt_ids, new_tokens, sampling, token_ids, kwargs)
     kwargs["use_cache"] = True
@@ -82,10 +84,10 @@ def simulated_sample(policy, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor
     with autocast(policy, autocast_dtype):
         outputs = policy(**policy.prepare_inputs_for_generation(input_ids, is_first_iteration=True, **kwargs),
                          return_dict=True)
-        for step in decode_steps(new_tokens, kwargs["cache"]):
+        for step in decode_steps(new_tokens, kwargs[cache_key]):
             if step:
                 if last is not None and step > last + 1:
-                    input_ids = fast_forward(kwargs, input_ids, step - last - 1)
+                    input_ids = fast_forward(kwargs, kwargs[cache_key], input_ids, step - last - 1)
                 outputs = policy(**policy.prepare_inputs_for_generation(input_ids, next_sequence_length=1, **kwargs),
                                  return_dict=True)
             last = step
@@ -117,9 +119,9 @@ def decode_steps(new_tokens: int, cache) -> list[int]:
     return [*range(FULL_DECODE_STEPS), new_tokens - 1]
 
 
-def fast_forward(kwargs: dict[str, Any], input_ids: torch.Tensor, tokens: int) -> torch.Tensor:
+def fast_forward(kwargs: dict[str, Any], cache, input_ids: torch.Tensor, tokens: int) -> torch.Tensor:
     """The state `tokens` more decoding steps leave: each growing tensor made at its longer length."""
-    for layer in kwargs["cache"].layers:
+    for layer in cache.layers:
         *lead, length, width = layer.keys.shape
         layer.keys = torch.empty(*lead, length + tokens, width, dtype=layer.keys.dtype)
         layer.values = torch.empty(*lead, length + tokens, layer.values.shape[-1], dtype=layer.values.dtype)
