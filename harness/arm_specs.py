@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness import UserError
-from harness.config import (Config, _merge, algorithm_options, config_from_dict, nest, parse_override,
+from harness.config import (Config, _merge, algorithm_options, copy_config, nest, parse_override,
                             parse_scalar, validate)
 
 ARM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*$")
@@ -190,8 +190,7 @@ def apply_kl(config: Config, algo: str, kl: KLSetting, arm: str) -> None:
 def arm_config(config: Config, spec: ArmSpec, kl: KLSetting | None = None, seed: int | None = None) -> Config:
     """The comparison's config with the KL setting and then the arm's overrides applied, validated; one line
     naming the arm when an override is unknown, mistyped, out of range or breaks the batch's split."""
-    arm = config_from_dict(config.to_dict())
-    arm.preset = config.preset
+    arm = copy_config(config)
     if seed is not None:
         arm.run.seed = seed
     if kl is not None:

@@ -667,3 +667,8 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     _merge(config, data, "")
     validate(config)
     return config
+
+
+def copy_config(config: Config) -> Config:
+    """An independent copy to change (an arm, a grid cell, a sweep's points), its preset included."""
+    return config_from_dict(config.to_dict())

@@ -29,7 +29,7 @@ from typing import Any
 from collections.abc import Callable
 
 from harness import UserError, __version__
-from harness.config import DEVICE_MEMORY_GIB, Config, algorithm_options, config_from_dict, make_task, validate
+from harness.config import DEVICE_MEMORY_GIB, Config, algorithm_options, copy_config, make_task, validate
 from harness.io import config_hash, read_json, write_json
 from harness.model_specs import ModelSpec, resolve_model
 from harness.results import PHASES, arm_pair
@@ -77,7 +77,7 @@ def task_prompt_length(config: Config) -> int:
 def check_world(config: Config, world: int) -> None:
     """The arm's own checks for a run on `world` processes: whole groups per sampling slice, whole slices
     per process, minibatches and micro-batches that divide each process's rows."""
-    probe = config_from_dict(config.to_dict())
+    probe = copy_config(config)
     probe.run.nproc_per_node, probe.run.nnodes, probe.run.node_rank = world, 1, 0
     try:
         validate(probe)
@@ -93,8 +93,7 @@ def spread_over_gpus(config: Config) -> Config:
     micro = config.optim.micro_batch_size
     if not micro or not per_gpu or per_gpu % micro == 0:
         return config
-    out = config_from_dict(config.to_dict())
-    out.preset = config.preset
+    out = copy_config(config)
     out.optim.micro_batch_size = math.gcd(micro, per_gpu)
     return out
 

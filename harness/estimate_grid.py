@@ -16,7 +16,7 @@ from typing import Any
 from collections.abc import Callable
 
 from harness import UserError
-from harness.config import DEVICE_MEMORY_GIB, Config, config_from_dict
+from harness.config import DEVICE_MEMORY_GIB, Config, copy_config
 from harness.estimate import arm_figures, describe, notes, plan_estimate, run_arm, spread_over_gpus
 from harness.io import write_json
 from harness.results import arm_pair
@@ -42,8 +42,7 @@ def kl_options(config: Config, algo: str, on: bool) -> dict[str, float]:
 
 def cell_config(config: Config, algos: list[str], cell: dict[str, str], reserve: float) -> Config:
     """`config` with one grid cell's choices applied."""
-    out = config_from_dict(config.to_dict())
-    out.preset = config.preset
+    out = copy_config(config)
     for algo in algos:
         out.algorithms[algo] = {**out.algorithms.get(algo, {}), **kl_options(config, algo, cell["kl"] == "on")}
         if any(f.name == "critic_pass" for f in dataclasses.fields(_options_class(algo))):
@@ -139,8 +138,7 @@ def at_scale_models(config: Config) -> list[str]:
 
 
 def at_scale_config(config: Config, model: str) -> Config:
-    out = config_from_dict(config.to_dict())
-    out.preset = config.preset
+    out = copy_config(config)
     out.model.name = model
     out.estimate.world_size = config.estimate.at_scale_world_size
     return spread_over_gpus(out)

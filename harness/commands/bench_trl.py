@@ -36,9 +36,8 @@ PROFILE_LINES = 10
 
 def trl_workloads(config) -> dict[str, Any]:
     """{name: config}: the tiny model as configured, and the same body with Qwen2.5's vocabulary rows."""
-    from harness.config import config_from_dict
-    realistic = config_from_dict(config.to_dict())
-    realistic.preset = config.preset
+    from harness.config import copy_config
+    realistic = copy_config(config)
     if not hasattr(realistic.model, "vocab_pad_to"):
         return {"tiny": config}
     realistic.model.vocab_pad_to = QWEN25_VOCAB

@@ -20,7 +20,7 @@ from typing import Any
 from harness import UserError
 from harness.arm_specs import ArmSpec, KLSetting, algorithm_section, check_arm_list, check_baseline
 from harness.commands import compare as compare_
-from harness.config import Config, check_seed, check_setup, config_from_dict, parse_scalar, read_yaml
+from harness.config import Config, check_seed, check_setup, config_from_dict, copy_config, parse_scalar, read_yaml
 from harness.io import (FolderLock, command_line, output_folder, read_json_object, refuse_if_being_written,
                         remove_temporaries, write_json, write_yaml)
 from harness.runner import load_summary
@@ -58,8 +58,7 @@ def fields_for(spec: ArmSpec, grid: dict[str, list[Any]]) -> list[str]:
 
 def sweep_config(config: Config, budget: int | None) -> Config:
     """The points' config: validation split, no lm-eval (selection reads greedy validation accuracy), short budget."""
-    points = config_from_dict(config.to_dict())
-    points.preset = config.preset
+    points = copy_config(config)
     points.run.eval_split = "validation"
     points.run.lm_eval = False
     if budget is not None:
