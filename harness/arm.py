@@ -26,7 +26,7 @@ from harness.algorithms import get_algorithm
 from harness.algorithms.base import TrainSettings, all_sum
 from harness.checkpoint import RunState, load_checkpoint, save_checkpoint
 from harness.config import Config, algorithm_options, make_task, train_settings
-from harness.io import append_jsonl, read_jsonl, rewrite_jsonl
+from harness.io import append_jsonl, checkpoint_file, read_jsonl, rewrite_jsonl
 from harness.memory import LiveTensors
 from harness.meter import StepMeter, is_tracked_step, non_finite, step_flops, step_record, to_floats
 from harness.models import WEIGHT_DTYPES, check_device, frozen_copy, load_policy, resolve_model_path
@@ -160,7 +160,7 @@ class Arm:
     # ------------------------------------------------------------ files
 
     def checkpoint_path(self) -> Path:
-        return self.run_dir / "checkpoint" / "state.pt"
+        return checkpoint_file(self.run_dir)
 
     def save_final_model(self) -> None:
         """The trained policy and its tokenizer as a Hugging Face folder (for `harness eval`, lm_eval)."""

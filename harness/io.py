@@ -42,6 +42,11 @@ def new_file_mode() -> int:
     return 0o666 & ~current_umask()
 
 
+def checkpoint_file(run_dir: Path | str) -> Path:
+    """Where an arm's resume state lives (written at every run.checkpoint_every steps)."""
+    return Path(run_dir) / "checkpoint" / "state.pt"
+
+
 @contextlib.contextmanager
 def atomic_file(path: Path | str, mode: str = "w") -> Iterator[IO]:
     """A handle on a temporary file beside `path` that takes `path`'s place once the block ends without error.

@@ -23,7 +23,7 @@ from harness.commands.plan import analysis_plan_lines, make_plan
 from harness.config import Config, check_algorithms_fit, check_seed, check_setup, config_from_dict, make_task, read_yaml
 from harness.estimate_grid import check_at_scale
 from harness.exports import write_steps_table
-from harness.io import (FolderLock, command_line, output_folder, read_json_object,
+from harness.io import (FolderLock, checkpoint_file, command_line, output_folder, read_json_object,
                         refuse_if_being_written, remove_temporaries, write_json, write_yaml)
 from harness.results import arm_pair_of, arm_rows, ratio_rows
 from harness.runner import _partial_state as partial_state  # the steps a stopped arm wrote
@@ -101,7 +101,9 @@ def prepare_model(config: Config) -> None:
 
 def arm_command(arm_dir: Path, resume: bool) -> list[str]:
     """`harness run --run-dir DIR`: the arm in its own process, which starts its torchrun job when
-    run.nproc_per_node asks for one, and holds the arm's folder while it runs."""
+    run.nproc_per_node asks for one, and holds the arm's folder while it runs; with `resume`, from its
+    checkpoint when it wrote one."""
+    resume = resume and checkpoint_file(arm_dir).exists()
     return [sys.executable, "-m", "harness", "run", "--run-dir", str(arm_dir), *(["--resume"] if resume else [])]
 
 
@@ -252,8 +254,7 @@ def run_each_arm(folder: Path, arms: list[dict[str, Any]], resume: bool, supervi
         return
     for arm in pending:
         arm_dir = folder / arm["dir"]
-        resumable = resume and (arm_dir / "checkpoint" / "state.pt").exists()
-        code, last_line = supervisor.run(arm_command(arm_dir, resumable), arm_dir / "arm.log")
+        code, last_line = supervisor.run(arm_command(arm_dir, resume), arm_dir / "arm.log")
         record_outcome(arm_dir, arm, code, last_line, supervisor.stopped_by)
         label_summary(arm_dir, arm)
         if supervisor.stopped_by:  # the user's own Ctrl-C, or SIGTERM to this process: stop here
@@ -266,8 +267,7 @@ def run_side_by_side(folder: Path, arms: list[dict[str, Any]], resume: bool, sup
     jobs = []
     for arm in arms:
         arm_dir = folder / arm["dir"]
-        resumable = resume and (arm_dir / "checkpoint" / "state.pt").exists()
-        jobs.append((arm["dir"], arm_command(arm_dir, resumable), arm_dir / "arm.log"))
+        jobs.append((arm["dir"], arm_command(arm_dir, resume), arm_dir / "arm.log"))
 
     def finished(key: str, code: int, last_line: str | None) -> None:
         record_outcome(folder / key, by_dir[key], code, last_line, supervisor.stopped_by)

@@ -19,7 +19,7 @@ from pathlib import Path
 from harness import Interrupted, UserError
 from harness import distributed as ranks_
 from harness.config import Config, config_from_dict, read_yaml
-from harness.io import read_json_object
+from harness.io import checkpoint_file, read_json_object
 from harness.supervise import Supervisor
 
 PLAN_WAIT_S = 1800  # how long a follower waits for node 0's plan before it gives up
@@ -40,7 +40,7 @@ def follow(config: Config, out: Path | str | None, wait_s: float = PLAN_WAIT_S) 
             if finished(arm_dir):
                 continue  # node 0 skips it too
             arm_config = node_config(config_from_dict(_arm_yaml(arm_dir)), config)
-            resumable = (arm_dir / "checkpoint" / "state.pt").exists()
+            resumable = checkpoint_file(arm_dir).exists()
             print(f"node {node}: joining {entry['dir']} ({arm_config.world_size} processes in all)", flush=True)
             code, last_line = supervisor.run(ranks_.arm_command(arm_dir, resumable, arm_config),
                                              arm_dir / f"launcher-node{node}.log", echo=False, child_watches=False)
