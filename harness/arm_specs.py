@@ -47,6 +47,10 @@ class ArmSpec:
             return self.name
         return f"{self.name}={self.algo}" + "".join(f":{k}={v}" for k, v in self.overrides.items())
 
+    def override_text(self) -> str:
+        """The overrides as the plan and the fairness lines list them: 'rollout.samples_per_prompt=1, ...'."""
+        return ", ".join(f"{key}={value}" for key, value in self.overrides.items()) or "no overrides"
+
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "algo": self.algo, "overrides": dict(self.overrides)}
 

@@ -282,7 +282,7 @@ def arm_lines(arms, arm_configs: dict[str, Any], config) -> list[str]:
         own = arm_configs.get(name)
         notes = []
         if overrides:
-            notes.append(f"{getattr(arm, 'algo', name)} with " + ", ".join(f"{k}={v}" for k, v in overrides.items()))
+            notes.append(f"{arm.algo} with {arm.override_text()}")  # overrides: an ArmSpec
         if own is not None and own.prompts_per_step != config.prompts_per_step:
             notes.append(f"{own.prompts_per_step} prompts x {own.rollout.samples_per_prompt} per step, "
                          f"{own.total_steps()} steps")

@@ -47,12 +47,8 @@ def fairness_lines(config: Config, specs: list[ArmSpec] = (), kl: KLSetting | No
     """The fairness rules, then what this comparison sets apart from them: the KL, each arm's overrides."""
     lines = [line.format(unit=config.budget.unit, total=config.budget.total) for line in FAIRNESS]
     lines.append(f"KL to the reference: {(kl or KLSetting()).words()}")
-    lines += [f"arm {s.name}: {s.algo} with {override_text(s)}" for s in specs if s.overrides]
+    lines += [f"arm {s.name}: {s.algo} with {s.override_text()}" for s in specs if s.overrides]
     return lines
-
-
-def override_text(spec: ArmSpec) -> str:
-    return ", ".join(f"{key}={value}" for key, value in spec.overrides.items()) or "no overrides"
 
 
 def as_specs(arms: list[ArmSpec | str]) -> list[ArmSpec]:
@@ -147,7 +143,7 @@ def compare(config: Config, arms: list[ArmSpec | str], seeds: list[int], out: Pa
             "config_hash": config.hash(), "fairness": fairness_lines(config, specs, kl), "plan": analysis_plan,
             "arms": [{k: a[k] for k in ("arm", "algo", "overrides", "seed", "dir")} for a in planned]})
         for arm in planned:
-            write_yaml(comparison_dir / arm["dir"] / "config.yaml", {**arm["config"].to_dict(), "algo": arm["algo"]})
+            write_arm_config(comparison_dir / arm["dir"], arm)
         print("\n".join(plan_lines(config, specs, seeds, comparison_dir, parse_report_to(config.run.report_to),
                                    baseline=baseline, kl=kl, arm_configs=arm_configs(planned))))
         print("\n".join(analysis_plan_lines(analysis_plan)), flush=True)
@@ -247,7 +243,7 @@ def run_each_arm(folder: Path, arms: list[dict[str, Any]], resume: bool, supervi
             label_summary(arm_dir, arm)
             continue  # finished before an interruption
         if not (arm_dir / "config.yaml").exists():
-            write_yaml(arm_dir / "config.yaml", {**arm["config"].to_dict(), "algo": arm["algo"]})
+            write_arm_config(arm_dir, arm)
         pending.append(arm)
     if pending and pending[0]["config"].run.parallel_arms:
         run_side_by_side(folder, pending, resume, supervisor, hint)
@@ -276,6 +272,11 @@ def run_side_by_side(folder: Path, arms: list[dict[str, Any]], resume: bool, sup
     supervisor.run_side_by_side(jobs, ranks_.arm_device_sets(arms[0]["config"]), finished)
     if supervisor.stopped_by:
         raise Interrupted(supervisor.stopped_by, hint=hint)
+
+
+def write_arm_config(arm_dir: Path, arm: dict[str, Any]) -> None:
+    """The arm's config.yaml, what `harness run --run-dir` trains from: its config and its algorithm."""
+    write_yaml(arm_dir / "config.yaml", {**arm["config"].to_dict(), "algo": arm["algo"]})
 
 
 def label_summary(arm_dir: Path, arm: dict[str, Any]) -> None:
