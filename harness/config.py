@@ -555,9 +555,6 @@ class ValidationView:
     def eval_examples(self):
         return self.whole_task.validation_examples()
 
-    def validation_examples(self):
-        return self.whole_task.validation_examples()
-
 
 def absolute_task_paths(task: TaskConfig) -> None:
     """Data and reward files as absolute paths, so that an arm or a resume started elsewhere finds them."""

@@ -23,11 +23,11 @@ from harness.commands import compare as compare_
 from harness.config import Config, check_seed, check_setup, config_from_dict, copy_config, parse_scalar, read_yaml
 from harness.io import (FolderLock, command_line, output_folder, read_json_object, refuse_if_being_written,
                         remove_temporaries, write_json, write_yaml)
+from harness.report.sweep import SWEEP_FILE
 from harness.runner import load_summary
 from harness.supervise import Supervisor
 from harness.terminal import timestamp
 
-SWEEP_FILE = "sweep.json"
 COMPARE_FOLDER = "compare"
 
 
