@@ -241,6 +241,30 @@ def test_2_an_arm_killed_by_sigkill_is_recorded_and_the_other_arms_go_on(tmp_pat
     assert json.loads((out / "summary.json").read_text())["arms"][0]["status"] == "killed"
 
 
+@pytest.mark.parametrize("status, code", [("ok", 0), ("running", 1)])
+def test_2_a_torchrun_job_that_fails_only_in_its_teardown_keeps_a_finished_arm(tmp_path, monkeypatch, capsys,
+                                                                                status, code):
+    """Seen once in CI: a 2-process arm wrote its results and `ok`, then its torchrun job exited 1 while
+    shutting down. The arm is whole (every rank had passed its last collective), so `harness run` exits 0
+    with a warning naming the log's error; a job that fails before rank 0 wrote `ok` is still a failure."""
+    from harness import distributed
+    from harness.commands.run import launch
+    from harness.config import load_config
+    config = load_config(preset="smoke", overrides=["run.nproc_per_node=2"])
+    (tmp_path / "summary.json").write_text(json.dumps({"algo": "grpo", "seed": 0, "status": status}))
+    teardown = "import sys; print('RuntimeError: Connection closed by peer', file=sys.stderr); sys.exit(1)"
+    monkeypatch.setattr(distributed, "arm_command", lambda run_dir, resume, config: [sys.executable, "-c", teardown])
+    assert launch(tmp_path, config, resume=False) == code
+    after = json.loads((tmp_path / "summary.json").read_text())
+    if status == "ok":
+        assert after["status"] == "ok"
+        assert capsys.readouterr().err.startswith("warning: the arm finished and wrote its results, then its torchrun "
+                                                  "job exited with status 1 while shutting down: RuntimeError: "
+                                                  "Connection closed by peer")
+    else:
+        assert after["status"] == "failed" and "the torchrun job exited with status 1" in after["error"]
+
+
 # ---------------------------------------------------------------- 4. the memory gate
 
 @pytest.mark.slow

@@ -57,9 +57,31 @@ def launch(run_dir: Path, config: Config, resume: bool) -> int:
         if summary.get("status") in (None, "running"):
             record_interrupted(config, summary.get("algo") or "?", run_dir, stop)
         raise stop
+    if code and finished_ok(run_dir):
+        # every rank passed the arm's last collective before rank 0 wrote `ok`: only the job's teardown
+        # failed (a rank's exit, the rendezvous closing), and the arm's results are whole
+        print(f"warning: the arm finished and wrote its results, then its torchrun job exited with status {code} "
+              f"while shutting down: {last_error_line(log.read_text(errors='replace'))} (see {log})", file=sys.stderr)
+        return 0
     if code:
         record_launch_failure(run_dir, config, code, log.read_text(errors="replace"))
     return code
+
+
+def finished_ok(run_dir: Path) -> bool:
+    summary = run_dir / "summary.json"
+    return summary.exists() and read_json_object(summary).get("status") == "ok"
+
+
+def last_error_line(launcher_log: str) -> str:
+    """The line of a torchrun log most likely to say what went wrong: its last one naming an error.
+
+    >>> last_error_line("ok\\nTraceback (most recent call last):\\n  File x\\nRuntimeError: Connection closed by peer\\n")
+    'RuntimeError: Connection closed by peer'
+    """
+    lines = [line.strip() for line in launcher_log.splitlines() if line.strip()]
+    errors = [line for line in lines if "Error" in line or "error:" in line or "exitcode" in line]
+    return (errors or lines or ["the log is empty"])[-1]
 
 
 def run_folder(run_dir: Path | str, resume: bool = False, probes: bool = True) -> int:
