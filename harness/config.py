@@ -666,6 +666,27 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     return config
 
 
+def arm_config_dict(config: Config, algo: str, name: str | None = None) -> dict[str, Any]:
+    """What an arm's config.yaml holds: its config, its algorithm, and its name in a comparison when that is
+    not the algorithm's (`ppo-n1`), so that the arm's own lines name it."""
+    return {**config.to_dict(), "algo": algo, **({"arm": name} if name and name != algo else {})}
+
+
+def read_arm_config(run_dir: Path) -> tuple[Config, str, str]:
+    """(config, algorithm, arm name) from an arm folder's config.yaml; one line when it is not one."""
+    path = run_dir / "config.yaml"
+    if not path.exists():
+        raise UserError(f"{run_dir} holds no config.yaml: not a run folder")
+    saved = read_yaml(path)
+    algo, name = saved.pop("algo", None), saved.pop("arm", None)
+    if not algo:
+        raise UserError(f"{path} names no algorithm ('algo')")
+    try:
+        return config_from_dict(saved), algo, str(name or algo)
+    except UserError as err:
+        raise UserError(f"{path}: {err}") from None
+
+
 def copy_config(config: Config) -> Config:
     """An independent copy to change (an arm, a grid cell, a sweep's points), its preset included."""
     return config_from_dict(config.to_dict())

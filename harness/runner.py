@@ -21,7 +21,7 @@ from harness import UserError, __version__
 from harness import distributed as ranks_
 from harness.arm import Arm, Diverged
 from harness.checkpoint import RunState
-from harness.config import Config, algorithm_options
+from harness.config import Config, algorithm_options, arm_config_dict
 from harness.io import read_json, read_jsonl, write_json, write_yaml
 from harness.memory import step_peak
 from harness.trackers import open_trackers
@@ -103,19 +103,20 @@ def summarize(config: Config, algo: str, result: dict[str, Any], status: str = "
 
 
 def run_arm(config: Config, algo: str, run_dir: Path, resume: bool = False, progress=None,
-            probes_enabled: bool = True) -> dict[str, Any]:
+            probes_enabled: bool = True, name: str | None = None) -> dict[str, Any]:
     """Train one arm and write its folder; a failure is recorded in summary.json, not lost.
 
-    Under torchrun every rank calls this; rank 0 alone writes the files.
+    Under torchrun every rank calls this; rank 0 alone writes the files. `name`: the arm's name in its
+    comparison, kept in config.yaml beside the algorithm.
     """
     run_dir = Path(run_dir)
     main = ranks_.from_env().main
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        resolved = config.to_dict()
+        resolved = arm_config_dict(config, algo, name)
         # the algorithm's options with its defaults filled in, so that the run says what it ran
         resolved["derived"]["algorithm_options"] = dataclasses.asdict(algorithm_options(config, algo))
-        write_yaml(run_dir / "config.yaml", {**resolved, "algo": algo})
+        write_yaml(run_dir / "config.yaml", resolved)
         write_json(run_dir / "env.json", {**environment(config.run.device), "world_size": config.world_size})
         write_json(run_dir / "summary.json", {"algo": algo, "seed": config.run.seed, "status": "running"})
     trackers = open_trackers(config, run_dir) if main else None

@@ -107,15 +107,16 @@ class ArmProgress:
         self.progress.update(self.tasks[phase], completed=done, info=text)
 
 
-def print_arm(summary: dict[str, Any], run_dir) -> None:
-    """One arm's outcome in a line, and where its folder is."""
+def print_arm(summary: dict[str, Any], run_dir, name: str | None = None) -> None:
+    """One arm's outcome in a line, and where its folder is; `name`: the arm's (default its algorithm)."""
     from rich.console import Console
     console = Console()
+    label = f"{name or summary['algo']} s{summary['seed']}"
     if summary["status"] != "ok":
-        console.print(f"[red]{summary['algo']} s{summary['seed']}: {summary['status']}: {summary['error']}[/red]")
+        console.print(f"[red]{label}: {summary['status']}: {summary['error']}[/red]")
     else:
         base, final = summary["eval"]["base"]["accuracy"], summary["eval"]["final"]["accuracy"]
-        console.print(f"{summary['algo']} s{summary['seed']}: accuracy {base:.1%} -> {final:.1%} in "
+        console.print(f"{label}: accuracy {base:.1%} -> {final:.1%} in "
                       f"{summary['steps']} steps, {summary['wall_s']:.1f} s")
     console.print(f"results: {run_dir}")
 

@@ -156,6 +156,7 @@ def test_a_three_arm_comparison_with_matched_kl_and_its_resume(tmp_path):
                      "--out", str(out), "--set", "run.lm_eval=false", check=True)
     assert "KL to the reference: matched: k3 in the loss with coefficient 0.04" in result.stdout
     assert "Every arm against the baseline ppo" in result.stdout and "ppo-n1" in result.stdout
+    assert "ppo-n1 s0: accuracy" in result.stdout and "ppo-n1 s0 train: " in result.stdout  # its own lines name it
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == [
         "chain_sum__grpo__s0", "chain_sum__ppo-n1__s0", "chain_sum__ppo__s0"]
     data = json.loads((out / "summary.json").read_text())
@@ -170,7 +171,8 @@ def test_a_three_arm_comparison_with_matched_kl_and_its_resume(tmp_path):
     # resume: a lost arm runs again under its own name and overrides, the others are kept
     kept = (out / "chain_sum__grpo__s0" / "summary.json").read_text()
     shutil.rmtree(out / "chain_sum__ppo-n1__s0")
-    harness("compare", "--resume", str(out), "--no-report", check=True)
+    resumed = harness("compare", "--resume", str(out), "--no-report", check=True)
+    assert "ppo-n1 s0: accuracy" in resumed.stdout
     assert (out / "chain_sum__grpo__s0" / "summary.json").read_text() == kept
     again = json.loads((out / "chain_sum__ppo-n1__s0" / "summary.json").read_text())
     assert again["status"] == "ok" and again["arm"] == "ppo-n1"

@@ -32,7 +32,7 @@ GATED_KINDS = {"exact"}  # always gated; "gpu" too when both sides ran on the sa
 MODEL_CATEGORIES = ("params", "grads", "optimizer")
 # Config fields that cannot change a footprint: where results go; seeds are matched arm by arm.
 # estimate.*: settings of harness estimate, not of the run
-CONFIG_IGNORED = {"derived", "algo", "run.seed", "run.results_dir", "estimate"}
+CONFIG_IGNORED = {"derived", "algo", "arm", "run.seed", "run.results_dir", "estimate"}
 
 
 # ---------------------------------------------------------------- what was measured
@@ -73,7 +73,7 @@ def load_folder(path: str | Path) -> Measured:
     else:
         raise UserError(f"{folder} holds neither comparison.json nor summary.json: not a run or comparison folder")
     refuse_if_being_written(folder, *arm_dirs)
-    config = {k: v for k, v in read_yaml(folder / "config.yaml").items() if k not in ("algo", "derived")}
+    config = {k: v for k, v in read_yaml(folder / "config.yaml").items() if k not in ("algo", "arm", "derived")}
     arms, env = [], {}
     for arm_dir in arm_dirs:
         if not (arm_dir / "summary.json").exists():

@@ -20,7 +20,8 @@ from harness import Interrupted, UserError
 from harness import distributed as ranks_
 from harness.arm_specs import ArmSpec, KLSetting, arm_config, check_arm_list, check_baseline, parse_arm_spec
 from harness.commands.plan import analysis_plan_lines, make_plan
-from harness.config import Config, check_algorithms_fit, check_seed, check_setup, config_from_dict, make_task, read_yaml
+from harness.config import (Config, arm_config_dict, check_algorithms_fit, check_seed, check_setup, config_from_dict,
+                             make_task, read_yaml)
 from harness.estimate_grid import check_at_scale
 from harness.exports import write_steps_table
 from harness.io import (FolderLock, checkpoint_file, command_line, output_folder, read_json_object,
@@ -276,7 +277,7 @@ def run_side_by_side(folder: Path, arms: list[dict[str, Any]], resume: bool, sup
 
 def write_arm_config(arm_dir: Path, arm: dict[str, Any]) -> None:
     """The arm's config.yaml, what `harness run --run-dir` trains from: its config and its algorithm."""
-    write_yaml(arm_dir / "config.yaml", {**arm["config"].to_dict(), "algo": arm["algo"]})
+    write_yaml(arm_dir / "config.yaml", arm_config_dict(arm["config"], arm["algo"], arm["arm"]))
 
 
 def label_summary(arm_dir: Path, arm: dict[str, Any]) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import UserError
-from harness.config import RolloutConfig, TaskConfig, config_from_dict, make_task, read_yaml
+from harness.config import RolloutConfig, TaskConfig, make_task, read_arm_config
 from harness.evaluate import (BATCH_SIZE, DEFAULT_K, check_prompts, score_policy, score_standard,
                               split_task_names)
 from harness.io import FolderLock, check_writable, command_line, write_json
@@ -31,9 +31,7 @@ def eval_target(target: Path):
         if not (target / "final_model" / "config.json").exists():
             raise UserError(f"run folder {target} has no final_model/: the run has not finished "
                             f"(finish it with: harness run --run-dir {target} --resume)")
-        saved = read_yaml(target / "config.yaml")
-        saved.pop("algo", None)
-        return target / "final_model", config_from_dict(saved)
+        return target / "final_model", read_arm_config(target)[0]
     if (target / "config.json").exists():
         return target, None
     raise UserError(f"{target} is neither a run folder (config.yaml + final_model/) nor a saved model (config.json)")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from harness import Interrupted, UserError
 from harness import distributed as ranks_
-from harness.config import Config, config_from_dict, read_yaml
+from harness.config import Config, read_arm_config
 from harness.io import checkpoint_file, read_json_object
 from harness.supervise import Supervisor
 
@@ -39,7 +39,7 @@ def follow(config: Config, out: Path | str | None, wait_s: float = PLAN_WAIT_S) 
             arm_dir = comparison_dir / entry["dir"]
             if finished(arm_dir):
                 continue  # node 0 skips it too
-            arm_config = node_config(config_from_dict(_arm_yaml(arm_dir)), config)
+            arm_config = node_config(read_arm_config(arm_dir)[0], config)
             resumable = checkpoint_file(arm_dir).exists()
             print(f"node {node}: joining {entry['dir']} ({arm_config.world_size} processes in all)", flush=True)
             code, last_line = supervisor.run(ranks_.arm_command(arm_dir, resumable, arm_config),
@@ -88,8 +88,3 @@ def finished(arm_dir: Path) -> bool:
     except UserError:
         return False  # node 0 decides what a damaged summary means
 
-
-def _arm_yaml(arm_dir: Path) -> dict:
-    saved = read_yaml(arm_dir / "config.yaml")
-    saved.pop("algo", None)
-    return saved

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from harness import Interrupted, UserError
 from harness import distributed as ranks_
-from harness.config import Config, algorithm_options, check_setup, config_from_dict, read_yaml
+from harness.config import Config, algorithm_options, arm_config_dict, check_setup, read_arm_config
 from harness.io import (FolderLock, command_line, output_folder, describe_bad_lines, read_json_object,
                         read_jsonl, remove_temporaries, write_json, write_yaml)
 from harness.runner import _partial_state as partial_state  # the steps a stopped arm wrote
@@ -35,9 +35,9 @@ def run(config: Config, algo: str, out: Path | str | None = None, probes: bool =
             raise UserError(f"{run_dir} already holds a run; continue it with 'harness run --run-dir {run_dir} "
                             f"--resume', or choose another --out")
         if config.world_size > 1:
-            resolved = config.to_dict()
+            resolved = arm_config_dict(config, algo)
             resolved["derived"]["algorithm_options"] = dataclasses.asdict(algorithm_options(config, algo))
-            write_yaml(run_dir / "config.yaml", {**resolved, "algo": algo})
+            write_yaml(run_dir / "config.yaml", resolved)
             return launch(run_dir, config, resume=False)
         return _train(config, algo, run_dir, resume=False, probes=probes)
 
@@ -87,27 +87,19 @@ def last_error_line(launcher_log: str) -> str:
 def run_folder(run_dir: Path | str, resume: bool = False, probes: bool = True) -> int:
     """Train the arm a folder's config.yaml describes; with `resume`, from its checkpoint."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").exists():
-        raise UserError(f"{run_dir} holds no config.yaml: not a run folder")
-    saved = read_yaml(run_dir / "config.yaml")
-    algo = saved.pop("algo", None)
-    if not algo:
-        raise UserError(f"{run_dir / 'config.yaml'} names no algorithm ('algo')")
-    try:
-        config = config_from_dict(saved)
-    except UserError as err:
-        raise UserError(f"{run_dir / 'config.yaml'}: {err}") from None
+    config, algo, name = read_arm_config(run_dir)
     check_setup(config, [algo])
     if ranks_.from_env().active:  # a rank of a torchrun job: its launcher holds the folder
-        return _train(config, algo, run_dir, resume=resume, probes=probes)
+        return _train(config, algo, run_dir, resume=resume, probes=probes, name=name)
     with FolderLock(run_dir, command_line()):
         if config.world_size > 1:  # not yet a rank of the job: start it
             ranks_.check_launch(config)
             return launch(run_dir, config, resume)
-        return _train(config, algo, run_dir, resume=resume, probes=probes)
+        return _train(config, algo, run_dir, resume=resume, probes=probes, name=name)
 
 
-def _train(config: Config, algo: str, run_dir: Path, resume: bool, probes: bool) -> int:
+def _train(config: Config, algo: str, run_dir: Path, resume: bool, probes: bool, name: str | None = None) -> int:
+    """Train the arm in this process; `name`: the arm's name in its comparison (default its algorithm)."""
     main = ranks_.from_env().main  # the other ranks of a torchrun job train silently
     if main:
         remove_temporaries(run_dir)  # what a killed writer left; this process is the folder's writer now
@@ -116,8 +108,9 @@ def _train(config: Config, algo: str, run_dir: Path, resume: bool, probes: bool)
             warn_bad_lines(run_dir)
     with stop_on_signals() as stopping:
         try:
-            with ArmProgress(f"{algo} s{config.run.seed}") if main else contextlib.nullcontext() as progress:
-                summary = run_arm(config, algo, run_dir, resume=resume, progress=progress, probes_enabled=probes)
+            with ArmProgress(f"{name or algo} s{config.run.seed}") if main else contextlib.nullcontext() as progress:
+                summary = run_arm(config, algo, run_dir, resume=resume, progress=progress, probes_enabled=probes,
+                                  name=name)
         except Interrupted as stop:
             stopping[:] = [stop.signum]
         if stopping:  # also when the code the signal interrupted turned it into an error of its own
@@ -126,7 +119,7 @@ def _train(config: Config, algo: str, run_dir: Path, resume: bool, probes: bool)
                 record_interrupted(config, algo, run_dir, stop)
             raise stop
     if main:
-        print_arm(summary, run_dir)
+        print_arm(summary, run_dir, name)
     return 0 if summary["status"] == "ok" else 1
 
 
