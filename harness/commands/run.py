@@ -69,8 +69,12 @@ def launch(run_dir: Path, config: Config, resume: bool) -> int:
 
 
 def finished_ok(run_dir: Path) -> bool:
+    """Whether rank 0 recorded the arm as finished (a damaged summary is not: the failure path says why)."""
     summary = run_dir / "summary.json"
-    return summary.exists() and read_json_object(summary).get("status") == "ok"
+    try:
+        return summary.exists() and read_json_object(summary).get("status") == "ok"
+    except UserError:
+        return False
 
 
 def last_error_line(launcher_log: str) -> str:
