@@ -47,10 +47,10 @@ def generation_setup(policy, prompt_ids: torch.Tensor, new_tokens: int, sampling
     config = policy._prepare_generated_length(config, has_default_max_length=False, has_default_min_length=False,
                                               model_input_name="input_ids", input_ids_length=prompt_ids.shape[1],
                                               inputs_tensor=prompt_ids)
-    rows = {"batch_size": prompt_ids.shape[0]} if "batch_size" in inspect.signature(
-        policy._prepare_special_tokens).parameters else {}  # transformers before 5.13 takes no batch size
+    takes_batch_size = "batch_size" in inspect.signature(policy._prepare_special_tokens).parameters  # 5.13 and later
+    batch = {"batch_size": prompt_ids.shape[0]} if takes_batch_size else {}
     with unset_fake_temporarily():
-        policy._prepare_special_tokens(config, True, device="cpu", **rows)
+        policy._prepare_special_tokens(config, True, device="cpu", **batch)
     processors = policy._get_logits_processor(generation_config=config, input_ids_seq_length=prompt_ids.shape[1],
                                               encoder_input_ids=None, prefix_allowed_tokens_fn=None,
                                               logits_processor=LogitsProcessorList(), device="cpu", model_kwargs=kwargs)
