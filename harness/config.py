@@ -666,6 +666,9 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     return config
 
 
+ARM_KEYS = ("algo", "arm")  # what an arm's config.yaml holds beside its config
+
+
 def arm_config_dict(config: Config, algo: str, name: str | None = None) -> dict[str, Any]:
     """What an arm's config.yaml holds: its config, its algorithm, and its name in a comparison when that is
     not the algorithm's (`ppo-n1`), so that the arm's own lines name it."""

@@ -22,7 +22,7 @@ from harness import distributed as ranks_
 from harness.arm import Arm, Diverged
 from harness.checkpoint import RunState
 from harness.config import Config, algorithm_options, arm_config_dict
-from harness.io import read_json, read_jsonl, write_json, write_yaml
+from harness.io import read_json, read_json_object, read_jsonl, write_json, write_yaml
 from harness.memory import step_peak
 from harness.trackers import open_trackers
 
@@ -185,6 +185,15 @@ def _partial_state(run_dir: Path) -> RunState:
 def _last_step(run_dir: Path) -> int:
     rows = read_jsonl(run_dir / "steps.jsonl")
     return rows[-1]["step"] if rows else 0
+
+
+def finished_ok(run_dir: Path) -> bool:
+    """Whether the arm's summary says it finished; a damaged summary does not (whoever reads it next says why)."""
+    path = Path(run_dir) / "summary.json"
+    try:
+        return path.exists() and read_json_object(path).get("status") == "ok"
+    except UserError:
+        return False
 
 
 def load_summary(run_dir: Path) -> dict[str, Any] | None:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import UserError
-from harness.config import config_from_dict, read_yaml
+from harness.config import ARM_KEYS, config_from_dict, read_yaml
 from harness.io import check_writable, read_json, read_json_object, refuse_if_being_written, write_json
 from harness.results import MEMORY_FIGURES, PHASES, headline
 
@@ -32,7 +32,7 @@ GATED_KINDS = {"exact"}  # always gated; "gpu" too when both sides ran on the sa
 MODEL_CATEGORIES = ("params", "grads", "optimizer")
 # Config fields that cannot change a footprint: where results go; seeds are matched arm by arm.
 # estimate.*: settings of harness estimate, not of the run
-CONFIG_IGNORED = {"derived", "algo", "arm", "run.seed", "run.results_dir", "estimate"}
+CONFIG_IGNORED = {"derived", *ARM_KEYS, "run.seed", "run.results_dir", "estimate"}
 
 
 # ---------------------------------------------------------------- what was measured
@@ -73,7 +73,7 @@ def load_folder(path: str | Path) -> Measured:
     else:
         raise UserError(f"{folder} holds neither comparison.json nor summary.json: not a run or comparison folder")
     refuse_if_being_written(folder, *arm_dirs)
-    config = {k: v for k, v in read_yaml(folder / "config.yaml").items() if k not in ("algo", "arm", "derived")}
+    config = {k: v for k, v in read_yaml(folder / "config.yaml").items() if k not in (*ARM_KEYS, "derived")}
     arms, env = [], {}
     for arm_dir in arm_dirs:
         if not (arm_dir / "summary.json").exists():

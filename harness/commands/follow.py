@@ -20,6 +20,7 @@ from harness import Interrupted, UserError
 from harness import distributed as ranks_
 from harness.config import Config, read_arm_config
 from harness.io import checkpoint_file, read_json_object
+from harness.runner import finished_ok
 from harness.supervise import Supervisor
 
 PLAN_WAIT_S = 1800  # how long a follower waits for node 0's plan before it gives up
@@ -37,7 +38,7 @@ def follow(config: Config, out: Path | str | None, wait_s: float = PLAN_WAIT_S) 
     with Supervisor().forwarding_signals() as supervisor:
         for entry in plan["arms"]:
             arm_dir = comparison_dir / entry["dir"]
-            if finished(arm_dir):
+            if finished_ok(arm_dir):
                 continue  # node 0 skips it too
             arm_config = node_config(read_arm_config(arm_dir)[0], config)
             resumable = checkpoint_file(arm_dir).exists()
@@ -80,11 +81,4 @@ def wait_for_plan(comparison_dir: Path, wait_s: float) -> dict:
             said = True
         time.sleep(2.0)
 
-
-def finished(arm_dir: Path) -> bool:
-    path = arm_dir / "summary.json"
-    try:
-        return path.exists() and read_json_object(path).get("status") == "ok"
-    except UserError:
-        return False  # node 0 decides what a damaged summary means
 

@@ -20,7 +20,7 @@ from harness.config import Config, algorithm_options, arm_config_dict, check_set
 from harness.io import (FolderLock, command_line, output_folder, describe_bad_lines, read_json_object,
                         read_jsonl, remove_temporaries, write_json, write_yaml)
 from harness.runner import _partial_state as partial_state  # the steps a stopped arm wrote
-from harness.runner import record_launch_failure, run_arm, run_name, summarize
+from harness.runner import finished_ok, record_launch_failure, run_arm, run_name, summarize
 from harness.supervise import Supervisor, stop_on_signals
 from harness.terminal import ArmProgress, print_arm, timestamp
 
@@ -66,15 +66,6 @@ def launch(run_dir: Path, config: Config, resume: bool) -> int:
     if code:
         record_launch_failure(run_dir, config, code, log.read_text(errors="replace"))
     return code
-
-
-def finished_ok(run_dir: Path) -> bool:
-    """Whether rank 0 recorded the arm as finished (a damaged summary is not: the failure path says why)."""
-    summary = run_dir / "summary.json"
-    try:
-        return summary.exists() and read_json_object(summary).get("status") == "ok"
-    except UserError:
-        return False
 
 
 def last_error_line(launcher_log: str) -> str:
