@@ -276,7 +276,7 @@ def run_side_by_side(folder: Path, arms: list[dict[str, Any]], resume: bool, sup
 
 
 def write_arm_config(arm_dir: Path, arm: dict[str, Any]) -> None:
-    """The arm's config.yaml, what `harness run --run-dir` trains from: its config and its algorithm."""
+    """The arm's config.yaml, what `harness run --run-dir` trains from: its config, algorithm and name."""
     write_yaml(arm_dir / "config.yaml", arm_config_dict(arm["config"], arm["algo"], arm["arm"]))
 
 
