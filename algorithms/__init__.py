@@ -12,9 +12,6 @@ REGISTRY = {
     "dr_grpo": "harness.algorithms.dr_grpo:DrGRPO",
     "dapo": "harness.algorithms.dapo:DAPO",
 }
-# Arms trained by another library's trainer (harness/trl_arm.py): they take the options, group size and KL
-# fields of the algorithm they cross-check, and are listed apart from the algorithms our loop trains.
-CROSS_CHECKS = {"trl-grpo": "grpo"}
 
 
 def algorithm_names() -> list[str]:
@@ -22,17 +19,9 @@ def algorithm_names() -> list[str]:
 
 
 def get_algorithm(name: str):
-    """The algorithm class registered as `name` (KeyError when there is none); for a cross-check arm,
-    the class of the algorithm it checks."""
-    module, cls = REGISTRY[CROSS_CHECKS.get(name, name)].split(":")
+    """The algorithm class registered as `name` (KeyError when there is none)."""
+    module, cls = REGISTRY[name].split(":")
     return getattr(importlib.import_module(module), cls)
-
-
-def check_algorithms(names: list[str]) -> None:
-    """ValueError naming the first unknown algorithm, with the valid names."""
-    for name in names:
-        if name not in REGISTRY and name not in CROSS_CHECKS:
-            raise ValueError(f"unknown algorithm '{name}'; valid: {', '.join(algorithm_names() + sorted(CROSS_CHECKS))}")
 
 
 def parse_options(name: str, options: dict):

@@ -66,7 +66,7 @@ CONFIG_FLAGS = ("preset", "config", *FLAG_FIELDS, "overrides")  # every flag tha
 
 def config_from_args(args: argparse.Namespace, default_preset: str = "tiny"):
     """preset <- --config <- named flags <- --set, validated."""
-    from harness.config import load_config
+    from harness.config.load import load_config
     overrides = [f"{field}={getattr(args, flag)}" for flag, field in FLAG_FIELDS.items()
                  if getattr(args, flag, None) is not None]
     return load_config(args.preset or default_preset, args.config, overrides + list(args.overrides))
@@ -81,12 +81,12 @@ def refuse_flags_with(args: argparse.Namespace, flags: tuple[str, ...], what: st
 
 
 def parse_algos(text: str) -> list[str]:
-    from harness.algorithms import check_algorithms
+    from harness.config.arm_kinds import check_arm_kinds
     algos = [a.strip() for a in text.split(",") if a.strip()]
     if not algos:
         raise UserError(f"--algos names no algorithm: '{text}'")
     try:
-        check_algorithms(algos)
+        check_arm_kinds(algos)
     except ValueError as err:
         raise UserError(str(err)) from None
     if len(set(algos)) != len(algos):
@@ -113,8 +113,8 @@ def add_arm_flags(parser: argparse.ArgumentParser) -> None:
 
 def arm_specs_from_args(args: argparse.Namespace, default: str = "grpo,ppo"):
     """The arms: --algos, or the `arms:` section of --config (not both)."""
-    from harness.arm_specs import arms_from_yaml, parse_arm_specs
-    from harness.config import read_yaml
+    from harness.commands.arm_specs import arms_from_yaml, parse_arm_specs
+    from harness.config.load import read_yaml
     section = read_yaml(Path(args.config)).get("arms") if args.config else None
     if section is not None and args.algos:
         raise UserError(f"the arms are named twice: in --algos and in the arms: section of {args.config}; keep one")
@@ -124,13 +124,13 @@ def arm_specs_from_args(args: argparse.Namespace, default: str = "grpo,ppo"):
 
 
 def kl_from_args(args: argparse.Namespace):
-    from harness.arm_specs import KLSetting
+    from harness.config.kl import KLSetting
     return KLSetting(args.kl or "native", args.kl_coef)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from harness.commands import compare
-    from harness.terminal import quiet_libraries
+    from harness.commands.terminal import quiet_libraries
     quiet_libraries()
     if args.resume:
         refuse_flags_with(args, ("algos", "seeds", "seed", "out", "baseline", "kl", "kl_coef", "devices_per_arm", *CONFIG_FLAGS),
@@ -156,7 +156,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from harness.commands import sweep
-    from harness.terminal import quiet_libraries
+    from harness.commands.terminal import quiet_libraries
     quiet_libraries()
     if args.resume:
         refuse_flags_with(args, ("algos", "grid", "seeds", "seed", "out", "baseline", "kl", "kl_coef", "compare_seeds",
@@ -187,7 +187,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from harness.commands import run
-    from harness.terminal import quiet_libraries
+    from harness.commands.terminal import quiet_libraries
     quiet_libraries()
     if args.run_dir:
         refuse_flags_with(args, ("algo", "out", *CONFIG_FLAGS),
@@ -224,8 +224,9 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from harness.commands import bench, bench_trl
-    from harness.terminal import quiet_libraries
+    from harness.commands import bench
+    from harness.commands.terminal import quiet_libraries
+    from harness.crosscheck.trl import bench as bench_trl
     quiet_libraries()
     if args.repeats < 1:
         raise UserError("--repeats must be at least 1")
@@ -255,7 +256,7 @@ ESTIMATE_FLAGS = {"world_size": "estimate.world_size", "prompt_length": "estimat
 
 def cmd_estimate(args: argparse.Namespace) -> int:
     from harness.commands.estimate import estimate_command
-    from harness.terminal import quiet_libraries
+    from harness.commands.terminal import quiet_libraries
     quiet_libraries()
     algos = parse_algos(args.algos)
     args.overrides = [f"{field}={getattr(args, flag)}" for flag, field in ESTIMATE_FLAGS.items()
@@ -277,7 +278,7 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
-    from harness.config import PRESET_DIR, preset_names
+    from harness.config.load import PRESET_DIR, preset_names
     for name in preset_names():
         first = (PRESET_DIR / f"{name}.yaml").read_text().splitlines()[0].lstrip("# ")
         print(f"{name:12s} {first}")

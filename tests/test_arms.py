@@ -1,4 +1,4 @@
-"""Arm variants, the baseline arm and the matched KL of a comparison (harness.arm_specs, harness.results)."""
+"""Arm variants, the baseline arm and the matched KL of a comparison (harness.commands.arm_specs, harness.results.headline)."""
 
 import json
 import shutil
@@ -8,10 +8,11 @@ import pytest
 from conftest import harness
 
 from harness import UserError
-from harness.arm_specs import ArmSpec, KLSetting, arm_config, arms_from_yaml, parse_arm_spec, parse_arm_specs
 from harness.cli import main
-from harness.config import load_config
-from harness.results import arm_pair_of, default_baseline, ratio_rows
+from harness.commands.arm_specs import ArmSpec, arm_config, arms_from_yaml, parse_arm_spec, parse_arm_specs
+from harness.config.kl import KLSetting
+from harness.config.load import load_config
+from harness.results.headline import arm_pair_of, default_baseline, ratio_rows
 
 N1 = "ppo-n1=ppo:rollout.samples_per_prompt=1"
 

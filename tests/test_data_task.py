@@ -187,7 +187,7 @@ def test_long_examples_do_not_fit_the_tiny_model(data, capsys):
 
 
 def test_relative_data_and_reward_files_are_saved_as_absolute_paths(data):
-    from harness.config import load_config
+    from harness.config.load import load_config
     folder, _ = data
     config = load_config("smoke", overrides=["task.name=data:sums.jsonl", "task.reward=user_rewards.py:exact",
                                              "task.eval_file=sums.jsonl"])

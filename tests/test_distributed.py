@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 
 from conftest import harness, wait_for_steps
 from harness import UserError
-from harness.config import load_config
-from harness.distributed import check_launch
+from harness.config.load import load_config
+from harness.train.distributed import check_launch
 
 pytestmark = pytest.mark.slow
 FLAGS = ("--preset", "smoke", "--set", "run.lm_eval=false")
@@ -133,7 +133,7 @@ def test_the_estimate_at_world_size_two_is_what_a_rank_measures(algo, tmp_path):
     A phase is compared with its lowest steady-state peak: a rank's peak sometimes holds one decoder
     layer's FSDP2 buffers more (about 65 kB here; seen in old_logprobs and advantages, on either rank, in
     some runs and not others), freed later than FSDP2's own references are dropped."""
-    from harness.estimate import estimate
+    from harness.estimate.estimator import estimate
     harness("run", "--algo", algo, *FLAGS, "--nproc-per-node", "2", "--out", str(tmp_path / "two"), check=True)
     steady = rows(tmp_path / "two")[1:]
     mem = json.loads((tmp_path / "two" / "summary.json").read_text())["mem"]

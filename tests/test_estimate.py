@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import load_config, preset_names
+from harness.config.load import load_config, preset_names
 
 GIB = 2 ** 30
 COMPUTE = ("activations", "temporaries", "kv_cache", "weight_casts")  # how the tracker files what a step computes
@@ -21,11 +21,11 @@ MODEL_STATE = ("params", "grads", "optimizer")
 def measured_step(config, algo):
     """A real arm's second step on the CPU under LiveTensors: {phase: peak by category}, and the step's
     shapes (rows, prompt length, completion length: generate stops once every completion has ended)."""
-    import harness.arm as runner
-    from harness.checkpoint import RunState
-    from harness.memory import LiveTensors
-    from harness.meter import StepMeter
-    from harness.probes import Probes
+    import harness.train.arm as runner
+    from harness.measure.live_tensors import LiveTensors
+    from harness.measure.probes import Probes
+    from harness.measure.step_meter import StepMeter
+    from harness.train.checkpoint import RunState
     shapes = {}
     real_generate = runner.generate
 
@@ -50,9 +50,9 @@ def measured_step(config, algo):
 
 
 def estimated_step(config, algo, shapes):
-    from harness.fake_generation import Workload
-    from harness.fake_step import fake_step
-    from harness.model_specs import resolve_model
+    from harness.estimate.fake_generation import Workload
+    from harness.estimate.fake_step import fake_step
+    from harness.estimate.model_specs import resolve_model
     workload = Workload(shapes["rows"], shapes["prompt"], shapes["completion"], config.rollout.samples_per_prompt)
     # the CPU's optimizer path (per tensor), as the real run on the CPU takes it
     return fake_step(config, algo, resolve_model("tiny", config).config, None, workload, foreach=False).phases
@@ -102,9 +102,9 @@ def test_estimate_equals_measured_on_the_tiny_presets(preset, algo):
 
 
 def test_skipping_decoding_steps_to_the_last_keeps_the_generate_peak(monkeypatch):
-    import harness.fake_generation as fake_generation
-    import harness.fake_step as fake_step
-    from harness.model_specs import resolve_model
+    import harness.estimate.fake_generation as fake_generation
+    import harness.estimate.fake_step as fake_step
+    from harness.estimate.model_specs import resolve_model
     config = load_config("smoke", overrides=["model.precision=bf16-mixed", "rollout.top_p=0.9"])
     spec = resolve_model("tiny", config)
     # 16 tokens: 3 steps one by one, then the last; a fast-forward that grew nothing would lose 19 kB of peak
@@ -123,7 +123,7 @@ QWEN_7B_TENSORS = 12 * 28 + 3  # per layer q, k, v (weights and biases), o, gate
 
 @pytest.mark.slow  # two fake steps of a 7B model: half a minute
 def test_qwen_7b_model_state_is_16_bytes_per_trained_parameter_and_2_per_frozen():
-    from harness.estimate import estimate
+    from harness.estimate.estimator import estimate
     assert QWEN_7B == 7_615_616_512
     critic = QWEN_7B - 152_064 * 3_584 + 3_584 + 1  # the decoder without the LM head, a scalar value head
     config = load_config("smoke", overrides=["model.name=Qwen/Qwen2.5-7B", "model.precision=bf16-mixed",
@@ -153,7 +153,7 @@ def test_qwen_7b_model_state_is_16_bytes_per_trained_parameter_and_2_per_frozen(
 
 
 def test_world_size_two_halves_each_gpu_s_model_state():
-    from harness.estimate import estimate
+    from harness.estimate.estimator import estimate
     one = estimate(load_config("smoke"), ["grpo", "ppo"], cuda_optimizer=False)
     two = estimate(load_config("smoke", overrides=["estimate.world_size=2"]), ["grpo", "ppo"], cuda_optimizer=False)
     for algo in ("grpo", "ppo"):
@@ -170,7 +170,7 @@ def test_world_size_two_halves_each_gpu_s_model_state():
 
 
 def test_per_gpu_figures_and_the_rollout_engine_by_hand():
-    from harness.estimate import per_gpu, with_engine
+    from harness.estimate.estimator import per_gpu, with_engine
     raw = {"phases": {"generate": {"params": 50, "grads": 20, "optimizer": 40, "kv_cache": 30, "fsdp_buffers": 10,
                                    "total": 150},
                       "advantages": {"params": 50, "grads": 20, "optimizer": 40, "rollout": 6, "total": 116},
@@ -189,7 +189,7 @@ def test_per_gpu_figures_and_the_rollout_engine_by_hand():
 
 
 def test_the_rollout_engine_reserves_a_share_of_each_device(tmp_path):
-    from harness.estimate import estimate
+    from harness.estimate.estimator import estimate
     config = load_config("smoke", overrides=["estimate.rollout_reserve=0.3", "estimate.device_memory=h200"])
     result = estimate(config, ["grpo"])
     arm = result["arms"]["grpo"]
@@ -223,7 +223,7 @@ def test_estimate_prints_each_arm_the_ratio_and_the_fit_and_reuses_its_cache(cap
 
 
 def test_shipped_configs_answer_offline():
-    from harness.model_specs import known_models, resolve_model
+    from harness.estimate.model_specs import known_models, resolve_model
     config = load_config("smoke")
     assert len(known_models()) == 8
     spec = resolve_model("qwen2.5-0.5b", config)
@@ -262,7 +262,7 @@ def test_a_config_json_transformers_cannot_build_is_one_line_and_exit_2(capsys, 
 # ---------------------------------------------------------------- the grid
 
 def test_grid_cells_cover_every_choice_once():
-    from harness.estimate_grid import AXES, cell_config, cells
+    from harness.estimate.grid import AXES, cell_config, cells
     grid = cells()
     assert len(grid) == 32 and len({tuple(sorted(c.items())) for c in grid}) == 32
     config = load_config("smoke", overrides=["algorithms.grpo.beta=0"])
@@ -278,7 +278,7 @@ def test_grid_cells_cover_every_choice_once():
 
 @pytest.mark.slow
 def test_grid_on_the_smoke_model_gives_the_ratio_range_and_reruns_from_the_cache(tmp_path, monkeypatch):
-    from harness.estimate_grid import estimate_grid
+    from harness.estimate.grid import estimate_grid
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
     config = load_config("smoke")
     first = estimate_grid(config, ["grpo", "ppo"])
@@ -314,7 +314,7 @@ def test_compare_writes_the_at_scale_estimate_and_the_report_shows_it(tmp_path):
     """By default the comparison's own configuration only (two fake steps): the same ratio harness
     estimate gives for that config; the grid is harness estimate --grid's (tested above)."""
     from conftest import harness
-    from harness.estimate import estimate
+    from harness.estimate.estimator import estimate
     out = tmp_path / "comparison"
     harness("compare", "--preset", "smoke", "--out", str(out), "--set", "estimate.at_scale=tiny",
             "--set", "estimate.at_scale_world_size=2", "--set", "run.lm_eval=false", check=True)
@@ -332,7 +332,7 @@ def test_compare_writes_the_at_scale_estimate_and_the_report_shows_it(tmp_path):
 def test_every_shipped_preset_passes_the_at_scale_check(preset):
     """A default comparison must not stop at its own "At scale" grid (tiny's micro-batch of 64 is more
     than one of 8 GPUs' 16-row minibatch: the grid takes the largest micro-batch that divides it)."""
-    from harness.estimate_grid import at_scale_config, check_at_scale
+    from harness.estimate.grid import at_scale_config, check_at_scale
     config = load_config(preset)
     check_at_scale(config)
     if preset == "tiny":

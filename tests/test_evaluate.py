@@ -16,15 +16,15 @@ import pytest
 import torch
 
 from harness.cli import main
-from harness.config import load_config
-from harness.evaluate import majority_at_k, pass_at_k, score_policy, score_standard
-from harness.io import write_yaml
-from harness.models import load_policy, resolve_model_path
-from harness.rollout import completion_mask, decode_completions, greedy_eval, sample
+from harness.config.load import load_config
+from harness.results.io import write_yaml
 from harness.tasks.base import Example
 from harness.tasks.gym import GymTask, load_task, task_names
 from harness.tasks.lm_eval import write_local_tasks
 from harness.tasks.lm_eval.metrics import canonical_number, majority_vote, sampled_scores
+from harness.train.lm_eval_bridge import majority_at_k, pass_at_k, score_policy, score_standard
+from harness.train.models import load_policy, resolve_model_path
+from harness.train.rollout import completion_mask, decode_completions, greedy_eval, sample
 
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 os.environ.update(OFFLINE)  # before `datasets` reads them at import; the fixture below enforces them too

@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness import exports
-from harness.exports import write_steps_table
+from harness.results import exports
+from harness.results.exports import write_steps_table
 
 COMPARE = Path(__file__).parent / "fixtures" / "report" / "compare"
 

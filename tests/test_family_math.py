@@ -12,7 +12,7 @@ from harness.algorithms.dapo import DAPO, has_spread, overlong_penalty
 from harness.algorithms.dr_grpo import DrGRPO, DrGRPOConfig
 from harness.algorithms.reinforce_pp import reinforce_pp_advantages, reward_to_go
 from harness.algorithms.rloo import leave_one_out_advantages, rloo_loss, sequence_kl
-from harness.rollout import concat_batches
+from harness.train.rollout import concat_batches
 
 
 def test_leave_one_out_baseline_by_hand():
@@ -130,8 +130,8 @@ def test_matched_kl_sets_the_same_term_in_every_algorithm():
 
 
 def small_linear_policy():
-    from harness.config import ModelConfig
-    from harness.models import char_tokenizer, tiny_model
+    from harness.config.schema import ModelConfig
+    from harness.train.models import char_tokenizer, tiny_model
     torch.manual_seed(0)
     return tiny_model(ModelConfig(hidden_size=8, num_layers=1, num_heads=2), char_tokenizer("0123456789+-="))
 

@@ -159,7 +159,7 @@ def test_1_a_second_writer_and_every_reader_are_refused_while_a_comparison_runs(
 
 @pytest.mark.slow
 def test_1_readers_refuse_a_folder_whose_lock_is_held(finished, smoke_baseline, tmp_path, capsys):
-    from harness.io import FolderLock
+    from harness.results.io import FolderLock
     with FolderLock(finished / PPO, "harness run --run-dir X"):
         for args in [("check", finished, "--baseline", BASELINE), ("baseline", finished, "--out", tmp_path / "b.json"),
                      ("report", finished, "--out", tmp_path / "r", "--no-pdf")]:
@@ -181,7 +181,7 @@ def test_1_a_new_run_never_overwrites_a_finished_one(finished, capsys):
 
 @pytest.mark.slow
 def test_1_eval_does_not_write_into_a_run_folder_being_trained(smoke_comparison, capsys):
-    from harness.io import FolderLock
+    from harness.results.io import FolderLock
     arm = smoke_comparison[0] / GRPO
     with FolderLock(arm, "harness run --run-dir X"):
         code, _, err = run_main(capsys, "eval", arm, "--k", 0, "--limit", 2)
@@ -190,13 +190,13 @@ def test_1_eval_does_not_write_into_a_run_folder_being_trained(smoke_comparison,
 
 def test_1_folder_lock_is_exclusive_and_released_when_its_holder_ends(tmp_path):
     from harness import UserError
-    from harness.io import FolderLock, folder_writer
+    from harness.results.io import FolderLock, folder_writer
     with FolderLock(tmp_path, "first"):
         with pytest.raises(UserError, match=f"is in use: process {os.getpid()} \\(first, since "):
             FolderLock(tmp_path, "second").__enter__()
         assert folder_writer(tmp_path).startswith(f"process {os.getpid()}")
     assert folder_writer(tmp_path) is None
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from harness.io import FolderLock; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from harness.results.io import FolderLock; "
                                f"FolderLock({str(tmp_path)!r}, 'child').__enter__(); print(1, flush=True); time.sleep(60)"],
                               stdout=subprocess.PIPE, text=True)
     try:
@@ -210,7 +210,7 @@ def test_1_folder_lock_is_exclusive_and_released_when_its_holder_ends(tmp_path):
 
 def test_1_two_comparisons_started_in_the_same_second_get_their_own_folders(tmp_path, monkeypatch):
     from harness.commands import compare
-    from harness.config import load_config
+    from harness.config.load import load_config
     monkeypatch.setattr(compare, "timestamp", lambda: "20261125-120000")
     monkeypatch.setattr(compare, "run_arms", lambda *args, **kwargs: 0)  # the arms are not what is tested
     config = load_config("smoke", overrides=[f"run.results_dir={tmp_path}"])
@@ -247,9 +247,9 @@ def test_2_a_torchrun_job_that_fails_only_in_its_teardown_keeps_a_finished_arm(t
     """Seen once in CI: a 2-process arm wrote its results and `ok`, then its torchrun job exited 1 while
     shutting down. The arm is whole (every rank had passed its last collective), so `harness run` exits 0
     with a warning naming the log's error; a job that fails before rank 0 wrote `ok` is still a failure."""
-    from harness import distributed
     from harness.commands.run import launch
-    from harness.config import load_config
+    from harness.config.load import load_config
+    from harness.train import distributed
     config = load_config(preset="smoke", overrides=["run.nproc_per_node=2"])
     (tmp_path / "summary.json").write_text(json.dumps({"algo": "grpo", "seed": 0, "status": status}))
     teardown = "import sys; print('RuntimeError: Connection closed by peer', file=sys.stderr); sys.exit(1)"
@@ -366,8 +366,8 @@ def test_6_a_stop_that_torch_turned_into_another_error_is_still_an_interruption(
     # torch's RuntimeError, which the runner records as a failure: the arm still records `interrupted`.
     from harness import Interrupted
     from harness.commands import run
-    from harness.config import load_config
-    from harness.io import write_json
+    from harness.config.load import load_config
+    from harness.results.io import write_json
 
     def runner_inside_torch(config, algo, run_dir, **kwargs):
         try:
@@ -466,7 +466,7 @@ def test_7_a_batch_too_big_for_this_machine_is_refused_before_it_starts(tmp_path
 def test_7_every_numeric_field_has_its_range_in_one_place():
     import dataclasses
 
-    from harness.config import FIELD_RANGES, Config
+    from harness.config.schema import FIELD_RANGES, Config
     sections = {f.name: f.default_factory for f in dataclasses.fields(Config)
                 if dataclasses.is_dataclass(f.default_factory) and f.name != "verdict"}  # verdict: validate_verdict
     numeric = {f"{name}.{f.name}" for name, cls in sections.items() for f in dataclasses.fields(cls)
@@ -535,7 +535,7 @@ def test_8_a_full_disk_leaves_no_partial_file_and_no_summary_stuck_at_running(sm
 
 
 def test_8_atomic_writes_leave_the_old_file_and_name_the_new_one_when_the_disk_fills(tmp_path, monkeypatch):
-    from harness.io import atomic_write_text, write_json
+    from harness.results.io import atomic_write_text, write_json
     path = tmp_path / "summary.json"
     write_json(path, {"status": "running"})
 
@@ -550,11 +550,11 @@ def test_8_atomic_writes_leave_the_old_file_and_name_the_new_one_when_the_disk_f
 
 @pytest.mark.slow
 def test_8_a_write_failure_is_one_line_not_a_traceback(finished, tmp_path, capsys, monkeypatch):
-    import harness.io
+    import harness.results.io
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "b.json"))
-    monkeypatch.setattr(harness.io, "atomic_write_text", full)
+    monkeypatch.setattr(harness.results.io, "atomic_write_text", full)
     code, _, err = run_main(capsys, "baseline", finished, "--out", tmp_path / "b.json")
     assert_one_line(code, err, f"{tmp_path / 'b.json'}: No space left on device")
 
@@ -646,7 +646,7 @@ def test_9_a_kill_mid_pdf_leaves_the_previous_report(finished, tmp_path, monkeyp
 
 
 def test_9_a_model_folder_is_staged_and_renamed(tmp_path):
-    from harness.io import atomic_folder
+    from harness.results.io import atomic_folder
     folder = tmp_path / "final_model"
     with atomic_folder(folder) as staging:
         (staging / "config.json").write_text("{}")
@@ -663,7 +663,7 @@ def test_9_a_model_folder_is_staged_and_renamed(tmp_path):
 
 @pytest.mark.parametrize("umask, mode, folder_mode", [(0o022, 0o644, 0o755), (0o027, 0o640, 0o750)])
 def test_9_result_files_take_the_umask(tmp_path, umask, mode, folder_mode):
-    from harness.io import atomic_folder, atomic_write_bytes, write_json
+    from harness.results.io import atomic_folder, atomic_write_bytes, write_json
     previous = os.umask(umask)
     try:
         write_json(tmp_path / "summary.json", {})
@@ -681,7 +681,7 @@ def test_9_result_files_take_the_umask(tmp_path, umask, mode, folder_mode):
 
 @pytest.mark.slow
 def test_10_a_bad_line_in_steps_is_skipped_counted_and_said(finished, tmp_path, capsys):
-    from harness.io import read_jsonl
+    from harness.results.io import read_jsonl
     steps = finished / GRPO / "steps.jsonl"
     lines = steps.read_text().splitlines()
     steps.write_text("\n".join([lines[0], '{"step": 2, "reward/me', *lines[2:]]) + "\n")

@@ -1,7 +1,10 @@
-"""The layers point one way: cli -> commands -> engine -> algorithms, tasks; no import circle anywhere.
+"""The folders' layers point one way, and there is no import circle anywhere.
 
-Every import statement counts, those inside functions too (they hid a circle before), except the
-ones under `if TYPE_CHECKING:`, which never run.
+    cli > commands > {estimate, crosscheck} > {train, report} > {measure, results} > config > {algorithms, tasks}
+
+A folder may import its own modules and any folder of a lower tier; folders of one tier do not import each
+other. Every import statement counts: those inside functions and under `if TYPE_CHECKING:` too (both hid
+a circle before).
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_DIRS = {"harness": ROOT / "harness", "harness.algorithms": ROOT / "algorithms", "harness.tasks": ROOT / "tasks"}
-LAYERS = ["cli", "commands", "engine", "core"]  # each may import its own layer and those after it
+# Tiers from the top; a folder may import its own modules and any folder of a later tier.
+TIERS = [("cli",), ("commands",), ("estimate", "crosscheck"), ("train", "report"), ("measure", "results"),
+         ("config",), ("algorithms", "tasks"), ("harness",)]  # harness: the package's __init__ (UserError)
 
 
 def module_files() -> dict[str, Path]:
@@ -26,33 +31,29 @@ def module_files() -> dict[str, Path]:
     return modules
 
 
-def layer_of(module: str) -> str:
+def folder_of(module: str) -> str:
+    """The folder a module lives in: 'harness.train.arm' -> 'train'; the CLI's modules -> 'cli';
+    the package's own __init__ (UserError, the version) -> 'harness'."""
     if module in ("harness.cli", "harness.__main__"):
         return "cli"
-    if module.startswith("harness.commands"):
-        return "commands"
-    if module.startswith(("harness.algorithms", "harness.tasks")) or module == "harness":
-        return "core"
-    return "engine"
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "harness"
 
 
-def _type_checking_lines(tree: ast.Module) -> set[int]:
-    lines = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            for child in ast.walk(node):
-                lines.add(getattr(child, "lineno", -1))
-    return lines
+def tier_of(module: str) -> int:
+    folder = folder_of(module)
+    return next(i for i, tier in enumerate(TIERS) if folder in tier)
+
+
+def may_import(module: str, target: str) -> bool:
+    return folder_of(module) == folder_of(target) or tier_of(target) > tier_of(module)
 
 
 def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
     """The project modules `name` imports (a package import counts as its __init__)."""
     tree = ast.parse(path.read_text())
-    skip = _type_checking_lines(tree)
     found = set()
     for node in ast.walk(tree):
-        if getattr(node, "lineno", None) in skip:
-            continue
         targets = []
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
@@ -110,19 +111,29 @@ def test_no_import_circle():
     assert find_cycle(import_graph()) is None
 
 
-def test_every_import_points_down_the_layers():
-    wrong = []
-    for module, targets in import_graph().items():
-        for target in targets:
-            if LAYERS.index(layer_of(target)) < LAYERS.index(layer_of(module)):
-                wrong.append(f"{module} ({layer_of(module)}) imports {target} ({layer_of(target)})")
+def test_every_module_sits_in_a_folder_of_the_map():
+    # the top of harness/ keeps only the CLI and the package's __init__; every engine module is in a folder
+    folders = {f for tier in TIERS for f in tier}
+    assert {name for name in module_files() if folder_of(name) not in folders} == set()
+    top = sorted(p.name for p in (ROOT / "harness").glob("*.py"))
+    assert top == ["__init__.py", "__main__.py", "cli.py"]
+
+
+def test_every_import_points_down_the_tiers():
+    wrong = [f"{module} ({folder_of(module)}) imports {target} ({folder_of(target)})"
+             for module, targets in import_graph().items() for target in targets if not may_import(module, target)]
     assert wrong == []
 
 
 def test_algorithms_and_tasks_import_nothing_of_the_engine():
-    wrong = [f"{m} imports {t}" for m, targets in import_graph().items() if layer_of(m) == "core"
-             for t in targets if t.startswith("harness.") and layer_of(t) != "core"]
+    wrong = [f"{m} imports {t}" for m, targets in import_graph().items() if folder_of(m) in ("algorithms", "tasks")
+             for t in targets if folder_of(t) not in ("algorithms", "tasks", "harness")]
     assert wrong == []
+
+
+def test_nothing_in_algorithms_knows_of_cross_checks():
+    text = "\n".join(path.read_text() for path in (ROOT / "algorithms").glob("*.py"))
+    assert "crosscheck" not in text and "CROSS_CHECK" not in text and "trl-grpo" not in text
 
 
 def test_argparse_lives_in_the_cli_only():
@@ -135,10 +146,15 @@ def test_argparse_lives_in_the_cli_only():
 
 
 def test_the_checker_finds_a_circle_and_an_upward_import():
-    # A test of the test: a hand-made graph with a circle, and an engine module importing a command.
+    # A test of the test: a hand-made graph with a circle; an engine module importing a command; siblings.
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
-    assert layer_of("harness.runner") == "engine" and layer_of("harness.commands.compare") == "commands"
+    assert not may_import("harness.train.runner", "harness.commands.compare")
+    assert not may_import("harness.train.runner", "harness.report.data")  # one tier, two folders
+    assert not may_import("harness.config.schema", "harness.results.io")
+    assert may_import("harness.commands.compare", "harness.train.runner")
+    assert may_import("harness.train.arm", "harness.train.rollout")
+    assert may_import("harness.config.load", "harness")
 
 
 def test_help_does_not_import_torch():
@@ -148,6 +164,6 @@ def test_help_does_not_import_torch():
 
 
 def test_the_report_reads_result_files_only():
-    wrong = [f"{m} imports {t}" for m, targets in import_graph().items() if m.startswith("harness.report")
-             for t in targets if t.startswith(("harness.algorithms", "harness.runner", "harness.models", "harness.rollout"))]
+    wrong = [f"{m} imports {t}" for m, targets in import_graph().items() if folder_of(m) == "report"
+             for t in targets if folder_of(t) in ("algorithms", "train", "measure")]
     assert wrong == []

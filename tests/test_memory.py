@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from harness.memory import LiveTensors, step_peak
+from harness.measure.live_tensors import LiveTensors, step_peak
 
 
 def test_live_tensor_peaks_of_one_linear_layer_by_hand():

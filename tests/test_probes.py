@@ -9,9 +9,9 @@ import torch
 from harness.algorithms.base import TrainSettings
 from harness.algorithms.grpo import GRPO, GRPOConfig
 from harness.algorithms.ppo import PPO, PPOConfig
-from harness.config import ModelConfig
-from harness.models import char_tokenizer, tiny_model
-from harness.probes import NO_GPU, Probes, Sampler, model_state_bytes, open_nvml, optimizer_state_bytes, parameter_bytes
+from harness.config.schema import ModelConfig
+from harness.measure.probes import NO_GPU, Probes, Sampler, model_state_bytes, open_nvml, optimizer_state_bytes, parameter_bytes
+from harness.train.models import char_tokenizer, tiny_model
 
 
 def small_policy():

@@ -17,7 +17,7 @@ from harness.report import build_report, content, render_html
 from harness.report.data import load_comparison
 from harness.report.stats import INCONCLUSIVE, NOT_REPRODUCED, NOT_WORSE, REPRODUCED, WORSE
 from harness.report.verdict import terminal_lines, verdict_section
-from harness.results import MEMORY_FIGURES, TIME_FIGURES
+from harness.results.headline import MEMORY_FIGURES, TIME_FIGURES
 
 FIXTURES = Path(__file__).parent / "fixtures" / "report"
 COMPARE = FIXTURES / "compare"
@@ -192,7 +192,7 @@ def test_pdftoppm_renders_the_first_page(pdf_report, tmp_path):
 
 @pytest.mark.slow  # Chromium
 def test_chromium_renders_the_page(report, tmp_path):
-    from harness.report.browser import find_chromium, inspect_page
+    from browser import find_chromium, inspect_page
     if find_chromium() is None:
         pytest.skip("chromium is not installed (Debian: apt-get install chromium)")
     shot = tmp_path / "report.png"
@@ -291,7 +291,7 @@ def test_gpu_figures_when_present_and_the_allocator_peak_decides(tmp_path):
 def test_lm_eval_results_render_when_present(tmp_path):
     folder = copy_fixture(tmp_path)
 
-    def add_lm_eval(summary):  # the shape harness.evaluate.score_policy writes
+    def add_lm_eval(summary):  # the shape harness.train.lm_eval_bridge.score_policy writes
         gsm8k = {"gsm8k": {"results": {"gsm8k": {"exact_match,strict-match": 0.1}}, "seconds": 3.0}}
         summary["eval"]["lm_eval"] = {
             "base": {"pass@1": 0.2, "maj@k": 0.25, "pass@k": 0.4, "k": 8, "n": 200, "extra": gsm8k},
@@ -313,7 +313,7 @@ def test_lm_eval_results_render_when_present(tmp_path):
 def with_plan(folder: Path, **verdict) -> None:
     """Save a plan in the comparison's comparison.json, as `harness compare` does before the run."""
     from harness.commands.plan import make_plan
-    from harness.config import load_config
+    from harness.config.load import load_config
     config = load_config("smoke", overrides=[f"verdict.{k}={v}" for k, v in verdict.items()])
     comparison = json.loads((folder / "comparison.json").read_text())
     comparison["plan"] = make_plan(config, len(comparison["seeds"]))

@@ -8,11 +8,11 @@ import torch
 from transformers import GenerationConfig
 
 from harness.algorithms.base import RolloutBatch, completion_logps, entropy_from_logits, selective_log_softmax
-from harness.config import load_config
-from harness.models import load_policy, resolve_model_path
 from harness.algorithms.base import TrainSettings
-from harness.rollout import completion_mask, encode_prompts, generate, greedy_eval, sampling_config
+from harness.config.load import load_config
 from harness.tasks.gym import load_task
+from harness.train.models import load_policy, resolve_model_path
+from harness.train.rollout import completion_mask, encode_prompts, generate, greedy_eval, sampling_config
 
 
 @pytest.fixture(scope="module")
@@ -131,8 +131,8 @@ def test_sampler_scores_equal_the_trainers_old_logps_whatever_the_hub_generation
 
 
 def test_prompts_go_through_the_chat_template_only_when_asked_and_present():
-    from harness.models import char_tokenizer
-    from harness.rollout import encode_prompts, use_chat_template
+    from harness.train.models import char_tokenizer
+    from harness.train.rollout import encode_prompts, use_chat_template
     tokenizer = char_tokenizer("0123456789+=<>")
     use_chat_template(tokenizer, "auto")  # no template: the text as it is
     assert encode_prompts(tokenizer, ["1+2="], "cpu")["input_ids"].tolist() == [tokenizer.encode("1+2=")]

@@ -13,8 +13,8 @@ from harness.algorithms.base import (Algorithm, RolloutBatch, TrainSettings, com
                                      partition_seed, sliced_minibatches)
 from harness.algorithms.grpo import GRPO, GRPOConfig
 from harness.algorithms.ppo import PPO, PPOConfig, value_loss
-from harness.config import ModelConfig
-from harness.models import char_tokenizer, enable_gradient_checkpointing, tiny_model
+from harness.config.schema import ModelConfig
+from harness.train.models import char_tokenizer, enable_gradient_checkpointing, tiny_model
 
 
 def small_policy(dtype=torch.float64):

@@ -7,9 +7,9 @@ import sys
 import pytest
 
 from harness import UserError
-from harness.config import load_config
-from harness.distributed import arm_device_sets
-from harness.supervise import Supervisor, device_sets
+from harness.config.load import load_config
+from harness.train.distributed import arm_device_sets
+from harness.train.supervise import Supervisor, device_sets
 
 
 def test_jobs_run_side_by_side_each_on_its_own_device_set(tmp_path, capsys):

@@ -6,10 +6,12 @@ import pytest
 from conftest import harness
 
 from harness import UserError
-from harness.arm_specs import ArmSpec, KLSetting, parse_arm_spec
 from harness.cli import main
+from harness.commands.arm_specs import ArmSpec, parse_arm_spec
 from harness.commands.sweep import choose, fields_for, parse_grid, plan_points, sweep_config
-from harness.config import load_config, make_task
+from harness.config.derive import make_task
+from harness.config.kl import KLSetting
+from harness.config.load import load_config
 
 
 def test_a_grid_field_applies_to_the_arms_whose_config_has_it():
@@ -56,8 +58,8 @@ def test_the_best_point_is_the_highest_validation_accuracy_ties_to_the_first():
 def test_a_point_evaluates_on_the_validation_split_never_the_test_split(tmp_path, monkeypatch):
     """A sweep point trains and evaluates without ever scoring a test prompt: the greedy evaluation is handed
     validation prompts only (and would fail this test on a test prompt)."""
-    from harness import arm as arm_module
     from harness.commands.run import run
+    from harness.train import arm as arm_module
     config = sweep_config(load_config("smoke", overrides=["budget.total=32"]), budget=None)
     task = make_task(load_config("smoke"))
     test_prompts = {e.prompt for e in task.eval_examples()}

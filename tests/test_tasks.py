@@ -104,7 +104,7 @@ def test_the_credit_assignment_task_has_long_answers_with_partial_credit():
 def test_a_preset_s_generator_options_stay_with_its_task(tmp_path):
     """tiny's chain_sum options (min_digits) would be refused by another task: --task drops them,
     while the task's own options, from any later layer, are kept."""
-    from harness.config import load_config
+    from harness.config.load import load_config
     assert load_config("tiny").task.options == {"min_digits": 2}
     assert load_config("tiny", overrides=["task.name=spell_backward"]).task.options == {}
     other = load_config("tiny", overrides=["task.name=spell_backward", "task.options.max_word_len=5"])

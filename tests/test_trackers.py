@@ -14,8 +14,9 @@ import pytest
 import yaml
 
 from harness import UserError
-from harness.trackers import (GIB, METRIC_ALIASES, RUNS, ArmTrackers, attach_report, check_trackers,
-                              parse_report_to, tracked_metrics)
+from harness.config.schema import parse_report_to
+from harness.results.trackers import (ArmTrackers, GIB, METRIC_ALIASES, RUNS, attach_report, check_trackers,
+    tracked_metrics)
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 PROJECT = f"harness-test-{os.getpid()}"

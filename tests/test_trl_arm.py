@@ -10,11 +10,12 @@ from trl.trainer.utils import RepeatSampler
 from conftest import harness
 from harness import UserError
 from harness.cli import main
-from harness.config import load_config, make_task
+from harness.config.derive import make_task
+from harness.config.load import load_config
+from harness.crosscheck.trl.arm import trl_options
+from harness.crosscheck.trl.settings import trl_settings
+from harness.crosscheck.trl.trainer import TaskReward, prompt_dataset
 from harness.report.stats import mean_ci
-from harness.trl_arm import trl_options
-from harness.trl_trainer import TaskReward, prompt_dataset
-from harness.trl_settings import trl_settings
 
 
 def smoke(*overrides):

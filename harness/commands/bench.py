@@ -17,11 +17,11 @@ import torch
 
 from harness.algorithms.base import RolloutBatch, completion_logits, entropy_from_logits, selective_log_softmax
 from harness.algorithms.grpo import grpo_loss
-from harness.config import make_task
-from harness.io import read_jsonl
-from harness.memory import LiveTensors
-from harness.models import char_tokenizer, tiny_model
-from harness.runner import run_arm
+from harness.config.derive import make_task
+from harness.measure.live_tensors import LiveTensors
+from harness.results.io import read_jsonl
+from harness.train.models import char_tokenizer, tiny_model
+from harness.train.runner import run_arm
 
 
 def step_times(run_dir: Path) -> list[float]:

@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from harness import UserError
-from harness.config import ARM_KEYS, config_from_dict, read_yaml
-from harness.io import check_writable, read_json, read_json_object, refuse_if_being_written, write_json
-from harness.results import MEMORY_FIGURES, PHASES, headline
+from harness.config.load import config_from_dict, read_yaml
+from harness.results.arm_config import ARM_KEYS
+from harness.results.headline import MEMORY_FIGURES, PHASES, headline
+from harness.results.io import check_writable, read_json, read_json_object, refuse_if_being_written, write_json
 
 EXIT_OK, EXIT_REGRESSED = 0, 1
 BASELINE_FORMAT = 2

@@ -1,11 +1,11 @@
 """`harness compare`: the arms of an equal-budget comparison, each in its own process.
 
-    from harness.config import load_config
     from harness.commands.compare import compare
+    from harness.config.schema import load_config
     compare(load_config("smoke"), ["grpo", "ppo", "ppo-n1=ppo:rollout.samples_per_prompt=1"], seeds=[0, 1],
             out="results/my-comparison", kl=KLSetting("loss"))
 
-An arm is a name, an algorithm and config overrides (harness.arm_specs); every ratio is taken against one
+An arm is a name, an algorithm and config overrides (harness.commands.arm_specs); every ratio is taken against one
 baseline arm (default: the first PPO arm).
 """
 
@@ -17,21 +17,26 @@ from pathlib import Path
 from typing import Any
 
 from harness import Interrupted, UserError
-from harness import distributed as ranks_
-from harness.arm_specs import ArmSpec, KLSetting, arm_config, check_arm_list, check_baseline, parse_arm_spec
+from harness.commands.arm_specs import ArmSpec, arm_config, check_arm_list, check_baseline, parse_arm_spec
 from harness.commands.plan import analysis_plan_lines, make_plan
-from harness.config import (Config, arm_config_dict, check_algorithms_fit, check_seed, check_setup, config_from_dict,
-                             make_task, read_yaml)
-from harness.estimate_grid import check_at_scale
-from harness.exports import write_steps_table
-from harness.io import (FolderLock, checkpoint_file, command_line, output_folder, read_json_object,
+from harness.commands.terminal import ArmProgress, plan_lines, render_terminal, timestamp
+from harness.config.derive import make_task
+from harness.config.kl import KLSetting
+from harness.config.load import config_from_dict, read_yaml
+from harness.config.schema import Config, check_seed
+from harness.config.schema import parse_report_to
+from harness.estimate.grid import check_at_scale
+from harness.estimate.preflight import check_algorithms_fit, check_setup
+from harness.results.arm_config import arm_config_dict
+from harness.results.exports import write_steps_table
+from harness.results.headline import arm_pair_of, arm_rows, ratio_rows
+from harness.results.io import (FolderLock, checkpoint_file, command_line, output_folder, read_json_object,
                         refuse_if_being_written, remove_temporaries, write_json, write_yaml)
-from harness.results import arm_pair_of, arm_rows, ratio_rows
-from harness.runner import _partial_state as partial_state  # the steps a stopped arm wrote
-from harness.runner import load_summary, run_name, summarize
-from harness.supervise import Supervisor, death_of
-from harness.terminal import ArmProgress, plan_lines, render_terminal, timestamp
-from harness.trackers import attach_report, parse_report_to
+from harness.results.trackers import attach_report
+from harness.train import distributed as ranks_
+from harness.train.runner import _partial_state as partial_state  # the steps a stopped arm wrote
+from harness.train.runner import load_summary, run_name, summarize
+from harness.train.supervise import Supervisor, death_of
 
 FAIRNESS = [
     "same base model and weights, tokenizer, task and prompt order for every arm",
@@ -86,14 +91,8 @@ def check_arms(config: Config, arms: list[dict[str, Any]]) -> None:
 
 def prepare_model(config: Config) -> None:
     """Build (or find) the shared warm-started model once, before any arm starts its clock."""
-    if config.model.name != "tiny":
-        return
-    from harness.models import build_or_load_tiny, tiny_folder
-    task = make_task(config)
-    if (tiny_folder(config.model, task) / "config.json").exists():
-        return
-    with ArmProgress("tiny model") as progress:
-        build_or_load_tiny(config.model, task, progress=lambda s, n, loss: progress("warm start", s, n, {"loss": loss}))
+    from harness.train.models import prepare_model as build
+    build(config, lambda: ArmProgress("tiny model"))
 
 
 def arm_command(arm_dir: Path, resume: bool) -> list[str]:
@@ -329,7 +328,7 @@ def print_verdict(comparison_dir: Path) -> None:
 
 def at_scale(config: Config, algos: list[str], comparison_dir: Path) -> None:
     """The report's "At scale" grid (harness estimate) for the models in estimate.at_scale, into at_scale.json."""
-    from harness.estimate_grid import at_scale_models, write_at_scale
+    from harness.estimate.grid import at_scale_models, write_at_scale
     if not at_scale_models(config) or (comparison_dir / "at_scale.json").exists():
         return
     print(f"at scale: estimating {', '.join(at_scale_models(config))} at world size "

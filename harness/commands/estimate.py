@@ -1,7 +1,7 @@
 """`harness estimate`: GRPO vs PPO memory per GPU at any model size, from each arm's own step on fake tensors.
 
-    from harness.config import load_config
     from harness.commands.estimate import estimate_command
+    from harness.config.schema import load_config
     estimate_command(load_config("tiny", overrides=["model.name=Qwen/Qwen2.5-7B", "estimate.world_size=8"]),
                      ["grpo", "ppo"])
 """
@@ -12,7 +12,7 @@ import json
 import sys
 from typing import Any
 
-from harness.config import Config
+from harness.config.schema import Config
 
 GIB, MIB = 2 ** 30, 2 ** 20
 
@@ -50,7 +50,7 @@ def setup_lines(setup: dict[str, Any], grid: bool = False) -> list[str]:
 def arm_table(algo: str, arm: dict[str, Any], world_size: int):
     from rich.table import Table
 
-    from harness.estimate import CATEGORIES
+    from harness.estimate.estimator import CATEGORIES
     present = [(k, label) for k, label, _ in CATEGORIES if any(row.get(k) for row in arm["phases"].values())]
     unit, scale = unit_for([row["total"] for row in arm["phases"].values()])
     where = "per GPU" if world_size > 1 else "one GPU"
@@ -66,7 +66,7 @@ def arm_table(algo: str, arm: dict[str, Any], world_size: int):
 
 
 def legend(result: dict[str, Any]) -> str:
-    from harness.estimate import CATEGORIES
+    from harness.estimate.estimator import CATEGORIES
     present = {k for arm in result["arms"].values() for row in arm["phases"].values() for k in row}
     return "; ".join(f"{label}: {what}" for k, label, what in CATEGORIES if k in present)
 
@@ -170,10 +170,10 @@ def estimate_command(config: Config, algos: list[str], grid: bool = False, as_js
                      use_cache: bool = True) -> int:
     """Print the estimate (or the grid) as tables, or as JSON with `as_json`."""
     if grid:
-        from harness.estimate_grid import estimate_grid
+        from harness.estimate.grid import estimate_grid
         result = estimate_grid(config, algos, use_cache, progress=progress_line)
     else:
-        from harness.estimate import estimate
+        from harness.estimate.estimator import estimate
         result = estimate(config, algos, use_cache,
                           progress=lambda line: print(f"estimate: {line}", file=sys.stderr, flush=True))
     if as_json:

@@ -8,15 +8,17 @@ from pathlib import Path
 from typing import Any
 
 from harness import UserError
-from harness.config import RolloutConfig, TaskConfig, make_task, read_arm_config
-from harness.evaluate import (BATCH_SIZE, DEFAULT_K, check_prompts, score_policy, score_standard,
-                              split_task_names)
-from harness.io import FolderLock, check_writable, command_line, write_json
-from harness.models import check_device, load_policy
-from harness.rollout import use_chat_template
+from harness.commands.terminal import ArmProgress, quiet_libraries
+from harness.config.derive import make_task
+from harness.config.schema import RolloutConfig, TaskConfig
+from harness.results.arm_config import read_arm_config
+from harness.results.io import FolderLock, check_writable, command_line, write_json
 from harness.tasks.data import is_data_task
 from harness.tasks.gym import load_task
-from harness.terminal import ArmProgress, quiet_libraries
+from harness.train.lm_eval_bridge import (BATCH_SIZE, DEFAULT_K, check_prompts, score_policy, score_standard,
+                              split_task_names)
+from harness.train.models import check_device, load_policy
+from harness.train.rollout import use_chat_template
 
 
 def eval_target(target: Path):

@@ -6,8 +6,8 @@ waits for node 0's plan (comparison.json and each arm's config.yaml on the share
 starts its own share of each unfinished arm's torchrun job in the plan's order; torchrun's
 rendezvous on node 0 pairs the two, so this node waits there until node 0 reaches that arm.
 
-    from harness.config import load_config
     from harness.commands.follow import follow
+    from harness.config.schema import load_config
     follow(load_config("tiny", overrides=["run.nnodes=2", "run.node_rank=1", "run.device=cuda"]), "/shared/cmp")
 """
 
@@ -17,11 +17,12 @@ import time
 from pathlib import Path
 
 from harness import Interrupted, UserError
-from harness import distributed as ranks_
-from harness.config import Config, read_arm_config
-from harness.io import checkpoint_file, read_json_object
-from harness.runner import finished_ok
-from harness.supervise import Supervisor
+from harness.config.schema import Config
+from harness.results.arm_config import read_arm_config
+from harness.results.io import checkpoint_file, read_json_object
+from harness.train import distributed as ranks_
+from harness.train.runner import finished_ok
+from harness.train.supervise import Supervisor
 
 PLAN_WAIT_S = 1800  # how long a follower waits for node 0's plan before it gives up
 

@@ -4,8 +4,8 @@ The plan names the primary figures, the non-inferiority margin δ, the target ac
 timed to, the band around the claimed ratio and why, the eval set, and the minimum detectable
 difference that the chosen seeds and eval size give, so that a user can choose them to reach δ.
 
-    from harness.config import load_config
     from harness.commands.plan import make_plan, analysis_plan_lines
+    from harness.config.schema import load_config
     print("\n".join(analysis_plan_lines(make_plan(load_config("tiny"), seeds=3))))
 """
 
@@ -15,7 +15,9 @@ import math
 from typing import Any
 
 from harness import UserError
-from harness.config import Config, check_setup, make_task
+from harness.config.derive import make_task
+from harness.config.schema import Config
+from harness.estimate.preflight import check_setup
 from harness.report.stats import LEVEL, detectable_difference, pair_sd, seeds_needed
 
 PLAN_VERSION = 1

@@ -6,8 +6,8 @@ import contextlib
 from pathlib import Path
 
 from harness import UserError
-from harness.io import FolderLock, check_writable, command_line, read_json_object, refuse_if_being_written
 from harness.report import build_report
+from harness.results.io import FolderLock, check_writable, command_line, read_json_object, refuse_if_being_written
 
 
 def report(comparison_dir: Path | str, out: Path | str | None = None, target: float | None = None,

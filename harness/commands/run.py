@@ -15,14 +15,17 @@ import sys
 from pathlib import Path
 
 from harness import Interrupted, UserError
-from harness import distributed as ranks_
-from harness.config import Config, algorithm_options, arm_config_dict, check_setup, read_arm_config
-from harness.io import (FolderLock, command_line, output_folder, describe_bad_lines, read_json_object,
+from harness.commands.terminal import ArmProgress, print_arm, timestamp
+from harness.config.derive import algorithm_options
+from harness.config.schema import Config
+from harness.estimate.preflight import check_setup
+from harness.results.arm_config import arm_config_dict, read_arm_config
+from harness.results.io import (FolderLock, command_line, output_folder, describe_bad_lines, read_json_object,
                         read_jsonl, remove_temporaries, write_json, write_yaml)
-from harness.runner import _partial_state as partial_state  # the steps a stopped arm wrote
-from harness.runner import finished_ok, record_launch_failure, run_arm, run_name, summarize
-from harness.supervise import Supervisor, stop_on_signals
-from harness.terminal import ArmProgress, print_arm, timestamp
+from harness.train import distributed as ranks_
+from harness.train.runner import _partial_state as partial_state  # the steps a stopped arm wrote
+from harness.train.runner import finished_ok, record_launch_failure, run_arm, run_name, summarize
+from harness.train.supervise import Supervisor, stop_on_signals
 
 
 def run(config: Config, algo: str, out: Path | str | None = None, probes: bool = True) -> int:

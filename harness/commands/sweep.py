@@ -1,8 +1,8 @@
 """`harness sweep`: a small grid per arm on a short budget, selected on the validation split only, then a
 comparison of each arm's best setting against the others' on fresh seeds (the test split).
 
-    from harness.config import load_config
     from harness.commands.sweep import sweep
+    from harness.config.schema import load_config
     sweep(load_config("smoke"), ["grpo", "ppo"], {"optim.lr": [1e-4, 3e-4]}, seeds=1, out="results/my-sweep")
 
 A grid field applies to every arm whose config has it; `algorithms.NAME.*` fields only to the arms that run
@@ -18,15 +18,18 @@ from pathlib import Path
 from typing import Any
 
 from harness import UserError
-from harness.arm_specs import ArmSpec, KLSetting, algorithm_section, check_arm_list, check_baseline
 from harness.commands import compare as compare_
-from harness.config import Config, check_seed, check_setup, config_from_dict, copy_config, parse_scalar, read_yaml
-from harness.io import (FolderLock, command_line, output_folder, read_json_object, refuse_if_being_written,
-                        remove_temporaries, write_json, write_yaml)
+from harness.commands.arm_specs import ArmSpec, algorithm_section, check_arm_list, check_baseline
+from harness.commands.terminal import timestamp
+from harness.config.kl import KLSetting
+from harness.config.load import config_from_dict, copy_config, parse_scalar, read_yaml
+from harness.config.schema import Config, check_seed
+from harness.estimate.preflight import check_setup
 from harness.report.sweep import SWEEP_FILE
-from harness.runner import load_summary
-from harness.supervise import Supervisor
-from harness.terminal import timestamp
+from harness.results.io import (FolderLock, command_line, output_folder, read_json_object, refuse_if_being_written,
+                        remove_temporaries, write_json, write_yaml)
+from harness.train.runner import load_summary
+from harness.train.supervise import Supervisor
 
 COMPARE_FOLDER = "compare"
 

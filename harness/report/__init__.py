@@ -61,7 +61,7 @@ def write_pdf(html: str, pdf_path: Path) -> None:
 
     import weasyprint
 
-    from harness.io import atomic_file
+    from harness.results.io import atomic_file
     logging.getLogger("weasyprint").setLevel(logging.ERROR)
     logging.getLogger("fontTools").setLevel(logging.ERROR)
     document = weasyprint.HTML(string=html, base_url=str(pdf_path.parent))
@@ -81,8 +81,8 @@ def report_paths(comparison_dir: Path, out_dir: Path | str | None = None) -> tup
 def build_report(comparison_dir: Path | str, out_dir: Path | str | None = None, target: float | None = None,
                  pdf: bool = True) -> tuple[Path, Path | None]:
     """Write the HTML, the PDF and the figure files (see report_paths); the PDF is None if it could not be made."""
-    from harness.io import atomic_write_text
     from harness.report.data import load_comparison
+    from harness.results.io import atomic_write_text
     comparison_dir = Path(comparison_dir)
     html_path, pdf_path, figures_dir = report_paths(comparison_dir, out_dir)
     cmp = load_comparison(comparison_dir)

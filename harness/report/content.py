@@ -91,7 +91,7 @@ def rank_section(cmp: Comparison) -> list[dict[str, Any]]:
 
 
 def figure_values(arms: list[Arm], key: str) -> list[float]:
-    """One headline figure (harness.results.headline key) of each arm that has it."""
+    """One headline figure (harness.results.headline.headline key) of each arm that has it."""
     return [a.row[key] for a in arms if a.row.get(key) is not None]
 
 
@@ -277,7 +277,7 @@ def arms_section(cmp: Comparison) -> list[dict[str, Any]]:
 
 def kl_words(cmp: Comparison) -> str:
     """The comparison's KL setting (--kl, --kl-coef) in words; native for one made before it was saved."""
-    from harness.arm_specs import KLSetting
+    from harness.config.kl import KLSetting
     saved = cmp.plan.get("kl") if isinstance(cmp.plan.get("kl"), dict) else {}
     try:
         return KLSetting(saved.get("mode") or "native", saved.get("coef")).words()

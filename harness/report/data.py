@@ -15,10 +15,10 @@ from typing import Any
 import pandas as pd
 
 from harness import UserError
-from harness.config import read_yaml
-from harness.io import describe_bad_lines, read_json_object, read_jsonl
-from harness.results import get_path as get
-from harness.results import arm_pair_of, default_baseline, headline
+from harness.config.load import read_yaml
+from harness.results.headline import get_path as get
+from harness.results.headline import arm_pair_of, default_baseline, headline
+from harness.results.io import describe_bad_lines, read_json_object, read_jsonl
 
 # (steps.jsonl key, label) of the training-health panels; the last three belong to one algorithm each.
 HEALTH_METRICS = [
@@ -54,9 +54,9 @@ class Arm:
     steps: pd.DataFrame
     env: dict[str, Any]
     config: dict[str, Any]
-    row: dict[str, Any] = field(default_factory=dict)  # harness.results.headline(summary)
+    row: dict[str, Any] = field(default_factory=dict)  # harness.results.headline.headline(summary)
     bad_lines: list[int] = field(default_factory=list)  # lines of steps.jsonl that could not be read
-    overrides: dict[str, Any] = field(default_factory=dict)  # the arm's config overrides (harness.arm_specs)
+    overrides: dict[str, Any] = field(default_factory=dict)  # the arm's config overrides (harness.commands.arm_specs)
 
     @property
     def bad_lines_note(self) -> str | None:

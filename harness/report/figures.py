@@ -22,7 +22,7 @@ import seaborn as sns  # noqa: E402
 
 from harness.report.data import HEALTH_METRICS, Arm, Comparison, get  # noqa: E402
 from harness.report.stats import mean_ci, t_quantile  # noqa: E402
-from harness.results import PHASES  # noqa: E402
+from harness.results.headline import PHASES  # noqa: E402
 
 MIB = 1024 * 1024
 WIDTH = 7.2  # inches: the A4 text width at the report's margins
@@ -45,7 +45,7 @@ def to_data_uri(fig, folder: Path | None = None, name: str = "") -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
     if folder is not None:
-        from harness.io import atomic_write_bytes
+        from harness.results.io import atomic_write_bytes
         svg = io.BytesIO()
         fig.savefig(svg, format="svg", bbox_inches="tight")
         atomic_write_bytes(folder / f"{name}.png", buffer.getvalue())

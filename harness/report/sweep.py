@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import __version__
-from harness.io import read_json_object
+from harness.results.io import read_json_object
 
 SWEEP_FILE = "sweep.json"
 
@@ -64,9 +64,9 @@ def write_sweep_report(sweep_dir: Path | str) -> Path:
     """sweep.html (self-contained) and figures/sweep.png|svg of a sweep folder."""
     import jinja2
 
-    from harness.io import atomic_write_text
     from harness.report import TEMPLATES
     from harness.report.figures import to_data_uri
+    from harness.results.io import atomic_write_text
     sweep_dir = Path(sweep_dir)
     data = read_json_object(sweep_dir / SWEEP_FILE)
     fig = sweep_figure(data)

@@ -24,7 +24,7 @@ from harness.report.data import Arm, Comparison, get
 from harness.report.stats import (INCONCLUSIVE, NOT_REPRODUCED, NOT_WORSE, REPRODUCED, WORSE, Estimate,
                                   arithmetic, arithmetic_ratio, mean_ci, non_inferiority, paired_difference,
                                   ratio_ci, ratio_reading, verdict, width_in_words)
-from harness.results import MEMORY_FIGURES, TIME_FIGURES
+from harness.results.headline import MEMORY_FIGURES, TIME_FIGURES
 
 # The memory figure the verdict rests on: the CUDA allocator peak where a GPU measured it, else the
 # measured step peak of live tensors (the max over the phases of a step).

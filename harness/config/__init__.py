@@ -1,0 +1,1 @@
+"""The config: its schema (fields, types, bounds, descriptions), loading (presets, --config, --set), setup checks."""

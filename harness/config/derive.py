@@ -1,0 +1,74 @@
+"""What the engine derives from a config: the task it names, the training settings, an algorithm's options."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from harness import UserError
+from harness.config.arm_kinds import algorithm_of
+from harness.config.schema import Config
+
+def train_settings(config: Config):
+    """What the algorithms' shared loop needs from this config."""
+    import torch
+
+    from harness.algorithms.base import TrainSettings
+    return TrainSettings(
+        lr=config.optim.lr, weight_decay=config.optim.weight_decay, epochs=config.optim.epochs,
+        minibatches=config.optim.minibatches, micro_batch_size=config.optim.micro_batch_size,
+        max_grad_norm=config.optim.max_grad_norm, entropy_coef=config.optim.entropy_coef,
+        temperature=config.rollout.temperature, max_new_tokens=config.rollout.max_new_tokens,
+        logprob_batch_size=config.rollout.logprob_batch_size,
+        autocast_dtype=torch.bfloat16 if config.model.precision == "bf16-mixed" else None)
+
+
+def make_task(config: Config):
+    """The task this config names, with its eval split, data seed, format weight and options; with
+    run.eval_split=validation, a view of it whose held-out examples are the validation split."""
+    task = config.task
+    from harness.tasks.data import is_data_task, load_data_task
+    if is_data_task(task.name):
+        loaded = load_data_task(task.name, prompt_key=task.prompt_key, answer_key=task.answer_key,
+                                eval_file=task.eval_file, eval_size=task.eval_size, seed=task.seed,
+                                reward=task.reward, format_weight=task.format_weight, options=task.options)
+    else:
+        from harness.tasks.gym import load_task
+        loaded = load_task(task.name, eval_size=task.eval_size, seed=task.seed, format_weight=task.format_weight,
+                           options=task.options, validation_size=task.validation_size)
+    return ValidationView(loaded) if config.run.eval_split == "validation" else loaded
+
+
+class ValidationView:
+    """A task whose held-out examples (`eval_examples`, what every evaluation and lm-eval score) are its
+    validation split: what a sweep selects on, so that the test split is never read while tuning.
+    Everything else is the task's own; `whole_task` is the task itself (its splits shape the warm start)."""
+
+    def __init__(self, task):
+        self.whole_task = task
+
+    def __getattr__(self, name: str):
+        if name == "whole_task":  # not set yet (copy, pickle): no recursion through __getattr__
+            raise AttributeError(name)
+        return getattr(self.whole_task, name)
+
+    def eval_examples(self):
+        return self.whole_task.validation_examples()
+
+
+def algorithm_options(config: Config, algo: str):
+    """The typed options of `algo` from config.algorithms.<algo>, defaults filled in; one clear line if bad."""
+    from harness.algorithms import parse_options
+    checked = algorithm_of(algo)
+    values = config.algorithms.get(algo, {})
+    if checked != algo:  # a cross-check: the checked algorithm's options, its own section over them
+        values = {**config.algorithms.get(checked, {}), **values}
+    try:
+        options = parse_options(checked, values)
+    except (ValueError, TypeError) as err:
+        raise UserError(f"algorithms.{algo}: {err}") from None
+    for name, value in dataclasses.asdict(options).items():  # nan passes every range test: refuse it first
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"config field 'algorithms.{algo}.{name}' expects a finite number, got {value!r}")
+    return options
+

@@ -1,0 +1,311 @@
+"""One arm's training step on fake tensors: the arm's own code, nothing allocated.
+
+`FakeTensorMode` gives every op its output's shape and dtype without computing or allocating, and
+the live-tensor tracker of `harness.measure.live_tensors` records what would be live in each phase. The models are
+built on the meta device with the arm's own constructors (`runner.arm_models`: the algorithm, its
+critic and optimizers, the frozen reference), then made fake CPU tensors (fake `cuda` tensors fail at
+the first kernel in a CPU-only torch build). The step is the arm's: the same log-prob passes
+(`rollout.logprob_passes`), the same values, advantages and update loop (`runner.learn`), the same
+phase names and categories. Generation alone is simulated (`harness.estimate.fake_generation`): transformers'
+`generate` reads data to decide when to stop, and fake tensors hold none.
+
+At a world size N > 1 the step is rank 0's of an arm under torchrun: a fake process group of N ranks
+(torch's `fake` backend: collectives do nothing) and the arm's own FSDP2 sharding
+(`harness.train.distributed.shard`: each decoder layer, then the root), so that the shards, the gathered
+layers, the all-gather and reduce-scatter buffers and the moments they are freed are FSDP2's own. Its
+buffers' lifetimes are Python references, the same on every device and backend (gloo on the CPU, NCCL
+on GPUs); what a backend allocates inside its collectives (NCCL's channels) is no tensor, and neither
+the estimate nor the live-tensor measurement counts it.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.distributed._tools.common_utils import get_untyped_storages
+from torch.distributed._tools.mem_tracker import _TOTAL_KEY, _RefType
+
+from harness.algorithms.base import RolloutBatch, TrainSettings, autocast
+from harness.estimate.fake_generation import Workload, fake_sample
+from harness.measure.live_tensors import CATEGORIES, LiveTensors, _Category, _LeanTracker, retag_fsdp_buffers
+from harness.measure.probes import Probes, model_state_bytes
+from harness.measure.step_meter import StepMeter
+from harness.train.arm import arm_models, learn, rank_settings
+from harness.train.distributed import shard
+from harness.train.models import WEIGHT_DTYPES, enable_gradient_checkpointing
+from harness.train.rollout import completion_mask, logprob_passes
+
+
+@dataclass
+class FakeStep:
+    """What one arm's fake step recorded, on one GPU of `world_size` (`estimate` turns it into figures)."""
+
+    phases: dict[str, dict[str, int]]  # phase -> {category: bytes, "total": bytes} at the (weighted) peak
+    model_state: dict[str, dict[str, int]]  # arithmetic: {model: {params, grads, optimizer, total}} of this GPU's shards
+    seconds: float
+
+
+# ---------------------------------------------------------------- the tracker
+
+# The live-tensor tracker's categories (derived, so that one added there reaches the estimate too) plus
+# the compute-dtype copies autocast makes of trained weights, and the shards of models offloaded to CPU
+# memory (weight 0: not on the GPU).
+_EstimateCategory = _RefType("_EstimateCategory", [(c.name, c.value) for c in _Category]
+                             + [("WEIGHT_CAST", "Weight cast"), ("OFFLOADED", "Offloaded")])
+
+
+ESTIMATE_CATEGORIES = {**CATEGORIES, "Weight cast": "weight_casts", "Offloaded": "offloaded"}
+
+
+class _WeightedTracker(_LeanTracker):
+    """The lean tracker, with two changes for estimates:
+
+    - autocast's copies of parameters (bf16 weights under bf16-mixed, saved for backward and cached
+      while autocast is on) are their own category, `weight_casts`;
+    - each phase's peak is taken where the GPU's total peaks: a weight per category (0 for the shards
+      of an offloaded model, which live in CPU memory), so that the moment kept is the one that
+      matters on the GPU. With every weight 1 it is the plain peak of `LiveTensors`.
+    """
+
+    def __init__(self, weights: dict[str, float] | None = None) -> None:
+        super().__init__()
+        self._ref_class = _EstimateCategory
+        self.weights = weights or {}
+        self._weights_by_key: dict = {}
+
+    def _weighted(self, snapshot: dict) -> float:
+        if not self.weights:
+            return snapshot[_TOTAL_KEY]
+        return sum(value * self._key_weight(key) for key, value in snapshot.items() if key != _TOTAL_KEY)
+
+    def _key_weight(self, key) -> float:
+        if key not in self._weights_by_key:  # snapshot keys are enum members of several classes: looked up once
+            self._weights_by_key[key] = self.weights.get(ESTIMATE_CATEGORIES[getattr(key, "value", key)], 1.0)
+        return self._weights_by_key[key]
+
+    def _is_parameter(self, tensor) -> bool:
+        for storage in get_untyped_storages(tensor):
+            winfo, _ = self._WINFO.get(storage, (None, None))
+            if winfo is not None and getattr(winfo.reftype, "value", None) == "Parameter":
+                return True
+        return False
+
+    def _update_peak_stats(self, peak_state) -> None:
+        for device, snapshot in self._curr_mem_snap.items():
+            weighted = self._weighted(snapshot)
+            if self._peak_mem.get(device, -1) < weighted:
+                self._peak_mem[device] = weighted
+                self._peak_mem_snap[device] = dict(snapshot)
+
+    def reset_peak(self) -> None:
+        self._peak_mem_snap = self.get_tracker_snapshot()
+        self._peak_mem = {device: self._weighted(snap) for device, snap in self._peak_mem_snap.items()}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        if self._in_opt:
+            category = _Category.OPT
+        elif func is torch.ops.aten._to_copy.default and args and self._is_parameter(args[0]):
+            category = _EstimateCategory.WEIGHT_CAST
+        else:
+            category = _Category.TEMP if torch._C._current_graph_task_id() != -1 else _Category.ACT
+        for output in result if isinstance(result, (tuple, list)) else (result,):
+            if isinstance(output, torch.Tensor):
+                self._track(category, output)
+        if getattr(func, "namespace", None) == "fsdp":
+            retag_fsdp_buffers(self, result, kwargs)
+        self._update_peak_stats(None)
+        return result
+
+    def peak(self) -> dict[str, int]:
+        out = {"total": 0}
+        for snapshot in self._peak_mem_snap.values():
+            for key, value in snapshot.items():
+                name = "total" if key == _TOTAL_KEY else ESTIMATE_CATEGORIES[getattr(key, "value", key)]
+                if value or name == "total":
+                    out[name] = out.get(name, 0) + value
+        return out
+
+
+class EstimateTensors(LiveTensors):
+    """`LiveTensors` with the weighted tracker above (same phases, same retagging of the rollout); the
+    parameters and optimizer state of `offloaded` models are filed as `offloaded` (weight 0)."""
+
+    def __init__(self, trained, frozen, optimizers, offloaded: tuple = ()):
+        super().__init__(trained, frozen, optimizers)
+        self._tracker = _WeightedTracker({"offloaded": 0.0} if offloaded else {})
+        self._tracker.track_external(*self._trained, *frozen, *optimizers)
+        self._offloaded = offloaded  # (model, its optimizer or None)
+
+    def __enter__(self) -> EstimateTensors:
+        super().__enter__()  # files every parameter and moment again: the offloaded ones are retagged after it
+        for model, optimizer in self._offloaded:
+            tensors = [*model.parameters(), *(v for state in (optimizer.state.values() if optimizer else ())
+                                              for v in state.values() if isinstance(v, torch.Tensor))]
+            for tensor in tensors:
+                self._tracker._update_and_maybe_create_winfos(tensor, _EstimateCategory.OFFLOADED)
+        return self
+
+
+# ---------------------------------------------------------------- building the arm on fake tensors
+
+def meta_policy(model_config, precision: str, checkpointing: bool, name: str):
+    """The policy as `models.load_policy` makes it (weight dtype, checkpointing), on the meta device."""
+    from transformers import AutoModelForCausalLM
+    with torch.device("meta"):  # on a copy: from_config writes the dtype into the config it is given
+        policy = AutoModelForCausalLM.from_config(copy.deepcopy(model_config), dtype=WEIGHT_DTYPES[precision])
+    if checkpointing:
+        enable_gradient_checkpointing(policy, name)
+    return policy.eval()
+
+
+def meta_reward_model(model_config, dtype: torch.dtype):
+    """A learned reward model (a decoder with a scalar head, as TRL and OpenRLHF load one), frozen, on meta."""
+    from transformers import AutoModelForSequenceClassification
+    facts = {k: v for k, v in model_config.to_dict().items() if k not in ("id2label", "label2id")}
+    model_config = model_config.__class__.from_dict({**facts, "num_labels": 1})
+    if getattr(model_config, "pad_token_id", None) is None:
+        model_config.pad_token_id = 0  # it finds each row's last token through the padding id
+    with torch.device("meta"):
+        model = AutoModelForSequenceClassification.from_config(model_config, dtype=dtype)
+    return model.requires_grad_(False).eval()
+
+
+def materialize(models: list[torch.nn.Module], optimizers: list[torch.optim.Optimizer]) -> None:
+    """Meta modules -> fake CPU tensors (inside the active FakeTensorMode), ties restored, optimizers re-pointed.
+
+    `to_empty` gives each module new parameter objects; the optimizers (built on meta by the arm's own
+    constructors) are pointed at them, and weight ties that `to_empty` undid are tied again.
+    """
+    before = [(module, key, param) for model in models for module in model.modules()
+              for key, param in module._parameters.items() if param is not None]
+    for model in models:
+        model.to_empty(device="cpu")
+        if hasattr(model, "tie_weights"):
+            model.tie_weights()
+    new = {id(param): module._parameters[key] for module, key, param in before}
+    for optimizer in optimizers:
+        for group in optimizer.param_groups:
+            group["params"] = [new[id(param)] for param in group["params"]]
+
+
+def steady_state(algorithm, foreach: bool) -> None:
+    """The state a step starts from after the first: AdamW's moments exist, and no gradients (the
+    update frees them after its last optimizer step, as TRL and verl do)."""
+    for optimizer in algorithm.optimizers().values():
+        for group in optimizer.param_groups:
+            group["foreach"] = foreach  # torch picks foreach for CUDA tensors, the per-tensor loop on the CPU
+    for model in algorithm.trained_models().values():
+        for param in model.parameters():
+            param.grad = torch.zeros_like(param)
+    for optimizer in algorithm.optimizers().values():
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
+# ---------------------------------------------------------------- the rollout, on fake tensors
+
+@torch.no_grad()
+def reward_scores(reward_model, batch: RolloutBatch, settings: TrainSettings) -> torch.Tensor:
+    """A learned reward model's score `[B]` of each full sequence, in no-grad micro-batches."""
+    with autocast(reward_model, settings.autocast_dtype):
+        return torch.cat([reward_model(input_ids=part.input_ids, attention_mask=part.attention_mask).logits[:, 0]
+                          for part in batch.split(settings.logprob_batch_size)]).float()
+
+
+def simulated_rollout(policy, reference, reward_model, settings: TrainSettings, workload: Workload, meter,
+                      sampling: dict[str, Any], token_ids: tuple[int, int], sampler_logps: bool = True) -> RolloutBatch:
+    """`rollout.generate` on fake tensors: generate (simulated), score, the sampler's (when the algorithm
+    needs them) and the reference's log-probs."""
+    eos_id = token_ids[0]
+    rows, prompt_length = workload.rows, workload.prompt_length
+    with meter.phase("generate"):
+        input_ids, prompt_mask = fake_sample(policy, workload, sampling, token_ids, settings.autocast_dtype)
+    with meter.phase("score"):
+        completion_ids = input_ids[:, prompt_length:]  # [B, T]
+        mask, _finished = completion_mask(completion_ids, eos_id)
+        batch = RolloutBatch(input_ids=input_ids, attention_mask=torch.cat([prompt_mask, mask.long()], dim=1),
+                             completion_mask=mask, prompt_length=prompt_length, group_size=workload.group_size,
+                             scores=torch.empty(rows))  # the task's rewards: one float per completion
+        if reward_model is not None:
+            batch.scores = reward_scores(reward_model, batch, settings)
+    logprob_passes(policy, reference, batch, settings, meter, sampler_logps)
+    return batch
+
+
+# ---------------------------------------------------------------- FSDP2 on a fake process group
+
+@contextmanager
+def fake_ranks(world_size: int):
+    """Rank 0 of `world_size` processes, in this one: torch's `fake` process-group backend (collectives
+    do nothing, tensors keep their shapes) under a CPU device mesh. Yields the mesh (None for one process)."""
+    if world_size == 1:
+        yield None
+        return
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    if dist.is_initialized():
+        raise RuntimeError("an estimate at a world size above 1 needs a process without a process group")
+    dist.init_process_group("fake", rank=0, world_size=world_size, store=dist.HashStore())
+    try:
+        yield init_device_mesh("cpu", (world_size,))
+    finally:
+        dist.destroy_process_group()
+
+
+def shard_arm(algorithm, frozen: dict[str, torch.nn.Module], precision: str, mesh) -> None:
+    """FSDP2 over every model of the arm as `Arm.shard` does (the optimizers rebuilt over the shards), on
+    the meta device; frozen models (reference, reward model) too. Offloading is not simulated: the fake
+    device is the CPU; `EstimateTensors` files an offloaded model's shards apart instead."""
+    algorithm.shard_models(lambda name, model: shard(model, precision, mesh=mesh))
+    for model in frozen.values():
+        shard(model, precision, mesh=mesh)
+
+
+# ---------------------------------------------------------------- one arm
+
+def fake_step(config, algo: str, policy_config, reward_config, workload: Workload, world_size: int = 1,
+              foreach: bool = True, name: str = "model") -> FakeStep:
+    """Run one steady-state step of arm `algo` on fake tensors, as rank 0 of `world_size` runs it (FSDP2
+    over a fake process group above 1): per-phase peaks by category."""
+    started = time.perf_counter()
+    precision = config.model.precision
+    compute_dtype = torch.float32 if precision == "fp32" else torch.bfloat16
+    with fake_ranks(world_size) as mesh:
+        policy = meta_policy(policy_config, precision, config.model.gradient_checkpointing, name)
+        # one GPU of `world_size`: its share of the step's sampling slices, as the arm's own process holds it
+        settings = rank_settings(config, world_size, 0)
+        algorithm, reference = arm_models(config, algo, policy, settings)
+        reward_model = meta_reward_model(reward_config, compute_dtype) if reward_config is not None else None
+        frozen = {k: m for k, m in (("reference", reference), ("reward_model", reward_model)) if m is not None}
+        if mesh is not None:
+            shard_arm(algorithm, frozen, precision, mesh)
+        trained, optimizers = algorithm.trained_models(), algorithm.optimizers()
+        offloaded = [name for name, flag in (("reference", config.run.offload_reference),
+                                             ("critic", config.run.offload_critic))
+                     if flag and mesh is not None and name in {**trained, **frozen}]
+        with FakeTensorMode(allow_non_fake_inputs=True):
+            materialize([*trained.values(), *frozen.values()], list(optimizers.values()))
+            steady_state(algorithm, foreach)
+            state = model_state_bytes(trained, optimizers, frozen)
+            for model in offloaded:  # its shards are in CPU memory (FSDP2's CPUOffloadPolicy)
+                state[model] = dict.fromkeys(state[model], 0)
+            live = EstimateTensors(trained.values(), frozen.values(), optimizers.values(),
+                                   tuple(({**trained, **frozen}[m], optimizers.get(m)) for m in offloaded))
+            meter = StepMeter(Probes("cpu", enabled=False), live)
+            sampling = {"temperature": config.rollout.temperature, "top_p": config.rollout.top_p}
+            eos = policy_config.eos_token_id
+            token_ids = (eos[0] if isinstance(eos, (list, tuple)) else eos or 0,
+                         getattr(policy_config, "pad_token_id", None) or 0)
+            with meter.step(True):
+                batch = simulated_rollout(policy, reference, reward_model, settings, workload, meter, sampling, token_ids,
+                                          algorithm.needs_sampler_logps)
+                learn(algorithm, batch, meter)
+                del batch
+    return FakeStep(phases=meter.tracked_peaks, model_state=state, seconds=time.perf_counter() - started)

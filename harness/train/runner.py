@@ -1,0 +1,201 @@
+"""One (algorithm, seed) arm from start to summary: its folder, its Arm (harness.train.arm), failures recorded.
+
+`harness compare` starts each arm as its own process (`harness run --run-dir DIR`), or as its own
+torchrun job with --nproc-per-node, so that one arm's peak memory, allocator state or crash cannot
+touch another's figures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import subprocess
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness import UserError, __version__
+from harness.config.arm_kinds import arm_class
+from harness.config.derive import algorithm_options
+from harness.config.schema import Config
+from harness.measure.live_tensors import step_peak
+from harness.results.arm_config import arm_config_dict
+from harness.results.io import read_json, read_json_object, read_jsonl, write_json, write_yaml
+from harness.results.trackers import open_trackers
+from harness.train import distributed as ranks_
+from harness.train.arm import Diverged
+from harness.train.checkpoint import RunState
+
+
+def run_name(config: Config, algo: str) -> str:
+    return f"{config.task.label}__{algo}__s{config.run.seed}"
+
+
+def environment(device: str) -> dict[str, Any]:
+    import transformers
+    env = {"harness": __version__, "python": platform.python_version(), "torch": torch.__version__,
+           "transformers": transformers.__version__, "platform": platform.platform(),
+           "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+           "torch_threads": torch.get_num_threads(), "device": device}
+    try:
+        env["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                           cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        env["git_commit"] = None
+    if device.startswith("cuda") and torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(torch.device(device))
+        env["cuda"] = torch.version.cuda
+        try:
+            import pynvml
+            pynvml.nvmlInit()
+            env["driver"] = pynvml.nvmlSystemGetDriverVersion()
+        except Exception:
+            env["driver"] = None
+    return env
+
+
+# ---------------------------------------------------------------- the arm's summary
+
+def summarize(config: Config, algo: str, result: dict[str, Any], status: str = "ok", error: str | None = None) -> dict[str, Any]:
+    state: RunState = result.get("state") or RunState()
+    models = result.get("state_bytes", {})
+    model_total = sum(row["total"] for row in models.values())
+    steps = state.step
+    untracked = steps - state.tracked_steps
+    # Time per step leaves out the steps that carried the live-tensor tracker, unless every step did.
+    per_step = ((state.train_s - state.tracked_s) / untracked if untracked else
+                state.train_s / steps if steps else None)
+    per_rank = result.get("per_rank")
+    live_peaks = state.live_peaks
+    if per_rank:  # each rank's peaks: the arm's figure is the largest rank's, phase by phase
+        live_peaks = {phase: max((r["live"].get(phase) for r in per_rank if r["live"].get(phase)),
+                                 key=lambda peak: peak["total"])
+                      for phase in {p for r in per_rank for p in r["live"]}}
+    peak, peak_phase = step_peak(live_peaks)
+    summary = {
+        "algo": algo, "seed": config.run.seed, "task": config.task.name, "preset": config.preset,
+        "model": config.model.name, "status": status, "error": error,
+        "world_size": result.get("world_size", config.world_size),
+        "budget": {"unit": config.budget.unit, "total": config.budget.total,
+                   "used": {"completions": state.completions, "tokens": state.tokens, "steps": steps}},
+        "steps": steps, "wall_s": state.train_s + state.eval_s,
+        "eval": {"base": state.base_eval, "final": result.get("final_eval"),
+                 "lm_eval": {"base": state.base_lm_eval, "final": result.get("final_lm_eval")}},
+        "mem": {
+            "live": {"peak": peak if live_peaks else None, "peak_phase": peak_phase,
+                     "phases": live_peaks, "tracked_steps": state.tracked_steps,
+                     "every": config.run.memory_every,
+                     **({"per_rank": [{"peak": step_peak(r["live"])[0], "phases": r["live"]} for r in per_rank]}
+                        if per_rank else {})},
+            "arithmetic": {"models": models, "model_state_total": model_total,
+                           **({"per_rank": [r["state_bytes"] for r in per_rank]} if per_rank else {})},
+            "measured": result.get("probes", {}),
+        },
+        "time": {"train_s": state.train_s, "eval_s": state.eval_s, "per_step_s": per_step,
+                 "per_step_excludes_tracked": bool(untracked and state.tracked_steps),
+                 "phases_s": state.phase_totals,
+                 "phases_per_step_s": {k: v / steps for k, v in state.phase_totals.items()} if steps else {}},
+        "tput": {"samples_per_s": state.completions / state.train_s if state.train_s else None,
+                 "gen_tokens_per_s": (state.tokens / state.phase_totals["generate"]
+                                      if state.phase_totals.get("generate") else None)},
+    }
+    return summary
+
+
+def run_arm(config: Config, algo: str, run_dir: Path, resume: bool = False, progress=None,
+            probes_enabled: bool = True, name: str | None = None) -> dict[str, Any]:
+    """Train one arm and write its folder; a failure is recorded in summary.json, not lost.
+
+    Under torchrun every rank calls this; rank 0 alone writes the files. `name`: the arm's name in its
+    comparison, kept in config.yaml beside the algorithm.
+    """
+    run_dir = Path(run_dir)
+    main = ranks_.from_env().main
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        resolved = arm_config_dict(config, algo, name)
+        # the algorithm's options with its defaults filled in, so that the run says what it ran
+        resolved["derived"]["algorithm_options"] = dataclasses.asdict(algorithm_options(config, algo))
+        write_yaml(run_dir / "config.yaml", resolved)
+        write_json(run_dir / "env.json", {**environment(config.run.device), "world_size": config.world_size})
+        write_json(run_dir / "summary.json", {"algo": algo, "seed": config.run.seed, "status": "running"})
+    trackers = open_trackers(config, run_dir) if main else None
+    arm = None
+    try:
+        arm = arm_class(algo)(config, algo, run_dir, progress)
+        if trackers is not None:
+            arm.on_step = trackers.log_step
+        summary = summarize(config, algo, arm.train(resume=resume, probes_enabled=probes_enabled))
+    except UserError:
+        if main:
+            (run_dir / "summary.json").unlink(missing_ok=True)
+        raise
+    except Diverged as err:
+        summary = summarize(config, algo, {"state": _partial_state(run_dir)}, "diverged", str(err))
+    except torch.OutOfMemoryError as err:
+        summary = summarize(config, algo, {"state": _partial_state(run_dir)}, "oom",
+                            f"out of memory at step {_last_step(run_dir) + 1}: {str(err).splitlines()[0]}")
+    except Exception as err:  # recorded, so that the other arms of a comparison go on
+        if main:  # the whole traceback beside the one-line error, for whoever has to find the cause
+            (run_dir / "error.txt").write_text(traceback.format_exc())
+        last = _last_step(run_dir)
+        where = f"at step {last + 1}" if last or (run_dir / "steps.jsonl").exists() else "before the first step"
+        summary = summarize(config, algo, {"state": _partial_state(run_dir)}, "failed",
+                            f"failed {where}: {type(err).__name__}: {err}")
+    if main:
+        write_json(run_dir / "summary.json", summary)
+        trackers.finish(summary)
+    ranks_.finish(ranks_.from_env())
+    return summary
+
+
+def record_launch_failure(run_dir: Path, config: Config, code: int, launcher_log: str) -> None:
+    """A torchrun job that failed: record which rank died first and how (torchrun's root cause), beside
+    whatever rank 0 saw of it (a broken connection, when another rank was killed)."""
+    summary = load_summary(run_dir) or {}
+    rank = ranks_.failed_rank(launcher_log)
+    if rank is None:
+        if summary.get("status") not in (None, "running"):
+            return  # the ranks recorded the failure themselves
+        why = f"the torchrun job exited with status {code}"
+    else:
+        signal = f" (signal {-rank[1]}{': likely the out-of-memory killer' if rank[1] == -9 else ''})" if rank[1] < 0 else ""
+        why = f"rank {rank[0]} of {config.world_size} died with exit code {rank[1]}{signal}; the other ranks were stopped"
+        if rank[0] == 0 and summary.get("status") not in (None, "running"):
+            return  # rank 0 failed and said why
+    seen = f" (rank 0 saw: {summary['error']})" if summary.get("status") not in (None, "running") and summary.get("error") else ""
+    last = _last_step(run_dir)
+    write_json(run_dir / "summary.json", summarize(config, summary.get("algo") or "?", {"state": _partial_state(run_dir)},
+                                                   "failed", f"failed at step {last + 1}: {why}{seen}"))
+
+
+def _partial_state(run_dir: Path) -> RunState:
+    """What the steps written before a failure say (steps and budget used)."""
+    rows = read_jsonl(run_dir / "steps.jsonl")
+    if not rows:
+        return RunState()
+    last = rows[-1]
+    return RunState(step=last["step"], completions=last["completions"], tokens=last["tokens"],
+                    train_s=last.get("train_s", 0.0))
+
+
+def _last_step(run_dir: Path) -> int:
+    rows = read_jsonl(run_dir / "steps.jsonl")
+    return rows[-1]["step"] if rows else 0
+
+
+def finished_ok(run_dir: Path) -> bool:
+    """Whether the arm's summary says it finished; a damaged summary does not (whoever reads it next says why)."""
+    path = Path(run_dir) / "summary.json"
+    try:
+        return path.exists() and read_json_object(path).get("status") == "ok"
+    except UserError:
+        return False
+
+
+def load_summary(run_dir: Path) -> dict[str, Any] | None:
+    path = Path(run_dir) / "summary.json"
+    return read_json(path) if path.exists() else None
