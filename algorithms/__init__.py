@@ -26,7 +26,7 @@ def get_algorithm(name: str):
 
 def parse_options(name: str, options: dict):
     """The typed options of algorithm `name` from a plain mapping (YAML, --set), defaults filled in."""
-    from harness.algorithms.base import options_from
+    from harness.algorithms.options import options_from
     return options_from(get_algorithm(name).Config, options)
 
 

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.algorithms.base import RolloutBatch, check_range
+from harness.algorithms.batch import RolloutBatch
 from harness.algorithms.grpo import GRPO, group_advantages, group_stats, grpo_loss, reward_with_kl
+from harness.algorithms.options import check_range
 
 
 @dataclass

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.algorithms.base import check_range
 from harness.algorithms.grpo import GRPO, group_advantages
+from harness.algorithms.options import check_range
 
 
 @dataclass

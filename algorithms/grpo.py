@@ -10,8 +10,10 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.algorithms.base import (Algorithm, RolloutBatch, aggregate, check_choice, check_range,
-                                     clipped_surrogate, kl_k3, ratio_stats)
+from harness.algorithms.base import Algorithm
+from harness.algorithms.batch import RolloutBatch
+from harness.algorithms.ops import aggregate, clipped_surrogate, kl_k3, ratio_stats
+from harness.algorithms.options import check_choice, check_range
 
 SCALES = ("group", "batch", "none")
 

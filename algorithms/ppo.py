@@ -16,9 +16,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from harness.algorithms.base import (Algorithm, RolloutBatch, aggregate, autocast, check_choice, check_range,
-                                     checkpointing_is_on, checkpointing_on, clipped_surrogate, global_masked_mean,
-                                     masked_mean, masked_whiten, ratio_stats, upcast)
+from harness.algorithms.base import Algorithm
+from harness.algorithms.batch import RolloutBatch
+from harness.algorithms.logprobs import autocast, checkpointing_is_on, checkpointing_on
+from harness.algorithms.ops import (aggregate, clipped_surrogate, global_masked_mean, masked_mean, masked_whiten,
+    ratio_stats, upcast)
+from harness.algorithms.options import check_choice, check_range
 
 CRITIC_PASSES = ("separate", "joint")
 

@@ -14,8 +14,11 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.algorithms.base import Algorithm, RolloutBatch, check_range, masked_sum, ratio_stats
+from harness.algorithms.base import Algorithm
+from harness.algorithms.batch import RolloutBatch
 from harness.algorithms.grpo import group_stats
+from harness.algorithms.ops import masked_sum, ratio_stats
+from harness.algorithms.options import check_range
 
 
 @dataclass

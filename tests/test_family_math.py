@@ -7,7 +7,7 @@ import torch
 from torch.testing import assert_close
 
 from harness.algorithms import algorithm_names, get_algorithm, parse_options
-from harness.algorithms.base import RolloutBatch, TrainSettings
+from harness.algorithms.batch import RolloutBatch, TrainSettings
 from harness.algorithms.dapo import DAPO, has_spread, overlong_penalty
 from harness.algorithms.dr_grpo import DrGRPO, DrGRPOConfig
 from harness.algorithms.reinforce_pp import reinforce_pp_advantages, reward_to_go

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from harness.algorithms.base import masked_mean, masked_whiten
+from harness.algorithms.ops import masked_mean, masked_whiten
 from harness.algorithms.ppo import explained_variance, gae, ppo_policy_loss, token_rewards, value_loss
 
 

@@ -6,7 +6,7 @@ import time
 import pytest
 import torch
 
-from harness.algorithms.base import TrainSettings
+from harness.algorithms.batch import TrainSettings
 from harness.algorithms.grpo import GRPO, GRPOConfig
 from harness.algorithms.ppo import PPO, PPOConfig
 from harness.config.schema import ModelConfig

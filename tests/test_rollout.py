@@ -7,8 +7,9 @@ import pytest
 import torch
 from transformers import GenerationConfig
 
-from harness.algorithms.base import RolloutBatch, completion_logps, entropy_from_logits, selective_log_softmax
-from harness.algorithms.base import TrainSettings
+from harness.algorithms.batch import RolloutBatch
+from harness.algorithms.batch import TrainSettings
+from harness.algorithms.logprobs import completion_logps, entropy_from_logits, selective_log_softmax
 from harness.config.load import load_config
 from harness.tasks.gym import load_task
 from harness.train.models import load_policy, resolve_model_path

@@ -9,9 +9,10 @@ import torch
 from torch.testing import assert_close
 
 from harness.algorithms import get_algorithm, parse_options
-from harness.algorithms.base import (Algorithm, RolloutBatch, TrainSettings, completion_logps, minibatch_indices,
-                                     partition_seed, sliced_minibatches)
+from harness.algorithms.base import Algorithm
+from harness.algorithms.batch import RolloutBatch, TrainSettings, minibatch_indices, partition_seed, sliced_minibatches
 from harness.algorithms.grpo import GRPO, GRPOConfig
+from harness.algorithms.logprobs import completion_logps
 from harness.algorithms.ppo import PPO, PPOConfig, value_loss
 from harness.config.schema import ModelConfig
 from harness.train.models import char_tokenizer, enable_gradient_checkpointing, tiny_model

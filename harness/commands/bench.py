@@ -15,8 +15,9 @@ from pathlib import Path
 
 import torch
 
-from harness.algorithms.base import RolloutBatch, completion_logits, entropy_from_logits, selective_log_softmax
+from harness.algorithms.batch import RolloutBatch
 from harness.algorithms.grpo import grpo_loss
+from harness.algorithms.logprobs import completion_logits, entropy_from_logits, selective_log_softmax
 from harness.config.derive import make_task
 from harness.measure.live_tensors import LiveTensors
 from harness.results.io import read_jsonl

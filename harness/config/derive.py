@@ -13,7 +13,7 @@ def train_settings(config: Config):
     """What the algorithms' shared loop needs from this config."""
     import torch
 
-    from harness.algorithms.base import TrainSettings
+    from harness.algorithms.batch import TrainSettings
     return TrainSettings(
         lr=config.optim.lr, weight_decay=config.optim.weight_decay, epochs=config.optim.epochs,
         minibatches=config.optim.minibatches, micro_batch_size=config.optim.micro_batch_size,

@@ -53,7 +53,8 @@ CATEGORIES = [("params", "params", "parameters (and buffers) of every model"),
 # The code whose change makes a cached estimate stale.
 ENGINE_MODULES = ("harness.estimate.fake_step", "harness.estimate.fake_generation", "harness.estimate.estimator",
                   "harness.measure.live_tensors", "harness.measure.step_meter", "harness.train.arm",
-                  "harness.train.distributed", "harness.train.rollout", "harness.train.models", "harness.algorithms.base")
+                  "harness.train.distributed", "harness.train.rollout", "harness.train.models", "harness.algorithms.base",
+                  "harness.algorithms.batch", "harness.algorithms.ops", "harness.algorithms.logprobs")
 
 
 @dataclass

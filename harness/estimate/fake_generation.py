@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from harness.algorithms.base import autocast
+from harness.algorithms.logprobs import autocast
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,8 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.distributed._tools.common_utils import get_untyped_storages
 from torch.distributed._tools.mem_tracker import _TOTAL_KEY, _RefType
 
-from harness.algorithms.base import RolloutBatch, TrainSettings, autocast
+from harness.algorithms.batch import RolloutBatch, TrainSettings
+from harness.algorithms.logprobs import autocast
 from harness.estimate.fake_generation import Workload, fake_sample
 from harness.measure.live_tensors import CATEGORIES, LiveTensors, _Category, _LeanTracker, retag_fsdp_buffers
 from harness.measure.probes import Probes, model_state_bytes

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from harness.algorithms import get_algorithm
-from harness.algorithms.base import TrainSettings, all_sum
+from harness.algorithms.batch import TrainSettings
+from harness.algorithms.ops import all_sum
 from harness.config.derive import algorithm_options, make_task, train_settings
 from harness.config.schema import Config
 from harness.measure.live_tensors import LiveTensors

@@ -24,7 +24,7 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, GenerationConfig,
                           Qwen2ForCausalLM)
 
 from harness import UserError
-from harness.algorithms.base import checkpointing_on
+from harness.algorithms.logprobs import checkpointing_on
 from harness.config.schema import config_hash
 from harness.tasks.base import Task
 

@@ -7,7 +7,10 @@ from dataclasses import dataclass
 import torch
 from transformers import GenerationConfig
 
-from harness.algorithms.base import NoMeter, RolloutBatch, TrainSettings, autocast, batched_logps, distributed
+from harness.algorithms.base import NoMeter
+from harness.algorithms.batch import RolloutBatch, TrainSettings
+from harness.algorithms.logprobs import autocast, batched_logps
+from harness.algorithms.ops import distributed
 from harness.config.schema import RolloutConfig
 from harness.tasks.base import Example, Reward, Task
 
