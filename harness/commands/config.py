@@ -25,23 +25,13 @@ def config_command(config: Config | None = None, prefix: str | None = None, as_j
     given. `markdown`: '-' prints the README's table, a path rewrites the table between its markers there."""
     if markdown is not None:
         return write_markdown(markdown, echo)
-    rows = selected(field_rows(config), prefix)
+    rows = field_rows(config, prefix)
     if as_json:
         echo(json.dumps({"preset": config.preset if config else None, "fields": [r.to_dict() for r in rows]},
                         indent=1, default=str))
         return 0
-    render(rows, config)
+    render(rows, config, cross_checks=not prefix or prefix.rstrip(".") == "algorithms")
     return 0
-
-
-def selected(rows: list[FieldRow], prefix: str | None) -> list[FieldRow]:
-    if not prefix:
-        return rows
-    chosen = [r for r in rows if r.dotted == prefix or r.dotted.startswith(prefix.rstrip(".") + ".")]
-    if not chosen:
-        sections = list(dict.fromkeys(r.section for r in rows if r.section))
-        raise UserError(f"no config field under '{prefix}'; sections: {', '.join(sections)}")
-    return chosen
 
 
 def write_markdown(target: str, echo) -> int:
@@ -62,16 +52,17 @@ def write_markdown(target: str, echo) -> int:
     return 0
 
 
-def render(rows: list[FieldRow], config: Config | None) -> None:
-    """One table per section: field, type, default (and the config's value), allowed values, description."""
+def render(rows: list[FieldRow], config: Config | None, cross_checks: bool = True) -> None:
+    """One table per section: field, type, default (and the config's value), allowed values, description;
+    `cross_checks`: then what the cross-checks' sections take."""
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
     console = Console() if sys.stdout.isatty() else Console(width=160)
-    descriptions = section_descriptions()
     by_section: dict[str, list[FieldRow]] = {}
     for row in rows:
         by_section.setdefault(row.section, []).append(row)
+    descriptions = section_descriptions(list(by_section))
     for section, members in by_section.items():
         title = f"{section or 'config'}: {descriptions.get(section, '')}".rstrip(": ")
         table = Table(title=escape(title), title_justify="left")
@@ -90,7 +81,7 @@ def render(rows: list[FieldRow], config: Config | None) -> None:
     if config is not None:
         console.print(f"value: preset {escape(config.preset)} with the given --config, flags and --set "
                       "(bold where it is not the default)")
-    if any(r.section.startswith("algorithms.") for r in rows):
+    if cross_checks:
         for line in cross_check_lines():
             console.print(line)
 

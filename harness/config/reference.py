@@ -3,7 +3,7 @@ type, default, bounds or choices and description, for `harness config` and for t
 
 from __future__ import annotations
 
-import sys
+import importlib
 import typing
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -81,10 +81,24 @@ def is_section(field: FieldInfo) -> bool:
     return isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
 
 
-def field_rows(config: Config | None = None) -> list[FieldRow]:
-    """Every field of the config in the schema's order, then each algorithm's options (`algorithms.NAME.OPTION`);
-    with `config`, each row carries that config's value (an algorithm's: its resolved options)."""
-    from harness.algorithms import algorithm_names, get_algorithm
+def field_rows(config: Config | None = None, under: str | None = None) -> list[FieldRow]:
+    """Every field of the config in the schema's order, then each algorithm's options (`algorithms.NAME.OPTION`),
+    or those `under` a section or field ('rollout', 'algorithms.ppo'); with `config`, each row carries that
+    config's value (an algorithm's: its resolved options). The algorithms' options are read from their modules
+    (which import torch) only when they are asked for."""
+    rows = config_rows(config)
+    if not under or under.rstrip(".") == "algorithms" or under.startswith("algorithms."):
+        rows += algorithm_rows(config)
+    if not under:
+        return rows
+    chosen = [r for r in rows if r.dotted == under or r.dotted.startswith(under.rstrip(".") + ".")]
+    if not chosen:
+        sections = [name for name, field in Config.model_fields.items() if is_section(field)]
+        raise UserError(f"no config field under '{under}'; sections: {', '.join(sections)}, algorithms.NAME")
+    return chosen
+
+
+def config_rows(config: Config | None = None) -> list[FieldRow]:
     rows = []
     for name, field in Config.model_fields.items():
         if name == "algorithms":
@@ -95,24 +109,30 @@ def field_rows(config: Config | None = None) -> list[FieldRow]:
         section = getattr(config, name) if config else None
         rows += [field_row(name, inner, info, getattr(section, inner) if section else UNSET)
                  for inner, info in field.annotation.model_fields.items()]
+    return rows
+
+
+def algorithm_rows(config: Config | None = None) -> list[FieldRow]:
+    from harness.algorithms import algorithm_names, get_algorithm
+    from harness.config.derive import algorithm_options
+    rows = []
     for algo in algorithm_names():
-        options = None
-        if config is not None:
-            from harness.config.derive import algorithm_options
-            options = algorithm_options(config, algo)
+        options = algorithm_options(config, algo) if config is not None else None
         rows += [field_row(f"algorithms.{algo}", inner, info, getattr(options, inner) if options else UNSET)
                  for inner, info in get_algorithm(algo).Config.model_fields.items()]
     return rows
 
 
-def section_descriptions() -> dict[str, str]:
-    """Each section's one line: the config's own sections, then each algorithm's (its docstring's first line)."""
-    from harness.algorithms import algorithm_names, get_algorithm
-    out = {name: field.description or "" for name, field in Config.model_fields.items() if is_section(field)}
-    out[""] = "Top-level fields."
-    for algo in algorithm_names():
-        doc = sys.modules[get_algorithm(algo).__module__].__doc__ or ""
-        out[f"algorithms.{algo}"] = " ".join(doc.strip().split("\n\n")[0].split())  # its first paragraph
+def section_descriptions(sections: list[str]) -> dict[str, str]:
+    """Each section's one line: a config section's description, an algorithm's module docstring's first paragraph."""
+    from harness.algorithms import get_algorithm
+    out = {}
+    for section in sections:
+        if section.startswith("algorithms."):
+            doc = importlib.import_module(get_algorithm(section.split(".", 1)[1]).__module__).__doc__ or ""
+            out[section] = " ".join(doc.strip().split("\n\n")[0].split())
+        else:
+            out[section] = Config.model_fields[section].description if section else "Top-level fields."
     return out
 
 
