@@ -32,11 +32,13 @@ def coerce(value: Any, kind: Any) -> Any:
     - float: a finite number, or numeric text ('1e-4': YAML 1.1 reads it as text); never a bool, nan or inf.
     - text (str, or a Literal's choices): text, or a number as its text (`--set task.eval_file=2024`: YAML reads
       2024 as a number); never a bool.
-    - list[str]: a list of text, or comma-separated text ('gsm8k, arc_easy'); '' and 'none' are the empty list.
+    - list[str]: a list of text, or comma-separated text ('gsm8k, arc_easy'); '', 'none' (or 'off', 'false') are
+      the empty list.
     - a mapping or a section: a mapping.
 
     A value it cannot read raises a pydantic error whose message says what the field takes; bounds and choices
-    are the field's own (checked after this).
+    are the field's own (checked after this, by pydantic in strict mode, which is also all that a type not named
+    here gets).
     """
     origin, args = typing.get_origin(kind), typing.get_args(kind)
     if origin in (Union, types.UnionType):  # an optional field: None, else the other type
