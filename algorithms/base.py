@@ -8,7 +8,6 @@ means the same number in every arm and no algorithm can skip a measurement.
 
 from __future__ import annotations
 
-import dataclasses
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, ClassVar, Protocol
 
@@ -18,6 +17,7 @@ from harness.algorithms.batch import RolloutBatch, TrainSettings, sliced_minibat
 from harness.algorithms.logprobs import autocast, completion_logits, entropy_from_logits, selective_log_softmax
 from harness.algorithms.ops import (StepStats, aggregate, all_sum, kl_k3, loss_denominator, masked_mean,
                                     world_size)
+from harness.algorithms.options import StrictModel
 
 
 class Meter(Protocol):
@@ -34,7 +34,7 @@ class NoMeter:
 class Algorithm:
     """An RL algorithm: its typed options, the models it trains, its advantages and loss terms.
 
-    A subclass sets `name`, its own options dataclass `Config` (a subclass never inherits another's
+    A subclass sets `name`, its own options model `Config` (a subclass never inherits another's
     defaults: declaring it is checked at class creation), `prepare` and `policy_loss`; a critic
     algorithm sets `uses_critic` and adds `compute_values`, `critic_loss` and its critic. The harness
     reads the declared passes (`needs_reference`, `uses_critic`) to run the rollout's no-grad passes,
@@ -50,8 +50,8 @@ class Algorithm:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if "Config" not in cls.__dict__ or not dataclasses.is_dataclass(cls.Config):
-            raise TypeError(f"{cls.__name__} must declare its own options dataclass as `Config`")
+        if "Config" not in cls.__dict__ or not (isinstance(cls.Config, type) and issubclass(cls.Config, StrictModel)):
+            raise TypeError(f"{cls.__name__} must declare its own options model (a StrictModel) as `Config`")
         if "name" not in cls.__dict__:
             raise TypeError(f"{cls.__name__} must declare its registry `name`")
         if "update" in cls.__dict__:

@@ -6,36 +6,30 @@ The loss is the clipped surrogate with the k3 estimate of KL to the reference ad
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
+from pydantic import Field
 
 from harness.algorithms.base import Algorithm
 from harness.algorithms.batch import RolloutBatch
 from harness.algorithms.ops import aggregate, clipped_surrogate, kl_k3, ratio_stats
-from harness.algorithms.options import check_choice, check_range
+from harness.algorithms.options import StrictModel
 
-SCALES = ("group", "batch", "none")
+Scale = Literal["group", "batch", "none"]
+SCALES = get_args(Scale)
 
 
-@dataclass
-class GRPOConfig:
-    beta: float = 0.04  # weight of the k3 KL term to the reference in the loss (paper: 0.04)
-    kl_reward_coef: float = 0.0  # k1 KL summed over each completion, subtracted from its reward before the group baseline
-    eps_low: float = 0.2  # clip ratio below at 1 - eps_low
-    eps_high: float = 0.2  # clip ratio above at 1 + eps_high (DAPO raises it to 0.28)
-    scale: str = "group"  # advantage scaling: group std (paper) | batch std | none
-    aggregation: str = "sequence"  # sequence (paper: mean of sequence means) | token (DAPO: mean of tokens)
-    std_eps: float = 1e-4  # added to the std before dividing
-
-    def __post_init__(self):
-        check_range("beta", self.beta, 0)
-        check_range("kl_reward_coef", self.kl_reward_coef, 0)
-        check_range("eps_low", self.eps_low, 0, 1, low_open=True)
-        check_range("eps_high", self.eps_high, 0, low_open=True)
-        check_choice("scale", self.scale, SCALES)
-        check_choice("aggregation", self.aggregation, ("sequence", "token"))
-        check_range("std_eps", self.std_eps, 0)
+class GRPOConfig(StrictModel):
+    beta: float = Field(0.04, ge=0, description="Weight of the k3 KL term to the reference in the loss (paper: 0.04).")
+    kl_reward_coef: float = Field(0.0, ge=0, description="k1 KL summed over each completion, subtracted from its "
+                                                         "reward before the group baseline.")
+    eps_low: float = Field(0.2, gt=0, le=1, description="Clip the ratio below at 1 - eps_low.")
+    eps_high: float = Field(0.2, gt=0, description="Clip the ratio above at 1 + eps_high (DAPO raises it to 0.28).")
+    scale: Scale = Field("group", description="Advantage scaling: group std (paper), batch std, or none.")
+    aggregation: Literal["sequence", "token"] = Field(
+        "sequence", description="Loss over tokens: sequence (paper: mean of sequence means) or token (DAPO: mean of tokens).")
+    std_eps: float = Field(1e-4, ge=0, description="Added to the std before dividing.")
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group", eps: float = 1e-4) -> torch.Tensor:

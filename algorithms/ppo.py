@@ -11,9 +11,10 @@ backward through both (old TRL's PolicyAndValueWrapper).
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from harness.algorithms.base import Algorithm
@@ -21,35 +22,28 @@ from harness.algorithms.batch import RolloutBatch
 from harness.algorithms.logprobs import autocast, checkpointing_is_on, checkpointing_on
 from harness.algorithms.ops import (aggregate, clipped_surrogate, global_masked_mean, masked_mean, masked_whiten,
     ratio_stats, upcast)
-from harness.algorithms.options import check_choice, check_range
+from harness.algorithms.options import StrictModel
 
-CRITIC_PASSES = ("separate", "joint")
+CriticPass = Literal["separate", "joint"]
+CRITIC_PASSES = get_args(CriticPass)
 
 
-@dataclass
-class PPOConfig:
-    kl_coef: float = 0.05  # per-token k1 KL penalty in the reward (TRL's former default)
-    kl_loss_coef: float = 0.0  # k3 KL in the loss instead (verl's use_kl_loss; for matched-KL comparisons)
-    gamma: float = 1.0  # discount
-    lam: float = 0.95  # GAE lambda
-    clip_eps: float = 0.2  # policy ratio clip
-    vf_clip: float = 0.2  # value clip around the rollout's values
-    critic_lr: float = 0.0  # critic AdamW learning rate; 0 uses the policy's
-    whiten: bool = True  # whiten advantages over the batch
-    critic_pass: str = "separate"  # separate (verl, OpenRLHF) | joint (one backward through both models)
-    critic_warmup_steps: int = 0  # first rollout steps that train the critic only (verl critic_warmup); they spend budget
-    critic_warmup_head_only: bool = False  # during the warm-up train only the value head, not the critic's body
-
-    def __post_init__(self):
-        check_range("kl_coef", self.kl_coef, 0)
-        check_range("kl_loss_coef", self.kl_loss_coef, 0)
-        check_range("critic_warmup_steps", self.critic_warmup_steps, 0)
-        check_range("gamma", self.gamma, 0, 1)
-        check_range("lam", self.lam, 0, 1)
-        check_range("clip_eps", self.clip_eps, 0, 1, low_open=True)
-        check_range("vf_clip", self.vf_clip, 0, low_open=True)
-        check_range("critic_lr", self.critic_lr, 0)
-        check_choice("critic_pass", self.critic_pass, CRITIC_PASSES)
+class PPOConfig(StrictModel):
+    kl_coef: float = Field(0.05, ge=0, description="Per-token k1 KL penalty in the reward (TRL's former default).")
+    kl_loss_coef: float = Field(0.0, ge=0, description="k3 KL in the loss instead (verl's use_kl_loss; for "
+                                                       "matched-KL comparisons).")
+    gamma: float = Field(1.0, ge=0, le=1, description="Discount.")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
+    clip_eps: float = Field(0.2, gt=0, le=1, description="Policy ratio clip.")
+    vf_clip: float = Field(0.2, gt=0, description="Value clip around the rollout's values.")
+    critic_lr: float = Field(0.0, ge=0, description="Critic AdamW learning rate; 0 uses the policy's.")
+    whiten: bool = Field(True, description="Whiten advantages over the batch.")
+    critic_pass: CriticPass = Field("separate", description="separate (verl, OpenRLHF) or joint (one backward "
+                                                            "through both models).")
+    critic_warmup_steps: int = Field(0, ge=0, description="First rollout steps that train the critic only (verl "
+                                                          "critic_warmup); they spend budget.")
+    critic_warmup_head_only: bool = Field(False, description="During the warm-up train only the value head, not "
+                                                             "the critic's body.")
 
 
 def token_rewards(scores, logps, ref_logps, kl_coef, mask):

@@ -10,31 +10,24 @@ over the batch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
+from pydantic import Field
 
 from harness.algorithms.base import Algorithm
 from harness.algorithms.batch import RolloutBatch
 from harness.algorithms.grpo import group_stats
 from harness.algorithms.ops import masked_whiten
-from harness.algorithms.options import check_range
+from harness.algorithms.options import StrictModel
 from harness.algorithms.ppo import ppo_policy_loss, token_rewards
 
 
-@dataclass
-class ReinforcePPConfig:
-    kl_coef: float = 0.01  # per-token k1 KL in the reward (OpenRLHF's init_kl_coef)
-    kl_loss_coef: float = 0.0  # k3 KL in the loss instead (for matched-KL comparisons)
-    gamma: float = 1.0  # discount of the reward-to-go
-    clip_eps: float = 0.2  # PPO ratio clip
-    baseline: bool = False  # REINFORCE++-baseline: subtract the group mean of the summed reward first (verl)
-
-    def __post_init__(self):
-        check_range("kl_coef", self.kl_coef, 0)
-        check_range("kl_loss_coef", self.kl_loss_coef, 0)
-        check_range("gamma", self.gamma, 0, 1)
-        check_range("clip_eps", self.clip_eps, 0, 1, low_open=True)
+class ReinforcePPConfig(StrictModel):
+    kl_coef: float = Field(0.01, ge=0, description="Per-token k1 KL in the reward (OpenRLHF's init_kl_coef).")
+    kl_loss_coef: float = Field(0.0, ge=0, description="k3 KL in the loss instead (for matched-KL comparisons).")
+    gamma: float = Field(1.0, ge=0, le=1, description="Discount of the reward-to-go.")
+    clip_eps: float = Field(0.2, gt=0, le=1, description="PPO ratio clip.")
+    baseline: bool = Field(False, description="REINFORCE++-baseline: subtract the group mean of the summed reward "
+                                              "first (verl).")
 
 
 def reward_to_go(rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:

@@ -10,29 +10,22 @@ one minibatch, where the ratio is 1).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
+from pydantic import Field
 
 from harness.algorithms.base import Algorithm
 from harness.algorithms.batch import RolloutBatch
 from harness.algorithms.grpo import group_stats
 from harness.algorithms.ops import masked_sum, ratio_stats
-from harness.algorithms.options import check_range
+from harness.algorithms.options import StrictModel
 
 
-@dataclass
-class RLOOConfig:
-    kl_coef: float = 0.05  # sequence KL (k1, summed over tokens) subtracted from the reward (TRL's beta)
-    kl_loss_coef: float = 0.0  # k3 KL in the loss instead (for matched-KL comparisons)
-    eps_low: float = 0.2  # sequence ratio clipped below at 1 - eps_low
-    eps_high: float = 0.2  # and above at 1 + eps_high
-
-    def __post_init__(self):
-        check_range("kl_coef", self.kl_coef, 0)
-        check_range("kl_loss_coef", self.kl_loss_coef, 0)
-        check_range("eps_low", self.eps_low, 0, 1, low_open=True)
-        check_range("eps_high", self.eps_high, 0, low_open=True)
+class RLOOConfig(StrictModel):
+    kl_coef: float = Field(0.05, ge=0, description="Sequence KL (k1, summed over tokens) subtracted from the reward "
+                                                   "(TRL's beta).")
+    kl_loss_coef: float = Field(0.0, ge=0, description="k3 KL in the loss instead (for matched-KL comparisons).")
+    eps_low: float = Field(0.2, gt=0, le=1, description="Sequence ratio clipped below at 1 - eps_low.")
+    eps_high: float = Field(0.2, gt=0, description="Sequence ratio clipped above at 1 + eps_high.")
 
 
 def leave_one_out_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:

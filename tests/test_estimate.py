@@ -240,7 +240,7 @@ def test_shipped_configs_answer_offline():
     (["--world-size", "8", "--set", "optim.minibatches=8"],
      "world size 8: a sampling slice of 4 completions does not split into optim.minibatches=8"),
     (["--prompt-length", "60", "--completion-length", "10"], "do not fit the 64 positions"),
-    (["--rollout-reserve", "1.5"], "rollout_reserve must be a share"),
+    (["--rollout-reserve", "1.5"], "estimate.rollout_reserve: must be below 1, got 1.5"),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys, args, message):
     code, out, err = run_cli(capsys, "estimate", "--preset", "smoke", *args)

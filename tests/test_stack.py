@@ -2,17 +2,19 @@
 accumulation, separate and joint critic passes, gradient checkpointing, bf16-mixed, entropy."""
 
 import copy
-import dataclasses
 
 import pytest
 import torch
+from pydantic import Field
 from torch.testing import assert_close
 
+from harness import UserError
 from harness.algorithms import get_algorithm, parse_options
 from harness.algorithms.base import Algorithm
 from harness.algorithms.batch import RolloutBatch, TrainSettings, minibatch_indices, partition_seed, sliced_minibatches
 from harness.algorithms.grpo import GRPO, GRPOConfig
 from harness.algorithms.logprobs import completion_logps
+from harness.algorithms.options import StrictModel
 from harness.algorithms.ppo import PPO, PPOConfig, value_loss
 from harness.config.schema import ModelConfig
 from harness.train.models import char_tokenizer, enable_gradient_checkpointing, tiny_model
@@ -181,16 +183,15 @@ class _Stats:
 # ---------------------------------------------------------------- the contract
 
 def test_a_subclass_must_declare_its_own_options():
-    with pytest.raises(TypeError, match="must declare its own options dataclass"):
+    with pytest.raises(TypeError, match="must declare its own options model"):
         class Silent(GRPO):  # would silently run with GRPO's defaults
             name = "silent"
 
 
 def test_no_algorithm_overrides_the_shared_update_loop():
     with pytest.raises(TypeError, match="overrides `update`"):
-        @dataclasses.dataclass
-        class Options:
-            beta: float = 0.0
+        class Options(StrictModel):
+            beta: float = Field(0.0, ge=0)
 
         class Rogue(GRPO):
             name = "rogue"
@@ -203,17 +204,16 @@ def test_no_algorithm_overrides_the_shared_update_loop():
 def test_options_are_typed_and_checked():
     with pytest.raises(TypeError, match="takes GRPOConfig options"):
         GRPO(small_policy(), {"beta": 0.1}, TrainSettings())
-    with pytest.raises(ValueError, match="critic_pass 'both' is not one of: separate, joint"):
+    with pytest.raises(UserError, match="^critic_pass: 'both' is not one of: separate, joint$"):
         parse_options("ppo", {"critic_pass": "both"})
-    with pytest.raises(ValueError, match="eps_low must be > 0"):
-        parse_options("grpo", {"eps_low": 0.0})
+    with pytest.raises(UserError, match="^algorithms.grpo.eps_low: must be above 0, got 0.0$"):
+        parse_options("grpo", {"eps_low": 0.0}, where="algorithms.grpo.")
     assert parse_options("ppo", {"critic_lr": 1}).critic_lr == 1.0
 
 
 def test_a_subclass_gets_its_own_defaults():
-    @dataclasses.dataclass
     class Options(GRPOConfig):
-        beta: float = 0.0
+        beta: float = Field(0.0, ge=0)
 
     class NoKL(GRPO):
         name = "nokl"

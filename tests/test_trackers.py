@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from harness import UserError
-from harness.config.schema import parse_report_to
+from harness.config.schema import RunConfig
 from harness.results.trackers import (ArmTrackers, GIB, METRIC_ALIASES, RUNS, attach_report, check_trackers,
     tracked_metrics)
 
@@ -22,12 +22,23 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 PROJECT = f"harness-test-{os.getpid()}"
 
 
+def report_to(value):
+    return RunConfig.parse({"report_to": value}).report_to
+
+
 def test_report_to_follows_trls_convention():
-    assert parse_report_to("none") == [] and parse_report_to("") == []
-    assert parse_report_to("trackio, TensorBoard,trackio") == ["trackio", "tensorboard"]
-    assert parse_report_to("all") == ["trackio", "wandb", "tensorboard", "mlflow"]
-    with pytest.raises(UserError, match="unknown tracker comet; valid: trackio, wandb, tensorboard, mlflow, all, none"):
-        parse_report_to("trackio,comet")
+    assert report_to("none") == [] and report_to("") == [] and report_to([]) == []
+    assert report_to("trackio, TensorBoard,trackio") == ["trackio", "tensorboard"]
+    assert report_to(["trackio", "tensorboard"]) == ["trackio", "tensorboard"]  # a YAML list
+    assert report_to("all") == ["trackio", "wandb", "tensorboard", "mlflow"]
+    with pytest.raises(UserError, match="^run.report_to: unknown tracker comet; valid: trackio, wandb, tensorboard, "
+                                        "mlflow, all, none$"):
+        report_to("trackio,comet")
+    with pytest.raises(UserError, match="unknown tracker none \\(alone only\\)"):
+        report_to("trackio,none")
+    # the saved config.yaml keeps the form it always had: comma-separated text, 'none' for no tracker
+    assert RunConfig.parse({"report_to": "trackio,tensorboard"}).model_dump()["report_to"] == "trackio,tensorboard"
+    assert RunConfig().model_dump()["report_to"] == "none"
 
 
 def test_a_missing_package_names_the_extra_to_install(monkeypatch):
@@ -35,7 +46,7 @@ def test_a_missing_package_names_the_extra_to_install(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "trackio" else real(name, *a))
     with pytest.raises(UserError) as err:
-        check_trackers("tensorboard,trackio")
+        check_trackers(["tensorboard", "trackio"])
     assert str(err.value) == "--report-to trackio needs the trackio package: pip install 'rl-harness[trackers]'"
 
 
@@ -99,7 +110,7 @@ def logged(tmp_path_factory):
     figure.parent.mkdir()
     from PIL import Image
     Image.fromarray(np.full((4, 6, 3), 200, dtype=np.uint8)).save(figure)
-    attach_report(arms, [figure], ",".join(names), PROJECT, str(tmp_path / "results"))
+    attach_report(arms, [figure], names, PROJECT, str(tmp_path / "results"))
     return tmp_path, arms
 
 

@@ -24,7 +24,6 @@ from harness.config.derive import make_task
 from harness.config.kl import KLSetting
 from harness.config.load import config_from_dict, read_yaml
 from harness.config.schema import Config, check_seed
-from harness.config.schema import parse_report_to
 from harness.estimate.grid import check_at_scale
 from harness.estimate.preflight import check_algorithms_fit, check_setup
 from harness.results.arm_config import arm_config_dict
@@ -144,7 +143,7 @@ def compare(config: Config, arms: list[ArmSpec | str], seeds: list[int], out: Pa
             "arms": [{k: a[k] for k in ("arm", "algo", "overrides", "seed", "dir")} for a in planned]})
         for arm in planned:
             write_arm_config(comparison_dir / arm["dir"], arm)
-        print("\n".join(plan_lines(config, specs, seeds, comparison_dir, parse_report_to(config.run.report_to),
+        print("\n".join(plan_lines(config, specs, seeds, comparison_dir, config.run.report_to,
                                    baseline=baseline, kl=kl, arm_configs=arm_configs(planned))))
         print("\n".join(analysis_plan_lines(analysis_plan)), flush=True)
         return run_arms(comparison_dir, config, specs, seeds, planned, resume=False, report=report, baseline=baseline)

@@ -10,7 +10,6 @@ the process exits 143 or 130, and `--resume` continues from the last checkpoint.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -39,7 +38,7 @@ def run(config: Config, algo: str, out: Path | str | None = None, probes: bool =
                             f"--resume', or choose another --out")
         if config.world_size > 1:
             resolved = arm_config_dict(config, algo)
-            resolved["derived"]["algorithm_options"] = dataclasses.asdict(algorithm_options(config, algo))
+            resolved["derived"]["algorithm_options"] = algorithm_options(config, algo).model_dump()
             write_yaml(run_dir / "config.yaml", resolved)
             return launch(run_dir, config, resume=False)
         return _train(config, algo, run_dir, resume=False, probes=probes)

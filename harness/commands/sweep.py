@@ -66,7 +66,7 @@ def sweep_config(config: Config, budget: int | None) -> Config:
     points.run.lm_eval = False
     if budget is not None:
         points.budget.total = budget
-    points.estimate.at_scale = "none"
+    points.estimate.at_scale = []
     return points
 
 

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import math
-
-from harness import UserError
 from harness.config.arm_kinds import algorithm_of
 from harness.config.schema import Config
 
@@ -63,12 +59,4 @@ def algorithm_options(config: Config, algo: str):
     values = config.algorithms.get(algo, {})
     if checked != algo:  # a cross-check: the checked algorithm's options, its own section over them
         values = {**config.algorithms.get(checked, {}), **values}
-    try:
-        options = parse_options(checked, values)
-    except (ValueError, TypeError) as err:
-        raise UserError(f"algorithms.{algo}: {err}") from None
-    for name, value in dataclasses.asdict(options).items():  # nan passes every range test: refuse it first
-        if isinstance(value, float) and not math.isfinite(value):
-            raise UserError(f"config field 'algorithms.{algo}.{name}' expects a finite number, got {value!r}")
-    return options
-
+    return parse_options(checked, values, where=f"algorithms.{algo}.")

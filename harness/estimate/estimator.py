@@ -31,7 +31,8 @@ from collections.abc import Callable
 from harness import UserError, __version__
 from harness.config.derive import algorithm_options, make_task
 from harness.config.load import copy_config
-from harness.config.schema import Config, DEVICE_MEMORY_GIB, validate
+from harness.config.choices import DEVICE_MEMORY_GIB
+from harness.config.schema import Config, validate
 from harness.config.schema import config_hash
 from harness.estimate.model_specs import ModelSpec, resolve_model
 from harness.results.headline import PHASES, arm_pair
@@ -144,7 +145,7 @@ def cache_key(config: Config, algo: str, plan: Plan) -> str:
     from harness.config.derive import train_settings
     import torch
     return config_hash({
-        "algo": algo, "options": dataclasses.asdict(algorithm_options(config, algo)),
+        "algo": algo, "options": algorithm_options(config, algo).model_dump(),
         "settings": dataclasses.asdict(train_settings(config)), "precision": config.model.precision,
         "checkpointing": config.model.gradient_checkpointing, "model": plan.model.config.to_dict(),
         "reward_model": plan.reward_model.config.to_dict() if plan.reward_model else None,

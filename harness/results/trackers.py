@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from harness import UserError
-from harness.config.schema import parse_report_to
 from harness.results.io import read_json, write_json
 
 # tracker -> (module that must import, the pip extra that installs it)
@@ -69,9 +68,9 @@ PEAK_ALIASES = {"mem/cuda_allocated_peak/": "perf/max_memory_allocated_gb",
 
 
 
-def check_trackers(text: str) -> None:
-    """Every tracker asked for imports here; else one line naming the pip extra that installs it."""
-    for name in parse_report_to(text):
+def check_trackers(names: list[str]) -> None:
+    """Every tracker asked for (run.report_to) imports here; else one line naming the pip extra that installs it."""
+    for name in names:
         module, extra = PACKAGES[name]
         if importlib.util.find_spec(module) is None:
             raise UserError(f"--report-to {name} needs the {module} package: pip install 'rl-harness[{extra}]'")
@@ -316,16 +315,16 @@ class ArmTrackers:
 
 def open_trackers(config, run_dir: Path) -> ArmTrackers:
     """The trackers `config.run.report_to` names, opened (or reopened on a resume) for the arm in run_dir."""
-    trackers = ArmTrackers(parse_report_to(config.run.report_to), run_dir, config.run.tracker_project,
+    trackers = ArmTrackers(list(config.run.report_to), run_dir, config.run.tracker_project,
                            config.run.results_dir)
     for line in trackers.where():
         print(f"tracking: {line}", flush=True)
     return trackers
 
 
-def attach_report(arm_dirs: list[Path], files: list[Path], report_to: str, project: str, results_dir: str) -> None:
-    """Reopen each arm's tracker runs and add the comparison's report files (figures, tables, HTML, PDF)."""
-    names = parse_report_to(report_to)
+def attach_report(arm_dirs: list[Path], files: list[Path], names: list[str], project: str, results_dir: str) -> None:
+    """Reopen each arm's tracker runs (`names`: run.report_to) and add the comparison's report files (figures,
+    tables, HTML, PDF)."""
     files = [Path(f) for f in files if f and Path(f).exists()]
     if not names or not files:
         return

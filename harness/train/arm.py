@@ -222,7 +222,7 @@ class Arm:
             if weights is not None:
                 model, _ = load_policy(self.model_path, self.config.model.precision, self.device)
                 model.load_state_dict(weights)
-            extra = [name.strip() for name in run.eval_tasks.split(",") if name.strip()]
+            extra = list(run.eval_tasks)
             score = score_policy(model, self.tokenizer, self.task, k=run.lm_eval_k, seed=run.seed,
                                  max_new_tokens=self.config.rollout.max_new_tokens, work_dir=self.run_dir / "lm_eval",
                                  temperature=self.config.rollout.temperature, top_p=self.config.rollout.top_p,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import json
 import os
 import shutil
@@ -148,11 +147,11 @@ def build_or_load_tiny(cfg: ModelConfig, task: Task, progress=None) -> Path:
     tokenizer = char_tokenizer(task.alphabet)
     notes: dict[str, float] = {}
     if cfg.vocab_pad_to > len(tokenizer):
-        unpadded = build_or_load_tiny(dataclasses.replace(cfg, vocab_pad_to=0), task, progress)
+        unpadded = build_or_load_tiny(cfg.model_copy(update={"vocab_pad_to": 0}), task, progress)
         model = AutoModelForCausalLM.from_pretrained(unpadded)
         torch.manual_seed(0)
         model.resize_token_embeddings(cfg.vocab_pad_to, mean_resizing=False)
-        pad_cfg = dataclasses.replace(cfg, warm_start_steps=PAD_WARM_START_STEPS, warm_start_batch=PAD_WARM_START_BATCH)
+        pad_cfg = cfg.model_copy(update={"warm_start_steps": PAD_WARM_START_STEPS, "warm_start_batch": PAD_WARM_START_BATCH})
         notes["padding_mass_before"] = padding_mass(model, tokenizer, task)
         warm_start(model, tokenizer, task, pad_cfg, seed=1, progress=progress)
         notes.update(padded_rows=cfg.vocab_pad_to - len(tokenizer), padding_mass_after=padding_mass(model, tokenizer, task))

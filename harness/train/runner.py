@@ -7,7 +7,6 @@ touch another's figures.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import platform
 import subprocess
@@ -118,7 +117,7 @@ def run_arm(config: Config, algo: str, run_dir: Path, resume: bool = False, prog
         run_dir.mkdir(parents=True, exist_ok=True)
         resolved = arm_config_dict(config, algo, name)
         # the algorithm's options with its defaults filled in, so that the run says what it ran
-        resolved["derived"]["algorithm_options"] = dataclasses.asdict(algorithm_options(config, algo))
+        resolved["derived"]["algorithm_options"] = algorithm_options(config, algo).model_dump()
         write_yaml(run_dir / "config.yaml", resolved)
         write_json(run_dir / "env.json", {**environment(config.run.device), "world_size": config.world_size})
         write_json(run_dir / "summary.json", {"algo": algo, "seed": config.run.seed, "status": "running"})

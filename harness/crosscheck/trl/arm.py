@@ -13,7 +13,6 @@ evaluation, the budget) and a trainer subclass in `harness.crosscheck.trl.traine
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import time
@@ -67,7 +66,7 @@ def record_settings(run_dir: Path, settings: TRLSettings, options) -> None:
     path = run_dir / "config.yaml"
     saved = read_yaml(path) if path.exists() else {}
     derived = saved.setdefault("derived", {})
-    derived["algorithm_options"] = dataclasses.asdict(options)
+    derived["algorithm_options"] = options.model_dump()
     derived["trl"] = {"version": trl.__version__, "grpo_config": settings.grpo_config,
                       "optimizer_steps_per_rollout": settings.optimizer_steps_per_rollout,
                       "not_matched": settings.not_matched}
@@ -147,7 +146,7 @@ class TRLArm:
         if not run.lm_eval:
             return None
         from harness.train.lm_eval_bridge import score_policy
-        extra = [name.strip() for name in run.eval_tasks.split(",") if name.strip()]
+        extra = list(run.eval_tasks)
         training = self.policy.training
         self.policy.eval()
         try:
