@@ -11,6 +11,7 @@ REGISTRY = {
     "reinforce_pp": "harness.algorithms.reinforce_pp:ReinforcePP",
     "dr_grpo": "harness.algorithms.dr_grpo:DrGRPO",
     "dapo": "harness.algorithms.dapo:DAPO",
+    "gspo": "harness.algorithms.gspo:GSPO",
 }
 
 

@@ -14,11 +14,14 @@ There is no KL term (beta = 0; the options exist so that `harness compare --kl` 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from pydantic import Field
 
+from harness.algorithms.base import Needs
 from harness.algorithms.batch import RolloutBatch
-from harness.algorithms.grpo import GRPO, group_advantages, group_stats, grpo_loss, reward_with_kl
+from harness.algorithms.grpo import GRPO, group_advantages, group_stats, reward_with_kl
 from harness.algorithms.options import StrictModel
 
 
@@ -56,13 +59,10 @@ class DAPO(GRPO):
     name = "dapo"
     Config = DAPOConfig
 
-    @property
-    def loss_aggregation(self) -> str:
-        return "token"
-
-    @property
-    def filters_groups(self) -> bool:
-        return self.options.dynamic_sampling
+    @classmethod
+    def declare_needs(cls, options, settings) -> Needs:
+        return replace(super().declare_needs(options, settings), aggregation="token",
+                       filters_groups=options.dynamic_sampling)
 
     def buffer_tokens(self) -> int:
         return max(1, round(self.options.overlong_buffer * self.settings.max_new_tokens)) if self.options.overlong_buffer else 0
@@ -79,8 +79,3 @@ class DAPO(GRPO):
                                                  self.options.overlong_penalty).to(batch.scores.dtype)
         batch.advantages = self.advantages(shaped, batch.group_size).unsqueeze(-1) * batch.completion_mask
         return {**group_stats(batch.scores, batch.group_size), "overlong_penalty": (shaped - rewards).mean()}
-
-    def policy_loss(self, logps, mb: RolloutBatch, denominator):
-        o = self.options
-        return grpo_loss(logps, mb.old_logps, mb.advantages, mb.completion_mask, o.eps_low, o.eps_high, o.beta,
-                         mb.ref_logps, "token", denominator)

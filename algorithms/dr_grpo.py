@@ -10,9 +10,12 @@ set (or matched across arms with `harness compare --kl`).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from pydantic import Field
 
+from harness.algorithms.base import Needs
 from harness.algorithms.grpo import GRPO, group_advantages
 from harness.algorithms.options import StrictModel
 
@@ -29,9 +32,10 @@ class DrGRPO(GRPO):
     name = "dr_grpo"
     Config = DrGRPOConfig
 
-    @property
-    def loss_aggregation(self) -> str:
-        return "constant"  # sum over tokens / (completions x max_new_tokens)
+    @classmethod
+    def declare_needs(cls, options, settings) -> Needs:
+        # sum over tokens / (completions x max_new_tokens)
+        return replace(super().declare_needs(options, settings), aggregation="constant")
 
     def advantages(self, scores: torch.Tensor, group_size: int) -> torch.Tensor:
         return group_advantages(scores, group_size, scale="none")

@@ -2,18 +2,22 @@
 
 The loss is the clipped surrogate with the k3 estimate of KL to the reference added in the loss
 (not in the reward), averaged per sequence then over the batch, as in the paper's equation (3).
+`grpo_loss` is that equation whole; the GRPO class leaves its KL term (`beta`) to the shared loop,
+which adds it for every algorithm alike.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Literal, get_args
 
 import torch
 from pydantic import Field
 
-from harness.algorithms.base import Algorithm
+from harness.algorithms.base import Algorithm, Needs
 from harness.algorithms.batch import RolloutBatch
-from harness.algorithms.ops import aggregate, clipped_surrogate, kl_k3, ratio_stats
+from harness.algorithms.ops import aggregate, clipped_surrogate, kl_loss_term, ratio_stats
+from harness.algorithms.ops import kl_k3  # noqa: F401  (DESIGN.md's API: algorithms.grpo.kl_k3)
 from harness.algorithms.options import StrictModel
 
 Scale = Literal["group", "batch", "none"]
@@ -61,7 +65,7 @@ def grpo_loss(logps, old_logps, advantages, mask, eps_low=0.2, eps_high=0.2, bet
     policy_loss = aggregate(surrogate, mask, aggregation, denominator, max_tokens)
     loss = policy_loss
     if beta and ref_logps is not None:
-        loss = loss + beta * aggregate(kl_k3(logps, ref_logps), mask, aggregation, denominator, max_tokens)
+        loss = loss + kl_loss_term(logps, ref_logps, mask, beta, aggregation, denominator, max_tokens)
     stats = {"policy_loss": policy_loss.detach(), **ratio_stats(logps, old_logps, advantages, mask, eps_low, eps_high)}
     return loss, stats
 
@@ -87,12 +91,10 @@ class GRPO(Algorithm):
     KL_OPTIONS = {"loss": "beta", "reward": "kl_reward_coef"}
 
     @classmethod
-    def min_group_size(cls, options) -> int:
-        return 2
-
-    @property
-    def loss_aggregation(self) -> str:
-        return self.options.aggregation
+    def declare_needs(cls, options, settings) -> Needs:
+        # a variant whose options choose no aggregation (Dr. GRPO, DAPO) sets its own
+        return replace(super().declare_needs(options, settings), min_group_size=2,
+                       aggregation=getattr(options, "aggregation", "sequence"))
 
     def advantages(self, scores: torch.Tensor, group_size: int) -> torch.Tensor:
         """Per-completion advantages `[B]`."""
@@ -106,6 +108,7 @@ class GRPO(Algorithm):
         return group_stats(batch.scores, batch.group_size)
 
     def policy_loss(self, logps, mb: RolloutBatch, denominator):
+        # beta 0: the shared loop adds the KL term (`needs.kl_loss_coef` is beta), for every algorithm alike
         o = self.options
-        return grpo_loss(logps, mb.old_logps, mb.advantages, mb.completion_mask, o.eps_low, o.eps_high, o.beta,
-                         mb.ref_logps, self.loss_aggregation, denominator, self.settings.max_new_tokens)
+        return grpo_loss(logps, mb.old_logps, mb.advantages, mb.completion_mask, o.eps_low, o.eps_high, 0.0,
+                         None, self.needs.aggregation, denominator, self.settings.max_new_tokens)

@@ -11,21 +11,20 @@ backward through both (old TRL's PolicyAndValueWrapper).
 from __future__ import annotations
 
 import copy
-from typing import Literal, get_args
+from dataclasses import replace
+
 
 import torch
 from pydantic import Field
 from torch import nn
 
-from harness.algorithms.base import Algorithm
+from harness.algorithms.base import Algorithm, CriticPass, Needs
 from harness.algorithms.batch import RolloutBatch
 from harness.algorithms.logprobs import autocast, checkpointing_is_on, checkpointing_on
 from harness.algorithms.ops import (aggregate, clipped_surrogate, global_masked_mean, masked_mean, masked_whiten,
     ratio_stats, upcast)
 from harness.algorithms.options import StrictModel
 
-CriticPass = Literal["separate", "joint"]
-CRITIC_PASSES = get_args(CriticPass)
 
 
 class PPOConfig(StrictModel):
@@ -135,7 +134,6 @@ class ValueModel(nn.Module):
 class PPO(Algorithm):
     name = "ppo"
     Config = PPOConfig
-    uses_critic = True
     KL_OPTIONS = {"loss": "kl_loss_coef", "reward": "kl_coef"}
 
     def __init__(self, policy, options, settings, seed=0):
@@ -148,19 +146,15 @@ class PPO(Algorithm):
         self.critic_optimizer = torch.optim.AdamW(self.critic.parameters(), lr=self.options.critic_lr or s.lr,
                                                   weight_decay=s.weight_decay)
 
-    @property
-    def kl_loss_coef(self) -> float:
-        return self.options.kl_loss_coef
+    @classmethod
+    def declare_needs(cls, options, settings) -> Needs:
+        return replace(super().declare_needs(options, settings), critic=True, critic_pass=options.critic_pass)
 
     def policy_frozen(self) -> bool:
         """During the critic's warm-up the policy does not move; with head_only, neither does the critic's body."""
         warming = self.updates < self.options.critic_warmup_steps
         self.critic.backbone.requires_grad_(not (warming and self.options.critic_warmup_head_only))
         return warming
-
-    @property
-    def critic_pass(self) -> str:
-        return self.options.critic_pass
 
     def trained_models(self) -> dict[str, nn.Module]:
         return {"policy": self.policy, "critic": self.critic}

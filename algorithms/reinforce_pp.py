@@ -10,10 +10,12 @@ over the batch.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from pydantic import Field
 
-from harness.algorithms.base import Algorithm
+from harness.algorithms.base import Algorithm, Needs
 from harness.algorithms.batch import RolloutBatch
 from harness.algorithms.grpo import group_stats
 from harness.algorithms.ops import masked_whiten
@@ -56,12 +58,8 @@ class ReinforcePP(Algorithm):
     KL_OPTIONS = {"loss": "kl_loss_coef", "reward": "kl_coef"}
 
     @classmethod
-    def min_group_size(cls, options) -> int:
-        return 2 if options.baseline else 1
-
-    @property
-    def kl_loss_coef(self) -> float:
-        return self.options.kl_loss_coef
+    def declare_needs(cls, options, settings) -> Needs:
+        return replace(super().declare_needs(options, settings), min_group_size=2 if options.baseline else 1)
 
     @torch.no_grad()
     def prepare(self, batch: RolloutBatch) -> dict[str, torch.Tensor]:

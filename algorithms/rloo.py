@@ -10,10 +10,12 @@ one minibatch, where the ratio is 1).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from pydantic import Field
 
-from harness.algorithms.base import Algorithm
+from harness.algorithms.base import Algorithm, Needs
 from harness.algorithms.batch import RolloutBatch
 from harness.algorithms.grpo import group_stats
 from harness.algorithms.ops import masked_sum, ratio_stats
@@ -69,16 +71,9 @@ class RLOO(Algorithm):
     KL_OPTIONS = {"loss": "kl_loss_coef", "reward": "kl_coef"}
 
     @classmethod
-    def min_group_size(cls, options) -> int:
-        return 2
-
-    @property
-    def kl_loss_coef(self) -> float:
-        return self.options.kl_loss_coef
-
-    @property
-    def loss_aggregation(self) -> str:
-        return "sequence"  # the minibatch's denominator is its number of completions
+    def declare_needs(cls, options, settings) -> Needs:
+        # sequence: the minibatch's denominator is its number of completions
+        return replace(super().declare_needs(options, settings), min_group_size=2, aggregation="sequence")
 
     @torch.no_grad()
     def prepare(self, batch: RolloutBatch) -> dict[str, torch.Tensor]:

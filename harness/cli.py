@@ -297,6 +297,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- the parser
 
 def build_parser() -> Parser:
+    from harness.config.arm_kinds import arm_kind_names  # the registry's names: no torch imported
     parser = Parser(prog="harness", description="Equal-budget GRPO vs PPO: what each costs and what each buys.")
     parser.add_argument("--version", action="version", version=f"harness {__version__}")
     sub = parser.add_subparsers(dest="command", parser_class=Parser, metavar="COMMAND")
@@ -304,7 +305,8 @@ def build_parser() -> Parser:
     compare = sub.add_parser("compare", help="run each algorithm under the same budget and compare",
                              description="Train every algorithm with every seed under the same budget, each arm "
                                          "in its own process; print the tables and write the HTML/PDF report.")
-    compare.add_argument("--algos", help="comma-separated arms (default: grpo,ppo): an algorithm, or a variant "
+    compare.add_argument("--algos", help="comma-separated arms (default: grpo,ppo): an algorithm "
+                                         f"({', '.join(arm_kind_names())}), or a variant "
                                          "NAME=ALGO:section.field=value[:...], e.g. ppo-n1=ppo:rollout.samples_per_prompt=1 "
                                          "(or an arms: section in --config)")
     add_arm_flags(compare)

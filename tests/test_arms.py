@@ -186,14 +186,15 @@ def test_a_three_arm_comparison_with_matched_kl_and_its_resume(tmp_path):
 @pytest.mark.slow
 def test_the_whole_family_against_ppo_with_a_report(tmp_path):
     out = tmp_path / "family"
-    harness("compare", "--algos", "grpo,ppo,rloo,reinforce_pp,dr_grpo,dapo,trl-grpo", "--preset", "smoke",
+    harness("compare", "--algos", "grpo,ppo,rloo,reinforce_pp,dr_grpo,dapo,gspo,trl-grpo", "--preset", "smoke",
             "--out", str(out), "--set", "run.lm_eval=false", check=True)
     data = json.loads((out / "summary.json").read_text())
-    assert sorted(data["ratios"]["arms"]) == sorted(["grpo", "rloo", "reinforce_pp", "dr_grpo", "dapo", "trl-grpo"])
+    assert sorted(data["ratios"]["arms"]) == sorted(["grpo", "rloo", "reinforce_pp", "dr_grpo", "dapo", "gspo",
+                                                     "trl-grpo"])
     assert all("mem_live_peak" in a["figures"] for a in data["ratios"]["arms"].values())
     html = (out / "report.html").read_text()
     assert "Every arm against the baseline, ppo" in html
-    for name in ("RLOO", "REINFORCE_PP", "DR_GRPO", "DAPO", "TRL-GRPO"):
+    for name in ("RLOO", "REINFORCE_PP", "DR_GRPO", "DAPO", "GSPO", "TRL-GRPO"):
         assert f">{name}</span>" in html
 
 

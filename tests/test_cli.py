@@ -107,8 +107,8 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["compare", "--algos", "grpo,a2c"], "unknown algorithm 'a2c'; valid: dapo, dr_grpo, grpo, ppo, reinforce_pp, rloo"),
-    (["run", "--algo", "dpo"], "unknown algorithm 'dpo'; valid: dapo, dr_grpo, grpo, ppo, reinforce_pp, rloo"),
+    (["compare", "--algos", "grpo,a2c"], "unknown algorithm 'a2c'; valid: dapo, dr_grpo, grpo, gspo, ppo, reinforce_pp, rloo"),
+    (["run", "--algo", "dpo"], "unknown algorithm 'dpo'; valid: dapo, dr_grpo, grpo, gspo, ppo, reinforce_pp, rloo"),
     (["compare", "--task", "sudoku"], "unknown task 'sudoku'; valid: chain_sum, spell_backward, spell_backward_long"),
     (["compare", "--task", "rg:nonesuch"], "unknown reasoning-gym dataset 'nonesuch'; valid: ab, acre,"),
     (["compare", "--preset", "huge"], "unknown preset 'huge'; valid:"),

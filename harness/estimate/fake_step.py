@@ -306,7 +306,7 @@ def fake_step(config, algo: str, policy_config, reward_config, workload: Workloa
                          getattr(policy_config, "pad_token_id", None) or 0)
             with meter.step(True):
                 batch = simulated_rollout(policy, reference, reward_model, settings, workload, meter, sampling, token_ids,
-                                          algorithm.needs_sampler_logps)
+                                          algorithm.needs.sampler_logps)
                 learn(algorithm, batch, meter)
                 del batch
     return FakeStep(phases=meter.tracked_peaks, model_state=state, seconds=time.perf_counter() - started)

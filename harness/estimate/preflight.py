@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from harness import UserError
 from harness.config.arm_kinds import algorithm_of, check_kind_options
 from harness.config.checks import check_task
-from harness.config.derive import algorithm_options, make_task
+from harness.config.derive import algorithm_options, make_task, train_settings
 from harness.results.trackers import check_trackers
 
 if TYPE_CHECKING:
@@ -170,7 +170,7 @@ def check_algorithms_fit(config: Config, algos, task=None) -> None:
     options = []
     for algo in algos:
         options.append(algorithm_options(config, algo))
-        needed = get_algorithm(algorithm_of(algo)).min_group_size(options[-1])
+        needed = get_algorithm(algorithm_of(algo)).declare_needs(options[-1], train_settings(config)).min_group_size
         if config.rollout.samples_per_prompt < needed:
             raise UserError(f"{algo} compares completions within a group: rollout.samples_per_prompt="
                             f"{config.rollout.samples_per_prompt} needs to be at least {needed}")

@@ -79,7 +79,7 @@ def arm_models(config: Config, algo: str, policy: torch.nn.Module, settings: Tra
     algorithm = get_algorithm(algo)(policy, algorithm_options(config, algo), settings, seed=config.run.seed)
     # A frozen reference is stored in the compute dtype: bf16 under bf16-mixed (2 bytes per parameter).
     reference_dtype = torch.bfloat16 if config.model.precision != "fp32" else WEIGHT_DTYPES["fp32"]
-    reference = frozen_copy(policy, reference_dtype) if algorithm.needs_reference else None
+    reference = frozen_copy(policy, reference_dtype) if algorithm.needs.reference else None
     return algorithm, reference
 
 
@@ -88,7 +88,7 @@ def learn(algorithm, batch, meter) -> tuple[dict[str, torch.Tensor], dict[str, t
     advantages, then the update; (advantage statistics, update statistics), this process's, as 0-dim
     tensors. `harness estimate` runs it on fake tensors."""
     meter.retag_rollout(batch)
-    if algorithm.uses_critic:
+    if algorithm.needs.critic:
         with meter.phase("values"):
             algorithm.compute_values(batch)
     with meter.phase("advantages"):
@@ -287,8 +287,8 @@ class Arm:
         """One sampling slice of the step: its prompts sampled with its own seed and scored."""
         config = self.config
         seed_everything(slice_seed(config.run.seed, step, slice_index))
-        sampler_logps = self.algorithm.needs_sampler_logps
-        if not self.algorithm.filters_groups:
+        sampler_logps = self.algorithm.needs.sampler_logps
+        if not self.algorithm.needs.filters_groups:
             return generate(self.policy, self.reference, self.tokenizer, self.task, examples, config.rollout,
                             self.settings, meter, sampler_logps)
         rounds, count = self.algorithm.options.max_generation_rounds, len(examples)
@@ -345,7 +345,7 @@ class Arm:
         record = step_record(state.step, state, whole, stats, times, step_time, flops, probes.device_name(),
                              config.model.precision, self.state_bytes(), meter.tracked_peaks, probes.step_memory())
         record["train_s"], record["wall"] = state.train_s, state.train_s + state.eval_s
-        if algorithm.filters_groups:  # dynamic sampling: what was sampled, what was kept, in how many rounds
+        if algorithm.needs.filters_groups:  # dynamic sampling: what was sampled, what was kept, in how many rounds
             record.update({"rollout/sampled": whole.sampled, "rollout/rounds": whole.rounds,
                            "rollout/kept": int(all_sum(torch.tensor(batch.size if batch is not None else 0)))})
         sampled = batch.old_logps if batch is not None else None
