@@ -521,7 +521,7 @@ def test_time_figures_leave_the_periodic_evaluations_out(tmp_path):
     cmp = load_comparison(folder)
     v = verdict_section(cmp)
     arm = cmp.arms[0]
-    assert arm.row["wall"] == pytest.approx(arm.summary["wall_s"] - 10.0) and arm.row["time_basis"] == "train_s"
+    assert arm.row["wall"] == pytest.approx(arm.summary.wall_s - 10.0) and arm.row["time_basis"] == "train_s"
     rows = {r["key"]: r for r in v["rows"]}
     assert rows["wall"]["note"] == "training time for the whole budget; periodic evaluations left out"
     assert "periodic evaluations and live-tensor tracked steps left out" in v["compute"]["row"]["note"]

@@ -30,7 +30,8 @@ from harness.results.units import fmt
 # The memory figure the verdict rests on: the CUDA allocator peak where a GPU measured it, else the
 # measured step peak of live tensors (the max over the phases of a step).
 PRIMARY_MEMORY = ["mem_cuda_allocated", "mem_live_peak"]
-ARITHMETIC_KEYS = {"mem_model_state"}  # follows from the model sizes: the same for every seed
+# follow from the model sizes (harness.results.records.FIGURES labels them): the same for every seed
+ARITHMETIC_KEYS = {key for key, label, _ in MEMORY_FIGURES if label.startswith("arithmetic")}
 # Measured figures read against the claim (arithmetic ones are shown, never read).
 CLAIM_KEYS = ({key for key, _, _ in MEMORY_FIGURES} - ARITHMETIC_KEYS) | {
     "time_per_step", "wall", "to_target_completions", "to_target_train"}
