@@ -43,7 +43,7 @@ Maybe = Annotated[T | None, WrapValidator(_or_none)]
 class Record(BaseModel):
     """A JSON object of the results: unknown keys kept, `to_json` gives back what was read or set."""
 
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    model_config = ConfigDict(extra="allow", populate_by_name=True, protected_namespaces=())
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(exclude_unset=True, by_alias=True)

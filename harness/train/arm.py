@@ -181,11 +181,6 @@ class Arm(PolicyArm):
             rewrite_jsonl(steps_path, [r for r in read_jsonl(steps_path) if r["step"] <= state.step])
         return state
 
-    def budget_left(self, state: RunState) -> bool:
-        budget = self.config.budget
-        spent = {"completions": state.completions, "tokens": state.tokens, "steps": state.step}[budget.unit]
-        return spent < budget.total and state.step < self.config.total_steps()
-
     def train(self, state: RunState, probes: Probes, log: StepLog) -> None:
         config = self.config
         self.shard()

@@ -138,7 +138,13 @@ class PolicyArm(ArmRunner):
             os.replace(staging, folder)
         ranks_.barrier(self.ranks)
 
-    # ------------------------------------------------------------ a step's end
+    # ------------------------------------------------------------ steps
+
+    def budget_left(self, state: RunState) -> bool:
+        """Whether the budget (in completions, tokens or steps) allows another step."""
+        budget = self.config.budget
+        spent = {"completions": state.completions, "tokens": state.tokens, "steps": state.step}[budget.unit]
+        return spent < budget.total and state.step < self.config.total_steps()
 
     def close_step(self, state: RunState, rollout: Rollout, stats: dict[str, float], times: dict[str, float],
                    step_time: float, live_peaks: dict[str, dict[str, int]], flops: float,

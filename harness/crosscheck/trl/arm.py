@@ -185,13 +185,8 @@ class HarnessCallback(TrainerCallback):
             self.log(self.state, self.step_record())
         except Diverged as err:  # TRL's loop stops cleanly; TRLArm.train raises it
             self.diverged = err
-        if self.diverged or not self.budget_left():
+        if self.diverged or not self.arm.budget_left(self.state):
             control.should_training_stop = True
-
-    def budget_left(self) -> bool:
-        budget, state = self.arm.config.budget, self.state
-        spent = {"completions": state.completions, "tokens": state.tokens, "steps": state.step}[budget.unit]
-        return spent < budget.total
 
     def state_bytes(self) -> dict[str, dict[str, int]]:
         """Arithmetic: bytes of parameters, gradients and optimizer state, as our arms count them."""
