@@ -141,9 +141,10 @@ def test_every_arm_gets_a_ratio_against_the_baseline():
 def test_critic_warm_up_completions_are_read_from_the_steps():
     from harness.report.content import warmup_completions
     from harness.report.data import Arm
+    from harness.results.records import Summary
     steps = pd.DataFrame({"step": [1, 2, 3], "completions": [32, 64, 96],
                           "loss/policy_frozen": [1.0, None, None]})
-    arm = Arm(name="ppo", algo="ppo", seed=0, dir=None, summary={"status": "ok"}, steps=steps, env={}, config={})
+    arm = Arm(name="ppo", algo="ppo", seed=0, dir=None, summary=Summary(status="ok"), steps=steps, env={}, config={})
     assert warmup_completions(arm) == (1, 32)
 
 

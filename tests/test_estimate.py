@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from harness.config.load import load_config, preset_names
+from harness.results.units import GIB
 
-GIB = 2 ** 30
 COMPUTE = ("activations", "temporaries", "kv_cache", "weight_casts")  # how the tracker files what a step computes
 MODEL_STATE = ("params", "grads", "optimizer")
 

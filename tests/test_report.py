@@ -18,6 +18,7 @@ from harness.report.data import load_comparison
 from harness.report.stats import INCONCLUSIVE, NOT_WORSE, REPRODUCED, WORSE
 from harness.report.verdict import terminal_lines, verdict_section
 from harness.results.headline import MEMORY_FIGURES, TIME_FIGURES
+from harness.results.units import GIB, MIB
 
 FIXTURES = Path(__file__).parent / "fixtures" / "report"
 COMPARE = FIXTURES / "compare"
@@ -272,14 +273,13 @@ def test_a_bare_plan_and_a_single_algorithm_still_render(tmp_path):
 
 def test_gpu_figures_when_present_and_the_allocator_peak_decides(tmp_path):
     folder = copy_fixture(tmp_path)
-    gib = 1024 ** 3
 
     def add_gpu(summary):
         scale = 1.0 if summary["algo"] == "grpo" else 2.0
         summary["mem"]["measured"] = {
-            "rss_peak_net": 10 * 1024 ** 2, "cuda_allocated_peak": {"generate": 3 * gib * scale, "update": 5 * gib * scale},
-            "cuda_reserved_peak": {"update": 6 * gib * scale},
-            "nvml": {"used_peak": 7 * gib * scale, "process_peak": 6.5 * gib * scale, "util_mean": 0.8,
+            "rss_peak_net": 10 * MIB, "cuda_allocated_peak": {"generate": 3 * GIB * scale, "update": 5 * GIB * scale},
+            "cuda_reserved_peak": {"update": 6 * GIB * scale},
+            "nvml": {"used_peak": 7 * GIB * scale, "process_peak": 6.5 * GIB * scale, "util_mean": 0.8,
                      "power_mean_w": 400, "energy_j": 1e5}}
     edit_summaries(folder, add_gpu)
     v = verdict_section(load_comparison(folder))
@@ -393,8 +393,6 @@ def test_cli_report_prints_the_path_and_rejects_a_bad_folder(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------- the verdict's figures, from hand-built summaries
-
-MIB = 1024 ** 2
 
 
 def solved_first(k: int, prompts: int = 200) -> list[int]:
@@ -526,7 +524,7 @@ def test_time_figures_leave_the_periodic_evaluations_out(tmp_path):
     cmp = load_comparison(folder)
     v = verdict_section(cmp)
     arm = cmp.arms[0]
-    assert arm.row["wall"] == pytest.approx(arm.summary["wall_s"] - 10.0) and arm.row["time_basis"] == "train_s"
+    assert arm.row["wall"] == pytest.approx(arm.summary.wall_s - 10.0) and arm.row["time_basis"] == "train_s"
     rows = {r["key"]: r for r in v["rows"]}
     assert rows["wall"]["note"] == "training time for the whole budget; periodic evaluations left out"
     assert "periodic evaluations and live-tensor tracked steps left out" in v["compute"]["row"]["note"]

@@ -15,8 +15,10 @@ import yaml
 
 from harness import UserError
 from harness.config.schema import RunConfig
-from harness.results.trackers import (ArmTrackers, GIB, METRIC_ALIASES, RUNS, attach_report, check_trackers,
-    tracked_metrics)
+from harness.results.records import Summary
+from harness.results.step_record import StepRecord
+from harness.results.trackers import ArmTrackers, METRIC_ALIASES, RUNS, attach_report, check_trackers, tracked_metrics
+from harness.results.units import GIB
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 PROJECT = f"harness-test-{os.getpid()}"
@@ -90,10 +92,10 @@ def log_arm(arm_dir: Path, names: list[str], results: Path, value: float) -> dic
     for step in (1, 2, 3):
         row = {"step": step, "reward/mean": value * step, "loss/zero_adv_frac": 0.5}
         (arm_dir / "steps.jsonl").open("a").write(json.dumps(row) + "\n")
-        trackers.log_step(row)
+        trackers.log_step(StepRecord.read(row))
     summary = {"algo": arm_dir.name, "status": "ok", "steps": 3, "eval": {"final": {"accuracy": value}}}
     (arm_dir / "summary.json").write_text(json.dumps(summary))
-    trackers.finish(summary)
+    trackers.finish(Summary.read(summary))
     return summary
 
 
@@ -176,8 +178,8 @@ def test_a_tracker_that_fails_says_so_once_and_the_others_go_on(tmp_path, monkey
     arm = fake_comparison(tmp_path / "cmp")[0]
     trackers = ArmTrackers(["wandb", "tensorboard"], arm, "p", str(tmp_path), log=lines.append)
     for step in (1, 2):
-        trackers.log_step({"step": step, "reward/mean": 1.0})
-    trackers.finish({"status": "ok", "steps": 2})
+        trackers.log_step(StepRecord(step=step, reward_mean=1.0))
+    trackers.finish(Summary(status="ok", steps=2))
     assert lines == ["harness: wandb failed (ConnectionError: server went away); it stops logging, the run goes on"]
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     events = EventAccumulator(str(arm / "tensorboard"))

@@ -31,10 +31,11 @@ from harness.results.exports import write_steps_table
 from harness.results.headline import arm_pair_of, arm_rows, ratio_rows
 from harness.results.io import (FolderLock, checkpoint_file, command_line, output_folder, read_json_object,
                         refuse_if_being_written, remove_temporaries, write_json, write_yaml)
+from harness.results.records import ComparisonPlan
 from harness.results.trackers import attach_report
 from harness.train import distributed as ranks_
 from harness.train.runner import _partial_state as partial_state  # the steps a stopped arm wrote
-from harness.train.runner import load_summary, run_name, summarize
+from harness.train.runner import ArmResult, load_summary, run_name, summarize, write_summary
 from harness.train.supervise import Supervisor, death_of
 
 FAIRNESS = [
@@ -134,13 +135,13 @@ def compare(config: Config, arms: list[ArmSpec | str], seeds: list[int], out: Pa
         pair = arm_pair_of({s.name: s.algo for s in specs}, baseline)
         analysis_plan = make_plan(config, len(seeds), list(pair) if pair else [s.name for s in specs])
         write_yaml(comparison_dir / "config.yaml", config.to_dict())
-        write_json(comparison_dir / "comparison.json", {
-            "algos": list(dict.fromkeys(s.algo for s in specs)), "arm_specs": [s.to_dict() for s in specs],
-            "baseline": baseline, "kl": kl.to_dict(), "seeds": seeds, "preset": config.preset,
-            "task": config.task.name, "model": config.model.name,
-            "budget": {"unit": config.budget.unit, "total": config.budget.total},
-            "config_hash": config.hash(), "fairness": fairness_lines(config, specs, kl), "plan": analysis_plan,
-            "arms": [{k: a[k] for k in ("arm", "algo", "overrides", "seed", "dir")} for a in planned]})
+        write_json(comparison_dir / "comparison.json", ComparisonPlan(
+            algos=list(dict.fromkeys(s.algo for s in specs)), arm_specs=[s.to_dict() for s in specs],
+            baseline=baseline, kl=kl.to_dict(), seeds=seeds, preset=config.preset,
+            task=config.task.name, model=config.model.name,
+            budget={"unit": config.budget.unit, "total": config.budget.total},
+            config_hash=config.hash(), fairness=fairness_lines(config, specs, kl), plan=analysis_plan,
+            arms=[{k: a[k] for k in ("arm", "algo", "overrides", "seed", "dir")} for a in planned]).to_json())
         for arm in planned:
             write_arm_config(comparison_dir / arm["dir"], arm)
         print("\n".join(plan_lines(config, specs, seeds, comparison_dir, config.run.report_to,
@@ -228,7 +229,7 @@ def run_arms(comparison_dir: Path, config: Config, specs: list[ArmSpec], seeds: 
             exports += report_files(comparison_dir)
         attach_report([comparison_dir / a["dir"] for a in arms], exports, config.run.report_to,
                       config.run.tracker_project, config.run.results_dir)
-    return 0 if all(s.get("status") == "ok" for s in summaries) else 1
+    return 0 if all(s is not None and s.ok for s in summaries) else 1
 
 
 def run_each_arm(folder: Path, arms: list[dict[str, Any]], resume: bool, supervisor: Supervisor, hint: str) -> None:
@@ -281,12 +282,13 @@ def write_arm_config(arm_dir: Path, arm: dict[str, Any]) -> None:
 def label_summary(arm_dir: Path, arm: dict[str, Any]) -> None:
     """The arm's name and overrides in its summary.json (the arm process knows only its algorithm and config)."""
     try:
-        summary = read_json_object(arm_dir / "summary.json") if (arm_dir / "summary.json").exists() else None
+        summary = load_summary(arm_dir)
     except UserError:
         return
-    if summary is None or (summary.get("arm") == arm["arm"] and summary.get("overrides") == arm["overrides"]):
+    if summary is None or (summary.arm == arm["arm"] and summary.overrides == arm["overrides"]):
         return
-    write_json(arm_dir / "summary.json", {"arm": arm["arm"], "overrides": arm["overrides"], **summary})
+    summary.arm, summary.overrides = arm["arm"], arm["overrides"]
+    write_summary(arm_dir, summary)
 
 
 def _summary_or_refuse(arm_dir: Path) -> dict[str, Any] | None:
@@ -315,7 +317,7 @@ def record_outcome(arm_dir: Path, arm: dict[str, Any], code: int, last_line: str
         status, error = "killed", f"killed ({death_of(code)}) after step {state.step}"
     else:
         status, error = "failed", f"arm process exited with status {code}" + (f": {last_line}" if last_line else "")
-    write_json(arm_dir / "summary.json", summarize(arm["config"], arm["algo"], {"state": state}, status, error))
+    write_summary(arm_dir, summarize(arm["config"], arm["algo"], ArmResult(state), status, error))
 
 
 def print_verdict(comparison_dir: Path) -> None:

@@ -13,8 +13,7 @@ import sys
 from typing import Any
 
 from harness.config.schema import Config
-
-GIB, MIB = 2 ** 30, 2 ** 20
+from harness.results.units import GIB, MIB
 
 
 def unit_for(values: list[int]) -> tuple[str, int]:

@@ -19,6 +19,7 @@ from harness.config.derive import make_task
 from harness.config.schema import Config
 from harness.estimate.preflight import check_setup
 from harness.report.stats import LEVEL, detectable_difference, pair_sd, seeds_needed
+from harness.results.records import Summary
 
 PLAN_VERSION = 1
 # Why the band around 0.5 is as wide as it is (the user may set verdict.band; the plan states it).
@@ -56,8 +57,8 @@ def pilot_spread(folder: str, prompts: int) -> dict[str, Any]:
             "seeds": len(seeds), "prompts": pilot_prompts, "note": note}
 
 
-def get_n(summary: dict[str, Any]) -> int:
-    return ((summary.get("eval") or {}).get("final") or {}).get("n") or 0
+def get_n(summary: Summary) -> int:
+    return (summary.eval.final.n if summary.eval.final else None) or 0
 
 
 def assumed_spread(config: Config, prompts: int) -> dict[str, Any]:

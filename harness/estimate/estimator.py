@@ -37,8 +37,8 @@ from harness.config.schema import config_hash
 from harness.estimate.model_specs import ModelSpec, resolve_model
 from harness.results.headline import PHASES, arm_pair
 from harness.results.io import read_json, write_json
+from harness.results.units import GIB
 
-GIB = 2 ** 30
 MODEL_STATE = ("params", "grads", "optimizer")
 # Table columns: (category, short label, what it is), in the order a step's memory builds up.
 CATEGORIES = [("params", "params", "parameters (and buffers) of every model"),

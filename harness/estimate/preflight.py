@@ -17,11 +17,11 @@ from harness.config.arm_kinds import algorithm_of, check_kind_options
 from harness.config.checks import check_task
 from harness.config.derive import algorithm_options, make_task, train_settings
 from harness.results.trackers import check_trackers
+from harness.results.units import GIB
 
 if TYPE_CHECKING:
     from harness.config.schema import Config
 
-GIB = 1 << 30
 # (bytes per weight, per activation) of each model.precision: bf16-mixed keeps fp32 weights, computes in bf16
 PRECISION_BYTES = {"fp32": (4, 4), "bf16-mixed": (4, 2), "bf16": (2, 2)}
 

@@ -19,17 +19,19 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from harness.report.content import cell, figure_values, fmt, fmt_interval, fmt_points
+from harness.report.content import cell, figure_values, fmt_interval, fmt_points
 from harness.report.data import Arm, Comparison, get
 from harness.report.stats import (INCONCLUSIVE, NOT_REPRODUCED, NOT_WORSE, REPRODUCED, WORSE, Estimate,
                                   arithmetic, arithmetic_ratio, mean_ci, non_inferiority, paired_difference,
                                   ratio_ci, ratio_reading, verdict, width_in_words)
 from harness.results.headline import MEMORY_FIGURES, TIME_FIGURES
+from harness.results.units import fmt
 
 # The memory figure the verdict rests on: the CUDA allocator peak where a GPU measured it, else the
 # measured step peak of live tensors (the max over the phases of a step).
 PRIMARY_MEMORY = ["mem_cuda_allocated", "mem_live_peak"]
-ARITHMETIC_KEYS = {"mem_model_state"}  # follows from the model sizes: the same for every seed
+# follow from the model sizes (harness.results.records.FIGURES labels them): the same for every seed
+ARITHMETIC_KEYS = {key for key, label, _ in MEMORY_FIGURES if label.startswith("arithmetic")}
 # Measured figures read against the claim (arithmetic ones are shown, never read).
 CLAIM_KEYS = ({key for key, _, _ in MEMORY_FIGURES} - ARITHMETIC_KEYS) | {
     "time_per_step", "wall", "to_target_completions", "to_target_train"}
@@ -52,8 +54,7 @@ def not_measured_reason(cmp: Comparison, key: str, algo: str) -> str:
     if not any(a.ok for a in arms):
         return "no finished arm (" + "; ".join(f"{a.label}: {a.status}" for a in arms) + ")"
     if key.startswith(("mem_cuda", "mem_nvml")):
-        reasons = {get(a.summary, "mem", "measured", "gpu") for a in arms}
-        reasons = {r for r in reasons if isinstance(r, str)}
+        reasons = {a.summary.mem.measured.gpu for a in arms} - {None}
         if reasons:
             return "; ".join(sorted(reasons))
     return "not measured"
@@ -61,7 +62,7 @@ def not_measured_reason(cmp: Comparison, key: str, algo: str) -> str:
 
 def plan_of(cmp: Comparison) -> dict[str, Any]:
     """The plan saved with the comparison, or the defaults (flagged) for one made before plans were saved."""
-    plan = cmp.plan.get("plan")
+    plan = cmp.plan.plan
     if isinstance(plan, dict):
         return {**DEFAULT_PLAN, **plan, "recorded": True}
     return dict(DEFAULT_PLAN)
@@ -183,10 +184,11 @@ def target_rows(plan: dict[str, Any], target: dict[str, Any], arms: dict[str, li
 
 def quality_section(cmp: Comparison, plan: dict[str, Any], top: str, bottom: str) -> dict[str, Any]:
     """GRPO − PPO final held-out accuracy, paired by seed, read as a non-inferiority test at δ."""
-    def by_seed(algo: str, *path: str) -> dict[int, Any]:
-        return {a.seed: get(a.summary, *path) for a in cmp.ok_arms(algo) if get(a.summary, *path) is not None}
-    paired = paired_difference(by_seed(top, "eval", "final", "accuracy"), by_seed(bottom, "eval", "final", "accuracy"),
-                               by_seed(top, "eval", "final", "per_prompt"), by_seed(bottom, "eval", "final", "per_prompt"))
+    def by_seed(algo: str, key: str) -> dict[int, Any]:
+        finals = {a.seed: a.summary.eval.final for a in cmp.ok_arms(algo) if a.summary.eval.final is not None}
+        return {seed: getattr(final, key) for seed, final in finals.items() if getattr(final, key) is not None}
+    paired = paired_difference(by_seed(top, "accuracy"), by_seed(bottom, "accuracy"),
+                               by_seed(top, "per_prompt"), by_seed(bottom, "per_prompt"))
     estimate, margin = paired["reported"], plan["margin"]
     reading = non_inferiority(estimate, margin)
     return {"estimate": estimate, "paired_t": paired["paired_t"], "bootstrap": paired["bootstrap"], "margin": margin,

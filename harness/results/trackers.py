@@ -27,11 +27,13 @@ from typing import Any
 
 from harness import UserError
 from harness.results.io import read_json, write_json
+from harness.results.records import Summary
+from harness.results.step_record import StepRecord
+from harness.results.units import GIB
 
 # tracker -> (module that must import, the pip extra that installs it)
 PACKAGES = {"trackio": ("trackio", "trackers"), "tensorboard": ("tensorboard", "trackers"),
             "wandb": ("wandb", "wandb"), "mlflow": ("mlflow", "mlflow")}
-GIB = 1024 ** 3
 
 # Our steps.jsonl key -> (TRL GRPOTrainer's name, verl's name) of the same figure; None where that
 # library logs no such figure. The README's metric table is this dict.
@@ -295,21 +297,21 @@ class ArmTrackers:
     def where(self) -> list[str]:
         return [run.where for run in self.runs.values()]
 
-    def log_step(self, record: dict[str, Any]) -> None:
+    def log_step(self, record: StepRecord) -> None:
         """Right after a step record is appended to steps.jsonl."""
-        self.last_step = int(record.get("step", self.last_step + 1))
-        metrics = tracked_metrics(record)
+        self.last_step = record.step if record.step is not None else self.last_step + 1
+        metrics = tracked_metrics(record.to_json())
         for name, run in list(self.runs.items()):
             self._guard(name, lambda run=run: run.log(metrics, self.last_step))
 
-    def finish(self, summary: dict[str, Any]) -> None:
+    def finish(self, summary: Summary) -> None:
         """Right after summary.json is written: the summary, the arm's files, and the runs closed."""
-        step = int(summary.get("steps") or self.last_step)
+        step = summary.steps or self.last_step
         files = [self.run_dir / f for f in ("config.yaml", "env.json", "summary.json", "steps.jsonl")
                  if (self.run_dir / f).exists()]
-        ok = summary.get("status") == "ok"
+        data = summary.to_json()
         for name, run in list(self.runs.items()):
-            self._guard(name, lambda run=run: (run.summary(summary, step), run.files(files, "run"), run.close(ok)))
+            self._guard(name, lambda run=run: (run.summary(data, step), run.files(files, "run"), run.close(summary.ok)))
         self.runs = {}
 
 
