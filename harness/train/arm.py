@@ -33,7 +33,8 @@ from harness.results.io import append_jsonl, checkpoint_file, read_jsonl, rewrit
 from harness.train import distributed as ranks_
 from harness.train.checkpoint import RunState, load_checkpoint, save_checkpoint
 from harness.train.models import WEIGHT_DTYPES, check_device, frozen_copy, load_policy, resolve_model_path
-from harness.train.rollout import Rollout, concat_batches, generate, generate_with_spread, greedy_eval, use_chat_template
+from harness.train.rollout import (Rollout, concat_batches, encode_prompts, generate, generate_with_spread, greedy_eval,
+                                   use_chat_template)
 
 # Dynamic sampling refills a step's batch from prompts drawn at these step indices and beyond: far past
 # any RL step and past the warm start's (10 million), so no arm's own prompts are reused.
@@ -124,7 +125,8 @@ class Arm:
         if config.run.threads:
             torch.set_num_threads(config.run.threads)
         self.task = make_task(config)
-        self.model_path = resolve_model_path(config.model, self.task, progress=self._warm_start_progress)
+        self.model_path = resolve_model_path(config.model, self.task, progress=self._warm_start_progress,
+                                             seed=config.run.seed)  # this seed's warm start
         seed_everything(config.run.seed)
         self.policy, self.tokenizer = load_policy(self.model_path, config.model.precision, self.device,
                                                   config.model.gradient_checkpointing)
@@ -136,6 +138,18 @@ class Arm:
                             for name, model in self.algorithm.trained_models().items()}
         self.sharded = False
         self.on_step = lambda record: None  # experiment trackers (harness.results.trackers)
+        self._tracked_shape: tuple[int, int] | None = None
+
+    def tracked_shape(self) -> tuple[int, int]:
+        """(prompt tokens, completion tokens) that live-tensor tracked steps are padded to, so that their peaks
+        depend on the configuration alone: the longest prompt of the task's held-out and validation splits,
+        tokenized as the rollout does, and rollout.max_new_tokens. A training prompt longer than that widens its
+        own step (the step's record says so: mem/live/shape)."""
+        if self._tracked_shape is None:
+            examples = self.task.eval_examples() + list(getattr(self.task, "validation_examples", list)())
+            encoded = encode_prompts(self.tokenizer, [e.prompt for e in examples], "cpu")
+            self._tracked_shape = (int(encoded["attention_mask"].sum(-1).max()), self.config.rollout.max_new_tokens)
+        return self._tracked_shape
 
     def _warm_start_progress(self, step: int, total: int, loss: float) -> None:
         if self.progress:
@@ -217,16 +231,27 @@ class Arm:
         weights = ranks_.full_state_dict(self.policy, self.ranks) if self.sharded else None
         score = None
         if self.ranks.main:
-            from harness.train.lm_eval_bridge import score_policy
-            model = self.policy
-            if weights is not None:
-                model, _ = load_policy(self.model_path, self.config.model.precision, self.device)
-                model.load_state_dict(weights)
-            extra = list(run.eval_tasks)
-            score = score_policy(model, self.tokenizer, self.task, k=run.lm_eval_k, seed=run.seed,
-                                 max_new_tokens=self.config.rollout.max_new_tokens, work_dir=self.run_dir / "lm_eval",
-                                 temperature=self.config.rollout.temperature, top_p=self.config.rollout.top_p,
-                                 label=label, extra_tasks=extra, log=lambda line: None, progress=self.progress)
+            from harness.results.io import read_json_object, write_json
+            from harness.train.lm_eval_bridge import score_policy, shared_base_score
+            rollout = self.config.rollout
+            settings = {"model": self.model_path, "seed": run.seed, "k": run.lm_eval_k, "tasks": list(run.eval_tasks),
+                        "max_new_tokens": rollout.max_new_tokens, "temperature": rollout.temperature,
+                        "top_p": rollout.top_p, "precision": self.config.model.precision,
+                        "task": self.config.task.model_dump(mode="json"), "split": run.eval_split}
+            shared = shared_base_score(self.run_dir, settings) if label == "base" else None
+            if shared is not None and shared.exists():  # another arm of this seed scored the same base model
+                score = {**read_json_object(shared), "shared": str(shared.relative_to(self.run_dir.parent))}
+            else:
+                model = self.policy
+                if weights is not None:
+                    model, _ = load_policy(self.model_path, self.config.model.precision, self.device)
+                    model.load_state_dict(weights)
+                score = score_policy(model, self.tokenizer, self.task, k=run.lm_eval_k, seed=run.seed,
+                                     max_new_tokens=rollout.max_new_tokens, work_dir=self.run_dir / "lm_eval",
+                                     temperature=rollout.temperature, top_p=rollout.top_p, label=label,
+                                     extra_tasks=list(run.eval_tasks), log=lambda line: None, progress=self.progress)
+                if shared is not None:
+                    write_json(shared, {**score, "scored_by": self.run_dir.name})
         return ranks_.gather(score, self.ranks)[0]
 
     # ------------------------------------------------------------ the loop
@@ -288,9 +313,10 @@ class Arm:
         config = self.config
         seed_everything(slice_seed(config.run.seed, step, slice_index))
         sampler_logps = self.algorithm.needs.sampler_logps
+        pad_to = self.tracked_shape() if meter.tracked else None  # fixed shapes, for the measurement only
         if not self.algorithm.needs.filters_groups:
             return generate(self.policy, self.reference, self.tokenizer, self.task, examples, config.rollout,
-                            self.settings, meter, sampler_logps)
+                            self.settings, meter, sampler_logps, pad_to)
         rounds, count = self.algorithm.options.max_generation_rounds, len(examples)
 
         def prompts(round_index: int):
@@ -299,7 +325,7 @@ class Arm:
                 REFILL_STEPS + (step * rounds + round_index) * config.sampling_slices(self.ranks.world) + slice_index,
                 count)
         return generate_with_spread(self.policy, self.reference, self.tokenizer, self.task, prompts, count, rounds,
-                                    config.rollout, self.settings, meter, sampler_logps)
+                                    config.rollout, self.settings, meter, sampler_logps, pad_to)
 
     def rollout(self, step: int, meter: StepMeter) -> Rollout:
         """This process's slices of the step's prompts, sampled and scored, with the sampler's and the
@@ -345,6 +371,8 @@ class Arm:
         record = step_record(state.step, state, whole, stats, times, step_time, flops, probes.device_name(),
                              config.model.precision, self.state_bytes(), meter.tracked_peaks, probes.step_memory())
         record["train_s"], record["wall"] = state.train_s, state.train_s + state.eval_s
+        if meter.tracked_peaks and batch is not None:  # the fixed shape the tracked step was measured at
+            record["mem/live/shape"] = [batch.prompt_length, batch.completion_mask.shape[1]]
         if algorithm.needs.filters_groups:  # dynamic sampling: what was sampled, what was kept, in how many rounds
             record.update({"rollout/sampled": whole.sampled, "rollout/rounds": whole.rounds,
                            "rollout/kept": int(all_sum(torch.tensor(batch.size if batch is not None else 0)))})

@@ -308,3 +308,22 @@ def score_standard(model, tokenizer, names: Iterable[str], *, seed: int = 0, lim
                    for entry, metrics in output["results"].items()}
         out[name] = {"results": results, "seconds": round(time.perf_counter() - started, 3)}
     return out
+
+
+# ---------------------------------------------------------------- the base model's score, once per comparison
+
+BASE_SCORES = "base_lm_eval"  # the folder, inside a comparison or sweep folder, of its base models' scores
+GROUP_FILES = ("comparison.json", "sweep.json")  # what marks an arm's parent folder as a comparison or sweep
+
+
+def shared_base_score(run_dir: Path, settings: dict[str, Any]) -> Path | None:
+    """Where the base model's lm-eval score of these settings is shared among the arms of one comparison (or
+    sweep): `<folder>/base_lm_eval/<hash of the settings>.json`, or None for an arm run on its own. Settings
+    hold what determines the score: the model (the seed's warm start), the seed, k, lengths, sampling, the task.
+    Both arms of a seed share the warm start, so the first to start scores it and the others read its file;
+    a comparison killed before the file was written scores it again on resume."""
+    from harness.config.schema import config_hash
+    folder = Path(run_dir).parent
+    if not any((folder / name).exists() for name in GROUP_FILES):
+        return None
+    return folder / BASE_SCORES / f"{config_hash(settings)}.json"

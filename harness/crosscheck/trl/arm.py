@@ -106,7 +106,8 @@ class TRLArm:
         if config.run.threads:
             torch.set_num_threads(config.run.threads)
         self.task = make_task(config)
-        self.model_path = resolve_model_path(config.model, self.task, progress=self._warm_start_progress)
+        self.model_path = resolve_model_path(config.model, self.task, progress=self._warm_start_progress,
+                                             seed=config.run.seed)
         seed_everything(config.run.seed)
         # gradient checkpointing is TRL's to switch on (GRPOConfig.gradient_checkpointing)
         self.policy, self.tokenizer = load_policy(self.model_path, config.model.precision, config.run.device)
