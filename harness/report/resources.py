@@ -84,6 +84,31 @@ def is_deterministic(arms: dict[str, list[Arm]], key: str | None) -> bool:
     return all(len({a.row.get(key) for a in algo_arms}) == 1 for algo_arms in arms.values())
 
 
+def machine_peak(arms: dict[str, list[Arm]]) -> dict[str, Any]:
+    """This machine's measured peak (MACHINE_MEMORY), GRPO/PPO paired by seed: a peak does not accumulate, so
+    it is the same whether or when the target was reached. Deterministic (no interval) when it is the
+    live-tensor peak and identical on every seed."""
+    (top, top_arms), (bottom, bottom_arms) = arms.items()
+    memory = machine_memory(arms)
+    if memory is None:
+        blank = Estimate(None, note="not measured")
+        return {"key": None, "words": "no memory figure", "ratio_est": blank, "top_est": blank, "bottom_est": blank,
+                "note": "no memory figure measured in both arms"}
+    key, words = memory
+    deterministic = is_deterministic(arms, key)
+    values = {algo: {a.seed: ToTarget(float(a.row[key]), True) for a in algo_arms} for algo, algo_arms in arms.items()}
+    ratio, per_seed = censored_paired_ratio(values[top], values[bottom], deterministic)
+
+    def arm_estimate(algo_values: list[float]) -> Estimate:
+        if deterministic:
+            return Estimate(algo_values[0], n=len(algo_values), deterministic=True, note="deterministic: the same "
+                            "on every seed")
+        return mean_ci(algo_values, positive=True)
+    return {"key": key, "words": words, "ratio_est": ratio, "per_seed": per_seed,
+            "top_est": arm_estimate([v.value for v in values[top].values()]),
+            "bottom_est": arm_estimate([v.value for v in values[bottom].values()]), "note": None}
+
+
 def arm_cell(values: list[ToTarget], unit: str) -> tuple[Estimate, dict[str, str]]:
     """An arm's seed mean; when a seed never reached the target it counts at its budget and the mean is a bound."""
     estimate = mean_ci([v.value for v in values], positive=True)
@@ -139,10 +164,15 @@ def target_rows(plan: dict[str, Any], target: dict[str, Any], arms: dict[str, li
                          "ratio_est": blank, "top_est": blank, "bottom_est": blank,
                          "note": "no memory figure measured in both arms"})
             continue
-        deterministic = key == "to_target_memory" and is_deterministic(arms, memory_key)
-        ratio, per_seed = censored_paired_ratio(values[top], values[bottom], deterministic)
-        top_est, top_cell = arm_cell(list(values[top].values()), unit)
-        bottom_est, bottom_cell = arm_cell(list(values[bottom].values()), unit)
+        if key == "to_target_memory":  # the run's peak, as this machine's row below
+            peak = machine_peak(arms)
+            ratio, per_seed = peak["ratio_est"], peak["per_seed"]
+            top_est, bottom_est = peak["top_est"], peak["bottom_est"]
+            top_cell, bottom_cell = cell(top_est, unit), cell(bottom_est, unit)
+        else:
+            ratio, per_seed = censored_paired_ratio(values[top], values[bottom])
+            top_est, top_cell = arm_cell(list(values[top].values()), unit)
+            bottom_est, bottom_cell = arm_cell(list(values[bottom].values()), unit)
         reading = band_reading(ratio, *band) if ratio.mean is not None else INCONCLUSIVE
         notes = [note, f"per seed: {per_seed_text(per_seed)}"]
         if key in ("to_target_memory", "to_target_memory_time") and not regime["read"]:
@@ -253,9 +283,9 @@ def at_scale_memory(comparison_dir: Path, pair: tuple[str, str]) -> dict[str, An
 
 
 def memory_rows(comparison_dir: Path, plan: dict[str, Any], arms: dict[str, list[Arm]],
-                regime: dict[str, Any], machine: dict[str, Any] | None) -> list[dict[str, Any]]:
+                regime: dict[str, Any]) -> list[dict[str, Any]]:
     """Model state (arithmetic), the named at-scale stacks (estimated) and this machine's peak (measured, its
-    regime named). `machine`: the peak-memory row to the target (the run's measured peak, paired by seed)."""
+    regime named), GRPO/PPO."""
     (top, top_arms), (bottom, bottom_arms) = arms.items()
     low, high = plan["band"]
     state = {algo: [a.row["mem_model_state"] for a in algo_arms if a.row.get("mem_model_state")]
@@ -274,20 +304,14 @@ def memory_rows(comparison_dir: Path, plan: dict[str, Any], arms: dict[str, list
                  "bottom_est": Estimate(scale.get("bottom") and scale["bottom"] / GIB, kind=ESTIMATED),
                  "ratio_est": estimate, "reading": band_reading(estimate, low, high) if estimate.mean else "—",
                  "note": scale["why_not"], "names": scale["names"]})
-    if machine is not None and machine["ratio_est"].mean is not None:
-        reading = machine["reading"] if regime["read"] else "—"
-        note = regime["text"] + ("" if regime["read"] else ": never read against the band by itself")
-        rows.append({"group": MEMORY_GROUP, "key": "memory_machine", "regime": "this machine",
-                     "label": f"this machine's peak, measured ({machine['memory_words']})",
-                     "unit": "MiB", "kind": "measured", "top_est": machine["top_est"],
-                     "bottom_est": machine["bottom_est"], "ratio_est": machine["ratio_est"], "reading": reading,
-                     "note": note})
-    else:
-        blank = Estimate(None, note="not measured")
-        rows.append({"group": MEMORY_GROUP, "key": "memory_machine", "regime": "this machine",
-                     "label": "this machine's peak, measured", "unit": "MiB", "kind": "measured", "top_est": blank,
-                     "bottom_est": blank, "ratio_est": blank, "reading": "—",
-                     "note": "no memory figure measured in both arms" if machine is None else machine["note"]})
+    machine = machine_peak(arms)
+    estimate = machine["ratio_est"]
+    read = regime["read"] and estimate.mean is not None
+    rows.append({"group": MEMORY_GROUP, "key": "memory_machine", "regime": "this machine",
+                 "label": f"this machine's peak, measured ({machine['words']})", "unit": "MiB", "kind": "measured",
+                 "top_est": machine["top_est"], "bottom_est": machine["bottom_est"], "ratio_est": estimate,
+                 "reading": band_reading(estimate, low, high) if read else "—",
+                 "note": machine["note"] or regime["text"] + ("" if read else ": never read against the band by itself")})
     for row in rows:
         row.update(primary=False, claim=row["reading"] != "—", band=[low, high],
                    top=cell(row["top_est"], row["unit"]), bottom=cell(row["bottom_est"], row["unit"]),

@@ -232,7 +232,7 @@ def verdict_section(cmp: Comparison, target: float | None = None) -> dict[str, A
     regime = regime_of(arms)
     to_target = target_rows(plan, section["target"], arms, regime, time_note(arms[top] + arms[bottom], "to_target_train"))
     by_key = {r["key"]: r for r in to_target}
-    memory_group = memory_rows(cmp.dir, plan, arms, regime, by_key["to_target_memory"])
+    memory_group = memory_rows(cmp.dir, plan, arms, regime)
     memory = {**verdict_memory(memory_group, regime), "rows": memory_group, "regime": regime,
               "configuration": configuration(cmp, top, bottom),
               "phases": {algo: peak_phases(arms[algo]) for algo in (top, bottom)}}
