@@ -299,7 +299,7 @@ def primary_figures(section, quality, to_target, memory_group, top: str, bottom:
     T, B = top.upper(), bottom.upper()
     plan = section["plan"]
     q = quality["estimate"]
-    method = "; ".join(filter(None, [q.method or q.note, quality["flag"]]))
+    method = "; ".join(filter(None, [q.method if q.has_interval else None, quality["flag"]]))
     out = [{"name": "quality", "figure": f"final held-out accuracy, {T} − {B} (paired by seed)",
             "value": fmt(q.mean, "pts") if q.mean is not None else "—", "interval": fmt_interval(q, "pts"),
             "method": method, "reading": quality["reading"], "verdict": True,
