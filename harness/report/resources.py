@@ -252,8 +252,9 @@ def recipe_pairs(data: dict[str, Any]) -> list[dict[str, Any]]:
     return pairs
 
 
-def at_scale_memory(comparison_dir: Path, pair: tuple[str, str]) -> dict[str, Any]:
-    """The estimated per-GPU peak ratio of the first recipe pair in at_scale.json, or why there is none."""
+def at_scale_memory(comparison_dir: Path, algos: tuple[str, str]) -> dict[str, Any]:
+    """The estimated per-GPU peak ratio of the first recipe pair of these algorithms (numerator, denominator) in
+    at_scale.json, or why there is none."""
     path = Path(comparison_dir) / "at_scale.json"
     if not path.exists():
         return {"estimate": Estimate(None, note="no at_scale.json (estimate.at_scale was off)", kind=ESTIMATED),
@@ -264,8 +265,7 @@ def at_scale_memory(comparison_dir: Path, pair: tuple[str, str]) -> dict[str, An
     except (OSError, ValueError) as err:
         why = f"at_scale.json could not be read ({type(err).__name__})"
         return {"estimate": Estimate(None, note=why, kind=ESTIMATED), "names": [], "why_not": why}
-    algos = {p.split("-")[0] for p in pair}
-    pairs = [p for p in pairs if {str(a).split("-")[0] for a in p["pair"]} <= algos] or pairs
+    pairs = [p for p in pairs if tuple(p["pair"]) == tuple(algos)]
     if not pairs:
         own = "; ".join(f"{model}: {grid['ratio_range'][0]:.3f}–{grid['ratio_range'][1]:.3f} for this comparison's "
                         "own setup (see At scale)" for model, grid in (data.get("models") or {}).items()
@@ -285,7 +285,7 @@ def at_scale_memory(comparison_dir: Path, pair: tuple[str, str]) -> dict[str, An
 def memory_rows(comparison_dir: Path, plan: dict[str, Any], arms: dict[str, list[Arm]],
                 regime: dict[str, Any]) -> list[dict[str, Any]]:
     """Model state (arithmetic), the named at-scale stacks (estimated) and this machine's peak (measured, its
-    regime named), GRPO/PPO."""
+    regime named), GRPO/PPO: `arms` maps each of the two arm names to its finished arms."""
     (top, top_arms), (bottom, bottom_arms) = arms.items()
     low, high = plan["band"]
     state = {algo: [a.row["mem_model_state"] for a in algo_arms if a.row.get("mem_model_state")]
@@ -295,7 +295,8 @@ def memory_rows(comparison_dir: Path, plan: dict[str, Any], arms: dict[str, list
              "label": "model state (params + grads + optimizer), arithmetic", "unit": "MiB", "kind": "arithmetic",
              "top_est": arithmetic(state[top]), "bottom_est": arithmetic(state[bottom]), "ratio_est": state_ratio,
              "reading": "—", "note": None}]
-    scale = at_scale_memory(comparison_dir, (top, bottom))
+    algos = tuple(next((a.algo for a in algo_arms), name) for name, algo_arms in arms.items())
+    scale = at_scale_memory(comparison_dir, algos)
     estimate = scale["estimate"]
     rows.append({"group": MEMORY_GROUP, "key": "memory_at_scale", "regime": "at scale",
                  "label": f"per-GPU step peak at scale ({estimate.note if estimate.mean is not None else 'estimated'})",

@@ -289,6 +289,9 @@ def baseline_section(cmp: Comparison, plan: dict[str, Any]) -> dict[str, Any]:
     return {"baseline": base, "rows": rows, "columns": columns}
 
 
+BOUND_TEXT = {"at least": "at least ", "at most": "at most "}
+
+
 def band_text(band: list[float]) -> str:
     return f"{band[0]:.2f}–{band[1]:.2f}"
 
@@ -339,8 +342,6 @@ def memory_words(memory: dict[str, Any], T: str, B: str, plan: dict[str, Any]) -
             f"({interval}; {memory['regime']['text']}) with {memory['configuration']}: {row['reading']} against "
             f"{band_text(plan['band'])}")
 
-
-BOUND_TEXT = {"at least": "at least ", "at most": "at most "}
 
 
 def verdict_sentence(cmp, plan, target, top, bottom, memory, compute, quality, reading: str) -> str:
