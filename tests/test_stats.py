@@ -235,6 +235,8 @@ def test_a_seed_that_never_reaches_the_target_is_censored_at_its_budget_not_drop
     e, _ = censored_paired_ratio({0: ToTarget(2048, False), 1: ToTarget(512, True)},
                                  {0: ToTarget(1024, True), 1: ToTarget(2048, False)})
     assert e.mean is None and "censored both ways" in e.note
+    e, _ = censored_paired_ratio({0: ToTarget(0, True)}, {0: ToTarget(0, True)})  # reached before any training
+    assert e.mean is None and "a figure of zero in seed 0" in e.note
 
 
 # ---------------------------------------------------------------- the plan's power

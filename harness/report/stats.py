@@ -283,6 +283,9 @@ def censored_paired_ratio(top: dict[int, ToTarget], bottom: dict[int, ToTarget],
     no reading (mean None, the reason in `note`).
     """
     seeds = sorted(set(top) & set(bottom))
+    zero = [s for s in seeds if top[s].value <= 0 or bottom[s].value <= 0]
+    if zero:  # reached at the very start, or nothing recorded: no ratio to take
+        return Estimate(None, n=len(seeds), note=f"no ratio: a figure of zero in seed {zero[0]}"), {}
     per_seed = {s: seed_ratio(top[s], bottom[s]) for s in seeds}
     kinds = {kind for _, kind in per_seed.values()}
     unpaired = sorted((set(top) | set(bottom)) - set(seeds))

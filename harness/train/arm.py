@@ -234,11 +234,7 @@ class Arm:
             from harness.results.io import read_json_object, write_json
             from harness.train.lm_eval_bridge import score_policy, shared_base_score
             rollout = self.config.rollout
-            settings = {"model": self.model_path, "seed": run.seed, "k": run.lm_eval_k, "tasks": list(run.eval_tasks),
-                        "max_new_tokens": rollout.max_new_tokens, "temperature": rollout.temperature,
-                        "top_p": rollout.top_p, "precision": self.config.model.precision,
-                        "task": self.config.task.model_dump(mode="json"), "split": run.eval_split}
-            shared = shared_base_score(self.run_dir, settings) if label == "base" else None
+            shared = shared_base_score(self.run_dir, self.config, self.model_path) if label == "base" else None
             if shared is not None and shared.exists():  # another arm of this seed scored the same base model
                 score = {**read_json_object(shared), "shared": str(shared.relative_to(self.run_dir.parent))}
             else:
