@@ -38,7 +38,8 @@ from harness.train.runner import load_summary, run_name, summarize
 from harness.train.supervise import Supervisor, death_of
 
 FAIRNESS = [
-    "same base model and weights, tokenizer, task and prompt order for every arm",
+    "same base model and weights for the arms of a seed (each seed its own warm start), tokenizer, task and prompt "
+    "order for every arm",
     "same sampling (temperature, top-p, max new tokens), generation backend and precision",
     "same policy optimizer, learning rate and optimizer steps per rollout batch",
     "same seeds; the sampling seed of step k is the same in every arm",
