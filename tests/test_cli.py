@@ -50,8 +50,8 @@ def test_compare_smoke_end_to_end(smoke_comparison):
     assert result.stdout.index("Analysis plan (fixed before the run") < result.stdout.index("Arms")
     assert plan["plan"]["margin"] == 0.05 and plan["plan"]["eval"]["prompts"] == 32 and plan["plan"]["seeds"] == 1
     verdict = result.stdout[result.stdout.index("Verdict: "):]
-    for name in ("quality", "memory", "compute"):
-        assert f"  {name} " in verdict
+    for name in ("*quality", "*compute", "samples", "mem × time", "arith", "at scale", "machine"):
+        assert f" {name} " in verdict, name
     assert "one paired seed (an interval needs ≥ 2)" in verdict  # one seed: quality cannot be read
 
 
@@ -197,7 +197,14 @@ def test_plan_prints_the_minimum_detectable_difference_without_running(tmp_path,
     assert "SD of one seed's GRPO − PPO accuracy: 12.6 points" in out
     assert "minimum detectable difference: 41.1 points (80% power, 95% interval, paired t with 2 df)" in out
     assert "32 distinct test prompts (2 terms of 1 digit: 16, 2 terms of 2 digits: 16)" in out
+    # one interval method, named before the run; a seed that never reaches the target is censored, not dropped
+    assert "interval  quality: paired t over seeds (verdict.interval, named before the run)" in out
+    assert "censored at its budget (its whole completions and training time) and kept, never dropped" in out
     assert not list(tmp_path.iterdir())  # nothing written
+    assert main(["plan", "--preset", "smoke", "--seeds", "3", "--set", "verdict.interval=bootstrap"]) == 0
+    assert "quality: two-way bootstrap over prompts × seeds (verdict.interval" in capsys.readouterr().out
+    assert main(["plan", "--preset", "smoke", "--set", "verdict.interval=tighter"]) == 2
+    assert "verdict.interval" in capsys.readouterr().err
 
 
 def test_tasks_lists_the_offline_tasks_and_reasoning_gym_by_name(capsys):

@@ -22,7 +22,7 @@ from harness.commands.plan import analysis_plan_lines, make_plan
 from harness.commands.terminal import ArmProgress, plan_lines, render_terminal, timestamp
 from harness.config.derive import make_task
 from harness.config.kl import KLSetting
-from harness.config.load import config_from_dict, read_yaml
+from harness.config.load import config_from_dict, copy_config, read_yaml
 from harness.config.schema import Config, check_seed
 from harness.estimate.grid import check_at_scale
 from harness.estimate.preflight import check_algorithms_fit, check_setup
@@ -39,7 +39,8 @@ from harness.train.runner import ArmResult, load_summary, run_name, summarize, w
 from harness.train.supervise import Supervisor, death_of
 
 FAIRNESS = [
-    "same base model and weights, tokenizer, task and prompt order for every arm",
+    "same base model and weights for the arms of a seed (each seed its own warm start), tokenizer, task and prompt "
+    "order for every arm",
     "same sampling (temperature, top-p, max new tokens), generation backend and precision",
     "same policy optimizer, learning rate and optimizer steps per rollout batch",
     "same seeds; the sampling seed of step k is the same in every arm",
@@ -89,10 +90,14 @@ def check_arms(config: Config, arms: list[dict[str, Any]]) -> None:
             raise UserError(f"arm {arm['arm']}: {err}") from None
 
 
-def prepare_model(config: Config) -> None:
-    """Build (or find) the shared warm-started model once, before any arm starts its clock."""
+def prepare_model(config: Config, seeds: list[int] | None = None) -> None:
+    """Build (or find) each seed's warm-started model once, before any arm starts its clock; both arms of a
+    seed start from it."""
     from harness.train.models import prepare_model as build
-    build(config, lambda: ArmProgress("tiny model"))
+    for seed in seeds if seeds is not None else [config.run.seed]:
+        seeded = copy_config(config)
+        seeded.run.seed = seed
+        build(seeded, lambda seed=seed: ArmProgress(f"tiny model, seed {seed}"))
 
 
 def arm_command(arm_dir: Path, resume: bool) -> list[str]:
@@ -210,7 +215,7 @@ def run_arms(comparison_dir: Path, config: Config, specs: list[ArmSpec], seeds: 
     baseline = baseline or check_baseline(specs, None)
     names = {s.name: s.algo for s in specs}
     with Supervisor().forwarding_signals() as supervisor:
-        prepare_model(config)
+        prepare_model(config, seeds)
         run_each_arm(comparison_dir, arms, resume, supervisor, hint=f"harness compare --resume {comparison_dir}")
         summaries = [load_summary(comparison_dir / a["dir"]) for a in arms]
         write_json(comparison_dir / "summary.json", comparison_summary(config, specs, seeds, summaries, baseline))

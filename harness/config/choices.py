@@ -12,6 +12,7 @@ EvalSplit = Literal["test", "validation"]
 RolloutBackend = Literal["hf", "vllm"]
 RolloutEngine = Literal["resident", "asleep"]  # harness estimate: a colocated rollout engine during training
 Tracker = Literal["trackio", "wandb", "tensorboard", "mlflow"]
+IntervalMethod = Literal["paired_t", "bootstrap"]  # the quality interval the plan names (harness.report.stats)
 
 # Device memory of the GPUs `harness estimate` checks a step against, in GiB (nominal capacities).
 DEVICE_MEMORY_GIB = {"h100": ("H100 80 GB", 80), "h200": ("H200 141 GB", 141), "a100-40": ("A100 40 GB", 40),

@@ -18,8 +18,8 @@ from pydantic import Field, PlainSerializer, field_validator, model_validator
 
 from harness import UserError
 from harness.algorithms.options import StrictModel
-from harness.config.choices import (TRACKERS, BudgetUnit, ChatTemplate, DeviceMemory, EvalSplit, Precision,
-                                    RolloutBackend, RolloutEngine)
+from harness.config.choices import (TRACKERS, BudgetUnit, ChatTemplate, DeviceMemory, EvalSplit, IntervalMethod,
+                                    Precision, RolloutBackend, RolloutEngine)
 
 TINY_POSITIONS = 64  # the tiny model's context: one position per character of prompt and completion
 # numpy seeds each step with seed * STEP_SEED_STRIDE + step (harness.train.runner.step_seed), below 2**32
@@ -230,6 +230,8 @@ class VerdictConfig(StrictModel):
                                        "assumptions above.")
     power: float = Field(0.8, ge=0.5, lt=1, description="The power at which the minimum detectable difference is "
                                                         "stated.")
+    interval: IntervalMethod = Field("paired_t", description="The quality interval, named before the run: paired_t "
+                                                         "over seeds, or bootstrap over prompts × seeds.")
 
     @model_validator(mode="after")
     def _band_within_claim(self) -> VerdictConfig:

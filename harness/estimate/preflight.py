@@ -140,7 +140,7 @@ def check_model_cache(config: Config, task) -> None:
     """The tiny model is built into the cache on first use: the cache must then be writable."""
     from harness.results.io import check_writable
     from harness.train.models import cache_dir, tiny_folder
-    if config.model.name == "tiny" and not (tiny_folder(config.model, task) / "config.json").exists():
+    if config.model.name == "tiny" and not (tiny_folder(config.model, task, config.run.seed) / "config.json").exists():
         check_writable(cache_dir(), "the model cache ($HARNESS_CACHE)")
 
 

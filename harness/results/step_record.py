@@ -43,6 +43,7 @@ class StepRecord(Record):
     live: Maybe[PhasePeaks] = None  # mem/live/<phase>/<category>: tracked steps only (mem/tracked)
     live_peak: Maybe[int] = Field(None, alias="mem/live/peak")
     live_peak_phase: Maybe[str] = Field(None, alias="mem/live/peak_phase")
+    live_shape: Maybe[list[int]] = Field(None, alias="mem/live/shape")  # [prompt, completion] tokens measured at
     measured: Maybe[dict[str, Number]] = None  # mem/...: the probes' figures (Probes.step_memory)
     train_s: Maybe[Number] = None  # training seconds so far
     wall: Maybe[Number] = None  # training and evaluation seconds so far
@@ -84,6 +85,7 @@ class StepRecord(Record):
                         for phase, peak in self.live.items() for category, value in peak.items()})
             self._put(row, "live_peak")
             self._put(row, "live_peak_phase")
+            self._put(row, "live_shape")
         row.update(self.measured or {})
         for name in self.TAIL:
             self._put(row, name)

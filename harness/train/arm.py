@@ -33,7 +33,7 @@ from harness.train.arm_interface import Progress, StepLog
 from harness.train.checkpoint import RunState, load_checkpoint, save_checkpoint
 from harness.train.models import WEIGHT_DTYPES, frozen_copy, load_policy
 from harness.train.policy_arm import PolicyArm, seed_everything, step_seed
-from harness.train.rollout import Rollout, concat_batches, generate, generate_with_spread, greedy_eval
+from harness.train.rollout import Rollout, concat_batches, encode_prompts, generate, generate_with_spread, greedy_eval
 
 # Dynamic sampling refills a step's batch from prompts drawn at these step indices and beyond: far past
 # any RL step and past the warm start's (10 million), so no arm's own prompts are reused.
@@ -108,6 +108,18 @@ class Arm(PolicyArm):
         self.model_sizes = {name: sum(p.numel() for p in model.parameters())
                             for name, model in self.algorithm.trained_models().items()}
         self.sharded = False
+        self._tracked_shape: tuple[int, int] | None = None
+
+    def tracked_shape(self) -> tuple[int, int]:
+        """(prompt tokens, completion tokens) that live-tensor tracked steps are padded to, so that their peaks
+        depend on the configuration alone: the longest prompt of the task's held-out and validation splits,
+        tokenized as the rollout does, and rollout.max_new_tokens. A training prompt longer than that widens its
+        own step (the step's record says so: mem/live/shape)."""
+        if self._tracked_shape is None:
+            examples = self.task.eval_examples() + list(getattr(self.task, "validation_examples", list)())
+            encoded = encode_prompts(self.tokenizer, [e.prompt for e in examples], "cpu")
+            self._tracked_shape = (int(encoded["attention_mask"].sum(-1).max()), self.config.rollout.max_new_tokens)
+        return self._tracked_shape
 
     def shard(self) -> None:
         """FSDP2 over every model of the arm (a no-op in a single process); optimizers rebuilt over the shards."""
@@ -199,9 +211,10 @@ class Arm(PolicyArm):
         config = self.config
         seed_everything(slice_seed(config.run.seed, step, slice_index))
         sampler_logps = self.algorithm.needs.sampler_logps
+        pad_to = self.tracked_shape() if meter.tracked else None  # fixed shapes, for the measurement only
         if not self.algorithm.needs.filters_groups:
             return generate(self.policy, self.reference, self.tokenizer, self.task, examples, config.rollout,
-                            self.settings, meter, sampler_logps)
+                            self.settings, meter, sampler_logps, pad_to)
         rounds, count = self.algorithm.options.max_generation_rounds, len(examples)
 
         def prompts(round_index: int):
@@ -210,7 +223,7 @@ class Arm(PolicyArm):
                 REFILL_STEPS + (step * rounds + round_index) * config.sampling_slices(self.ranks.world) + slice_index,
                 count)
         return generate_with_spread(self.policy, self.reference, self.tokenizer, self.task, prompts, count, rounds,
-                                    config.rollout, self.settings, meter, sampler_logps)
+                                    config.rollout, self.settings, meter, sampler_logps, pad_to)
 
     def rollout(self, step: int, meter: StepMeter) -> Rollout:
         """This process's slices of the step's prompts, sampled and scored, with the sampler's and the
@@ -242,6 +255,8 @@ class Arm(PolicyArm):
         trained_tokens = int(all_sum(batch.attention_mask.sum() if batch is not None else torch.zeros(())).item())
         flops = step_flops(self.model_sizes, trained_tokens, config.optim.epochs, self.reference is not None)
         record = self.close_step(state, whole, stats, times, step_time, meter.tracked_peaks, flops, probes)
+        if meter.tracked_peaks and batch is not None:  # the fixed shape the tracked step was measured at
+            record.live_shape = [batch.prompt_length, batch.completion_mask.shape[1]]
         if algorithm.needs.filters_groups:  # dynamic sampling: what was sampled, what was kept, in how many rounds
             record.rollout_sampled, record.rollout_rounds = whole.sampled, whole.rounds
             record.rollout_kept = int(all_sum(torch.tensor(batch.size if batch is not None else 0)))

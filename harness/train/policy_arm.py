@@ -67,7 +67,8 @@ class PolicyArm(ArmRunner):
         if config.run.threads:
             torch.set_num_threads(config.run.threads)
         self.task = make_task(config)
-        self.model_path = resolve_model_path(config.model, self.task, progress=self._warm_start_progress)
+        self.model_path = resolve_model_path(config.model, self.task, progress=self._warm_start_progress,
+                                             seed=config.run.seed)  # this seed's warm start
         seed_everything(config.run.seed)
         self.policy, self.tokenizer = load_policy(self.model_path, config.model.precision, self.device,
                                                   gradient_checkpointing)
@@ -109,14 +110,21 @@ class PolicyArm(ArmRunner):
         model = self.whole_policy()
         score = None
         if self.ranks.main:
-            from harness.train.lm_eval_bridge import score_policy
-            extra = list(run.eval_tasks)
-            with eval_mode(model):
-                score = score_policy(model, self.tokenizer, self.task, k=run.lm_eval_k, seed=run.seed,
-                                     max_new_tokens=self.config.rollout.max_new_tokens,
-                                     work_dir=self.run_dir / "lm_eval", temperature=self.config.rollout.temperature,
-                                     top_p=self.config.rollout.top_p, label=label, extra_tasks=extra,
-                                     log=lambda line: None, progress=self.progress)
+            from harness.results.io import read_json_object, write_json
+            from harness.train.lm_eval_bridge import score_policy, shared_base_score
+            rollout = self.config.rollout
+            shared = shared_base_score(self.run_dir, self.config, self.model_path) if label == "base" else None
+            if shared is not None and shared.exists():  # another arm of this seed scored the same base model
+                score = {**read_json_object(shared), "shared": str(shared.relative_to(self.run_dir.parent))}
+            else:
+                with eval_mode(model):
+                    score = score_policy(model, self.tokenizer, self.task, k=run.lm_eval_k, seed=run.seed,
+                                         max_new_tokens=rollout.max_new_tokens, work_dir=self.run_dir / "lm_eval",
+                                         temperature=rollout.temperature, top_p=rollout.top_p, label=label,
+                                         extra_tasks=list(run.eval_tasks), log=lambda line: None,
+                                         progress=self.progress)
+                if shared is not None:
+                    write_json(shared, {**score, "scored_by": self.run_dir.name})
         return ranks_.gather(score, self.ranks)[0]
 
     # ------------------------------------------------------------ files
