@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Protocol
 import torch
 
 from harness.algorithms.batch import RolloutBatch, TrainSettings, sliced_minibatches
-from harness.algorithms.logprobs import autocast, completion_logits, entropy_from_logits, selective_log_softmax
+from harness.algorithms.logprobs import autocast, completion_logps_and_entropy
 from harness.algorithms.ops import (StepStats, aggregate, all_sum, kl_k3, loss_denominator, masked_mean,
                                     world_size)
 
@@ -228,8 +228,7 @@ class Algorithm:
     def _policy_terms(self, micro: RolloutBatch, denominator, stats: StepStats, tokens: torch.Tensor) -> torch.Tensor:
         """The algorithm's policy loss plus what every algorithm logs: entropy, KL to the reference."""
         settings = self.settings
-        logits = completion_logits(self.policy, micro, settings.temperature)
-        logps = selective_log_softmax(logits, micro.input_ids[:, micro.prompt_length:])
+        logps, entropy = completion_logps_and_entropy(self.policy, micro, settings)
         if micro.old_logps is None:  # one optimizer step per rollout: the policy is the sampler (ratio 1)
             micro.old_logps = logps.detach()
         loss, policy_stats = self.policy_loss(logps, micro, denominator)
@@ -237,12 +236,8 @@ class Algorithm:
         if self.kl_loss_coef and micro.ref_logps is not None:
             loss = loss + self.kl_loss_coef * aggregate(kl_k3(logps, micro.ref_logps), mask, self.loss_aggregation,
                                                         denominator)
-        if settings.entropy_coef:
-            entropy = entropy_from_logits(logits)
+        if settings.entropy_coef:  # the entropy carries its gradient only then
             loss = loss - settings.entropy_coef * aggregate(entropy, mask, self.loss_aggregation, denominator)
-        else:
-            with torch.no_grad():
-                entropy = entropy_from_logits(logits.detach())
         shared = {"entropy": masked_mean(entropy.detach(), mask)}
         if micro.ref_logps is not None:
             shared["kl"] = masked_mean(kl_k3(logps.detach(), micro.ref_logps), mask)

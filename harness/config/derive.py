@@ -19,7 +19,7 @@ def train_settings(config: Config):
         minibatches=config.optim.minibatches, micro_batch_size=config.optim.micro_batch_size,
         max_grad_norm=config.optim.max_grad_norm, entropy_coef=config.optim.entropy_coef,
         temperature=config.rollout.temperature, max_new_tokens=config.rollout.max_new_tokens,
-        logprob_batch_size=config.rollout.logprob_batch_size,
+        logprob_batch_size=config.rollout.logprob_batch_size, logprob_chunk=config.model.logprob_chunk,
         autocast_dtype=torch.bfloat16 if config.model.precision == "bf16-mixed" else None)
 
 

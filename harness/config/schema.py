@@ -34,6 +34,7 @@ class ModelConfig:
     vocab_pad_to: int = 0  # tiny model: pad embedding and LM head to this many rows (151936: Qwen2.5's); 0: none
     precision: str = "fp32"  # fp32 | bf16-mixed (bf16 compute, fp32 weights and AdamW state) | bf16 (pure)
     gradient_checkpointing: bool = False  # recompute activations in backward (transformers' checkpointing)
+    logprob_chunk: int = 0  # LM head in chunks of this many positions for log-probs, redone in backward; 0: off
 
 
 @dataclass
@@ -64,7 +65,7 @@ class RolloutConfig:
     temperature: float = 1.0  # sampling temperature
     top_p: float = 1.0  # nucleus sampling
     max_new_tokens: int = 6  # completion length cap
-    logprob_batch_size: int = 0  # rows per no-grad forward for old/reference log-probs and values (0: all)
+    logprob_batch_size: int = 0  # rows per no-grad pass for old/reference log-probs and values (0: the micro-batch)
     slices: int = 0  # sampling slices of a step (whole groups, each its own seed and partition); 0: one per process
     backend: str = "hf"  # hf (transformers generate) | vllm (GPU only)
 
@@ -225,7 +226,7 @@ RUN_SEED = (lambda v: 0 <= v <= SEED_LIMIT, f"in [0, {SEED_LIMIT}]")
 FIELD_RANGES = {  # 0 means "off" or "all" where a field's comment says so
     "model.hidden_size": AT_LEAST_1, "model.num_layers": AT_LEAST_1, "model.num_heads": AT_LEAST_1,
     "model.warm_start_steps": NON_NEGATIVE, "model.warm_start_batch": AT_LEAST_1, "model.warm_start_lr": POSITIVE,
-    "model.vocab_pad_to": NON_NEGATIVE,
+    "model.vocab_pad_to": NON_NEGATIVE, "model.logprob_chunk": NON_NEGATIVE,
     "task.eval_size": AT_LEAST_1, "task.validation_size": NON_NEGATIVE, "task.seed": NON_NEGATIVE,
     "task.format_weight": NON_NEGATIVE,
     "rollout.batch_size": AT_LEAST_1, "rollout.samples_per_prompt": AT_LEAST_1, "rollout.temperature": POSITIVE,
