@@ -14,7 +14,7 @@ from contextlib import AbstractContextManager, nullcontext
 import torch
 
 from harness.algorithms.batch import RolloutBatch, TrainSettings
-from harness.algorithms.chunked_head import LogprobHead, head_replaced
+from harness.algorithms.chunked_head import LogprobHead, chunked_head_refusal, head_replaced
 from harness.algorithms.ops import upcast
 
 
@@ -81,6 +81,9 @@ def chunked_completion_logps(model, batch: RolloutBatch, temperature: float, chu
                              entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(log-probs `[B, T]`, entropies `[B, T]` or None) through the LM head `chunk` positions at a time
     (`chunked_head`): the same values and gradients as `completion_logps`, the `[B, T, V]` logits never whole."""
+    refusal = chunked_head_refusal(model.config)
+    if refusal:
+        raise ValueError(refusal)
     length = batch.completion_mask.shape[1]
     targets = batch.input_ids[:, batch.prompt_length:]
     positions = slice(batch.prompt_length - 1, batch.prompt_length - 1 + length)

@@ -23,6 +23,13 @@ def train_settings(config: Config):
         autocast_dtype=torch.bfloat16 if config.model.precision == "bf16-mixed" else None)
 
 
+def logprob_rows(config: Config, world: int | None = None) -> int:
+    """Rows per no-grad pass (old and reference log-probs, values) on each of `world` processes:
+    rollout.logprob_batch_size, else the update's micro-batch (a whole minibatch when that is 0 too)."""
+    from harness.algorithms.logprobs import logprob_rows as rows_per_pass
+    return rows_per_pass(train_settings(config), config.rollout.batch_size // (world or config.world_size))
+
+
 def make_task(config: Config):
     """The task this config names, with its eval split, data seed, format weight and options; with
     run.eval_split=validation, a view of it whose held-out examples are the validation split."""
