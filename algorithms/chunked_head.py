@@ -3,8 +3,8 @@ head (`trl.trainer.utils.add_fused_lm_head`) and Liger's fused linear cross-entr
 
 Forward: each chunk's logits (hidden states times the head's weight), divided by the temperature, a
 log-softmax gathered at the targets (and the entropy), then dropped. Backward: each chunk's logits are
-recomputed, the log-softmax's gradient taken by autograd on the chunk (the same math as the forward, so
-the same gradient as the unchunked path), and the head's weight gradient accumulated in fp32, as TRL does.
+recomputed, the log-softmax's gradient worked out in place in one fp32 buffer (`logits_grad`), and the
+head's weight gradient summed chunk by chunk in place.
 What the update keeps per token is the hidden state the head reads, not a row of the vocabulary.
 
 The model runs whole, with its LM head swapped for one that returns log-probs, so that whatever wraps
@@ -42,19 +42,50 @@ def chunked_head_refusal(model_config) -> str | None:
 
 def logps_and_entropy(logits: torch.Tensor, targets: torch.Tensor, temperature: float,
                       with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(log-probs `[C]`, entropies `[C]` or None) of logits `[C, V]` divided by the temperature, in fp32.
+    """(log-probs `[C]`, entropies `[C]` or None) of logits `[C, V]` divided by the temperature, in fp32 (no grad).
 
-    The order of the unchunked path (`completion_logits`, then `selective_log_softmax`): divided in the
-    logits' dtype, then upcast. In place where autograd allows it (no gradient asked of `logits`).
+    The order of the unchunked path (`completion_logits`, then `selective_log_softmax`, `entropy_from_logits`):
+    divided in the logits' dtype (in place: `logits` is the chunk's own), then upcast.
     """
     if temperature != 1.0:
-        logits = logits.div_(temperature) if not logits.requires_grad else logits / temperature
+        logits.div_(temperature)
     logits = upcast(logits)
     normaliser = torch.logsumexp(logits, dim=-1)
     logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - normaliser
     if not with_entropy:
         return logps, None
     return logps, normaliser - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+
+
+def logits_grad(logits: torch.Tensor, targets: torch.Tensor, temperature: float, grad_logps: torch.Tensor | None,
+                entropy: torch.Tensor | None, grad_entropy: torch.Tensor | None) -> torch.Tensor:
+    """The gradient `[C, V]`, in the logits' dtype, of sum(grad_logps * logps + grad_entropy * entropies) with
+    respect to the chunk's logits `[C, V]` (consumed: divided in place), worked in place in one fp32 buffer.
+
+    With z = logits / t, p = softmax(z) and H the entropy: d log p_target / dz_j = 1[j = target] - p_j and
+    dH / dz_j = -p_j (log p_j + H), so dz = -p * (g_logp + g_H * (log p + H)) + g_logp at the target; then
+    cast to the logits' dtype and divided by t, as autograd does through the unchunked path's upcast and
+    division (`tests/test_logprobs.py` checks it against autograd).
+    """
+    dtype = logits.dtype
+    if temperature != 1.0:
+        logits.div_(temperature)
+    log_p = upcast(logits)  # fp32 (a copy of bf16 logits; fp32 logits are worked on in place)
+    del logits
+    log_p -= torch.logsumexp(log_p, dim=-1, keepdim=True)  # [C, V] log p
+    if grad_entropy is None:
+        grad = log_p.exp_().mul_(-grad_logps.unsqueeze(-1))
+    else:
+        p = log_p.exp()
+        factor = log_p.add_(entropy.unsqueeze(-1)).mul_(grad_entropy.unsqueeze(-1))
+        if grad_logps is not None:
+            factor += grad_logps.unsqueeze(-1)
+        grad = p.mul_(factor).neg_()
+        del factor, log_p
+    if grad_logps is not None:
+        grad.scatter_add_(-1, targets.unsqueeze(-1), grad_logps.unsqueeze(-1).to(grad.dtype))
+    grad = grad.to(dtype)
+    return grad.div_(temperature) if temperature != 1.0 else grad
 
 
 def compute_dtype(tensor: torch.Tensor) -> torch.dtype:
@@ -69,7 +100,8 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def accumulate(total: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
-    """total += a @ b for an fp32 (or fp64) `total`, without rounding the product to bf16 first (TRL's `_addmm_fp32`)."""
+    """total += a @ b in place: in total's dtype; for an fp32 `total` and bf16 factors, without rounding the
+    product to bf16 first (TRL's `_addmm_fp32`)."""
     if a.dtype == total.dtype:
         total.addmm_(a, b)
     elif total.device.type == "cuda":
@@ -103,41 +135,40 @@ class ChunkedHeadLogps(torch.autograd.Function):
             logps[start:end] = chunk_logps
             if with_entropy:
                 entropy[start:end] = chunk_entropy
-        ctx.save_for_backward(hidden, weight, bias, targets)
+        ctx.save_for_backward(hidden, weight, bias, targets, entropy)
         ctx.dtype, ctx.temperature, ctx.chunk = dtype, temperature, chunk
         return logps, entropy
 
     @staticmethod
     def backward(ctx, grad_logps, grad_entropy):
-        hidden, weight, bias, targets = ctx.saved_tensors
+        hidden, weight, bias, targets, entropy = ctx.saved_tensors
         dtype, temperature, chunk = ctx.dtype, ctx.temperature, ctx.chunk
         wants_hidden, wants_weight, wants_bias = ctx.needs_input_grad[:3]
         w = weight.to(dtype)
         b = bias.to(dtype) if bias is not None else None
         grad_hidden = torch.empty_like(hidden) if wants_hidden else None
-        total_dtype = accumulation_dtype(dtype)
-        grad_weight = torch.zeros(weight.shape, dtype=total_dtype, device=weight.device) if wants_weight else None
-        grad_bias = torch.zeros(bias.shape, dtype=total_dtype, device=bias.device) if wants_bias else None
+        # summed over the chunks in the weight's own dtype, the dtype its gradient ends in: fp32 master weights
+        # under autocast take each chunk's bf16 product unrounded (as TRL does); bf16 weights (FSDP2's gathered
+        # bf16-mixed parameters) sum in bf16, with no fp32 copy of the vocabulary x hidden gradient
+        grad_weight = torch.zeros_like(weight) if wants_weight else None
+        grad_bias = torch.zeros_like(bias, dtype=accumulation_dtype(bias.dtype)) if wants_bias else None
         count = hidden.shape[0]
         for start in range(0, count, chunk):
             end = min(start + chunk, count)
             rows = hidden[start:end].to(dtype)  # [C, H]
-            logits = F.linear(rows, w, b).requires_grad_()  # [C, V], recomputed
-            with torch.enable_grad():
-                chunk_logps, chunk_entropy = logps_and_entropy(logits, targets[start:end], temperature,
-                                                               grad_entropy is not None)
-                outputs = [(chunk_logps, grad_logps), (chunk_entropy, grad_entropy)]
-                used = [(out, grad[start:end]) for out, grad in outputs if grad is not None]
-                (grad_logits,) = torch.autograd.grad([o for o, _ in used], logits, [g for _, g in used])  # [C, V]
-            del logits, chunk_logps, chunk_entropy, outputs, used
+            grad_logits = logits_grad(F.linear(rows, w, b), targets[start:end], temperature,  # [C, V], recomputed
+                                      None if grad_logps is None else grad_logps[start:end],
+                                      None if grad_entropy is None else entropy[start:end],
+                                      None if grad_entropy is None else grad_entropy[start:end])
             if wants_hidden:
                 grad_hidden[start:end] = (grad_logits @ w).to(hidden.dtype)
             if wants_weight:
                 accumulate(grad_weight, grad_logits.t(), rows)
             if wants_bias:
-                grad_bias += grad_logits.sum(0, dtype=total_dtype)
-        return (grad_hidden, None if grad_weight is None else grad_weight.to(weight.dtype),
-                None if grad_bias is None else grad_bias.to(bias.dtype), None, None, None, None)
+                grad_bias += grad_logits.sum(0, dtype=grad_bias.dtype)
+            del grad_logits
+        return (grad_hidden, grad_weight, None if grad_bias is None else grad_bias.to(bias.dtype),
+                None, None, None, None)
 
 
 class LogprobHead(torch.nn.Module):

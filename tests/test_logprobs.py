@@ -33,13 +33,14 @@ def padded_policy(dtype=torch.float32, vocab=VOCAB):
     return tiny_model(ModelConfig(hidden_size=16, num_layers=2, num_heads=2, vocab_pad_to=vocab), tokenizer).to(dtype)
 
 
-def logps_entropy_grads(model, batch, temperature, chunk, autocast_dtype=None, entropy_weight=0.3):
+def logps_entropy_grads(model, batch, temperature, chunk, autocast_dtype=None, entropy_weight=0.3, logps_weight=1.0):
     """(log-probs, entropies, {parameter: gradient}) of a loss that weighs both, through one path."""
     model = copy.deepcopy(model)
     with autocast(model, autocast_dtype):
         logps, entropy = completion_logps(model, batch, temperature, entropy=True, chunk=chunk)
     weights = torch.randn(logps.shape, generator=torch.Generator().manual_seed(1), dtype=logps.dtype)
-    ((logps * weights).sum() + entropy_weight * entropy.sum()).backward()
+    loss = entropy_weight * entropy.sum() + (logps_weight * (logps * weights).sum() if logps_weight else 0)
+    loss.backward()
     return logps.detach(), entropy.detach(), {n: p.grad for n, p in model.named_parameters()}
 
 
@@ -139,6 +140,16 @@ def test_chunked_head_under_bf16_mixed_is_as_close_to_fp32_as_the_whole_logits(t
         assert (chunked[2][name] - grad).norm() <= (whole[2][name] - grad).norm() + 2**-8 * size, name
 
 
+@pytest.mark.parametrize("logps_weight, entropy_weight", [(1.0, 0.0), (0.0, 1.0)])
+def test_chunked_head_gradients_of_the_log_probs_alone_and_of_the_entropy_alone(logps_weight, entropy_weight):
+    policy = padded_policy(torch.float64)
+    batch = rollout_batch(policy, rows=4)
+    whole, chunked = (logps_entropy_grads(policy, batch, 0.7, chunk, entropy_weight=entropy_weight,
+                                          logps_weight=logps_weight) for chunk in (0, 3))
+    for name, grad in whole[2].items():
+        assert (chunked[2][name] - grad).abs().max() <= 1e-14 * grad.abs().max(), name
+
+
 def test_chunked_head_scores_the_same_positions_for_a_model_without_logits_to_keep():
     # a model whose forward computes every position: the swapped head picks the completion's own
     policy = padded_policy(torch.float64)
@@ -209,12 +220,21 @@ def test_the_chunked_head_keeps_no_logits_for_backward():
     assert logits_bytes - 1024 <= kept(0) - kept(4) <= logits_bytes
 
 
-def test_models_that_scale_logits_after_the_head_are_refused_in_one_line():
+def test_models_that_scale_logits_after_the_head_are_refused_in_one_line(tmp_path):
     from transformers import Gemma2Config, Qwen2Config
+
+    from harness import UserError
+    from harness.config.schema import Config
+    from harness.estimate.preflight import check_chunked_head
     assert chunked_head_refusal(Qwen2Config()) is None
     message = chunked_head_refusal(Gemma2Config(final_logit_softcapping=30.0))
     assert "final_logit_softcapping=30.0" in message and "model.logprob_chunk=0" in message
     assert "\n" not in message
+    # before a run, from the model folder's config.json; with the chunked path off, nothing to refuse
+    Gemma2Config(final_logit_softcapping=30.0).save_pretrained(tmp_path)
+    check_chunked_head(Config(model=ModelConfig(name=str(tmp_path))))
+    with pytest.raises(UserError, match="final_logit_softcapping"):
+        check_chunked_head(Config(model=ModelConfig(name=str(tmp_path), logprob_chunk=8)))
 
 
 # ---------------------------------------------------------------- FSDP2 on two processes

@@ -25,9 +25,11 @@ def train_settings(config: Config):
 
 def logprob_rows(config: Config, world: int | None = None) -> int:
     """Rows per no-grad pass (old and reference log-probs, values) on each of `world` processes:
-    rollout.logprob_batch_size, else the update's micro-batch (a whole minibatch when that is 0 too)."""
+    rollout.logprob_batch_size, else the update's micro-batch (a whole minibatch when that is 0 too), at
+    most the process's share of the batch."""
     from harness.algorithms.logprobs import logprob_rows as rows_per_pass
-    return rows_per_pass(train_settings(config), config.rollout.batch_size // (world or config.world_size))
+    rows = config.rollout.batch_size // (world or config.world_size)
+    return min(rows_per_pass(train_settings(config), rows), rows)
 
 
 def make_task(config: Config):
