@@ -195,7 +195,8 @@ class LogprobHead(torch.nn.Module):
                                                 self.with_entropy)
         if entropy is None:
             entropy = torch.full_like(logps, float("nan"))
-        return torch.stack([logps, entropy], dim=-1).view(rows, length, 2)
+        # a tensor of its own, not a view: FSDP2 hooks the root's output for backward
+        return torch.stack([logps.view(rows, length), entropy.view(rows, length)], dim=-1)
 
 
 @contextmanager
