@@ -190,6 +190,7 @@ def bench_memory_command(config) -> int:
         floor = peaks["chunked"].get("params", 0) + 3 * weight
         print(f"  arithmetic: the tied embedding's gradient meets the LM head's in backward, and autograd sums the "
               f"two out of place: 3 x {weight / 2**20:,.1f} MiB (vocabulary x hidden x 4 bytes) live at once over "
-              f"{peaks['chunked'].get('params', 0) / 2**20:,.1f} MiB of parameters, a floor of {floor / 2**20:,.1f} "
-              f"MiB for any log-prob path: old / floor = {peaks['old']['total'] / floor:.3f}x")
+              f"{peaks['chunked'].get('params', 0) / 2**20:,.1f} MiB of parameters: a floor of {floor / 2**20:,.1f} "
+              f"MiB that the update's backward holds whatever the log-prob path: old / floor = "
+              f"{peaks['old']['total'] / floor:.3f}x")
     return 0
