@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Literal, Protocol, get_args
 import torch
 
 from harness.algorithms.batch import RolloutBatch, TrainSettings, sliced_minibatches
-from harness.algorithms.logprobs import autocast, completion_logits, entropy_from_logits, selective_log_softmax
+from harness.algorithms.logprobs import autocast, completion_logps_and_entropy
 from harness.algorithms.ops import (AGGREGATIONS, StepStats, aggregate, all_sum, kl_k3, kl_loss_term,
                                     loss_denominator, masked_mean, world_size)
 from harness.algorithms.options import StrictModel
@@ -242,20 +242,15 @@ class Algorithm:
         """The algorithm's policy loss, the KL term in the loss where the algorithm declares one, the entropy
         bonus, and what every algorithm logs: entropy, KL to the reference."""
         settings, needs = self.settings, self.needs
-        logits = completion_logits(self.policy, micro, settings.temperature)
-        logps = selective_log_softmax(logits, micro.input_ids[:, micro.prompt_length:])
+        logps, entropy = completion_logps_and_entropy(self.policy, micro, settings)
         if micro.old_logps is None:  # one optimizer step per rollout: the policy is the sampler (ratio 1)
             micro.old_logps = logps.detach()
         loss, policy_stats = self.policy_loss(logps, micro, denominator)
         mask = micro.completion_mask
         if needs.kl_loss_coef and micro.ref_logps is not None:
             loss = loss + kl_loss_term(logps, micro.ref_logps, mask, needs.kl_loss_coef, needs.aggregation, denominator)
-        if settings.entropy_coef:
-            entropy = entropy_from_logits(logits)
+        if settings.entropy_coef:  # the entropy carries its gradient only then
             loss = loss - settings.entropy_coef * aggregate(entropy, mask, needs.aggregation, denominator)
-        else:
-            with torch.no_grad():
-                entropy = entropy_from_logits(logits.detach())
         shared = {"entropy": masked_mean(entropy.detach(), mask)}
         if micro.ref_logps is not None:
             shared["kl"] = masked_mean(kl_k3(logps.detach(), micro.ref_logps), mask)

@@ -20,7 +20,7 @@ from torch import nn
 
 from harness.algorithms.base import Algorithm, CriticPass, Needs
 from harness.algorithms.batch import RolloutBatch
-from harness.algorithms.logprobs import autocast, checkpointing_is_on, checkpointing_on
+from harness.algorithms.logprobs import autocast, checkpointing_is_on, checkpointing_on, logprob_rows
 from harness.algorithms.ops import (aggregate, clipped_surrogate, global_masked_mean, masked_mean, masked_whiten,
     ratio_stats, upcast)
 from harness.algorithms.options import StrictModel
@@ -166,7 +166,7 @@ class PPO(Algorithm):
     def compute_values(self, batch: RolloutBatch) -> None:
         self.critic.eval()
         with autocast(self.critic, self.settings.autocast_dtype):
-            values = torch.cat([self.critic(part) for part in batch.split(self.settings.logprob_batch_size)])
+            values = torch.cat([self.critic(part) for part in batch.split(logprob_rows(self.settings, batch.size))])
         batch.values = values * batch.completion_mask  # [B, T]
 
     @torch.no_grad()

@@ -82,6 +82,23 @@ def test_estimate_equals_live_tensors_measured_on_the_smoke_preset(algo):
     assert_estimate_matches(measured, estimated_step(config, algo, shapes))
 
 
+def test_estimate_equals_live_tensors_measured_with_the_chunked_log_prob_path():
+    # the LM head in chunks of 3 positions (recomputed in backward) in the update and the no-grad passes,
+    # under bf16-mixed (autocast's copy of the head's weight made inside the chunked function)
+    config = load_config("smoke", overrides=["rollout.batch_size=8", "model.logprob_chunk=3",
+                                             "model.precision=bf16-mixed"])
+    measured, shapes = measured_step(config, "grpo")
+    assert_estimate_matches(measured, estimated_step(config, "grpo", shapes))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo", ["grpo", "ppo"])
+def test_estimate_equals_measured_with_the_chunked_head_on_the_realistic_vocabulary(algo):
+    config = load_config("tiny-realistic-vocab", overrides=["model.logprob_chunk=16"])
+    measured, shapes = measured_step(config, algo)
+    assert_estimate_matches(measured, estimated_step(config, algo, shapes))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("algo", ["grpo", "ppo"])
 def test_estimate_equals_measured_under_bf16_mixed_with_checkpointing_and_a_joint_critic(algo):

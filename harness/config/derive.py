@@ -15,8 +15,17 @@ def train_settings(config: Config):
         minibatches=config.optim.minibatches, micro_batch_size=config.optim.micro_batch_size,
         max_grad_norm=config.optim.max_grad_norm, entropy_coef=config.optim.entropy_coef,
         temperature=config.rollout.temperature, max_new_tokens=config.rollout.max_new_tokens,
-        logprob_batch_size=config.rollout.logprob_batch_size,
+        logprob_batch_size=config.rollout.logprob_batch_size, logprob_chunk=config.model.logprob_chunk,
         autocast_dtype=torch.bfloat16 if config.model.precision == "bf16-mixed" else None)
+
+
+def logprob_rows(config: Config, world: int | None = None) -> int:
+    """Rows per no-grad pass (old and reference log-probs, values) on each of `world` processes:
+    rollout.logprob_batch_size, else the update's micro-batch (a whole minibatch when that is 0 too), at
+    most the process's share of the batch."""
+    from harness.algorithms.logprobs import logprob_rows as rows_per_pass
+    rows = config.rollout.batch_size // (world or config.world_size)
+    return min(rows_per_pass(train_settings(config), rows), rows)
 
 
 def make_task(config: Config):

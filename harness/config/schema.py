@@ -54,6 +54,8 @@ class ModelConfig(StrictModel):
                                                      "state) or bf16 (pure).")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward (transformers' "
                                                             "checkpointing).")
+    logprob_chunk: int = Field(0, ge=0, description="The LM head in chunks of this many positions for log-probs, "
+                                                    "recomputed in backward; 0: off.")
 
 
 class TaskConfig(StrictModel):
@@ -112,7 +114,7 @@ class RolloutConfig(StrictModel):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling.")
     max_new_tokens: int = Field(6, ge=1, description="Completion length cap.")
     logprob_batch_size: int = Field(0, ge=0, description="Rows per no-grad forward for old and reference log-probs "
-                                                         "and values (0: all).")
+                                                         "and values (0: the update's micro-batch).")
     slices: int = Field(0, ge=0, description="Sampling slices of a step (whole groups, each its own seed and "
                                              "partition); 0: one per process.")
     backend: RolloutBackend = Field("hf", description="hf (transformers generate) or vllm (GPU only).")

@@ -29,7 +29,7 @@ from typing import Any
 from collections.abc import Callable
 
 from harness import UserError, __version__
-from harness.config.derive import algorithm_options, make_task
+from harness.config.derive import algorithm_options, logprob_rows, make_task
 from harness.config.load import copy_config
 from harness.config.choices import DEVICE_MEMORY_GIB
 from harness.config.schema import Config, validate
@@ -251,7 +251,7 @@ def describe(config: Config, plan: Plan) -> dict[str, Any]:
             "batch": plan.batch_rows, "rows_per_gpu": w.rows, "prompt_length": w.prompt_length,
             "completion_length": w.completion_length, "group_size": config.rollout.samples_per_prompt,
             "minibatches": config.optim.minibatches, "micro_batch_size": config.optim.micro_batch_size,
-            "logprob_batch_size": config.rollout.logprob_batch_size,
+            "logprob_batch_size": logprob_rows(config, plan.world_size), "logprob_chunk": config.model.logprob_chunk,
             "reward_model": plan.reward_model.name if plan.reward_model else None,
             "rollout_engine": ({"reserve": plan.reserve, "mode": plan.engine, "device": plan.device,
                                 "bytes": round(plan.reserve * device_bytes(plan.device))} if plan.reserve else None),
