@@ -102,6 +102,10 @@ class RunConfig:
     parallel_arms: bool = False  # harness compare on a GPU machine: arms at once, each on its own nproc_per_node GPUs
     offload_reference: bool = False  # keep the reference's shards in CPU memory (FSDP2 CPU offload)
     offload_critic: bool = False  # the same for PPO's critic
+    offload_policy: bool = False  # the policy's parameter, gradient and AdamW shards in CPU memory (CPUOffloadPolicy)
+    shard_policy: str = "full"  # FSDP2: full (ZeRO-3, resharded after forward) | grad_optim (ZeRO-2-like, kept to backward)
+    shard_critic: str = "full"  # the same for PPO's critic
+    shard_reference: str = "full"  # the reference (and an estimate's reward model): grad_optim keeps it gathered
     eval_split: str = "test"  # test | validation: the split held-out accuracy and lm-eval score (harness sweep: validation)
     lm_eval: bool = True  # score the base and final policy with lm-evaluation-harness
     lm_eval_k: int = 8  # samples per prompt for maj@k and pass@k (0: greedy pass@1 only)
@@ -113,7 +117,10 @@ class RunConfig:
 
 # Device memory of the GPUs `harness estimate` checks a step against, in GiB (nominal capacities).
 DEVICE_MEMORY_GIB = {"h100": ("H100 80 GB", 80), "h200": ("H200 141 GB", 141), "a100-40": ("A100 40 GB", 40),
-                     "a100-80": ("A100 80 GB", 80)}
+                     "a100-80": ("A100 80 GB", 80), "l40s": ("L40S 48 GB", 48)}
+
+
+SHARDINGS = ("full", "grad_optim")
 
 
 ROLLOUT_ENGINES = ("resident", "asleep")
@@ -129,8 +136,13 @@ class EstimateConfig:
     # harness estimate: a colocated rollout engine's share of device memory (TRL's vLLM: 0.3); 0: none
     rollout_reserve: float = 0.0
     rollout_engine: str = "resident"  # harness estimate: the engine during training: resident (kept) | asleep (released)
-    device_memory: str = "h100"  # harness estimate: the device the reserve is a share of: h100, h200, a100-40, a100-80
-    at_scale: str = "Qwen/Qwen2.5-7B"  # harness compare: models of the report's "At scale" grid, comma-separated; none: off
+    device_memory: str = "h100"  # harness estimate: the device the reserve is a share of: h100, h200, a100-40, a100-80, l40s
+    critic_gpus: int = 0  # harness estimate: GPUs of the critic and a learned reward model's own (OpenRLHF); 0: the policy's
+    engine_gpus: int = 0  # harness estimate: GPUs of the rollout engine's own (OpenRLHF's vLLM engines); 0: colocated
+    engine_tp: int = 1  # harness estimate: the rollout engine's tensor-parallel size (verl's rollout TP; roofline time)
+    mfu: float = 0.35  # harness estimate: MFU of training and prefill in the roofline time (torchtitan: 33-39% at 8B)
+    # harness compare: the report's "At scale" section: recipes (harness recipes) and models (this config on them)
+    at_scale: str = "verl-qwen2-7b-gsm8k"
     at_scale_world_size: int = 8  # harness compare: GPUs per arm in the "At scale" grid
     at_scale_grid: bool = False  # harness compare: every choice of the grid (minutes), not only this config's own
 
@@ -242,12 +254,15 @@ FIELD_RANGES = {  # 0 means "off" or "all" where a field's comment says so
     "estimate.world_size": AT_LEAST_1, "estimate.at_scale_world_size": AT_LEAST_1,
     "estimate.prompt_length": NON_NEGATIVE, "estimate.completion_length": NON_NEGATIVE,
     "estimate.rollout_reserve": (lambda v: 0 <= v < 1, "a share of device memory in [0, 1)"),
+    "estimate.critic_gpus": NON_NEGATIVE, "estimate.engine_gpus": NON_NEGATIVE, "estimate.engine_tp": AT_LEAST_1,
+    "estimate.mfu": PROBABILITY,
 }  # the verdict section is checked as a whole (validate_verdict): its fields bound each other
 
 
 FIELD_CHOICES = {
     "budget.unit": ("completions", "tokens", "steps"), "rollout.backend": ("hf", "vllm"),
     "model.precision": PRECISIONS, "task.chat_template": ("auto", "none"), "run.eval_split": EVAL_SPLITS,
+    "run.shard_policy": SHARDINGS, "run.shard_critic": SHARDINGS, "run.shard_reference": SHARDINGS,
 }
 
 

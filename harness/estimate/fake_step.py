@@ -38,7 +38,7 @@ from harness.measure.live_tensors import CATEGORIES, LiveTensors, _Category, _Le
 from harness.measure.probes import Probes, model_state_bytes
 from harness.measure.step_meter import StepMeter
 from harness.train.arm import arm_models, learn, rank_settings
-from harness.train.distributed import shard
+from harness.train.distributed import model_sharding, shard
 from harness.train.models import WEIGHT_DTYPES, enable_gradient_checkpointing
 from harness.train.rollout import completion_mask, logprob_passes
 
@@ -55,13 +55,16 @@ class FakeStep:
 # ---------------------------------------------------------------- the tracker
 
 # The live-tensor tracker's categories (derived, so that one added there reaches the estimate too) plus
-# the compute-dtype copies autocast makes of trained weights, and the shards of models offloaded to CPU
-# memory (weight 0: not on the GPU).
+# the compute-dtype copies autocast makes of trained weights, the shards of models offloaded to CPU
+# memory (weight 0: not on the GPU), and the parameters and AdamW state of models on GPUs of their own
+# (the critic and a reward model beside OpenRLHF's actor), which the estimate files apart per GPU group.
 _EstimateCategory = _RefType("_EstimateCategory", [(c.name, c.value) for c in _Category]
-                             + [("WEIGHT_CAST", "Weight cast"), ("OFFLOADED", "Offloaded")])
+                             + [("WEIGHT_CAST", "Weight cast"), ("OFFLOADED", "Offloaded"),
+                                ("ELSEWHERE_PARAMS", "Elsewhere parameter"), ("ELSEWHERE_OPT", "Elsewhere optstate")])
 
 
-ESTIMATE_CATEGORIES = {**CATEGORIES, "Weight cast": "weight_casts", "Offloaded": "offloaded"}
+ESTIMATE_CATEGORIES = {**CATEGORIES, "Weight cast": "weight_casts", "Offloaded": "offloaded",
+                       "Elsewhere parameter": "elsewhere_params", "Elsewhere optstate": "elsewhere_optimizer"}
 
 
 class _WeightedTracker(_LeanTracker):
@@ -136,21 +139,30 @@ class _WeightedTracker(_LeanTracker):
 
 class EstimateTensors(LiveTensors):
     """`LiveTensors` with the weighted tracker above (same phases, same retagging of the rollout); the
-    parameters and optimizer state of `offloaded` models are filed as `offloaded` (weight 0)."""
+    parameters and optimizer state of `offloaded` models are filed as `offloaded` (weight 0), those of
+    `elsewhere` models (on GPUs of their own) as `elsewhere_params` and `elsewhere_optimizer`."""
 
-    def __init__(self, trained, frozen, optimizers, offloaded: tuple = ()):
+    def __init__(self, trained, frozen, optimizers, offloaded: tuple = (), elsewhere: tuple = ()):
         super().__init__(trained, frozen, optimizers)
         self._tracker = _WeightedTracker({"offloaded": 0.0} if offloaded else {})
         self._tracker.track_external(*self._trained, *frozen, *optimizers)
         self._offloaded = offloaded  # (model, its optimizer or None)
+        self._elsewhere = elsewhere
 
     def __enter__(self) -> EstimateTensors:
-        super().__enter__()  # files every parameter and moment again: the offloaded ones are retagged after it
-        for model, optimizer in self._offloaded:
-            tensors = [*model.parameters(), *(v for state in (optimizer.state.values() if optimizer else ())
-                                              for v in state.values() if isinstance(v, torch.Tensor))]
-            for tensor in tensors:
-                self._tracker._update_and_maybe_create_winfos(tensor, _EstimateCategory.OFFLOADED)
+        super().__enter__()  # files every parameter and moment again: the tagged ones are retagged after it
+        retag = self._tracker._update_and_maybe_create_winfos
+        # an offloaded model's buffers stay on the GPU (CPUOffloadPolicy moves parameters); elsewhere, all of it
+        for models, params, moments, buffers in (
+                (self._elsewhere, _EstimateCategory.ELSEWHERE_PARAMS, _EstimateCategory.ELSEWHERE_OPT, True),
+                (self._offloaded, _EstimateCategory.OFFLOADED, _EstimateCategory.OFFLOADED, False)):
+            for model, optimizer in models:
+                for tensor in [*model.parameters(), *(model.buffers() if buffers else ())]:
+                    retag(tensor, params)
+                for state in optimizer.state.values() if optimizer else ():
+                    for value in state.values():
+                        if isinstance(value, torch.Tensor):
+                            retag(value, moments)
         return self
 
 
@@ -194,6 +206,35 @@ def materialize(models: list[torch.nn.Module], optimizers: list[torch.optim.Opti
     for optimizer in optimizers:
         for group in optimizer.param_groups:
             group["params"] = [new[id(param)] for param in group["params"]]
+
+
+def _local(tensors):
+    return [t.to_local() if hasattr(t, "to_local") else t for t in tensors]
+
+
+@contextmanager
+def adam_on_local_shards():
+    """AdamW's math on the local shards of FSDP2's DTensors, in this process only.
+
+    Each rank's AdamW step works on its own shards: DTensor's foreach ops run the same kernels on the
+    local tensors (and make outputs of the same sizes), but their sharding propagation takes about a
+    second per op on fake tensors. Unwrapped, the step's tensors and temporaries are the same, and a
+    fake step of a 7B model is minutes shorter."""
+    import torch.optim.adam as adam
+    originals = {name: getattr(adam, name) for name in ("_multi_tensor_adam", "_single_tensor_adam")}
+
+    def unwrapped(function):
+        def run(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *args, **kwargs):
+            return function(_local(params), _local(grads), _local(exp_avgs), _local(exp_avg_sqs),
+                            _local(max_exp_avg_sqs), _local(state_steps), *args, **kwargs)
+        return run
+    for name, function in originals.items():
+        setattr(adam, name, unwrapped(function))
+    try:
+        yield
+    finally:
+        for name, function in originals.items():
+            setattr(adam, name, function)
 
 
 def steady_state(algorithm, foreach: bool) -> None:
@@ -260,21 +301,23 @@ def fake_ranks(world_size: int):
         dist.destroy_process_group()
 
 
-def shard_arm(algorithm, frozen: dict[str, torch.nn.Module], precision: str, mesh) -> None:
-    """FSDP2 over every model of the arm as `Arm.shard` does (the optimizers rebuilt over the shards), on
-    the meta device; frozen models (reference, reward model) too. Offloading is not simulated: the fake
-    device is the CPU; `EstimateTensors` files an offloaded model's shards apart instead."""
-    algorithm.shard_models(lambda name, model: shard(model, precision, mesh=mesh))
-    for model in frozen.values():
-        shard(model, precision, mesh=mesh)
+def shard_arm(algorithm, frozen: dict[str, torch.nn.Module], run, precision: str, mesh) -> None:
+    """FSDP2 over every model of the arm as `Arm.shard` does (the optimizers rebuilt over the shards), each
+    with its configured sharding and offload, on the meta device; frozen models (reference, reward model)
+    too. The fake device is the CPU, where an offloaded shard stays where it is: `EstimateTensors` files it
+    apart instead."""
+    algorithm.shard_models(lambda name, model: shard(model, precision, mesh=mesh, **model_sharding(run, name)))
+    for name, model in frozen.items():
+        shard(model, precision, mesh=mesh, **model_sharding(run, name))
 
 
 # ---------------------------------------------------------------- one arm
 
 def fake_step(config, algo: str, policy_config, reward_config, workload: Workload, world_size: int = 1,
-              foreach: bool = True, name: str = "model") -> FakeStep:
+              foreach: bool = True, name: str = "model", elsewhere: tuple[str, ...] = ()) -> FakeStep:
     """Run one steady-state step of arm `algo` on fake tensors, as rank 0 of `world_size` runs it (FSDP2
-    over a fake process group above 1): per-phase peaks by category."""
+    over a fake process group above 1): per-phase peaks by category. `elsewhere`: models (critic,
+    reward_model) on GPUs of their own, whose state is filed apart (see `EstimateTensors`)."""
     started = time.perf_counter()
     precision = config.model.precision
     compute_dtype = torch.float32 if precision == "fp32" else torch.bfloat16
@@ -286,19 +329,20 @@ def fake_step(config, algo: str, policy_config, reward_config, workload: Workloa
         reward_model = meta_reward_model(reward_config, compute_dtype) if reward_config is not None else None
         frozen = {k: m for k, m in (("reference", reference), ("reward_model", reward_model)) if m is not None}
         if mesh is not None:
-            shard_arm(algorithm, frozen, precision, mesh)
+            shard_arm(algorithm, frozen, config.run, precision, mesh)
         trained, optimizers = algorithm.trained_models(), algorithm.optimizers()
-        offloaded = [name for name, flag in (("reference", config.run.offload_reference),
-                                             ("critic", config.run.offload_critic))
-                     if flag and mesh is not None and name in {**trained, **frozen}]
-        with FakeTensorMode(allow_non_fake_inputs=True):
+        models = {**trained, **frozen}
+        offloaded = [m for m in models if mesh is not None and model_sharding(config.run, m)["offload"]]
+        elsewhere = [m for m in elsewhere if m in models and m not in offloaded]
+        with FakeTensorMode(allow_non_fake_inputs=True), adam_on_local_shards():
             materialize([*trained.values(), *frozen.values()], list(optimizers.values()))
             steady_state(algorithm, foreach)
             state = model_state_bytes(trained, optimizers, frozen)
             for model in offloaded:  # its shards are in CPU memory (FSDP2's CPUOffloadPolicy)
                 state[model] = dict.fromkeys(state[model], 0)
             live = EstimateTensors(trained.values(), frozen.values(), optimizers.values(),
-                                   tuple(({**trained, **frozen}[m], optimizers.get(m)) for m in offloaded))
+                                   tuple((models[m], optimizers.get(m)) for m in offloaded),
+                                   tuple((models[m], optimizers.get(m)) for m in elsewhere))
             meter = StepMeter(Probes("cpu", enabled=False), live)
             sampling = {"temperature": config.rollout.temperature, "top_p": config.rollout.top_p}
             eos = policy_config.eos_token_id

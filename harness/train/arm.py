@@ -146,10 +146,9 @@ class Arm:
         if self.sharded or not self.ranks.active:
             return
         precision, run = self.config.model.precision, self.config.run
-        self.algorithm.shard_models(lambda name, model: ranks_.shard(
-            model, precision, offload=run.offload_critic and name == "critic"))
+        self.algorithm.shard_models(lambda name, model: ranks_.shard(model, precision, **ranks_.model_sharding(run, name)))
         if self.reference is not None:
-            ranks_.shard(self.reference, precision, offload=run.offload_reference)
+            ranks_.shard(self.reference, precision, **ranks_.model_sharding(run, "reference"))
         self.sharded = True
 
     def frozen_models(self) -> dict[str, torch.nn.Module]:
