@@ -18,7 +18,8 @@ from collections.abc import Callable
 from harness import UserError
 from harness.config.load import copy_config
 from harness.config.schema import Config, DEVICE_MEMORY_GIB
-from harness.estimate.estimator import arm_figures, describe, notes, plan_estimate, run_arm, spread_over_gpus
+from harness.estimate.describe import describe, notes
+from harness.estimate.estimator import arm_figures, plan_estimate, run_arm, spread_over_gpus
 from harness.results.headline import arm_pair
 from harness.results.io import write_json
 
