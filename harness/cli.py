@@ -255,14 +255,26 @@ ESTIMATE_FLAGS = {"world_size": "estimate.world_size", "prompt_length": "estimat
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
-    from harness.commands.estimate import estimate_command
+    from harness.commands.estimate import estimate_command, recipe_command
     from harness.commands.terminal import quiet_libraries
     quiet_libraries()
-    algos = parse_algos(args.algos)
+    algos = parse_algos(args.algos) if args.algos else None
     args.overrides = [f"{field}={getattr(args, flag)}" for flag, field in ESTIMATE_FLAGS.items()
                       if getattr(args, flag) is not None] + list(args.overrides)
-    return estimate_command(config_from_args(args), algos, grid=args.grid, as_json=args.json,
-                            use_cache=not args.no_cache)
+    if args.recipe:
+        if args.grid:
+            raise UserError("--grid varies one config's choices; with --recipe, --set changes the recipe's fields")
+        overrides = [f"{field}={getattr(args, flag)}" for flag, field in FLAG_FIELDS.items()
+                     if getattr(args, flag, None) is not None] + list(args.overrides)
+        return recipe_command(args.recipe, args.preset or "tiny", args.config, overrides, algos, fit=args.fit,
+                              as_json=args.json, use_cache=not args.no_cache)
+    return estimate_command(config_from_args(args), algos or ["grpo", "ppo"], grid=args.grid, as_json=args.json,
+                            use_cache=not args.no_cache, fit=args.fit)
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from harness.commands.recipes import recipes_command
+    return recipes_command(args.name, as_json=args.json)
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
@@ -431,7 +443,13 @@ def build_parser() -> Parser:
                     "peak, the GRPO/PPO ratio and whether it fits on H100, H200 and A100 GPUs. --model takes a Hub "
                     "name (Qwen/Qwen2.5-0.5B ... 72B and meta-llama/Llama-3.1-8B, 70B answer offline), a model "
                     "folder or a config.json; the workload comes from the preset and --set like a real run.")
-    estimate.add_argument("--algos", default="grpo,ppo", help="comma-separated algorithms (default: grpo,ppo)")
+    estimate.add_argument("--recipe", metavar="NAME[,NAME]",
+                          help="a published setup (see 'harness recipes'): its arms, each with its own config; --set "
+                               "changes any field over the recipe's")
+    estimate.add_argument("--algos", help="comma-separated algorithms (default: grpo,ppo, or the recipe's arms)")
+    estimate.add_argument("--fit", metavar="GPU",
+                          help="fit search on a GPU (H100-80GB, H200, A100-40GB, A100-80GB, L40S, or GiB): per arm the "
+                               "largest micro-batch and rollout batch per GPU that fit, and the fewest GPUs")
     estimate.add_argument("--world-size", type=int, help="GPUs per arm: per-GPU figures under FSDP/ZeRO-3 (default 1)")
     estimate.add_argument("--prompt-length", type=int,
                           help="prompt tokens (default: the task's longest prompt, one token per character)")
@@ -442,7 +460,7 @@ def build_parser() -> Parser:
                           help="a colocated rollout engine reserving this share of device memory, e.g. 0.3 (TRL's vLLM)")
     estimate.add_argument("--rollout-engine", choices=["resident", "asleep"],
                           help="the engine during training: resident (kept, default) or asleep (released)")
-    estimate.add_argument("--device-memory", choices=["h100", "h200", "a100-40", "a100-80"],
+    estimate.add_argument("--device-memory", choices=["h100", "h200", "a100-40", "a100-80", "l40s"],
                           help="the device the reserve is a share of (default h100)")
     estimate.add_argument("--grid", action="store_true",
                           help="the sensitivity grid: KL on/off x reward model none/same x critic pass separate/joint "
@@ -452,6 +470,15 @@ def build_parser() -> Parser:
                           help="run every fake step again (results are cached in $HARNESS_CACHE/estimates)")
     add_config_flags(estimate)
     estimate.set_defaults(func=cmd_estimate)
+
+    recipes = sub.add_parser("recipes", help="the published setups harness estimate --recipe runs, with their sources",
+                             description="List the recipes: published RL setups (verl, TRL, OpenRLHF, DeepSeekMath) "
+                                         "transcribed field by field, each with the repository, file and commit or "
+                                         "paper section it was read from. With NAME: every field and its source, and "
+                                         "what the harness cannot match.")
+    recipes.add_argument("name", nargs="?", help="one recipe, field by field")
+    recipes.add_argument("--json", action="store_true", help="print the recipes as JSON")
+    recipes.set_defaults(func=cmd_recipes)
 
     sub.add_parser("tasks", help="list the offline tasks").set_defaults(func=cmd_tasks)
     sub.add_parser("presets", help="list the presets").set_defaults(func=cmd_presets)

@@ -241,7 +241,8 @@ def run_arms(jobs: list[tuple[Config, str, Plan]], use_cache: bool = True, memo:
     todo = [i for i, raw in enumerate(out) if raw is None]
     from harness.estimate.compute import parameter_count
     big = [i for i in todo if parameter_count(jobs[i][2].model.config) >= PARALLEL_FROM]
-    workers = min(len(big), os.cpu_count() or 1, int(os.environ.get("HARNESS_ESTIMATE_WORKERS", "0") or 99))
+    limit = int(os.environ.get("HARNESS_ESTIMATE_WORKERS") or 0) or os.cpu_count() or 1  # 1: one after another
+    workers = min(len(big), limit)
     if workers > 1:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
@@ -346,9 +347,9 @@ def gpu_groups(plan: Plan, has_critic: bool) -> dict[str, int]:
             "engine": plan.engine_gpus}
 
 
-def group_figures(raw: dict[str, Any], plan: Plan, gpus: dict[str, int], device: str) -> dict[str, dict[str, Any]]:
-    """Each GPU group's per-GPU phases and step peak with the rollout engine's reservation of `device`."""
-    engine_bytes = round(plan.reserve * device_bytes(device))
+def group_figures(raw: dict[str, Any], plan: Plan, gpus: dict[str, int], memory: int) -> dict[str, dict[str, Any]]:
+    """Each GPU group's per-GPU phases and step peak, the rollout engine reserving its share of `memory` bytes."""
+    engine_bytes = round(plan.reserve * memory)
     out = {}
     for group in ("policy", "critic"):
         if not gpus[group]:
@@ -378,12 +379,12 @@ def arm_figures(raw: dict[str, Any], plan: Plan, config: Config | None = None, a
     if has_critic is None:
         has_critic = "critic" in raw["model_state"]
     gpus = gpu_groups(plan, has_critic)
-    groups = group_figures(raw, plan, gpus, plan.device)
+    groups = group_figures(raw, plan, gpus, device_bytes(plan.device))
     main = groups["policy"]
     states = state_by_group(raw["model_state"], plan)
     on_devices = {}
     for device in DEVICE_MEMORY_GIB:
-        peaks = {g: row["peak"] for g, row in group_figures(raw, plan, gpus, device).items()}
+        peaks = {g: row["peak"] for g, row in group_figures(raw, plan, gpus, device_bytes(device)).items()}
         on_devices[device] = {"peak": max(peaks.values()), "peaks": peaks,
                               "fits": max(peaks.values()) <= device_bytes(device)}
     figures = {"phases": main["phases"], "peak": main["peak"], "peak_phase": main["peak_phase"],

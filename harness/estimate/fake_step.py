@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,6 +127,35 @@ class _WeightedTracker(_LeanTracker):
         self._update_peak_stats(None)
         return result
 
+    # ------------------------------------------------------------ windows and replays (see `RepeatedCalls`)
+
+    def open_window(self) -> tuple:
+        """Start measuring one call: (the phase's peak so far, the snapshot now); the peak restarts from now."""
+        saved = (dict(self._peak_mem), {d: dict(s) for d, s in self._peak_mem_snap.items()})
+        start = {d: dict(s) for d, s in self._curr_mem_snap.items()}
+        self.reset_peak()
+        return saved, start
+
+    def close_window(self, window: tuple) -> tuple[dict, dict, dict]:
+        """(start, the call's peak snapshot, end) of a window; the phase's peak is the larger of both again."""
+        (saved_peak, saved_snap), start = window
+        call_snap = {d: dict(s) for d, s in self._peak_mem_snap.items()}
+        end = {d: dict(s) for d, s in self._curr_mem_snap.items()}
+        for device, value in saved_peak.items():
+            if value >= self._peak_mem.get(device, -1):
+                self._peak_mem[device], self._peak_mem_snap[device] = value, saved_snap[device]
+        return start, call_snap, end
+
+    def replay_peak(self, rise: dict) -> None:
+        """A call's peak again, from now: the snapshot now plus `rise` ({device: {key: bytes}}, what the call
+        held above its start at its peak), kept when it is the phase's peak."""
+        for device, deltas in rise.items():
+            now = self._curr_mem_snap.get(device, {})
+            candidate = {key: now.get(key, 0) + deltas.get(key, 0) for key in {*now, *deltas}}
+            weighted = self._weighted(candidate)
+            if self._peak_mem.get(device, -1) < weighted:
+                self._peak_mem[device], self._peak_mem_snap[device] = weighted, candidate
+
     def peak(self) -> dict[str, int]:
         out = {"total": 0}
         for snapshot in self._peak_mem_snap.values():
@@ -164,6 +193,128 @@ class EstimateTensors(LiveTensors):
                         if isinstance(value, torch.Tensor):
                             retag(value, moments)
         return self
+
+
+# ---------------------------------------------------------------- repeats that need not run again
+
+def _diff(a: dict, b: dict) -> dict:
+    """b - a per device and key, the total's key included (snapshots of the tracker)."""
+    return {d: {k: b[d].get(k, 0) - a.get(d, {}).get(k, 0) for k in {*b[d], *a.get(d, {})}} for d in b}
+
+
+class RepeatedCalls:
+    """No-grad forward passes that repeat one another, run once and replayed after (an estimate's shortcut).
+
+    The log-prob, reference and value passes run the same no-grad forward on equal micro-batches, one after
+    another; what each leaves is its output, and between its start and its peak it holds the same tensors
+    as the one before. So the first two calls with the same input shapes run (the first warms caches and
+    FSDP's lazy state), and from the third on the call is replayed: the tracker's peak is taken at the
+    snapshot now plus what the second call held above its start at its peak, and the output is made at
+    once with the second's shapes and dtypes. A call whose end is not its start plus its output (it left
+    something else alive) is never replayed: every call of that kind then runs."""
+
+    def __init__(self, tracker: _WeightedTracker):
+        self.tracker = tracker
+        self.seen: dict[tuple, int] = {}
+        self.learned: dict[tuple, tuple] = {}  # signature -> (rise at the peak, output leaves' shapes/dtypes, tree)
+        self.replayed = 0
+
+    @staticmethod
+    def signature(function, args, kwargs) -> tuple:
+        """The function, the models and every tensor's shape and dtype it is called with (a rollout batch's too)."""
+        import dataclasses as dc
+
+        from torch.utils._pytree import tree_flatten
+        leaves, _ = tree_flatten((args, kwargs))
+        out = [id(function)]
+        for x in leaves:
+            if dc.is_dataclass(x) and not isinstance(x, type):
+                x = [getattr(x, f.name) for f in dc.fields(x)]
+            for item in x if isinstance(x, list) else [x]:
+                if isinstance(item, torch.Tensor):
+                    out.append((tuple(item.shape), item.dtype))
+                elif isinstance(item, dict):
+                    out.append(tuple((k, tuple(v.shape)) for k, v in item.items() if isinstance(v, torch.Tensor)))
+                else:
+                    out.append(id(item) if isinstance(item, torch.nn.Module) else repr(item)[:40])
+        return tuple(out)
+
+    def call(self, function, *args, **kwargs):
+        from torch.utils._pytree import tree_flatten, tree_unflatten
+        if torch.is_grad_enabled():
+            return function(*args, **kwargs)
+        key = self.signature(function, args, kwargs)
+        if key in self.learned:
+            rise, specs, tree = self.learned[key]
+            self.tracker.replay_peak(rise)
+            self.replayed += 1
+            return tree_unflatten([torch.empty(shape, dtype=dtype) if shape is not None else value
+                                   for shape, dtype, value in specs], tree)
+        self.seen[key] = self.seen.get(key, 0) + 1
+        window = self.tracker.open_window()
+        out = function(*args, **kwargs)
+        start, peak, end = self.tracker.close_window(window)
+        leaves, tree = tree_flatten(out)
+        tensors = [x for x in leaves if isinstance(x, torch.Tensor)]
+        left = {k: v for d in _diff(start, end).values() for k, v in d.items() if v and k != _TOTAL_KEY}
+        output_bytes = sum(x.untyped_storage().nbytes() for x in tensors)
+        clean = set(left) <= {_Category.ACT} and sum(left.values()) == output_bytes
+        if self.seen[key] >= 2 and clean and all(x.is_contiguous() and x.storage_offset() == 0 for x in tensors):
+            specs = [(tuple(x.shape), x.dtype, None) if isinstance(x, torch.Tensor) else (None, None, x) for x in leaves]
+            self.learned[key] = (_diff(start, peak), specs, tree)
+        return out
+
+
+@contextmanager
+def replaying(repeats: RepeatedCalls, critic=None):
+    """The no-grad passes of a fake step through `repeats`: `completion_logps` (old and reference log-probs) and
+    the critic's forward (values)."""
+    import harness.algorithms.logprobs as logprobs
+    original = logprobs.completion_logps
+    logprobs.completion_logps = lambda *args, **kwargs: repeats.call(original, *args, **kwargs)
+    forward = critic.forward if critic is not None else None
+    if critic is not None:
+        critic.forward = lambda *args, **kwargs: repeats.call(forward, *args, **kwargs)
+    try:
+        yield repeats
+    finally:
+        logprobs.completion_logps = original
+        if critic is not None:
+            del critic.forward  # the class's forward again
+
+
+class _FirstOf(list):
+    """A minibatch partition that holds every minibatch's indices (their bytes) but hands out only the first
+    `keep`: the minibatches after the second repeat it, as the epochs after the first repeat the first."""
+
+    def __init__(self, items, keep: int):
+        super().__init__(items)
+        self.keep = keep
+
+    def __iter__(self):
+        return iter(list.__getitem__(self, slice(0, self.keep)))
+
+
+@contextmanager
+def repeated_minibatches_skipped():
+    """The update loop's minibatches beyond the second, and its epochs beyond the first, left out of a fake step.
+
+    Every minibatch of an update starts from the same state (no gradients: the loop frees them before each),
+    runs micro-batches of the same shapes and ends with an optimizer step over the same tensors; the second
+    is the steady one (the first's state may still be warming up, e.g. FSDP's). Minibatch indices are made as
+    the real loop makes them, so the rows they hold are counted."""
+    import harness.algorithms.base as base
+    original = base.sliced_minibatches
+
+    def first_two(*args, **kwargs):
+        parts = original(*args, **kwargs)
+        epoch = kwargs.get("epoch", args[6] if len(args) > 6 else 0)
+        return _FirstOf(parts, 0 if epoch else 2)
+    base.sliced_minibatches = first_two
+    try:
+        yield
+    finally:
+        base.sliced_minibatches = original
 
 
 # ---------------------------------------------------------------- building the arm on fake tensors
@@ -314,10 +465,13 @@ def shard_arm(algorithm, frozen: dict[str, torch.nn.Module], run, precision: str
 # ---------------------------------------------------------------- one arm
 
 def fake_step(config, algo: str, policy_config, reward_config, workload: Workload, world_size: int = 1,
-              foreach: bool = True, name: str = "model", elsewhere: tuple[str, ...] = ()) -> FakeStep:
+              foreach: bool = True, name: str = "model", elsewhere: tuple[str, ...] = (),
+              shortcuts: bool = True) -> FakeStep:
     """Run one steady-state step of arm `algo` on fake tensors, as rank 0 of `world_size` runs it (FSDP2
     over a fake process group above 1): per-phase peaks by category. `elsewhere`: models (critic,
-    reward_model) on GPUs of their own, whose state is filed apart (see `EstimateTensors`)."""
+    reward_model) on GPUs of their own, whose state is filed apart (see `EstimateTensors`). `shortcuts`:
+    repeated no-grad passes replayed and repeated minibatches left out (`RepeatedCalls`,
+    `repeated_minibatches_skipped`: the same peaks, minutes shorter at scale)."""
     started = time.perf_counter()
     precision = config.model.precision
     compute_dtype = torch.float32 if precision == "fp32" else torch.bfloat16
@@ -348,7 +502,11 @@ def fake_step(config, algo: str, policy_config, reward_config, workload: Workloa
             eos = policy_config.eos_token_id
             token_ids = (eos[0] if isinstance(eos, (list, tuple)) else eos or 0,
                          getattr(policy_config, "pad_token_id", None) or 0)
-            with meter.step(True):
+            repeats = RepeatedCalls(live._tracker)
+            shortcut = ((replaying(repeats, trained.get("critic")), repeated_minibatches_skipped()) if shortcuts else ())
+            with meter.step(True), ExitStack() as stack:
+                for context in shortcut:
+                    stack.enter_context(context)
                 batch = simulated_rollout(policy, reference, reward_model, settings, workload, meter, sampling, token_ids,
                                           algorithm.needs_sampler_logps)
                 learn(algorithm, batch, meter)

@@ -50,16 +50,18 @@ def phase_flops(sizes: dict[str, MatmulSizes], sequence_tokens: int, completion_
     for phase in phases:
         if phase not in PHASE_PASSES:
             continue
-        total = 0.0
+        total, present = 0.0, False
         for model, passes in PHASE_PASSES[phase]:
             if model not in sizes:
                 continue
+            present = True
             size, repeat = sizes[model], epochs if phase in TRAINED_PHASES else 1
             head_tokens = completion_tokens if model == "policy" else sequence_tokens
             forward = 2 * (size.body * sequence_tokens + size.head * head_tokens)
             recompute = 2 * size.body * sequence_tokens if passes == 3 and checkpointing else 0
             total += (passes * forward + recompute) * repeat
-        out[phase] = total
+        if present:  # a rule-based reward scores without a model: no FLOPs counted, no phase
+            out[phase] = total
     return out
 
 
