@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness.config.schema import Config
+from harness.config.schema import DEVICE_MEMORY_GIB, Config
 
 GIB = 2 ** 30
 SHORT_WORKLOAD_TOKENS = 64  # below this many tokens a row, on a model of a billion parameters or more: warn
@@ -14,8 +14,8 @@ BIG_MODEL = 10 ** 9
 
 def describe(config: Config, plan) -> dict[str, Any]:
     """The setup of one arm's estimate (JSON-able)."""
-    from harness.estimate.estimator import device_bytes
     w, run = plan.workload, config.run
+    device_memory = DEVICE_MEMORY_GIB[plan.device][1] * GIB
     return {"model": plan.model.name, "source": plan.model.source, "precision": config.model.precision,
             "gradient_checkpointing": config.model.gradient_checkpointing, "world_size": plan.world_size,
             "batch": plan.batch_rows, "rows_per_gpu": w.rows, "prompt_length": w.prompt_length,
@@ -24,8 +24,8 @@ def describe(config: Config, plan) -> dict[str, Any]:
             "logprob_batch_size": config.rollout.logprob_batch_size, "epochs": config.optim.epochs,
             "reward_model": plan.reward_model.name if plan.reward_model else None,
             "rollout_engine": ({"reserve": plan.reserve, "mode": plan.engine, "device": plan.device,
-                                "tp": config.estimate.engine_tp,
-                                "bytes": round(plan.reserve * device_bytes(plan.device))} if plan.reserve else None),
+                                "tp": config.estimate.engine_tp, "bytes": round(plan.reserve * device_memory)}
+                               if plan.reserve else None),
             "sharding": {"policy": run.shard_policy, "critic": run.shard_critic, "reference": run.shard_reference},
             "offload": [m for m in ("policy", "critic", "reference") if getattr(run, f"offload_{m}")],
             "critic_gpus": plan.critic_gpus, "engine_gpus": plan.engine_gpus,

@@ -171,9 +171,10 @@ class EstimateTensors(LiveTensors):
     parameters and optimizer state of `offloaded` models are filed as `offloaded` (weight 0), those of
     `elsewhere` models (on GPUs of their own) as `elsewhere_params` and `elsewhere_optimizer`."""
 
-    def __init__(self, trained, frozen, optimizers, offloaded: tuple = (), elsewhere: tuple = ()):
+    def __init__(self, trained, frozen, optimizers, offloaded: tuple = (), elsewhere: tuple = (),
+                 weigh_offloaded: bool = True):
         super().__init__(trained, frozen, optimizers)
-        self._tracker = _WeightedTracker({"offloaded": 0.0} if offloaded else {})
+        self._tracker = _WeightedTracker({"offloaded": 0.0} if offloaded and weigh_offloaded else {})
         self._tracker.track_external(*self._trained, *frozen, *optimizers)
         self._offloaded = offloaded  # (model, its optimizer or None)
         self._elsewhere = elsewhere
@@ -466,12 +467,13 @@ def shard_arm(algorithm, frozen: dict[str, torch.nn.Module], run, precision: str
 
 def fake_step(config, algo: str, policy_config, reward_config, workload: Workload, world_size: int = 1,
               foreach: bool = True, name: str = "model", elsewhere: tuple[str, ...] = (),
-              shortcuts: bool = True) -> FakeStep:
+              shortcuts: bool = True, weigh_offloaded: bool = True) -> FakeStep:
     """Run one steady-state step of arm `algo` on fake tensors, as rank 0 of `world_size` runs it (FSDP2
     over a fake process group above 1): per-phase peaks by category. `elsewhere`: models (critic,
     reward_model) on GPUs of their own, whose state is filed apart (see `EstimateTensors`). `shortcuts`:
     repeated no-grad passes replayed and repeated minibatches left out (`RepeatedCalls`,
-    `repeated_minibatches_skipped`: the same peaks, minutes shorter at scale)."""
+    `repeated_minibatches_skipped`: the same peaks, minutes shorter at scale). `weigh_offloaded=False` takes each
+    phase's peak where the total with the offloaded shards peaks, as a CPU run (where they are live) measures it."""
     started = time.perf_counter()
     precision = config.model.precision
     compute_dtype = torch.float32 if precision == "fp32" else torch.bfloat16
@@ -496,7 +498,7 @@ def fake_step(config, algo: str, policy_config, reward_config, workload: Workloa
                 state[model] = dict.fromkeys(state[model], 0)
             live = EstimateTensors(trained.values(), frozen.values(), optimizers.values(),
                                    tuple((models[m], optimizers.get(m)) for m in offloaded),
-                                   tuple((models[m], optimizers.get(m)) for m in elsewhere))
+                                   tuple((models[m], optimizers.get(m)) for m in elsewhere), weigh_offloaded)
             meter = StepMeter(Probes("cpu", enabled=False), live)
             sampling = {"temperature": config.rollout.temperature, "top_p": config.rollout.top_p}
             eos = policy_config.eos_token_id

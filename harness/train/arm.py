@@ -26,6 +26,7 @@ from harness.algorithms.batch import TrainSettings
 from harness.algorithms.ops import all_sum
 from harness.config.derive import algorithm_options, make_task, train_settings
 from harness.config.schema import Config
+from harness.measure.flops import matmul_sizes, phase_flops
 from harness.measure.live_tensors import LiveTensors
 from harness.measure.probes import Probes, model_state_bytes
 from harness.measure.step_meter import StepMeter, is_tracked_step, non_finite, step_flops, step_record, to_floats
@@ -134,6 +135,7 @@ class Arm:
         self.algorithm, self.reference = arm_models(config, algo, self.policy, self.settings)
         self.model_sizes = {name: sum(p.numel() for p in model.parameters())
                             for name, model in self.algorithm.trained_models().items()}
+        self.matmul_sizes = {name: matmul_sizes(model) for name, model in self.algorithm.trained_models().items()}
         self.sharded = False
         self.on_step = lambda record: None  # experiment trackers (harness.results.trackers)
 
@@ -343,6 +345,10 @@ class Arm:
         flops = step_flops(self.model_sizes, trained_tokens, config.optim.epochs, self.reference is not None)
         record = step_record(state.step, state, whole, stats, times, step_time, flops, probes.device_name(),
                              config.model.precision, self.state_bytes(), meter.tracked_peaks, probes.step_memory())
+        completion_tokens = int(all_sum(batch.completion_mask.sum() if batch is not None else torch.zeros(())).item())
+        record.update({f"flops/{phase}": value for phase, value in phase_flops(
+            self.matmul_sizes, trained_tokens, completion_tokens, config.optim.epochs, config.model.gradient_checkpointing,
+            times).items()})  # arithmetic, per phase: the report reads them against the measured time (MFU)
         record["train_s"], record["wall"] = state.train_s, state.train_s + state.eval_s
         if algorithm.filters_groups:  # dynamic sampling: what was sampled, what was kept, in how many rounds
             record.update({"rollout/sampled": whole.sampled, "rollout/rounds": whole.rounds,
