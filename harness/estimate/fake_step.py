@@ -179,6 +179,11 @@ class EstimateTensors(LiveTensors):
         self._offloaded = offloaded  # (model, its optimizer or None)
         self._elsewhere = elsewhere
 
+    def retag_fsdp(self, tensors) -> None:
+        """File these tensors (a frozen model's gathered parameters) as FSDP2's buffers."""
+        for tensor in tensors:
+            self._tracker._update_and_maybe_create_winfos(tensor, _Category.FSDP)
+
     def __enter__(self) -> EstimateTensors:
         super().__enter__()  # files every parameter and moment again: the tagged ones are retagged after it
         retag = self._tracker._update_and_maybe_create_winfos
@@ -403,6 +408,16 @@ def steady_state(algorithm, foreach: bool) -> None:
         optimizer.zero_grad(set_to_none=True)
 
 
+def gather_frozen(models: list[torch.nn.Module]) -> None:
+    """A frozen model that FSDP2 does not reshard after forward (`run.shard_reference=grad_optim`) stays gathered
+    from its first forward on: it has no backward to reshard it. From the second step on, every phase holds it."""
+    from torch.distributed.fsdp import FSDPModule
+    for model in models:
+        for module in model.modules():
+            if isinstance(module, FSDPModule):
+                module.unshard()
+
+
 # ---------------------------------------------------------------- the rollout, on fake tensors
 
 @torch.no_grad()
@@ -506,9 +521,13 @@ def fake_step(config, algo: str, policy_config, reward_config, workload: Workloa
                          getattr(policy_config, "pad_token_id", None) or 0)
             repeats = RepeatedCalls(live._tracker)
             shortcut = ((replaying(repeats, trained.get("critic")), repeated_minibatches_skipped()) if shortcuts else ())
+            gathered = [models[m] for m in frozen if mesh is not None and model_sharding(config.run, m)["sharding"] != "full"]
+            gather_frozen(gathered)
             with meter.step(True), ExitStack() as stack:
                 for context in shortcut:
                     stack.enter_context(context)
+                for model in gathered:  # as a run's tracker files them from the second step on
+                    live.retag_fsdp([*model.parameters()])
                 batch = simulated_rollout(policy, reference, reward_model, settings, workload, meter, sampling, token_ids,
                                           algorithm.needs_sampler_logps)
                 learn(algorithm, batch, meter)
