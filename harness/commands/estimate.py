@@ -164,13 +164,10 @@ RATIO_LABELS = [("peak", "step peak per GPU (estimated)"), ("model_state", "mode
 
 
 def ratio_lines(result: dict[str, Any]) -> list[str]:
+    """One line per GRPO/PPO ratio, labelled estimated or arithmetic."""
     ratios = result["ratio"]
-    first = next((r for r in ratios.values() if r), None)
-    if not first:
-        return []
-    pair = f"{first['numerator'].upper()}/{first['denominator'].upper()}"
-    return [f"[bold]{pair}[/bold] " + "; ".join(f"{label}: [bold]{ratios[key]['value']:.3f}[/bold]"
-                                                  for key, label in RATIO_LABELS if ratios.get(key))]
+    return [f"{ratios[key]['numerator'].upper()}/{ratios[key]['denominator'].upper()} {label}: "
+            f"[bold]{ratios[key]['value']:.3f}[/bold]" for key, label in RATIO_LABELS if ratios.get(key)]
 
 
 def render(result: dict[str, Any], console=None) -> None:
