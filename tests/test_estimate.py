@@ -570,6 +570,7 @@ def test_gpus_by_name_or_size():
     assert parse_gpu("96").memory == 96 * GIB and parse_gpu("96").bandwidth is None
 
 
+@pytest.mark.slow  # a dozen fake steps
 def test_fit_search_finds_the_largest_micro_batch_that_fits(tmp_path, monkeypatch):
     """On a device just large enough for the smoke step at one micro-batch size, the search answers that size:
     it fits, and the next larger one does not (each checked by a fake step here)."""

@@ -143,29 +143,46 @@ def search(config: Config, algo: str, has_critic: bool, device: Gpu, knob: str, 
     return {"value": None, "as_written": as_written, "why": why, "tried": tried}
 
 
+def fit_arm(config: Config, algo: str, device: Gpu, use_cache: bool = True, progress=None) -> dict[str, Any]:
+    """One arm's fit search: micro-batch, rollout batch and GPU count."""
+    from harness.algorithms import get_algorithm
+    memo: dict = {}
+    config = spread_over_gpus(config)
+    has_critic = get_algorithm(algo).uses_critic
+    world = config.estimate.world_size
+    micro = search(config, algo, has_critic, device, "micro", micro_candidates(config), True, use_cache, memo, progress)
+    batch = search(config, algo, has_critic, device, "batch", rows_candidates(config), True, use_cache, memo, progress)
+    gpus = search(config, algo, has_critic, device, "world", world_candidates(config), False, use_cache, memo, progress)
+    found = None
+    if gpus["value"]:
+        found = gpu_groups(plan_estimate(spread_over_gpus(_variant(config, world=gpus["value"]))), has_critic)
+    written = gpu_groups(plan_estimate(config), has_critic)
+    return {"micro_batch_size": micro,
+            "rollout_rows_per_gpu": {**batch, "value": batch["value"] // world if batch["value"] else None,
+                                     "as_written": config.rollout.batch_size // world, "batch": batch["value"]},
+            "gpus": {**gpus, "total": sum(found.values()) if found else None, "as_written_total": sum(written.values())}}
+
+
 def fit_search(configs: dict[str, Config], device: Gpu, use_cache: bool = True,
                progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Per arm: the largest micro-batch and rollout batch per GPU that fit `device`, the fewest GPUs (JSON-able)."""
-    from harness.algorithms import get_algorithm
-    out, memo = {}, {}
-    for algo, config in configs.items():
-        config = spread_over_gpus(config)
-        has_critic = get_algorithm(algo).uses_critic
-        world = config.estimate.world_size
-        micro = search(config, algo, has_critic, device, "micro", micro_candidates(config), True, use_cache, memo,
-                       progress)
-        batch = search(config, algo, has_critic, device, "batch", rows_candidates(config), True, use_cache, memo,
-                       progress)
-        gpus = search(config, algo, has_critic, device, "world", world_candidates(config), False, use_cache, memo,
-                      progress)
-        found = None
-        if gpus["value"]:
-            found = gpu_groups(plan_estimate(spread_over_gpus(_variant(config, world=gpus["value"]))), has_critic)
-        written = gpu_groups(plan_estimate(config), has_critic)
-        out[algo] = {"micro_batch_size": micro,
-                     "rollout_rows_per_gpu": {**batch, "value": batch["value"] // world if batch["value"] else None,
-                                              "as_written": config.rollout.batch_size // world,
-                                              "batch": batch["value"]},
-                     "gpus": {**gpus, "total": sum(found.values()) if found else None,
-                              "as_written_total": sum(written.values())}}
+    """Per arm: the largest micro-batch and rollout batch per GPU that fit `device`, the fewest GPUs (JSON-able).
+    Arms of big models search side by side in worker processes, as `run_arms` runs their fake steps."""
+    import os
+
+    from harness.estimate.compute import parameter_count
+    from harness.estimate.estimator import PARALLEL_FROM
+    from harness.estimate.model_specs import resolve_model
+    big = all(parameter_count(resolve_model(c.model.name, c).config) >= PARALLEL_FROM for c in configs.values())
+    limit = int(os.environ.get("HARNESS_ESTIMATE_WORKERS") or 0) or os.cpu_count() or 1
+    workers = min(len(configs), limit) if big else 1
+    if workers > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+        if progress:
+            progress(f"{', '.join(configs)}: fit searches in {workers} processes")
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {algo: pool.submit(fit_arm, config, algo, device, use_cache) for algo, config in configs.items()}
+            out = {algo: future.result() for algo, future in futures.items()}
+    else:
+        out = {algo: fit_arm(config, algo, device, use_cache, progress) for algo, config in configs.items()}
     return {"device": {"key": device.key, "label": device.label, "bytes": device.memory}, "arms": out}
