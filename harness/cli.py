@@ -269,7 +269,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         return recipe_command(args.recipe, args.preset or "tiny", args.config, overrides, algos, fit=args.fit,
                               as_json=args.json, use_cache=not args.no_cache)
     return estimate_command(config_from_args(args), algos or ["grpo", "ppo"], grid=args.grid, as_json=args.json,
-                            use_cache=not args.no_cache, fit=args.fit)
+                            use_cache=not args.no_cache, fit=args.fit, grid_axes=args.grid_axes)
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
@@ -463,8 +463,12 @@ def build_parser() -> Parser:
     estimate.add_argument("--device-memory", choices=["h100", "h200", "a100-40", "a100-80", "l40s"],
                           help="the device the reserve is a share of (default h100)")
     estimate.add_argument("--grid", action="store_true",
-                          help="the sensitivity grid: KL on/off x reward model none/same x critic pass separate/joint "
-                               "x checkpointing off/on x rollout engine resident/asleep; prints the ratio's range")
+                          help="the sensitivity grid: every combination of its axes (KL, reward model, critic pass, "
+                               "checkpointing, engine mode, precision, sequence length, offload, engine share); "
+                               "prints the ratio's range")
+    estimate.add_argument("--grid-axes", metavar="AXIS[,AXIS]",
+                          help="the grid's axes (default all): kl, reward_model, critic_pass, checkpointing, "
+                               "rollout_engine, precision, sequence, offload, engine_share")
     estimate.add_argument("--json", action="store_true", help="print the result as JSON")
     estimate.add_argument("--no-cache", action="store_true",
                           help="run every fake step again (results are cached in $HARNESS_CACHE/estimates)")

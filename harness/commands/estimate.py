@@ -282,11 +282,11 @@ def show(result: dict[str, Any], as_json: bool, fit: dict[str, Any] | None = Non
 
 
 def estimate_command(config: Config, algos: list[str], grid: bool = False, as_json: bool = False,
-                     use_cache: bool = True, fit: str | None = None) -> int:
+                     use_cache: bool = True, fit: str | None = None, grid_axes: str | None = None) -> int:
     """Print the estimate (or the grid) as tables, or as JSON with `as_json`; with `fit` (a GPU), the fit search."""
     if grid:
-        from harness.estimate.grid import estimate_grid
-        result = estimate_grid(config, algos, use_cache, progress=progress_line)
+        from harness.estimate.grid import estimate_grid, parse_axes
+        result = estimate_grid(config, algos, use_cache, progress=progress_line, axes=parse_axes(grid_axes))
         print(json.dumps(result, indent=2, default=str)) if as_json else render_grid(result)
         return 0
     from harness.estimate.estimator import estimate
