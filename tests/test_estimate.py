@@ -481,7 +481,8 @@ def test_per_gpu_groups_by_hand():
 
 
 def test_the_fake_step_s_shortcuts_keep_every_peak():
-    """Replayed no-grad passes and the minibatches and epochs left out give the same peaks, to the byte."""
+    """Replayed no-grad passes (log-probs, values, a reward model's scores) and the minibatches and epochs left
+    out give the same peaks, to the byte."""
     from harness.estimate.fake_generation import Workload
     from harness.estimate.fake_step import fake_step
     from harness.estimate.model_specs import resolve_model
@@ -489,8 +490,8 @@ def test_the_fake_step_s_shortcuts_keep_every_peak():
                                              "rollout.logprob_batch_size=4", "optim.epochs=2"])
     spec, workload = resolve_model("tiny", config).config, Workload(64, 6, 5, 4)
     for algo in ("grpo", "ppo"):
-        full = fake_step(config, algo, spec, None, workload, foreach=False, shortcuts=False)
-        short = fake_step(config, algo, spec, None, workload, foreach=False, shortcuts=True)
+        full = fake_step(config, algo, spec, spec, workload, foreach=False, shortcuts=False)
+        short = fake_step(config, algo, spec, spec, workload, foreach=False, shortcuts=True)
         assert short.phases == full.phases, algo
 
 

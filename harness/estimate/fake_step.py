@@ -272,21 +272,22 @@ class RepeatedCalls:
 
 
 @contextmanager
-def replaying(repeats: RepeatedCalls, critic=None):
+def replaying(repeats: RepeatedCalls, *models):
     """The no-grad passes of a fake step through `repeats`: `completion_logps` (old and reference log-probs) and
-    the critic's forward (values)."""
+    the forward of `models` (the critic's values, a reward model's scores)."""
     import harness.algorithms.logprobs as logprobs
     original = logprobs.completion_logps
     logprobs.completion_logps = lambda *args, **kwargs: repeats.call(original, *args, **kwargs)
-    forward = critic.forward if critic is not None else None
-    if critic is not None:
-        critic.forward = lambda *args, **kwargs: repeats.call(forward, *args, **kwargs)
+    models = [m for m in models if m is not None]
+    for model in models:
+        forward = model.forward
+        model.forward = lambda *args, _forward=forward, **kwargs: repeats.call(_forward, *args, **kwargs)
     try:
         yield repeats
     finally:
         logprobs.completion_logps = original
-        if critic is not None:
-            del critic.forward  # the class's forward again
+        for model in models:
+            del model.forward  # the class's forward again
 
 
 class _FirstOf(list):
@@ -520,7 +521,8 @@ def fake_step(config, algo: str, policy_config, reward_config, workload: Workloa
             token_ids = (eos[0] if isinstance(eos, (list, tuple)) else eos or 0,
                          getattr(policy_config, "pad_token_id", None) or 0)
             repeats = RepeatedCalls(live._tracker)
-            shortcut = ((replaying(repeats, trained.get("critic")), repeated_minibatches_skipped()) if shortcuts else ())
+            shortcut = ((replaying(repeats, trained.get("critic"), reward_model), repeated_minibatches_skipped())
+                        if shortcuts else ())
             gathered = [models[m] for m in frozen if mesh is not None and model_sharding(config.run, m)["sharding"] != "full"]
             gather_frozen(gathered)
             with meter.step(True), ExitStack() as stack:
