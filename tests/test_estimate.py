@@ -456,6 +456,9 @@ def test_a_recipe_pair_with_the_critic_and_the_engine_on_gpus_of_their_own(tmp_p
     policy, critic = ppo["groups"]["policy"]["phases"], ppo["groups"]["critic"]["phases"]
     # the values pass runs on the critic's GPUs: the policy's hold their state and the rollout only
     assert set(policy["values"]) <= {"params", "optimizer", "rollout", "total"}
+    # the critic's AdamW state and its step's temporaries are on its own GPUs
+    assert policy["critic_update"].get("optimizer", 0) == policy["advantages"].get("optimizer", 0)
+    assert critic["critic_update"]["optimizer"] >= critic["advantages"]["optimizer"] > 0
     assert critic["values"].get("activations", 0) > 0 and critic["generate"].get("kv_cache", 0) == 0
     assert "rollout_engine" not in policy["generate"] and policy["generate"].get("kv_cache", 0) == 0
     assert ppo["groups"]["engine"]["peak"] == round(0.3 * 80 * GIB)  # the engine's own GPUs: its reservation

@@ -79,6 +79,8 @@ class _WeightedTracker(_LeanTracker):
 
     def __init__(self, weights: dict[str, float] | None = None) -> None:
         super().__init__()
+        self.stepping = None  # the category of an optimizer step's tensors, when not the GPU's (see EstimateTensors)
+        self.optimizer_categories: dict[int, Any] = {}  # id(optimizer) -> where its state lives, when not the GPU
         self._ref_class = _EstimateCategory
         self.weights = weights or {}
         self._weights_by_key: dict = {}
@@ -92,6 +94,10 @@ class _WeightedTracker(_LeanTracker):
         if key not in self._weights_by_key:  # snapshot keys are enum members of several classes: looked up once
             self._weights_by_key[key] = self.weights.get(ESTIMATE_CATEGORIES[getattr(key, "value", key)], 1.0)
         return self._weights_by_key[key]
+
+    def _track_optimizer_states(self, reftype, optimizer) -> None:
+        # MemTracker files an optimizer's state again after each step: an offloaded one's stays offloaded
+        super()._track_optimizer_states(self.optimizer_categories.get(id(optimizer), reftype), optimizer)
 
     def _is_parameter(self, tensor) -> bool:
         for storage in get_untyped_storages(tensor):
@@ -114,7 +120,7 @@ class _WeightedTracker(_LeanTracker):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         result = func(*args, **(kwargs or {}))
         if self._in_opt:
-            category = _Category.OPT
+            category = self.stepping or _Category.OPT
         elif func is torch.ops.aten._to_copy.default and args and self._is_parameter(args[0]):
             category = _EstimateCategory.WEIGHT_CAST
         else:
@@ -178,6 +184,7 @@ class EstimateTensors(LiveTensors):
         self._tracker.track_external(*self._trained, *frozen, *optimizers)
         self._offloaded = offloaded  # (model, its optimizer or None)
         self._elsewhere = elsewhere
+        self._hooks: list = []
 
     def retag_fsdp(self, tensors) -> None:
         """File these tensors (a frozen model's gathered parameters) as FSDP2's buffers."""
@@ -198,7 +205,25 @@ class EstimateTensors(LiveTensors):
                     for value in state.values():
                         if isinstance(value, torch.Tensor):
                             retag(value, moments)
+                if optimizer is not None:  # its step's temporaries are where its state is
+                    self._tracker.optimizer_categories[id(optimizer)] = moments
+                    self._hooks += [optimizer.register_step_pre_hook(lambda *_, c=moments: self._stepping(c)),
+                                    optimizer.register_step_post_hook(lambda *_: self._stepping(None))]
+        for model, _ in self._offloaded:  # FSDP2 moves each gradient shard to CPU memory as it is reduced
+            for param in model.parameters():
+                if param.requires_grad:
+                    self._hooks.append(param.register_post_accumulate_grad_hook(
+                        lambda p: retag(p.grad, _EstimateCategory.OFFLOADED)))
         return self
+
+    def _stepping(self, category) -> None:
+        self._tracker.stepping = category
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
+        super().__exit__(*exc)
 
 
 # ---------------------------------------------------------------- repeats that need not run again
