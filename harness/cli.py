@@ -257,14 +257,26 @@ ESTIMATE_FLAGS = {"world_size": "estimate.world_size", "prompt_length": "estimat
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
-    from harness.commands.estimate import estimate_command
+    from harness.commands.estimate import estimate_command, recipe_command
     from harness.commands.terminal import quiet_libraries
     quiet_libraries()
-    algos = parse_algos(args.algos)
+    algos = parse_algos(args.algos) if args.algos else None
     args.overrides = [f"{field}={getattr(args, flag)}" for flag, field in ESTIMATE_FLAGS.items()
                       if getattr(args, flag) is not None] + list(args.overrides)
-    return estimate_command(config_from_args(args), algos, grid=args.grid, as_json=args.json,
-                            use_cache=not args.no_cache)
+    if args.recipe:
+        if args.grid:
+            raise UserError("--grid varies one config's choices; with --recipe, --set changes the recipe's fields")
+        overrides = [f"{field}={getattr(args, flag)}" for flag, field in FLAG_FIELDS.items()
+                     if getattr(args, flag, None) is not None] + list(args.overrides)
+        return recipe_command(args.recipe, args.preset or "tiny", args.config, overrides, algos, fit=args.fit,
+                              as_json=args.json, use_cache=not args.no_cache)
+    return estimate_command(config_from_args(args), algos or ["grpo", "ppo"], grid=args.grid, as_json=args.json,
+                            use_cache=not args.no_cache, fit=args.fit, grid_axes=args.grid_axes)
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from harness.commands.recipes import recipes_command
+    return recipes_command(args.name, as_json=args.json)
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
@@ -442,7 +454,13 @@ def build_parser() -> Parser:
                     "peak, the GRPO/PPO ratio and whether it fits on H100, H200 and A100 GPUs. --model takes a Hub "
                     "name (Qwen/Qwen2.5-0.5B ... 72B and meta-llama/Llama-3.1-8B, 70B answer offline), a model "
                     "folder or a config.json; the workload comes from the preset and --set like a real run.")
-    estimate.add_argument("--algos", default="grpo,ppo", help="comma-separated algorithms (default: grpo,ppo)")
+    estimate.add_argument("--recipe", metavar="NAME[,NAME]",
+                          help="a published setup (see 'harness recipes'): its arms, each with its own config; --set "
+                               "changes any field over the recipe's")
+    estimate.add_argument("--algos", help="comma-separated algorithms (default: grpo,ppo, or the recipe's arms)")
+    estimate.add_argument("--fit", metavar="GPU",
+                          help="fit search on a GPU (H100-80GB, H200, A100-40GB, A100-80GB, L40S, or GiB): per arm the "
+                               "largest micro-batch and rollout batch per GPU that fit, and the fewest GPUs")
     estimate.add_argument("--world-size", type=int, help="GPUs per arm: per-GPU figures under FSDP/ZeRO-3 (default 1)")
     estimate.add_argument("--prompt-length", type=int,
                           help="prompt tokens (default: the task's longest prompt, one token per character)")
@@ -456,8 +474,12 @@ def build_parser() -> Parser:
     estimate.add_argument("--device-memory", choices=list(DEVICE_MEMORY_GIB),
                           help="the device the reserve is a share of (default h100)")
     estimate.add_argument("--grid", action="store_true",
-                          help="the sensitivity grid: KL on/off x reward model none/same x critic pass separate/joint "
-                               "x checkpointing off/on x rollout engine resident/asleep; prints the ratio's range")
+                          help="the sensitivity grid: every combination of its axes (KL, reward model, critic pass, "
+                               "checkpointing, engine mode, precision, sequence length, offload, engine share); "
+                               "prints the ratio's range")
+    estimate.add_argument("--grid-axes", metavar="AXIS[,AXIS]",
+                          help="the grid's axes (default all): kl, reward_model, critic_pass, checkpointing, "
+                               "rollout_engine, precision, sequence, offload, engine_share")
     estimate.add_argument("--json", action="store_true", help="print the result as JSON")
     estimate.add_argument("--no-cache", action="store_true",
                           help="run every fake step again (results are cached in $HARNESS_CACHE/estimates)")
@@ -477,6 +499,16 @@ def build_parser() -> Parser:
                              "its markers there")
     add_config_flags(config)
     config.set_defaults(func=cmd_config)
+
+    recipes = sub.add_parser("recipes", help="the published setups harness estimate --recipe runs, with their sources",
+                             description="List the recipes: published RL setups (verl, TRL, OpenRLHF, DeepSeekMath) "
+                                         "transcribed field by field, each with the repository, file and commit or "
+                                         "paper section it was read from. With NAME: every field and its source, and "
+                                         "what the harness cannot match.")
+    recipes.add_argument("name", nargs="?", help="one recipe, field by field")
+    recipes.add_argument("--json", action="store_true", help="print the recipes as JSON")
+    recipes.set_defaults(func=cmd_recipes)
+
 
     sub.add_parser("tasks", help="list the offline tasks").set_defaults(func=cmd_tasks)
     sub.add_parser("presets", help="list the presets").set_defaults(func=cmd_presets)

@@ -217,7 +217,7 @@ def test_harness_config_lists_every_field_as_json():
     assert fields["rollout.top_p"]["allowed"] == "(0, 1]" and fields["run.seed"]["bounds"] == {"ge": 0, "le": 4293}
     assert fields["model.precision"]["choices"] == ["fp32", "bf16-mixed", "bf16"]
     assert fields["estimate.at_scale"]["type"] == "list[str]"
-    assert fields["estimate.at_scale"]["default"] == ["Qwen/Qwen2.5-7B"]
+    assert fields["estimate.at_scale"]["default"] == ["verl-qwen2-7b-gsm8k"]
 
 
 def test_harness_config_with_a_preset_shows_its_values():

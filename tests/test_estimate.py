@@ -228,8 +228,9 @@ def run_cli(capsys, *args):
 def test_estimate_prints_each_arm_the_ratio_and_the_fit_and_reuses_its_cache(capsys):
     code, out, _ = run_cli(capsys, "estimate", "--preset", "smoke")
     assert code == 0
-    for text in ("GRPO: estimated peak of live tensors per phase", "PPO: estimated peak", "GRPO/PPO step peak (estimated)",
-                 "model state (arithmetic)", "H100 80 GB", "A100 40 GB", "estimated, not measured",
+    for text in ("GRPO: estimated peak of live tensors per phase", "PPO: estimated peak", "step peak per GPU (estimated)",
+                 "model state per GPU (arithmetic)", "FLOPs per step (arithmetic)", "H100 80 GB", "A100 40 GB",
+                 "estimated, not measured",
                  "generation simulated with the policy's own forward", "flash attention"):
         assert text in out, text
     code, out, err = run_cli(capsys, "estimate", "--preset", "smoke", "--json")
@@ -281,7 +282,7 @@ def test_a_config_json_transformers_cannot_build_is_one_line_and_exit_2(capsys, 
 def test_grid_cells_cover_every_choice_once():
     from harness.estimate.grid import AXES, cell_config, cells
     grid = cells()
-    assert len(grid) == 32 and len({tuple(sorted(c.items())) for c in grid}) == 32
+    assert len(grid) == 2 ** 9 == len({tuple(sorted(c.items())) for c in grid})  # nine axes of two choices each
     config = load_config("smoke", overrides=["algorithms.grpo.beta=0"])
     off = cell_config(config, ["grpo", "ppo"], {**grid[0], "kl": "off", "checkpointing": "on"}, 0.3)
     on = cell_config(config, ["grpo", "ppo"], {**grid[0], "kl": "on", "critic_pass": "joint"}, 0.3)
@@ -290,7 +291,8 @@ def test_grid_cells_cover_every_choice_once():
     # KL on: the configured coefficients, or the algorithm's defaults where the config turned them off
     assert on.algorithms["grpo"]["beta"] == 0.04 and on.algorithms["ppo"]["kl_coef"] == 0.05
     assert on.algorithms["ppo"]["critic_pass"] == "joint" and "critic_pass" not in on.algorithms["grpo"]
-    assert [a for a, _ in AXES] == ["kl", "reward_model", "critic_pass", "checkpointing", "rollout_engine"]
+    assert [a for a, _ in AXES] == ["kl", "reward_model", "critic_pass", "checkpointing", "rollout_engine", "precision",
+                                    "sequence", "offload", "engine_share"]
 
 
 @pytest.mark.slow
@@ -326,32 +328,285 @@ def test_a_bad_at_scale_model_stops_compare_before_any_folder(capsys, tmp_path):
     assert code == 2 and "estimate.at_scale: unknown model" in err and not out.exists()
 
 
+def test_the_default_at_scale_section_is_the_verl_pair_not_the_tiny_workload_on_a_7b():
+    from harness.estimate.at_scale import at_scale_models, at_scale_recipes
+    config = load_config("tiny")
+    assert at_scale_recipes(config) == ["verl-qwen2-7b-gsm8k"] and at_scale_models(config) == []
+
+
 @pytest.mark.slow
 def test_compare_writes_the_at_scale_estimate_and_the_report_shows_it(tmp_path):
-    """By default the comparison's own configuration only (two fake steps): the same ratio harness
-    estimate gives for that config; the grid is harness estimate --grid's (tested above)."""
+    """The recipe named in estimate.at_scale is estimated as harness estimate --recipe gives it; a model named
+    there maps the comparison's own config onto it (two fake steps); the report shows both, and this machine's
+    MFU per phase from the arms' own step records."""
     from conftest import harness
     from harness.estimate.estimator import estimate
+    from harness.estimate.recipes import load_recipe, recipe_configs
+    from harness.estimate.estimator import estimate_arms
+    recipe = write_recipe(tmp_path)
     out = tmp_path / "comparison"
-    harness("compare", "--preset", "smoke", "--out", str(out), "--set", "estimate.at_scale=tiny",
+    harness("compare", "--preset", "smoke", "--out", str(out), "--set", f"estimate.at_scale={recipe},tiny",
             "--set", "estimate.at_scale_world_size=2", "--set", "run.lm_eval=false", check=True)
     data = json.loads((out / "at_scale.json").read_text())
     cell = data["models"]["tiny"]
     assert data["world_size"] == 2 and cell["setup"]["rows_per_gpu"] == 16 and len(cell["cells"]) == 1
     alone = estimate(load_config("smoke", overrides=["estimate.world_size=2"]), ["grpo", "ppo"])
     assert cell["ratio_range"] == [alone["ratio"]["peak"]["value"]] * 2
+    estimated = data["recipes"][str(recipe)]
+    direct = estimate_arms(recipe_configs([load_recipe(str(recipe))], "tiny"))
+    assert estimated["ratio"]["peak"] == direct["ratio"]["peak"] and estimated["arms"]["ppo"]["gpus"] == 6
+    assert data["this_machine"]["matmul_peak"] > 0
     page = (out / "report.html").read_text()
-    assert '<section id="at-scale"' in page
-    assert f"tiny: GRPO/PPO {cell['ratio_range'][0]:.3f} with this comparison's own choices" in page
+    assert '<section id="at-scale"' in page and "smoke pair: GRPO/PPO per-GPU peak" in page
+    assert f"tiny: GRPO/PPO {cell['ratio_range'][0]:.3f}" in page
+    assert "This machine: MFU per phase" in page and "policy_update" in page
 
 
 @pytest.mark.parametrize("preset", preset_names())
 def test_every_shipped_preset_passes_the_at_scale_check(preset):
-    """A default comparison must not stop at its own "At scale" grid (tiny's micro-batch of 64 is more
-    than one of 8 GPUs' 16-row minibatch: the grid takes the largest micro-batch that divides it)."""
-    from harness.estimate.grid import at_scale_config, check_at_scale
+    """A default comparison must not stop at its own "At scale" section: the verl pair resolves and fits its
+    positions, and a model named there takes the largest micro-batch that divides one of 8 GPUs' minibatch."""
+    from harness.estimate.at_scale import at_scale_config, check_at_scale
     config = load_config(preset)
     check_at_scale(config)
     if preset == "tiny":
         scaled = at_scale_config(config, "Qwen/Qwen2.5-7B")
         assert scaled.optim.micro_batch_size == 16  # 256 rows / 8 GPUs / 2 minibatches = 16; gcd(64, 16)
+
+
+# ---------------------------------------------------------------- recipes
+
+SMOKE_RECIPE = """
+name: smoke pair
+title: smoke pair
+common:
+  - {set: model.name=tiny, from: the smoke model}
+  - {set: task.name=chain_sum, from: the smoke task}
+  - {set: rollout.max_new_tokens=5, from: the smoke preset}
+  - {set: estimate.prompt_length=6, from: the smoke task's longest prompt}
+  - {set: estimate.world_size=2, from: two GPUs}
+  - {set: estimate.rollout_reserve=0.3, from: an engine's share}
+  - {set: estimate.reward_model=same, from: a learned reward model}
+  - {set: optim.micro_batch_size=4, from: a micro-batch}
+  - {set: rollout.logprob_batch_size=4, from: a log-prob batch}
+arms:
+  grpo:
+    source: {repository: test, file: grpo.sh, commit: abc}
+    set:
+      - {set: rollout.batch_size=32, from: 8 prompts x 4}
+      - {set: rollout.samples_per_prompt=4, from: group of 4}
+  ppo:
+    source: {repository: test, file: ppo.sh, commit: def}
+    set:
+      - {set: rollout.batch_size=16, from: 16 prompts}
+      - {set: rollout.samples_per_prompt=1, from: one each}
+      - {set: estimate.critic_gpus=2, from: the critic on its own GPUs}
+      - {set: estimate.engine_gpus=2, from: the engine on its own GPUs}
+    unmatched: [something the harness cannot match]
+"""
+
+
+def write_recipe(tmp_path, text: str = SMOKE_RECIPE) -> Path:
+    path = tmp_path / "smoke-pair.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_shipped_recipes_name_a_source_for_every_field_and_make_valid_configs():
+    from harness.estimate.recipes import load_recipe, recipe_configs, recipe_names
+    assert {"verl-qwen2-7b-gsm8k", "trl-grpo-qwen2.5-7b", "openrlhf-ppo-llama3-8b", "deepseekmath-grpo-7b"} <= set(recipe_names())
+    for name in recipe_names():
+        recipe = load_recipe(name)
+        for arm in recipe.arms.values():
+            assert all(arm.source.values()) and all(f.source.strip() for f in arm.fields), name
+        assert set(recipe_configs([recipe])) == set(recipe.arms)
+    verl = recipe_configs([load_recipe("verl-qwen2-7b-gsm8k")])
+    grpo, ppo = verl["grpo"], verl["ppo"]
+    # train_batch_size 1024 prompts x rollout.n 5; ppo_mini_batch_size 256 prompts: 4 minibatches; 40 rows a GPU
+    assert (grpo.rollout.batch_size, grpo.rollout.samples_per_prompt, grpo.optim.minibatches) == (5120, 5, 4)
+    assert (grpo.optim.micro_batch_size, grpo.estimate.prompt_length, grpo.estimate.completion_length) == (40, 512, 1024)
+    assert (ppo.rollout.batch_size, ppo.optim.micro_batch_size, ppo.rollout.logprob_batch_size) == (1024, 16, 32)
+    assert grpo.estimate.rollout_reserve == ppo.estimate.rollout_reserve == 0.6 and grpo.run.offload_reference
+    assert grpo.algorithms["grpo"]["beta"] == 0.001 and ppo.algorithms["ppo"]["kl_coef"] == 0.001
+    openrlhf = recipe_configs([load_recipe("openrlhf-ppo-llama3-8b")])["ppo"]
+    assert (openrlhf.estimate.world_size, openrlhf.estimate.critic_gpus, openrlhf.estimate.engine_gpus) == (2, 2, 4)
+
+
+def test_harness_recipes_lists_each_setup_with_its_source(capsys):
+    code, out, _ = run_cli(capsys, "recipes")
+    assert code == 0
+    for text in ("verl-qwen2-7b-gsm8k", "examples/grpo_trainer/run_qwen2-7b.sh", "b178a3cd56f58b2d502255daba591e92833930a7",
+                 "trl-grpo-qwen2.5-7b", "openrlhf-ppo-llama3-8b", "train_ppo_llama_ray.sh", "deepseekmath-grpo-7b",
+                 "2402.03300"):
+        assert text in out, text
+    code, out, _ = run_cli(capsys, "recipes", "verl-qwen2-7b-gsm8k")
+    assert code == 0 and "actor_rollout_ref.rollout.gpu_memory_utilization=0.6" in out and "not matched:" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--recipe", "no-such-recipe"], "unknown recipe 'no-such-recipe'"),
+    (["--recipe", "verl-qwen2-7b-gsm8k,trl-grpo-qwen2.5-7b"], "both have a grpo arm"),
+    (["--recipe", "trl-grpo-qwen2.5-7b", "--algos", "ppo"], "has no ppo arm"),
+    (["--recipe", "trl-grpo-qwen2.5-7b", "--grid"], "--grid varies one config's choices"),
+    (["--fit", "H300"], "not a known GPU"),
+    (["--set", "estimate.critic_gpus=3", "--world-size", "2"], "critic group of another size"),
+])
+def test_bad_recipe_and_fit_input_is_one_line_and_exit_2(capsys, args, message):
+    code, out, err = run_cli(capsys, "estimate", "--preset", "smoke", *args)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_recipe_without_a_source_is_refused(tmp_path, capsys):
+    path = write_recipe(tmp_path, SMOKE_RECIPE.replace("source: {repository: test, file: ppo.sh, commit: def}", ""))
+    code, _, err = run_cli(capsys, "estimate", "--recipe", str(path))
+    assert code == 2 and "arm ppo needs a source" in err
+
+
+def test_a_recipe_pair_with_the_critic_and_the_engine_on_gpus_of_their_own(tmp_path):
+    """Each arm with its own config; PPO's critic and reward model on 2 GPUs of their own, its engine on 2 more:
+    6 GPUs, the critic's phases computed on the critic's GPUs, the policy's GPUs not generating."""
+    from harness.estimate.estimator import estimate_arms
+    from harness.estimate.recipes import load_recipe, recipe_configs
+    result = estimate_arms(recipe_configs([load_recipe(str(write_recipe(tmp_path)))], "smoke"), cuda_optimizer=False)
+    grpo, ppo = result["arms"]["grpo"], result["arms"]["ppo"]
+    assert grpo["setup"]["batch"] == 32 and ppo["setup"]["batch"] == 16 and grpo["gpus"] == 2
+    assert ppo["gpus"] == 6 and ppo["gpu_groups"] == {"policy": 2, "critic": 2, "engine": 2}
+    policy, critic = ppo["groups"]["policy"]["phases"], ppo["groups"]["critic"]["phases"]
+    # the values pass runs on the critic's GPUs: the policy's hold their state and the rollout only
+    assert set(policy["values"]) <= {"params", "optimizer", "rollout", "total"}
+    # the critic's AdamW state and its step's temporaries are on its own GPUs
+    assert policy["critic_update"].get("optimizer", 0) == policy["advantages"].get("optimizer", 0)
+    assert critic["critic_update"]["optimizer"] >= critic["advantages"]["optimizer"] > 0
+    assert critic["values"].get("activations", 0) > 0 and critic["generate"].get("kv_cache", 0) == 0
+    assert "rollout_engine" not in policy["generate"] and policy["generate"].get("kv_cache", 0) == 0
+    assert ppo["groups"]["engine"]["peak"] == round(0.3 * 80 * GIB)  # the engine's own GPUs: its reservation
+    # the critic's and the reward model's state are on their GPUs, not the policy's
+    assert critic["advantages"]["params"] > 0 and policy["advantages"]["params"] < grpo["phases"]["advantages"]["params"]
+    assert result["ratio"]["gpus"]["value"] == pytest.approx(2 / 6)
+    for key in ("peak", "model_state", "flops", "gpu_seconds"):
+        assert result["ratio"][key]["numerator"] == "grpo", key
+
+
+def test_per_gpu_groups_by_hand():
+    from harness.estimate.estimator import per_gpu
+    raw = {"phases": {"generate": {"params": 10, "optimizer": 20, "kv_cache": 30, "elsewhere_params": 5,
+                                   "elsewhere_optimizer": 7, "total": 72},
+                      "values": {"params": 10, "optimizer": 20, "activations": 40, "rollout": 3, "elsewhere_params": 5,
+                                 "elsewhere_optimizer": 7, "total": 85}}}
+    policy, critic = per_gpu(raw, "policy"), per_gpu(raw, "critic")
+    assert policy["generate"] == {"params": 10, "optimizer": 20, "kv_cache": 30, "total": 60}
+    assert policy["values"] == {"params": 10, "optimizer": 20, "rollout": 3, "total": 33}  # the critic computes
+    assert critic["generate"] == {"params": 5, "optimizer": 7, "total": 12}
+    assert critic["values"] == {"activations": 40, "rollout": 3, "params": 5, "optimizer": 7, "total": 55}
+    assert per_gpu(raw, "policy", separate_engine=True)["generate"] == {"params": 10, "optimizer": 20, "total": 30}
+
+
+def test_the_fake_step_s_shortcuts_keep_every_peak():
+    """Replayed no-grad passes (log-probs, values, a reward model's scores) and the minibatches and epochs left
+    out give the same peaks, to the byte."""
+    from harness.estimate.fake_generation import Workload
+    from harness.estimate.fake_step import fake_step
+    from harness.estimate.model_specs import resolve_model
+    config = load_config("smoke", overrides=["rollout.batch_size=64", "optim.minibatches=4", "optim.micro_batch_size=4",
+                                             "rollout.logprob_batch_size=4", "optim.epochs=2"])
+    spec, workload = resolve_model("tiny", config).config, Workload(64, 6, 5, 4)
+    for algo in ("grpo", "ppo"):
+        full = fake_step(config, algo, spec, spec, workload, foreach=False, shortcuts=False)
+        short = fake_step(config, algo, spec, spec, workload, foreach=False, shortcuts=True)
+        assert short.phases == full.phases, algo
+
+
+def test_frozen_roots_are_resharded_after_forward_and_grad_optim_keeps_them_gathered():
+    """The reference's gathered parameters are freed after its pass under full sharding (the root too, as verl
+    sets it); under grad_optim the reference stays gathered through the step."""
+    from harness.estimate.estimator import estimate
+    full = estimate(load_config("smoke", overrides=["estimate.world_size=2"]), ["grpo"], cuda_optimizer=False)
+    kept = estimate(load_config("smoke", overrides=["estimate.world_size=2", "run.shard_reference=grad_optim"]),
+                    ["grpo"], cuda_optimizer=False)
+    assert full["arms"]["grpo"]["phases"]["advantages"].get("fsdp_buffers", 0) == 0
+    # the reference whole: the smoke model's 33,632 fp32 parameters, 134,528 bytes (no padding: every dimension is even)
+    assert kept["arms"]["grpo"]["phases"]["advantages"]["fsdp_buffers"] == 134_528
+
+
+def test_a_toy_workload_on_a_big_model_is_warned_about():
+    from harness.estimate.describe import short_workload
+    from harness.estimate.estimator import plan_estimate as plan, spread_over_gpus
+
+    def plan_estimate(config):
+        return plan(spread_over_gpus(config))
+    config = load_config("tiny", overrides=["model.name=Qwen/Qwen2.5-7B", "estimate.world_size=8"])
+    warning = short_workload(plan_estimate(config))
+    assert warning and "a 12-token row (6 prompt + 6 completion)" in warning and "7.6B parameters" in warning
+    long = load_config("tiny", overrides=["model.name=Qwen/Qwen2.5-7B", "estimate.world_size=8",
+                                          "estimate.prompt_length=64"])
+    assert short_workload(plan_estimate(long)) is None and short_workload(plan_estimate(load_config("tiny"))) is None
+
+
+# ---------------------------------------------------------------- compute (arithmetic)
+
+def test_phase_flops_by_hand():
+    from harness.measure.flops import MatmulSizes, phase_flops
+    sizes = {"policy": MatmulSizes(body=10, head=2), "critic": MatmulSizes(body=10, head=1)}
+    flops = phase_flops(sizes, sequence_tokens=100, completion_tokens=40, epochs=1, checkpointing=True,
+                        phases=["generate", "score", "ref_logprobs", "values", "advantages", "policy_update", "critic_update"])
+    # forward: 2 x (body x 100 + head x 40) = 2 x (1000 + 80) = 2160; the critic's head sees every token: 2 x 1100
+    assert flops["generate"] == flops["ref_logprobs"] == 2160 and flops["values"] == 2200
+    # backward is twice forward, and checkpointing runs the body's forward again: 3 x 2160 + 2 x 1000
+    assert flops["policy_update"] == 8480 and flops["critic_update"] == 3 * 2200 + 2000
+    assert "score" not in flops and "advantages" not in flops  # no reward model; no matmuls
+
+
+def test_matmul_sizes_of_qwen_7b_by_hand():
+    from harness.estimate.compute import model_sizes, parameter_count
+    from harness.estimate.model_specs import resolve_model
+    config = resolve_model("Qwen/Qwen2.5-7B", load_config("smoke")).config
+    sizes = model_sizes(config, has_critic=True)
+    embedding = 152_064 * 3_584  # untied: the LM head is as large
+    assert parameter_count(config) == QWEN_7B
+    assert sizes["policy"].head == embedding and sizes["policy"].body == QWEN_7B - 2 * embedding
+    assert sizes["critic"].body == sizes["policy"].body and sizes["critic"].head == 3_584 + 1
+
+
+def test_generation_roofline_by_hand():
+    from harness.estimate.compute import generation_time
+    from harness.estimate.devices import Gpu
+    device = Gpu("x", "x", memory=100, bandwidth=10.0, peak_bf16=1000.0, peak_fp32=None)
+    # 4 rows on 2 GPUs (engines of 1), 2 rows each; prompt 3, completion 2; 5 parameters (10 bytes of bf16
+    # weights); 1 byte of KV a token; no engine: every row at once, one wave.
+    # decode bytes: 2 steps x 10 + 2 rows x (2 x 3 + 2 x 3 / 2) x 1 = 20 + 18 = 38 -> 3.8 s at 10 B/s
+    # prefill: 2 x 5 x 2 rows x 3 tokens = 60 FLOPs at 1000 x 0.5 -> 0.12 s
+    out = generation_time(rows=4, prompt=3, completion=2, parameters=5, kv_token=1, gpus=2, tp=1, reserve=0.0,
+                          device=device, mfu=0.5)
+    assert out["waves"] == 1 and out["decode_bytes_per_gpu"] == 38
+    assert out["seconds"] == pytest.approx(3.8 + 0.12)
+    # an engine reserving 40% of 100 bytes less 10 of weights holds 30 bytes of KV: 6 sequences of 5 tokens
+    engine = generation_time(rows=4, prompt=3, completion=2, parameters=5, kv_token=1, gpus=2, tp=1, reserve=0.4,
+                             device=device, mfu=0.5)
+    assert engine["sequences_at_once"] == 2 and engine["waves"] == 1
+
+
+def test_gpus_by_name_or_size():
+    from harness.estimate.devices import parse_gpu
+    assert parse_gpu("H100-80GB").key == "h100" and parse_gpu("a100-40gb").key == "a100-40"
+    assert parse_gpu("A100").key == "a100-80" and parse_gpu("L40S").memory == 48 * GIB and parse_gpu("h200").key == "h200"
+    assert parse_gpu("96").memory == 96 * GIB and parse_gpu("96").bandwidth is None
+
+
+@pytest.mark.slow  # a dozen fake steps
+def test_fit_search_finds_the_largest_micro_batch_that_fits(tmp_path, monkeypatch):
+    """On a device just large enough for the smoke step at one micro-batch size, the search answers that size:
+    it fits, and the next larger one does not (each checked by a fake step here)."""
+    from harness.estimate.devices import Gpu
+    from harness.estimate.estimator import estimate
+    from harness.estimate.fit import fit_search, micro_candidates
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
+    config = load_config("smoke", overrides=["optim.micro_batch_size=2"])
+    peaks = {m: estimate(load_config("smoke", overrides=[f"optim.micro_batch_size={m}"]), ["grpo"])["arms"]["grpo"]["peak"]
+             for m in micro_candidates(config)}
+    sizes = sorted(peaks)
+    target = sizes[len(sizes) // 2]
+    device = Gpu("custom", "test device", memory=peaks[target], bandwidth=None, peak_bf16=None, peak_fp32=None)
+    fit = fit_search({"grpo": config}, device)["arms"]["grpo"]
+    best = fit["micro_batch_size"]["value"]
+    assert peaks[best] <= device.memory and all(peaks[m] > device.memory for m in sizes if m > best)
+    assert fit["micro_batch_size"]["as_written"] == 2 and fit["gpus"]["value"] >= 1

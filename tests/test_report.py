@@ -612,10 +612,11 @@ def test_a_deterministic_figure_gets_no_interval(tmp_path):
 def write_recipe_pair(folder: Path, ratio: float = 0.55) -> None:
     """at_scale.json with a recipe pair, as `harness estimate --recipe A,B` reports one."""
     data = json.loads((folder / "at_scale.json").read_text())
-    data["recipes"] = [{"ratio": {"peak": {"value": ratio, "numerator": "grpo", "denominator": "ppo"}},
-                        "arms": {"grpo": {"peak": 40 * 2 ** 30, "recipe": {"name": "verl-qwen2-7b-gsm8k-grpo"}},
-                                 "ppo": {"peak": 40 / ratio * 2 ** 30, "recipe": {"name": "verl-qwen2-7b-gsm8k-ppo"}}},
-                        "setup": {"world_size": 8}}]
+    recipe = {"name": "verl-qwen2-7b-gsm8k"}  # by name, as harness.estimate.at_scale.write_at_scale writes them
+    data["recipes"] = {"verl-qwen2-7b-gsm8k": {
+        "ratio": {"peak": {"value": ratio, "numerator": "grpo", "denominator": "ppo"}},
+        "arms": {"grpo": {"peak": 40 * 2 ** 30, "recipe": recipe}, "ppo": {"peak": 40 / ratio * 2 ** 30, "recipe": recipe}},
+        "setup": {"world_size": 8}, "recipe": recipe}}
     (folder / "at_scale.json").write_text(json.dumps(data))
 
 
@@ -626,14 +627,14 @@ def test_the_named_at_scale_pair_is_read_when_this_machine_is_activation_bound(t
     with_plan(folder)
     v = verdict_section(load_comparison(folder))
     scale = {r["key"]: r for r in v["rows"]}["memory_at_scale"]
-    assert scale["label"] == ("per-GPU step peak at scale (estimated, verl-qwen2-7b-gsm8k-grpo + verl-qwen2-7b-gsm8k-ppo, "
+    assert scale["label"] == ("per-GPU step peak at scale (estimated, verl-qwen2-7b-gsm8k, "
                               "per GPU of 8 (harness estimate on fake tensors))")
     assert scale["ratio_est"].mean == 0.55 and not scale["ratio_est"].has_interval and scale["reading"] == REPRODUCED
     assert scale["top"]["value"] == "40.0" and scale["unit"] == "GiB"
     assert v["memory"]["row"] is scale and v["memory"]["reading"] == REPRODUCED
-    assert "at scale, GRPO needs 0.55 of PPO's per-GPU step peak (estimated, verl-qwen2-7b-gsm8k-grpo" in v["sentence"]
+    assert "at scale, GRPO needs 0.55 of PPO's per-GPU step peak (estimated, verl-qwen2-7b-gsm8k" in v["sentence"]
     html = plain(render_html(folder))
-    assert "per-GPU step peak at scale (estimated, verl-qwen2-7b-gsm8k-grpo" in html
+    assert "per-GPU step peak at scale (estimated, verl-qwen2-7b-gsm8k" in html
     write_recipe_pair(folder, 0.82)
     assert verdict_section(load_comparison(folder))["memory"]["reading"] == NOT_REPRODUCED
 

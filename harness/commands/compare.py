@@ -24,7 +24,7 @@ from harness.config.derive import make_task
 from harness.config.kl import KLSetting
 from harness.config.load import config_from_dict, copy_config, read_yaml
 from harness.config.schema import Config, check_seed
-from harness.estimate.grid import check_at_scale
+from harness.estimate.at_scale import check_at_scale
 from harness.estimate.preflight import check_algorithms_fit, check_setup
 from harness.results.arm_config import arm_config_dict
 from harness.results.exports import write_steps_table
@@ -333,19 +333,20 @@ def print_verdict(comparison_dir: Path) -> None:
 
 
 def at_scale(config: Config, algos: list[str], comparison_dir: Path) -> None:
-    """The report's "At scale" grid (harness estimate) for the models in estimate.at_scale, into at_scale.json."""
-    from harness.estimate.grid import at_scale_models, write_at_scale
-    if not at_scale_models(config) or (comparison_dir / "at_scale.json").exists():
+    """The report's "At scale" estimates (harness estimate) of the recipes and models in estimate.at_scale."""
+    from harness.estimate.at_scale import at_scale_names, write_at_scale
+    if not at_scale_names(config) or (comparison_dir / "at_scale.json").exists():
         return
-    print(f"at scale: estimating {', '.join(at_scale_models(config))} at world size "
-          f"{config.estimate.at_scale_world_size} on fake tensors (cached per configuration)", flush=True)
+    print(f"at scale: estimating {', '.join(at_scale_names(config))} on fake tensors (cached per configuration)",
+          flush=True)
     data = write_at_scale(config, algos, comparison_dir / "at_scale.json",
-                          progress=lambda done, total, what: print(f"at scale {done}/{total}: {what}", flush=True))
+                          progress=lambda done, total, what: print(f"at scale {done}/{total}: {what}", flush=True),
+                          line=lambda text: print(f"at scale: {text}", flush=True))
     if data:
-        ranges = "; ".join(f"{model} {'/'.join(grid['pair'])} from {grid['ratio_range'][0]:.3f} to "
-                           f"{grid['ratio_range'][1]:.3f}" for model, grid in data["models"].items())
-        print(f"at scale (estimated step peak ratio): {ranges}; {data['seconds']:.0f} s; "
-              f"{comparison_dir / 'at_scale.json'}", flush=True)
+        from harness.report.at_scale import summary_lines
+        for text in summary_lines(data):
+            print(f"at scale: {text}", flush=True)
+        print(f"at scale: {data['seconds']:.0f} s; {comparison_dir / 'at_scale.json'}", flush=True)
 
 
 def comparison_summary(config: Config, specs: list[ArmSpec], seeds, summaries, baseline: str) -> dict[str, Any]:

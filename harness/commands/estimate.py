@@ -46,13 +46,13 @@ def setup_lines(setup: dict[str, Any], grid: bool = False) -> list[str]:
     ]
 
 
-def arm_table(algo: str, arm: dict[str, Any], world_size: int):
+def arm_table(algo: str, arm: dict[str, Any], world_size: int, where: str | None = None):
     from rich.table import Table
 
     from harness.estimate.estimator import CATEGORIES
     present = [(k, label) for k, label, _ in CATEGORIES if any(row.get(k) for row in arm["phases"].values())]
     unit, scale = unit_for([row["total"] for row in arm["phases"].values()])
-    where = "per GPU" if world_size > 1 else "one GPU"
+    where = where or ("per GPU" if world_size > 1 else "one GPU")
     table = Table(title=f"{algo.upper()}: estimated peak of live tensors per phase, {unit} {where} (* step peak)")
     table.add_column("phase", no_wrap=True)
     for _, label in present:
@@ -111,24 +111,121 @@ def make_console():
     return Console() if sys.stdout.isatty() else Console(width=120)
 
 
+def flop_unit(value: float) -> tuple[str, float]:
+    for unit, scale in (("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9)):
+        if value >= scale:
+            return unit, scale
+    return "MFLOP", 1e6
+
+
+def compute_table(result: dict[str, Any]):
+    """FLOPs and roofline seconds per phase of each arm (arithmetic)."""
+    from rich.table import Table
+    arms = {algo: arm["compute"] for algo, arm in result["arms"].items() if arm.get("compute")}
+    if not arms:
+        return None
+    device = next(iter(arms.values()))["device"]
+    unit, scale = flop_unit(max(c["flops_total"] for c in arms.values()))
+    table = Table(title=f"Compute per step (arithmetic): FLOPs of the whole arm, roofline seconds on {device}")
+    table.add_column("phase")
+    for algo in arms:
+        table.add_column(f"{algo.upper()} {unit}", justify="right")
+        table.add_column(f"{algo.upper()} s", justify="right")
+    phases = list(dict.fromkeys(p for c in arms.values() for p in c["flops"]))
+    for phase in phases:
+        cells = []
+        for c in arms.values():
+            cells += [f"{c['flops'][phase] / scale:,.1f}" if phase in c["flops"] else "—",
+                      f"{c['seconds'][phase]:,.3g}" if phase in c["seconds"] else "—"]
+        table.add_row(phase, *cells)
+    cells = []
+    for c in arms.values():
+        cells += [f"{c['flops_total'] / scale:,.1f}", f"{c['step_seconds']:,.3g}"]
+    table.add_row("step", *cells, style="bold")
+    return table
+
+
+def group_lines(algo: str, arm: dict[str, Any]) -> list[str]:
+    """The GPUs an arm holds, by group, and each group's peak per GPU."""
+    groups = arm.get("groups", {})
+    parts = []
+    for name, label in (("policy", "policy (and reference)"), ("critic", "critic and reward model"),
+                        ("engine", "rollout engine")):
+        if name in groups:
+            g = groups[name]
+            parts.append(f"{label}: {g['gpus']} GPU{'s' if g['gpus'] != 1 else ''} at {amount(g['peak'])} each")
+    return [f"{algo.upper()} holds {arm['gpus']} GPUs: " + "; ".join(parts)] if len(parts) > 1 else []
+
+
+RATIO_LABELS = [("peak", "step peak per GPU (estimated)"), ("model_state", "model state per GPU (arithmetic)"),
+                ("gpus", "GPUs"), ("flops", "FLOPs per step (arithmetic)"),
+                ("gpu_seconds", "GPU-seconds per step (arithmetic, roofline)")]
+
+
+def ratio_lines(result: dict[str, Any]) -> list[str]:
+    """One line per GRPO/PPO ratio, labelled estimated or arithmetic."""
+    ratios = result["ratio"]
+    return [f"{ratios[key]['numerator'].upper()}/{ratios[key]['denominator'].upper()} {label}: "
+            f"[bold]{ratios[key]['value']:.3f}[/bold]" for key, label in RATIO_LABELS if ratios.get(key)]
+
+
 def render(result: dict[str, Any], console=None) -> None:
     console = console or make_console()
-    for line in setup_lines(result["setup"]):
-        console.print(line)
-    for algo, arm in result["arms"].items():
-        console.print(arm_table(algo, arm, result["setup"]["world_size"]))
+    arms = result["arms"]
+    same_setup = all(arm["setup"] == result["setup"] for arm in arms.values())
+    if same_setup:
+        for line in setup_lines(result["setup"]):
+            console.print(line)
+    for algo, arm in arms.items():
+        if arm.get("recipe"):
+            recipe = arm["recipe"]
+            console.print(f"[bold]{algo.upper()}[/bold]: recipe {recipe['name']}, from {recipe['source']}", highlight=False)
+        if not same_setup:
+            for line in setup_lines(arm["setup"]):
+                console.print(f"  {line}")
+        console.print(arm_table(algo, arm, arm["setup"]["world_size"]))
+        if "critic" in arm.get("groups", {}):
+            console.print(arm_table(algo, {**arm["groups"]["critic"]}, arm["setup"]["world_size"],
+                                    where="per GPU of the critic and reward model"))
         took = "from the cache" if arm["cached"] else f"fake step in {arm['seconds']:.0f} s"
-        console.print(f"{algo.upper()} step peak (estimated): [bold]{amount(arm['peak'])}[/bold] in "
-                      f"{arm['peak_phase']} ({took})")
-    peak, state = result["ratio"]["peak"], result["ratio"]["model_state"]
-    if peak:
-        console.print(f"[bold]{peak['numerator'].upper()}/{peak['denominator'].upper()} step peak (estimated): "
-                      f"{peak['value']:.3f}[/bold]; model state (arithmetic): {state['value']:.3f}")
+        console.print(f"{algo.upper()} step peak (estimated): [bold]{amount(arm['peak'])}[/bold] per GPU in "
+                      f"{arm['peak_phase']}; {arm['gpus']} GPUs ({took})")
+        for line in group_lines(algo, arm):
+            console.print(line)
+    for line in ratio_lines(result):
+        console.print(line)
     console.print(f"columns: {legend(result)}")
     console.print(fit_table(result))
     console.print(state_table(result))
+    table = compute_table(result)
+    if table is not None:
+        console.print(table)
+    for line in result.get("warnings", []):
+        console.print(f"[bold red]warning:[/bold red] {line}")
     for line in result["notes"]:
         console.print(f"note: {line}")
+
+
+def render_fit(fit: dict[str, Any], console=None) -> None:
+    from rich.table import Table
+    console = console or make_console()
+    table = Table(title=f"Fit search on {fit['device']['label']} ({fit['device']['bytes'] / GIB:.0f} GiB): estimated, "
+                        "each answer confirmed by a fake step")
+    for column in ("arm", "micro-batch per GPU", "rollout rows per GPU", "fewest GPUs"):
+        table.add_column(column, justify="left" if column == "arm" else "right")
+
+    def cell(entry: dict[str, Any], total: str | None = None) -> str:
+        value = entry.get(total) if total else entry["value"]
+        written = entry.get("as_written_total") if total else entry["as_written"]
+        return f"{value if value is not None else 'none fits'} (as written {written})"
+    for algo, arm in fit["arms"].items():
+        table.add_row(algo.upper(), cell(arm["micro_batch_size"]), cell(arm["rollout_rows_per_gpu"]),
+                      cell(arm["gpus"], "total"))
+    console.print(table)
+    for algo, arm in fit["arms"].items():
+        for knob, entry in arm.items():
+            if entry.get("why"):
+                console.print(f"{algo.upper()} {knob.replace('_', ' ')}: {entry['why']}")
 
 
 def render_grid(result: dict[str, Any], console=None) -> None:
@@ -165,20 +262,66 @@ def progress_line(done: int, total: int, what: str) -> None:
     print(f"grid {done}/{total}: {what}", file=sys.stderr, flush=True)
 
 
-def estimate_command(config: Config, algos: list[str], grid: bool = False, as_json: bool = False,
-                     use_cache: bool = True) -> int:
-    """Print the estimate (or the grid) as tables, or as JSON with `as_json`."""
-    if grid:
-        from harness.estimate.grid import estimate_grid
-        result = estimate_grid(config, algos, use_cache, progress=progress_line)
-    else:
-        from harness.estimate.estimator import estimate
-        result = estimate(config, algos, use_cache,
-                          progress=lambda line: print(f"estimate: {line}", file=sys.stderr, flush=True))
+def fit_progress(line: str) -> None:
+    print(f"fit: {line}", file=sys.stderr, flush=True)
+
+
+def estimate_progress(line: str) -> None:
+    print(f"estimate: {line}", file=sys.stderr, flush=True)
+
+
+def show(result: dict[str, Any], as_json: bool, fit: dict[str, Any] | None = None) -> None:
     if as_json:
-        print(json.dumps(result, indent=2, default=str))
-    elif grid:
-        render_grid(result)
-    else:
-        render(result)
+        print(json.dumps({**result, **({"fit": fit} if fit else {})}, indent=2, default=str))
+        return
+    console = make_console()
+    render(result, console)
+    if fit:
+        render_fit(fit, console)
+
+
+def estimate_command(config: Config, algos: list[str], grid: bool = False, as_json: bool = False,
+                     use_cache: bool = True, fit: str | None = None, grid_axes: str | None = None) -> int:
+    """Print the estimate (or the grid) as tables, or as JSON with `as_json`; with `fit` (a GPU), the fit search."""
+    if grid:
+        from harness.estimate.grid import estimate_grid, parse_axes
+        result = estimate_grid(config, algos, use_cache, progress=progress_line, axes=parse_axes(grid_axes))
+        print(json.dumps(result, indent=2, default=str)) if as_json else render_grid(result)
+        return 0
+    from harness.estimate.estimator import estimate
+    device = parse_fit(fit)
+    result = estimate(config, algos, use_cache, progress=estimate_progress)
+    show(result, as_json, run_fit(dict.fromkeys(algos, config), device, use_cache))
+    return 0
+
+
+def parse_fit(fit: str | None):
+    from harness.estimate.devices import parse_gpu
+    return parse_gpu(fit) if fit else None
+
+
+def run_fit(configs: dict[str, Config], device, use_cache: bool) -> dict[str, Any] | None:
+    if device is None:
+        return None
+    from harness.estimate.fit import fit_search
+    return fit_search(configs, device, use_cache, progress=fit_progress)
+
+
+def recipe_command(names: str, preset: str, config_file: str | None, overrides: list[str],
+                   algos: list[str] | None = None, fit: str | None = None, as_json: bool = False,
+                   use_cache: bool = True) -> int:
+    """`harness estimate --recipe NAME[,NAME]`: each arm of the recipes with its own config (the recipe's fields
+    over the preset, --set over those), estimated side by side; the ratios when a GRPO and a PPO arm are there."""
+    from harness.estimate.estimator import estimate_arms
+    from harness.estimate.recipes import parse_recipes, recipe_arms, recipe_configs
+    recipes = parse_recipes(names)
+    device = parse_fit(fit)
+    configs = recipe_configs(recipes, preset, config_file, overrides, algos)
+    sources = {algo: {"name": recipe.name, "title": recipe.title, "source": recipe.source_line(algo)}
+               for algo, (recipe, _) in recipe_arms(recipes, list(configs)).items()}
+    result = estimate_arms(configs, use_cache, progress=estimate_progress, recipes=sources)
+    if len(recipes) > 1 and result["ratio"].get("peak"):
+        result["notes"].append(f"the arms come from different setups ({', '.join(r.name for r in recipes)}): their "
+                               "ratio compares those setups, not the algorithms alone")
+    show(result, as_json, run_fit(configs, device, use_cache))
     return 0

@@ -48,6 +48,8 @@ def launch(run_dir: Path, config: Config, resume: bool) -> int:
     """Start the arm's torchrun job and wait for it; the ranks write the folder. A rank that dies
     (killed, out of memory) takes the job down: its number goes into the summary. A stop signal is
     forwarded to the job, whose rank 0 records it."""
+    from harness.train.models import prepare_model
+    prepare_model(config)  # the warm-started tiny model, built here once: ranks building it side by side raced
     run_dir.mkdir(parents=True, exist_ok=True)
     log = run_dir / "launcher.log"
     log.unlink(missing_ok=True)

@@ -12,11 +12,12 @@ EvalSplit = Literal["test", "validation"]
 RolloutBackend = Literal["hf", "vllm"]
 RolloutEngine = Literal["resident", "asleep"]  # harness estimate: a colocated rollout engine during training
 Tracker = Literal["trackio", "wandb", "tensorboard", "mlflow"]
+Sharding = Literal["full", "grad_optim"]  # FSDP2 per model: ZeRO-3, or gradients and optimizer state only (ZeRO-2-like)
 IntervalMethod = Literal["paired_t", "bootstrap"]  # the quality interval the plan names (harness.report.stats)
 
 # Device memory of the GPUs `harness estimate` checks a step against, in GiB (nominal capacities).
 DEVICE_MEMORY_GIB = {"h100": ("H100 80 GB", 80), "h200": ("H200 141 GB", 141), "a100-40": ("A100 40 GB", 40),
-                     "a100-80": ("A100 80 GB", 80)}
+                     "a100-80": ("A100 80 GB", 80), "l40s": ("L40S 48 GB", 48)}
 DeviceMemory = Literal[tuple(DEVICE_MEMORY_GIB)]
 
 BUDGET_UNITS = get_args(BudgetUnit)
@@ -25,3 +26,4 @@ CHAT_TEMPLATES = get_args(ChatTemplate)
 EVAL_SPLITS = get_args(EvalSplit)
 ROLLOUT_ENGINES = get_args(RolloutEngine)
 TRACKERS = get_args(Tracker)
+SHARDINGS = get_args(Sharding)

@@ -69,3 +69,9 @@ def algorithm_options(config: Config, algo: str):
     if checked != algo:  # a cross-check: the checked algorithm's options, its own section over them
         values = {**config.algorithms.get(checked, {}), **values}
     return parse_options(checked, values, where=f"algorithms.{algo}.")
+
+
+def algorithm_needs(config: Config, algo: str):
+    """What an arm's algorithm needs (harness.algorithms.base.Needs) under this config: a critic, a reference, ..."""
+    from harness.algorithms import get_algorithm
+    return get_algorithm(algorithm_of(algo)).declare_needs(algorithm_options(config, algo), train_settings(config))

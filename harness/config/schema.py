@@ -19,7 +19,7 @@ from pydantic import Field, PlainSerializer, field_validator, model_validator
 from harness import UserError
 from harness.algorithms.options import StrictModel
 from harness.config.choices import (TRACKERS, BudgetUnit, ChatTemplate, DeviceMemory, EvalSplit, IntervalMethod,
-                                    Precision, RolloutBackend, RolloutEngine)
+                                    Precision, RolloutBackend, RolloutEngine, Sharding)
 
 TINY_POSITIONS = 64  # the tiny model's context: one position per character of prompt and completion
 # numpy seeds each step with seed * STEP_SEED_STRIDE + step (harness.train.runner.step_seed), below 2**32
@@ -159,6 +159,13 @@ class RunConfig(StrictModel):
     offload_reference: bool = Field(False, description="Keep the reference's shards in CPU memory (FSDP2 CPU "
                                                        "offload).")
     offload_critic: bool = Field(False, description="Keep PPO's critic's shards in CPU memory.")
+    offload_policy: bool = Field(False, description="The policy's parameter, gradient and AdamW shards in CPU memory "
+                                                    "(FSDP2's CPUOffloadPolicy).")
+    shard_policy: Sharding = Field("full", description="FSDP2: full (ZeRO-3, resharded after forward) or grad_optim "
+                                                       "(ZeRO-2-like, kept gathered to backward).")
+    shard_critic: Sharding = Field("full", description="The same for PPO's critic.")
+    shard_reference: Sharding = Field("full", description="The reference (and an estimate's reward model): "
+                                                          "grad_optim keeps it gathered.")
     eval_split: EvalSplit = Field("test", description="The split held-out accuracy and lm-eval score (harness "
                                                       "sweep: validation).")
     lm_eval: bool = Field(True, description="Score the base and final policy with lm-evaluation-harness.")
@@ -202,7 +209,15 @@ class EstimateConfig(StrictModel):
                                                                   "resident (kept) or asleep (released).")
     device_memory: DeviceMemory = Field("h100", description="harness estimate: the device the reserve is a share "
                                                             "of.")
-    at_scale: NamesOrNone = Field(default_factory=lambda: ["Qwen/Qwen2.5-7B"],
+    critic_gpus: int = Field(0, ge=0, description="harness estimate: GPUs of the critic and a learned reward "
+                                                  "model's own (OpenRLHF); 0: the policy's.")
+    engine_gpus: int = Field(0, ge=0, description="harness estimate: GPUs of the rollout engine's own (OpenRLHF's "
+                                                  "vLLM engines); 0: colocated.")
+    engine_tp: int = Field(1, ge=1, description="harness estimate: the rollout engine's tensor-parallel size (verl's "
+                                                "rollout TP; roofline time).")
+    mfu: float = Field(0.35, gt=0, le=1, description="harness estimate: MFU of training and prefill in the roofline "
+                                                     "time (torchtitan: 33-39% at 8B).")
+    at_scale: NamesOrNone = Field(default_factory=lambda: ["verl-qwen2-7b-gsm8k"],
                                          description='harness compare: models of the report\'s "At scale" grid; '
                                                      "none: off.")
     at_scale_world_size: int = Field(8, ge=1, description='harness compare: GPUs per arm in the "At scale" grid.')

@@ -9,7 +9,9 @@ buffers are FSDP2's own, freed when FSDP2 frees them. Those lifetimes are the sa
 and on GPUs with NCCL (Python references, not streams), so the estimate takes no backend; what NCCL
 allocates inside its collectives is no tensor and is counted neither here nor by the live-tensor
 measurement. A colocated rollout engine's reservation, a learned reward model and the fit on named
-GPUs are added on top.
+GPUs are added on top. The critic and a reward model may sit on GPUs of their own (OpenRLHF): the step's
+phases are then read per GPU group, and the GPU count is part of the answer. Beside the memory,
+`harness.estimate.compute` gives each arm's FLOPs and roofline GPU time per step (arithmetic).
 
     from harness.config.schema import load_config
     from harness.estimate.estimator import estimate
@@ -29,12 +31,13 @@ from typing import Any
 from collections.abc import Callable
 
 from harness import UserError, __version__
-from harness.config.derive import algorithm_options, logprob_rows, make_task
+from harness.config.derive import algorithm_options, make_task
 from harness.config.load import copy_config
 from harness.config.choices import DEVICE_MEMORY_GIB
 from harness.config.schema import Config, validate
 from harness.config.schema import config_hash
 from harness.estimate.model_specs import ModelSpec, resolve_model
+from harness.train.distributed import model_sharding
 from harness.results.headline import PHASES, arm_pair
 from harness.results.io import read_json, write_json
 from harness.results.units import GIB
@@ -71,6 +74,8 @@ class Plan:
     engine: str  # resident | asleep
     device: str  # a key of DEVICE_MEMORY_GIB
     cuda_optimizer: bool = True  # AdamW's foreach path, which torch takes for CUDA tensors
+    critic_gpus: int = 0  # GPUs of the critic and the reward model's own (0: the policy's)
+    engine_gpus: int = 0  # GPUs of the rollout engine's own (0: colocated)
 
 
 # ---------------------------------------------------------------- the plan, checked before anything runs
@@ -117,6 +122,7 @@ def plan_estimate(config: Config, cuda_optimizer: bool = True) -> Plan:
     rows = batch // world
     prompt = settings.prompt_length or task_prompt_length(config)
     completion = settings.completion_length or config.rollout.max_new_tokens
+    check_placement(config, reward is not None)
     positions = model.max_positions
     if positions and prompt + completion > positions:
         raise UserError(f"a prompt of {prompt} tokens and a completion of {completion} do not fit the {positions} "
@@ -125,7 +131,21 @@ def plan_estimate(config: Config, cuda_optimizer: bool = True) -> Plan:
     return Plan(model=model, reward_model=reward, world_size=world, batch_rows=batch,
                 workload=Workload(rows, prompt, completion, config.rollout.samples_per_prompt),
                 reserve=settings.rollout_reserve, engine=settings.rollout_engine, device=settings.device_memory,
-                cuda_optimizer=cuda_optimizer)
+                cuda_optimizer=cuda_optimizer, critic_gpus=settings.critic_gpus, engine_gpus=settings.engine_gpus)
+
+
+def check_placement(config: Config, has_reward_model: bool) -> None:
+    """GPUs of their own for the critic (and reward model) and for the rollout engine, as the estimate reads them."""
+    settings = config.estimate
+    if settings.critic_gpus and settings.critic_gpus != settings.world_size:
+        raise UserError(f"estimate.critic_gpus={settings.critic_gpus}: a critic group of another size than the policy's "
+                        f"{settings.world_size} GPUs is not estimated; give {settings.world_size} or 0 (on the policy's)")
+    if settings.critic_gpus and config.algorithms.get("ppo", {}).get("critic_pass") == "joint":
+        raise UserError("estimate.critic_gpus: a joint critic pass needs the critic on the policy's GPUs; set "
+                        "algorithms.ppo.critic_pass=separate or estimate.critic_gpus=0")
+    if settings.engine_gpus and (settings.engine_gpus % settings.engine_tp or not settings.rollout_reserve):
+        raise UserError(f"estimate.engine_gpus={settings.engine_gpus} needs a multiple of estimate.engine_tp="
+                        f"{settings.engine_tp} and an engine's reservation (estimate.rollout_reserve)")
 
 
 # ---------------------------------------------------------------- one arm, cached
@@ -151,6 +171,8 @@ def cache_key(config: Config, algo: str, plan: Plan) -> str:
         "reward_model": plan.reward_model.config.to_dict() if plan.reward_model else None,
         "workload": dataclasses.asdict(plan.workload), "world_size": plan.world_size,
         "sampling": [config.rollout.temperature, config.rollout.top_p], "cuda_optimizer": plan.cuda_optimizer,
+        "stack": {m: model_sharding(config.run, m) for m in ("policy", "critic", "reference")},
+        "elsewhere": elsewhere_models(plan),
         "versions": [__version__, torch.__version__, importlib.import_module("transformers").__version__],
         "code": code_fingerprint(algo)})
 
@@ -160,10 +182,22 @@ def estimates_dir() -> Path:
     return cache_dir() / "estimates"
 
 
-def run_arm(config: Config, algo: str, plan: Plan, use_cache: bool = True,
-            memo: dict[str, dict] | None = None) -> dict[str, Any]:
-    """One arm's fake step (full-size figures, see fake_step.FakeStep), from the cache when it holds it
-    (`memo`: the steps this run already computed, reused even without the cache)."""
+def elsewhere_models(plan: Plan) -> tuple[str, ...]:
+    """The models on GPUs of their own: the critic and the reward model, with estimate.critic_gpus."""
+    return ("critic", "reward_model") if plan.critic_gpus else ()
+
+
+def _fake_step(config: Config, algo: str, plan: Plan) -> dict[str, Any]:
+    from harness.estimate.fake_step import fake_step
+    step = fake_step(config, algo, plan.model.config, plan.reward_model.config if plan.reward_model else None,
+                     plan.workload, plan.world_size, foreach=plan.cuda_optimizer, name=plan.model.name,
+                     elsewhere=elsewhere_models(plan))
+    return dataclasses.asdict(step)
+
+
+def cached_arm(config: Config, algo: str, plan: Plan, use_cache: bool = True,
+               memo: dict[str, dict] | None = None) -> dict[str, Any] | None:
+    """One arm's fake step from this run's memo or the cache, or None."""
     key = cache_key(config, algo, plan)
     if memo is not None and key in memo:
         return {**memo[key], "cached": True}
@@ -173,25 +207,106 @@ def run_arm(config: Config, algo: str, plan: Plan, use_cache: bool = True,
             return {**read_json(path), "cached": True}
         except (OSError, ValueError):
             pass  # a damaged cache file is computed again
-    from harness.estimate.fake_step import fake_step
-    step = fake_step(config, algo, plan.model.config, plan.reward_model.config if plan.reward_model else None,
-                     plan.workload, plan.world_size, foreach=plan.cuda_optimizer, name=plan.model.name)
-    raw = dataclasses.asdict(step)
-    write_json(path, raw)
+    return None
+
+
+def store_arm(config: Config, algo: str, plan: Plan, raw: dict[str, Any], memo: dict[str, dict] | None) -> None:
+    key = cache_key(config, algo, plan)
+    write_json(estimates_dir() / f"{key}.json", raw)
     if memo is not None:
         memo[key] = raw
+
+
+def run_arm(config: Config, algo: str, plan: Plan, use_cache: bool = True,
+            memo: dict[str, dict] | None = None) -> dict[str, Any]:
+    """One arm's fake step (full-size figures, see fake_step.FakeStep), from the cache when it holds it
+    (`memo`: the steps this run already computed, reused even without the cache)."""
+    raw = cached_arm(config, algo, plan, use_cache, memo)
+    if raw is not None:
+        return raw
+    raw = _fake_step(config, algo, plan)
+    store_arm(config, algo, plan, raw, memo)
     return {**raw, "cached": False}
+
+
+# Below this many parameters a fake step takes seconds: arms run one after another (a worker process costs more).
+PARALLEL_FROM = 10 ** 8
+
+
+def run_arms(jobs: list[tuple[Config, str, Plan]], use_cache: bool = True, memo: dict[str, dict] | None = None,
+             progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Several arms' fake steps: the cached ones read back, the others in worker processes side by side (one
+    per core, each fake step is one Python thread) when the models are big, else one after another."""
+    import os
+    out: list[dict[str, Any] | None] = [cached_arm(c, a, p, use_cache, memo) for c, a, p in jobs]
+    todo = [i for i, raw in enumerate(out) if raw is None]
+    from harness.estimate.compute import parameter_count
+    big = [i for i in todo if parameter_count(jobs[i][2].model.config) >= PARALLEL_FROM]
+    limit = int(os.environ.get("HARNESS_ESTIMATE_WORKERS") or 0) or os.cpu_count() or 1  # 1: one after another
+    workers = min(len(big), limit)
+    if workers > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+        if progress:
+            progress(f"{', '.join(jobs[i][1] for i in big)}: fake steps of {jobs[big[0]][2].model.name} in {workers} "
+                     "processes")
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {i: pool.submit(_fake_step, *jobs[i]) for i in big}
+            for i, future in futures.items():
+                out[i] = future.result()
+                store_arm(*jobs[i], out[i], memo)
+                out[i] = {**out[i], "cached": False}
+    for i in todo:
+        if out[i] is None:
+            config, algo, plan = jobs[i]
+            if progress:
+                progress(f"{algo}: fake step of {plan.model.name}")
+            out[i] = run_arm(config, algo, plan, use_cache, memo)
+    return out  # type: ignore[return-value]
 
 
 # ---------------------------------------------------------------- per-GPU figures (pure)
 
-def per_gpu(raw: dict[str, Any]) -> dict[str, dict[str, int]]:
-    """{phase: {category: bytes, total}} on one GPU: the fake step's figures (rank 0's under FSDP2 above world
-    size 1), less the shards of offloaded models, which live in CPU memory."""
+# Phases whose compute runs on the critic's GPUs when it has its own (the score phase: the reward model's).
+CRITIC_PHASES = ("score", "values", "critic_update")
+STATE_KEYS = ("params", "grads", "optimizer")
+
+
+def _cells(row: dict[str, int], keep=None, drop=()) -> dict[str, int]:
+    return {k: v for k, v in row.items() if k not in ("total", "offloaded", *drop) and (keep is None or k in keep)}
+
+
+def _with_total(cells: dict[str, int]) -> dict[str, int]:
+    return {**cells, "total": sum(cells.values())}
+
+
+def per_gpu(raw: dict[str, Any], group: str = "policy", separate_engine: bool = False) -> dict[str, dict[str, int]]:
+    """{phase: {category: bytes, total}} on one GPU of `group`: the fake step's figures (rank 0's under FSDP2 above
+    world size 1), less the shards of offloaded models, which live in CPU memory.
+
+    With the critic (and reward model) on GPUs of their own, the fake step filed their state apart
+    (`elsewhere_*`): the policy's GPUs hold their own state and the rollout through the critic's phases, and
+    the compute of the others; the critic's GPUs the reverse. With the engine on GPUs of its own, the policy's
+    GPUs do not generate: their generate phase holds their state."""
+    elsewhere = ("elsewhere_params", "elsewhere_optimizer")
     out = {}
     for phase, row in raw["phases"].items():
-        cells = {category: value for category, value in row.items() if category not in ("total", "offloaded")}
-        out[phase] = {**cells, "total": sum(cells.values())}
+        critic_phase = phase in CRITIC_PHASES
+        if group == "policy":
+            if critic_phase and any(row.get(k) for k in elsewhere):
+                cells = _cells(row, keep=("params", "optimizer", "rollout"))
+            elif phase == "generate" and separate_engine:
+                cells = _cells(row, keep=STATE_KEYS)
+            else:
+                cells = _cells(row, drop=elsewhere)
+        else:  # the critic's GPUs
+            own = {"params": row.get("elsewhere_params", 0), "optimizer": row.get("elsewhere_optimizer", 0)}
+            if critic_phase or phase == "advantages":
+                cells = {**_cells(row, drop=(*STATE_KEYS, *elsewhere)), **own}
+            else:
+                cells = {**own, "rollout": row.get("rollout", 0)}
+            cells = {k: v for k, v in cells.items() if v}
+        out[phase] = _with_total(cells)
     return out
 
 
@@ -226,93 +341,120 @@ def ordered(phases: dict[str, Any]) -> dict[str, Any]:
     return {p: phases[p] for p in sorted(phases, key=lambda p: PHASES.index(p) if p in PHASES else len(PHASES))}
 
 
-def arm_figures(raw: dict[str, Any], plan: Plan) -> dict[str, Any]:
-    """One arm's per-GPU phases, step peak and model state, and its peak on each named device."""
-    gpu = per_gpu(raw)
-    engine_bytes = round(plan.reserve * device_bytes(plan.device))
-    phases = ordered(with_engine(gpu, engine_bytes, plan.engine))
-    peak, peak_phase = step_peak(phases)
-    state = raw["model_state"]
+def gpu_groups(plan: Plan, has_critic: bool) -> dict[str, int]:
+    """{"policy", "critic", "engine": GPUs each group holds}; 0 where a group has no GPUs of its own."""
+    return {"policy": plan.world_size,
+            "critic": plan.critic_gpus if plan.critic_gpus and (has_critic or plan.reward_model) else 0,
+            "engine": plan.engine_gpus}
+
+
+def group_figures(raw: dict[str, Any], plan: Plan, gpus: dict[str, int], memory: int) -> dict[str, dict[str, Any]]:
+    """Each GPU group's per-GPU phases and step peak, the rollout engine reserving its share of `memory` bytes."""
+    engine_bytes = round(plan.reserve * memory)
+    out = {}
+    for group in ("policy", "critic"):
+        if not gpus[group]:
+            continue
+        phases = per_gpu(raw, group, separate_engine=bool(gpus["engine"]))
+        if group == "policy" and not gpus["engine"]:
+            phases = with_engine(phases, engine_bytes, plan.engine)
+        phases = ordered(phases)
+        peak, peak_phase = step_peak(phases)
+        out[group] = {"gpus": gpus[group], "phases": phases, "peak": peak, "peak_phase": peak_phase}
+    if gpus["engine"]:
+        out["engine"] = {"gpus": gpus["engine"], "peak": engine_bytes, "peak_phase": "generate"}
+    return out
+
+
+def state_by_group(state: dict[str, dict[str, int]], plan: Plan) -> dict[str, dict[str, dict[str, int]]]:
+    """The arithmetic model state of one GPU of each group: {group: {model: bytes}}."""
+    elsewhere = elsewhere_models(plan)
+    return {"policy": {m: row for m, row in state.items() if m not in elsewhere},
+            "critic": {m: row for m, row in state.items() if m in elsewhere}}
+
+
+def arm_figures(raw: dict[str, Any], plan: Plan, config: Config | None = None, algo: str | None = None,
+                has_critic: bool | None = None) -> dict[str, Any]:
+    """One arm's per-GPU phases (of the policy's GPUs; each GPU group's under `groups`), step peak, model state,
+    GPU count, its peak on each named device, and (with `config`) its FLOPs and roofline time per step."""
+    if has_critic is None:
+        has_critic = "critic" in raw["model_state"]
+    gpus = gpu_groups(plan, has_critic)
+    groups = group_figures(raw, plan, gpus, device_bytes(plan.device))
+    main = groups["policy"]
+    states = state_by_group(raw["model_state"], plan)
     on_devices = {}
     for device in DEVICE_MEMORY_GIB:
-        device_peak, _ = step_peak(with_engine(gpu, round(plan.reserve * device_bytes(device)), plan.engine))
-        on_devices[device] = {"peak": device_peak, "fits": device_peak <= device_bytes(device)}
-    return {"phases": phases, "peak": peak, "peak_phase": peak_phase, "model_state": state,
-            "model_state_total": sum(row["total"] for row in state.values()), "on_devices": on_devices,
-            "seconds": raw["seconds"], "cached": raw.get("cached", False)}
+        peaks = {g: row["peak"] for g, row in group_figures(raw, plan, gpus, device_bytes(device)).items()}
+        on_devices[device] = {"peak": max(peaks.values()), "peaks": peaks,
+                              "fits": max(peaks.values()) <= device_bytes(device)}
+    figures = {"phases": main["phases"], "peak": main["peak"], "peak_phase": main["peak_phase"],
+               "model_state": raw["model_state"],
+               "model_state_total": sum(row["total"] for row in states["policy"].values()),
+               "model_state_all_gpus": sum(sum(row["total"] for row in states[g].values()) * gpus[g]
+                                           for g in ("policy", "critic") if gpus[g] or g == "policy"),
+               "groups": groups, "gpus": sum(gpus.values()), "gpu_groups": gpus, "on_devices": on_devices,
+               "seconds": raw["seconds"], "cached": raw.get("cached", False)}
+    if config is not None:
+        from harness.estimate.compute import step_compute
+        from harness.estimate.devices import gpu
+        figures["compute"] = step_compute(config, plan, has_critic, list(raw["phases"]), gpus, gpu(plan.device))
+    return figures
 
 
 # ---------------------------------------------------------------- the command's engine
 
-def describe(config: Config, plan: Plan) -> dict[str, Any]:
-    w = plan.workload
-    return {"model": plan.model.name, "source": plan.model.source, "precision": config.model.precision,
-            "gradient_checkpointing": config.model.gradient_checkpointing, "world_size": plan.world_size,
-            "batch": plan.batch_rows, "rows_per_gpu": w.rows, "prompt_length": w.prompt_length,
-            "completion_length": w.completion_length, "group_size": config.rollout.samples_per_prompt,
-            "minibatches": config.optim.minibatches, "micro_batch_size": config.optim.micro_batch_size,
-            "logprob_batch_size": logprob_rows(config, plan.world_size), "logprob_chunk": config.model.logprob_chunk,
-            "reward_model": plan.reward_model.name if plan.reward_model else None,
-            "rollout_engine": ({"reserve": plan.reserve, "mode": plan.engine, "device": plan.device,
-                                "bytes": round(plan.reserve * device_bytes(plan.device))} if plan.reserve else None),
-            "optimizer_path": "CUDA (foreach)" if plan.cuda_optimizer else "CPU (per tensor)"}
-
-
-def notes(config: Config, plan: Plan) -> list[str]:
-    w = plan.workload
-    lines = ["estimated, not measured: each arm's own step ran on fake tensors (FakeTensorMode); the live-tensor "
-             "tracker recorded what would be live in each phase, nothing was allocated",
-             "generation simulated with the policy's own forward: a prefill of the prompt into the KV cache, then one "
-             f"forward per new token, every completion the full {w.completion_length} tokens (generate stops early "
-             "only by reading the sampled tokens, and fake tensors hold no data)",
-             "the fake device is the CPU: CUDA kernels such as flash attention save slightly different tensors for "
-             "backward than the CPU path estimated here",
-             f"prompts of {w.prompt_length} tokens" + ("" if config.estimate.prompt_length else
-                                                      " (the task's longest, one token per character)")]
-    if plan.cuda_optimizer:
-        lines.append("AdamW runs its foreach implementation, which torch picks for CUDA tensors (it holds a "
-                     "temporary copy of the second moments during the optimizer step)")
-    if plan.world_size > 1:
-        lines.append(f"per GPU of {plan.world_size}: rank 0 of an arm under torchrun, its models sharded by the arm's "
-                     "own FSDP2 code (harness.train.distributed: each decoder layer then the root, MixedPrecisionPolicy for "
-                     "bf16-mixed) over a fake process group; activations, temporaries and KV cache for this GPU's "
-                     f"{w.rows} of {plan.batch_rows} completions; FSDP buffers are FSDP2's gathered parameters and "
-                     "communication buffers, alive as long as FSDP2 keeps them (the same on gloo and NCCL)")
-        offloaded = [name for name, flag in (("reference", config.run.offload_reference),
-                                             ("critic", config.run.offload_critic)) if flag]
-        if offloaded:
-            lines.append(f"{' and '.join(offloaded)}: parameter and optimizer shards in CPU memory (run.offload_*), "
-                         "left out; gathered to the GPU while computing. Their gradient shards count on the GPU until "
-                         "the update ends (FSDP2 moves them to CPU memory as they are reduced): at most 1/"
-                         f"{plan.world_size} of the fp32 parameters too many")
-    if plan.reserve:
-        lines.append(f"rollout engine: {plan.reserve:.0%} of the device's memory reserved, as TRL's colocated vLLM "
-                     f"does; {plan.engine} during training; it generates, so the generate phase holds the model "
-                     "state and the engine")
-    if plan.reward_model:
-        lines.append(f"a learned reward model ({plan.reward_model.name}, frozen, in the compute dtype) scores every "
-                     "completion in the score phase, in both arms")
-    return lines
-
-
 def ratio(arms: dict[str, dict[str, Any]], algos: list[str], key: str) -> dict[str, Any] | None:
     pair = arm_pair(algos)
-    if not pair or arms[pair[1]][key] == 0:
+    if not pair:
         return None
-    return {"numerator": pair[0], "denominator": pair[1], "value": arms[pair[0]][key] / arms[pair[1]][key]}
+    top, bottom = (arms[a] for a in pair)
+    if "." in key:
+        outer, inner = key.split(".")
+        top, bottom = top.get(outer, {}), bottom.get(outer, {})
+        key = inner
+    if not bottom.get(key):
+        return None
+    return {"numerator": pair[0], "denominator": pair[1], "value": top[key] / bottom[key]}
+
+
+RATIOS = {"peak": "peak", "model_state": "model_state_total", "model_state_all_gpus": "model_state_all_gpus",
+          "gpus": "gpus", "flops": "compute.flops_total", "gpu_seconds": "compute.gpu_seconds"}
+
+
+def shared_notes(per_arm: dict[str, list[str]]) -> list[str]:
+    """Notes every arm shares, then each arm's own, prefixed with its name."""
+    first = next(iter(per_arm.values()))
+    common = [line for line in first if all(line in lines for lines in per_arm.values())]
+    own = [f"{algo.upper()}: {line}" for algo, lines in per_arm.items() for line in lines if line not in common]
+    return common + own
+
+
+def estimate_arms(configs: dict[str, Config], use_cache: bool = True, cuda_optimizer: bool = True,
+                  progress: Callable[[str], None] | None = None, recipes: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Per-GPU phase peaks of each arm (each with its own config), the step peaks, their GRPO/PPO ratios, the fit
+    on named devices, GPU counts, FLOPs and roofline GPU time (JSON-able)."""
+    from harness.config.derive import algorithm_needs
+    from harness.estimate.describe import describe, notes, short_workload
+    configs = {algo: spread_over_gpus(config) for algo, config in configs.items()}
+    plans = {algo: plan_estimate(config, cuda_optimizer) for algo, config in configs.items()}
+    raws = run_arms([(configs[a], a, plans[a]) for a in configs], use_cache, progress=progress)
+    arms = {}
+    for (algo, config), raw in zip(configs.items(), raws):
+        arms[algo] = {**arm_figures(raw, plans[algo], config, algo, algorithm_needs(config, algo).critic),
+                      "setup": describe(config, plans[algo])}
+        if recipes and algo in recipes:
+            arms[algo]["recipe"] = recipes[algo]
+    algos = list(configs)
+    warnings = list(dict.fromkeys(w for w in (short_workload(p) for p in plans.values()) if w))
+    first = algos[0]
+    return {"kind": "estimate", "harness": __version__, "setup": arms[first]["setup"], "arms": arms,
+            "ratio": {name: ratio(arms, algos, key) for name, key in RATIOS.items()},
+            "devices": {k: {"label": label, "bytes": gib * GIB} for k, (label, gib) in DEVICE_MEMORY_GIB.items()},
+            "warnings": warnings, "notes": shared_notes({a: notes(configs[a], plans[a]) for a in algos})}
 
 
 def estimate(config: Config, algos: list[str], use_cache: bool = True, cuda_optimizer: bool = True,
              progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Per-GPU phase peaks of each arm, the step peaks, their ratio and the fit on named devices (JSON-able)."""
-    config = spread_over_gpus(config)
-    plan = plan_estimate(config, cuda_optimizer)
-    arms = {}
-    for algo in algos:
-        if progress:
-            progress(f"{algo}: fake step of {plan.model.name}")
-        arms[algo] = arm_figures(run_arm(config, algo, plan, use_cache), plan)
-    return {"kind": "estimate", "harness": __version__, "setup": describe(config, plan), "arms": arms,
-            "ratio": {"peak": ratio(arms, algos, "peak"), "model_state": ratio(arms, algos, "model_state_total")},
-            "devices": {k: {"label": label, "bytes": gib * GIB} for k, (label, gib) in DEVICE_MEMORY_GIB.items()},
-            "notes": notes(config, plan)}
+    """Per-GPU phase peaks of each arm of one config, the step peaks, their ratio and the fit on named devices."""
+    return estimate_arms(dict.fromkeys(algos, config), use_cache, cuda_optimizer, progress)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +38,7 @@ from harness.measure.live_tensors import CATEGORIES, LiveTensors, _Category, _Le
 from harness.measure.probes import Probes, model_state_bytes
 from harness.measure.step_meter import StepMeter
 from harness.train.arm import arm_models, learn, rank_settings
-from harness.train.distributed import shard
+from harness.train.distributed import model_sharding, shard
 from harness.train.models import WEIGHT_DTYPES, enable_gradient_checkpointing
 from harness.train.rollout import completion_mask, logprob_passes
 
@@ -55,13 +55,16 @@ class FakeStep:
 # ---------------------------------------------------------------- the tracker
 
 # The live-tensor tracker's categories (derived, so that one added there reaches the estimate too) plus
-# the compute-dtype copies autocast makes of trained weights, and the shards of models offloaded to CPU
-# memory (weight 0: not on the GPU).
+# the compute-dtype copies autocast makes of trained weights, the shards of models offloaded to CPU
+# memory (weight 0: not on the GPU), and the parameters and AdamW state of models on GPUs of their own
+# (the critic and a reward model beside OpenRLHF's actor), which the estimate files apart per GPU group.
 _EstimateCategory = _RefType("_EstimateCategory", [(c.name, c.value) for c in _Category]
-                             + [("WEIGHT_CAST", "Weight cast"), ("OFFLOADED", "Offloaded")])
+                             + [("WEIGHT_CAST", "Weight cast"), ("OFFLOADED", "Offloaded"),
+                                ("ELSEWHERE_PARAMS", "Elsewhere parameter"), ("ELSEWHERE_OPT", "Elsewhere optstate")])
 
 
-ESTIMATE_CATEGORIES = {**CATEGORIES, "Weight cast": "weight_casts", "Offloaded": "offloaded"}
+ESTIMATE_CATEGORIES = {**CATEGORIES, "Weight cast": "weight_casts", "Offloaded": "offloaded",
+                       "Elsewhere parameter": "elsewhere_params", "Elsewhere optstate": "elsewhere_optimizer"}
 
 
 class _WeightedTracker(_LeanTracker):
@@ -76,6 +79,8 @@ class _WeightedTracker(_LeanTracker):
 
     def __init__(self, weights: dict[str, float] | None = None) -> None:
         super().__init__()
+        self.stepping = None  # the category of an optimizer step's tensors, when not the GPU's (see EstimateTensors)
+        self.optimizer_categories: dict[int, Any] = {}  # id(optimizer) -> where its state lives, when not the GPU
         self._ref_class = _EstimateCategory
         self.weights = weights or {}
         self._weights_by_key: dict = {}
@@ -89,6 +94,10 @@ class _WeightedTracker(_LeanTracker):
         if key not in self._weights_by_key:  # snapshot keys are enum members of several classes: looked up once
             self._weights_by_key[key] = self.weights.get(ESTIMATE_CATEGORIES[getattr(key, "value", key)], 1.0)
         return self._weights_by_key[key]
+
+    def _track_optimizer_states(self, reftype, optimizer) -> None:
+        # MemTracker files an optimizer's state again after each step: an offloaded one's stays offloaded
+        super()._track_optimizer_states(self.optimizer_categories.get(id(optimizer), reftype), optimizer)
 
     def _is_parameter(self, tensor) -> bool:
         for storage in get_untyped_storages(tensor):
@@ -111,7 +120,7 @@ class _WeightedTracker(_LeanTracker):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         result = func(*args, **(kwargs or {}))
         if self._in_opt:
-            category = _Category.OPT
+            category = self.stepping or _Category.OPT
         elif func is torch.ops.aten._to_copy.default and args and self._is_parameter(args[0]):
             category = _EstimateCategory.WEIGHT_CAST
         else:
@@ -123,6 +132,35 @@ class _WeightedTracker(_LeanTracker):
             retag_fsdp_buffers(self, result, kwargs)
         self._update_peak_stats(None)
         return result
+
+    # ------------------------------------------------------------ windows and replays (see `RepeatedCalls`)
+
+    def open_window(self) -> tuple:
+        """Start measuring one call: (the phase's peak so far, the snapshot now); the peak restarts from now."""
+        saved = (dict(self._peak_mem), {d: dict(s) for d, s in self._peak_mem_snap.items()})
+        start = {d: dict(s) for d, s in self._curr_mem_snap.items()}
+        self.reset_peak()
+        return saved, start
+
+    def close_window(self, window: tuple) -> tuple[dict, dict, dict]:
+        """(start, the call's peak snapshot, end) of a window; the phase's peak is the larger of both again."""
+        (saved_peak, saved_snap), start = window
+        call_snap = {d: dict(s) for d, s in self._peak_mem_snap.items()}
+        end = {d: dict(s) for d, s in self._curr_mem_snap.items()}
+        for device, value in saved_peak.items():
+            if value >= self._peak_mem.get(device, -1):
+                self._peak_mem[device], self._peak_mem_snap[device] = value, saved_snap[device]
+        return start, call_snap, end
+
+    def replay_peak(self, rise: dict) -> None:
+        """A call's peak again, from now: the snapshot now plus `rise` ({device: {key: bytes}}, what the call
+        held above its start at its peak), kept when it is the phase's peak."""
+        for device, deltas in rise.items():
+            now = self._curr_mem_snap.get(device, {})
+            candidate = {key: now.get(key, 0) + deltas.get(key, 0) for key in {*now, *deltas}}
+            weighted = self._weighted(candidate)
+            if self._peak_mem.get(device, -1) < weighted:
+                self._peak_mem[device], self._peak_mem_snap[device] = weighted, candidate
 
     def peak(self) -> dict[str, int]:
         out = {"total": 0}
@@ -136,22 +174,179 @@ class _WeightedTracker(_LeanTracker):
 
 class EstimateTensors(LiveTensors):
     """`LiveTensors` with the weighted tracker above (same phases, same retagging of the rollout); the
-    parameters and optimizer state of `offloaded` models are filed as `offloaded` (weight 0)."""
+    parameters and optimizer state of `offloaded` models are filed as `offloaded` (weight 0), those of
+    `elsewhere` models (on GPUs of their own) as `elsewhere_params` and `elsewhere_optimizer`."""
 
-    def __init__(self, trained, frozen, optimizers, offloaded: tuple = ()):
+    def __init__(self, trained, frozen, optimizers, offloaded: tuple = (), elsewhere: tuple = (),
+                 weigh_offloaded: bool = True):
         super().__init__(trained, frozen, optimizers)
-        self._tracker = _WeightedTracker({"offloaded": 0.0} if offloaded else {})
+        self._tracker = _WeightedTracker({"offloaded": 0.0} if offloaded and weigh_offloaded else {})
         self._tracker.track_external(*self._trained, *frozen, *optimizers)
         self._offloaded = offloaded  # (model, its optimizer or None)
+        self._elsewhere = elsewhere
+        self._hooks: list = []
+
+    def retag_fsdp(self, tensors) -> None:
+        """File these tensors (a frozen model's gathered parameters) as FSDP2's buffers."""
+        for tensor in tensors:
+            self._tracker._update_and_maybe_create_winfos(tensor, _Category.FSDP)
 
     def __enter__(self) -> EstimateTensors:
-        super().__enter__()  # files every parameter and moment again: the offloaded ones are retagged after it
-        for model, optimizer in self._offloaded:
-            tensors = [*model.parameters(), *(v for state in (optimizer.state.values() if optimizer else ())
-                                              for v in state.values() if isinstance(v, torch.Tensor))]
-            for tensor in tensors:
-                self._tracker._update_and_maybe_create_winfos(tensor, _EstimateCategory.OFFLOADED)
+        super().__enter__()  # files every parameter and moment again: the tagged ones are retagged after it
+        retag = self._tracker._update_and_maybe_create_winfos
+        # an offloaded model's buffers stay on the GPU (CPUOffloadPolicy moves parameters); elsewhere, all of it
+        for models, params, moments, buffers in (
+                (self._elsewhere, _EstimateCategory.ELSEWHERE_PARAMS, _EstimateCategory.ELSEWHERE_OPT, True),
+                (self._offloaded, _EstimateCategory.OFFLOADED, _EstimateCategory.OFFLOADED, False)):
+            for model, optimizer in models:
+                for tensor in [*model.parameters(), *(model.buffers() if buffers else ())]:
+                    retag(tensor, params)
+                for state in optimizer.state.values() if optimizer else ():
+                    for value in state.values():
+                        if isinstance(value, torch.Tensor):
+                            retag(value, moments)
+                if optimizer is not None:  # its step's temporaries are where its state is
+                    self._tracker.optimizer_categories[id(optimizer)] = moments
+                    self._hooks += [optimizer.register_step_pre_hook(lambda *_, c=moments: self._stepping(c)),
+                                    optimizer.register_step_post_hook(lambda *_: self._stepping(None))]
+        for model, _ in self._offloaded:  # FSDP2 moves each gradient shard to CPU memory as it is reduced
+            for param in model.parameters():
+                if param.requires_grad:
+                    self._hooks.append(param.register_post_accumulate_grad_hook(
+                        lambda p: retag(p.grad, _EstimateCategory.OFFLOADED)))
         return self
+
+    def _stepping(self, category) -> None:
+        self._tracker.stepping = category
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
+        super().__exit__(*exc)
+
+
+# ---------------------------------------------------------------- repeats that need not run again
+
+def _diff(a: dict, b: dict) -> dict:
+    """b - a per device and key, the total's key included (snapshots of the tracker)."""
+    return {d: {k: b[d].get(k, 0) - a.get(d, {}).get(k, 0) for k in {*b[d], *a.get(d, {})}} for d in b}
+
+
+class RepeatedCalls:
+    """No-grad forward passes that repeat one another, run once and replayed after (an estimate's shortcut).
+
+    The log-prob, reference and value passes run the same no-grad forward on equal micro-batches, one after
+    another; what each leaves is its output, and between its start and its peak it holds the same tensors
+    as the one before. So the first two calls with the same input shapes run (the first warms caches and
+    FSDP's lazy state), and from the third on the call is replayed: the tracker's peak is taken at the
+    snapshot now plus what the second call held above its start at its peak, and the output is made at
+    once with the second's shapes and dtypes. A call whose end is not its start plus its output (it left
+    something else alive) is never replayed: every call of that kind then runs."""
+
+    def __init__(self, tracker: _WeightedTracker):
+        self.tracker = tracker
+        self.seen: dict[tuple, int] = {}
+        self.learned: dict[tuple, tuple] = {}  # signature -> (rise at the peak, output leaves' shapes/dtypes, tree)
+        self.replayed = 0
+
+    @staticmethod
+    def signature(function, args, kwargs) -> tuple:
+        """The function, the models and every tensor's shape and dtype it is called with (a rollout batch's too)."""
+        import dataclasses as dc
+
+        from torch.utils._pytree import tree_flatten
+        leaves, _ = tree_flatten((args, kwargs))
+        out = [id(function)]
+        for x in leaves:
+            if dc.is_dataclass(x) and not isinstance(x, type):
+                x = [getattr(x, f.name) for f in dc.fields(x)]
+            for item in x if isinstance(x, list) else [x]:
+                if isinstance(item, torch.Tensor):
+                    out.append((tuple(item.shape), item.dtype))
+                elif isinstance(item, dict):
+                    out.append(tuple((k, tuple(v.shape)) for k, v in item.items() if isinstance(v, torch.Tensor)))
+                else:
+                    out.append(id(item) if isinstance(item, torch.nn.Module) else repr(item)[:40])
+        return tuple(out)
+
+    def call(self, function, *args, **kwargs):
+        from torch.utils._pytree import tree_flatten, tree_unflatten
+        if torch.is_grad_enabled():
+            return function(*args, **kwargs)
+        key = self.signature(function, args, kwargs)
+        if key in self.learned:
+            rise, specs, tree = self.learned[key]
+            self.tracker.replay_peak(rise)
+            self.replayed += 1
+            return tree_unflatten([torch.empty(shape, dtype=dtype) if shape is not None else value
+                                   for shape, dtype, value in specs], tree)
+        self.seen[key] = self.seen.get(key, 0) + 1
+        window = self.tracker.open_window()
+        out = function(*args, **kwargs)
+        start, peak, end = self.tracker.close_window(window)
+        leaves, tree = tree_flatten(out)
+        tensors = [x for x in leaves if isinstance(x, torch.Tensor)]
+        left = {k: v for d in _diff(start, end).values() for k, v in d.items() if v and k != _TOTAL_KEY}
+        output_bytes = sum(x.untyped_storage().nbytes() for x in tensors)
+        clean = set(left) <= {_Category.ACT} and sum(left.values()) == output_bytes
+        if self.seen[key] >= 2 and clean and all(x.is_contiguous() and x.storage_offset() == 0 for x in tensors):
+            specs = [(tuple(x.shape), x.dtype, None) if isinstance(x, torch.Tensor) else (None, None, x) for x in leaves]
+            self.learned[key] = (_diff(start, peak), specs, tree)
+        return out
+
+
+@contextmanager
+def replaying(repeats: RepeatedCalls, *models):
+    """The no-grad passes of a fake step through `repeats`: `completion_logps` (old and reference log-probs) and
+    the forward of `models` (the critic's values, a reward model's scores)."""
+    import harness.algorithms.logprobs as logprobs
+    original = logprobs.completion_logps
+    logprobs.completion_logps = lambda *args, **kwargs: repeats.call(original, *args, **kwargs)
+    models = [m for m in models if m is not None]
+    for model in models:
+        forward = model.forward
+        model.forward = lambda *args, _forward=forward, **kwargs: repeats.call(_forward, *args, **kwargs)
+    try:
+        yield repeats
+    finally:
+        logprobs.completion_logps = original
+        for model in models:
+            del model.forward  # the class's forward again
+
+
+class _FirstOf(list):
+    """A minibatch partition that holds every minibatch's indices (their bytes) but hands out only the first
+    `keep`: the minibatches after the second repeat it, as the epochs after the first repeat the first."""
+
+    def __init__(self, items, keep: int):
+        super().__init__(items)
+        self.keep = keep
+
+    def __iter__(self):
+        return iter(list.__getitem__(self, slice(0, self.keep)))
+
+
+@contextmanager
+def repeated_minibatches_skipped():
+    """The update loop's minibatches beyond the second, and its epochs beyond the first, left out of a fake step.
+
+    Every minibatch of an update starts from the same state (no gradients: the loop frees them before each),
+    runs micro-batches of the same shapes and ends with an optimizer step over the same tensors; the second
+    is the steady one (the first's state may still be warming up, e.g. FSDP's). Minibatch indices are made as
+    the real loop makes them, so the rows they hold are counted."""
+    import harness.algorithms.base as base
+    original = base.sliced_minibatches
+
+    def first_two(*args, **kwargs):
+        parts = original(*args, **kwargs)
+        epoch = kwargs.get("epoch", args[6] if len(args) > 6 else 0)
+        return _FirstOf(parts, 0 if epoch else 2)
+    base.sliced_minibatches = first_two
+    try:
+        yield
+    finally:
+        base.sliced_minibatches = original
 
 
 # ---------------------------------------------------------------- building the arm on fake tensors
@@ -196,6 +391,35 @@ def materialize(models: list[torch.nn.Module], optimizers: list[torch.optim.Opti
             group["params"] = [new[id(param)] for param in group["params"]]
 
 
+def _local(tensors):
+    return [t.to_local() if hasattr(t, "to_local") else t for t in tensors]
+
+
+@contextmanager
+def adam_on_local_shards():
+    """AdamW's math on the local shards of FSDP2's DTensors, in this process only.
+
+    Each rank's AdamW step works on its own shards: DTensor's foreach ops run the same kernels on the
+    local tensors (and make outputs of the same sizes), but their sharding propagation takes about a
+    second per op on fake tensors. Unwrapped, the step's tensors and temporaries are the same, and a
+    fake step of a 7B model is minutes shorter."""
+    import torch.optim.adam as adam
+    originals = {name: getattr(adam, name) for name in ("_multi_tensor_adam", "_single_tensor_adam")}
+
+    def unwrapped(function):
+        def run(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *args, **kwargs):
+            return function(_local(params), _local(grads), _local(exp_avgs), _local(exp_avg_sqs),
+                            _local(max_exp_avg_sqs), _local(state_steps), *args, **kwargs)
+        return run
+    for name, function in originals.items():
+        setattr(adam, name, unwrapped(function))
+    try:
+        yield
+    finally:
+        for name, function in originals.items():
+            setattr(adam, name, function)
+
+
 def steady_state(algorithm, foreach: bool) -> None:
     """The state a step starts from after the first: AdamW's moments exist, and no gradients (the
     update frees them after its last optimizer step, as TRL and verl do)."""
@@ -208,6 +432,16 @@ def steady_state(algorithm, foreach: bool) -> None:
     for optimizer in algorithm.optimizers().values():
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+
+
+def gather_frozen(models: list[torch.nn.Module]) -> None:
+    """A frozen model that FSDP2 does not reshard after forward (`run.shard_reference=grad_optim`) stays gathered
+    from its first forward on: it has no backward to reshard it. From the second step on, every phase holds it."""
+    from torch.distributed.fsdp import FSDPModule
+    for model in models:
+        for module in model.modules():
+            if isinstance(module, FSDPModule):
+                module.unshard()
 
 
 # ---------------------------------------------------------------- the rollout, on fake tensors
@@ -260,21 +494,27 @@ def fake_ranks(world_size: int):
         dist.destroy_process_group()
 
 
-def shard_arm(algorithm, frozen: dict[str, torch.nn.Module], precision: str, mesh) -> None:
-    """FSDP2 over every model of the arm as `Arm.shard` does (the optimizers rebuilt over the shards), on
-    the meta device; frozen models (reference, reward model) too. Offloading is not simulated: the fake
-    device is the CPU; `EstimateTensors` files an offloaded model's shards apart instead."""
-    algorithm.shard_models(lambda name, model: shard(model, precision, mesh=mesh))
-    for model in frozen.values():
-        shard(model, precision, mesh=mesh)
+def shard_arm(algorithm, frozen: dict[str, torch.nn.Module], run, precision: str, mesh) -> None:
+    """FSDP2 over every model of the arm as `Arm.shard` does (the optimizers rebuilt over the shards), each
+    with its configured sharding and offload, on the meta device; frozen models (reference, reward model)
+    too. The fake device is the CPU, where an offloaded shard stays where it is: `EstimateTensors` files it
+    apart instead."""
+    algorithm.shard_models(lambda name, model: shard(model, precision, mesh=mesh, **model_sharding(run, name)))
+    for name, model in frozen.items():
+        shard(model, precision, mesh=mesh, **model_sharding(run, name))
 
 
 # ---------------------------------------------------------------- one arm
 
 def fake_step(config, algo: str, policy_config, reward_config, workload: Workload, world_size: int = 1,
-              foreach: bool = True, name: str = "model") -> FakeStep:
+              foreach: bool = True, name: str = "model", elsewhere: tuple[str, ...] = (),
+              shortcuts: bool = True, weigh_offloaded: bool = True) -> FakeStep:
     """Run one steady-state step of arm `algo` on fake tensors, as rank 0 of `world_size` runs it (FSDP2
-    over a fake process group above 1): per-phase peaks by category."""
+    over a fake process group above 1): per-phase peaks by category. `elsewhere`: models (critic,
+    reward_model) on GPUs of their own, whose state is filed apart (see `EstimateTensors`). `shortcuts`:
+    repeated no-grad passes replayed and repeated minibatches left out (`RepeatedCalls`,
+    `repeated_minibatches_skipped`: the same peaks, minutes shorter at scale). `weigh_offloaded=False` takes each
+    phase's peak where the total with the offloaded shards peaks, as a CPU run (where they are live) measures it."""
     started = time.perf_counter()
     precision = config.model.precision
     compute_dtype = torch.float32 if precision == "fp32" else torch.bfloat16
@@ -286,25 +526,35 @@ def fake_step(config, algo: str, policy_config, reward_config, workload: Workloa
         reward_model = meta_reward_model(reward_config, compute_dtype) if reward_config is not None else None
         frozen = {k: m for k, m in (("reference", reference), ("reward_model", reward_model)) if m is not None}
         if mesh is not None:
-            shard_arm(algorithm, frozen, precision, mesh)
+            shard_arm(algorithm, frozen, config.run, precision, mesh)
         trained, optimizers = algorithm.trained_models(), algorithm.optimizers()
-        offloaded = [name for name, flag in (("reference", config.run.offload_reference),
-                                             ("critic", config.run.offload_critic))
-                     if flag and mesh is not None and name in {**trained, **frozen}]
-        with FakeTensorMode(allow_non_fake_inputs=True):
+        models = {**trained, **frozen}
+        offloaded = [m for m in models if mesh is not None and model_sharding(config.run, m)["offload"]]
+        elsewhere = [m for m in elsewhere if m in models and m not in offloaded]
+        with FakeTensorMode(allow_non_fake_inputs=True), adam_on_local_shards():
             materialize([*trained.values(), *frozen.values()], list(optimizers.values()))
             steady_state(algorithm, foreach)
             state = model_state_bytes(trained, optimizers, frozen)
             for model in offloaded:  # its shards are in CPU memory (FSDP2's CPUOffloadPolicy)
                 state[model] = dict.fromkeys(state[model], 0)
             live = EstimateTensors(trained.values(), frozen.values(), optimizers.values(),
-                                   tuple(({**trained, **frozen}[m], optimizers.get(m)) for m in offloaded))
+                                   tuple((models[m], optimizers.get(m)) for m in offloaded),
+                                   tuple((models[m], optimizers.get(m)) for m in elsewhere), weigh_offloaded)
             meter = StepMeter(Probes("cpu", enabled=False), live)
             sampling = {"temperature": config.rollout.temperature, "top_p": config.rollout.top_p}
             eos = policy_config.eos_token_id
             token_ids = (eos[0] if isinstance(eos, (list, tuple)) else eos or 0,
                          getattr(policy_config, "pad_token_id", None) or 0)
-            with meter.step(True):
+            repeats = RepeatedCalls(live._tracker)
+            shortcut = ((replaying(repeats, trained.get("critic"), reward_model), repeated_minibatches_skipped())
+                        if shortcuts else ())
+            gathered = [models[m] for m in frozen if mesh is not None and model_sharding(config.run, m)["sharding"] != "full"]
+            gather_frozen(gathered)
+            with meter.step(True), ExitStack() as stack:
+                for context in shortcut:
+                    stack.enter_context(context)
+                for model in gathered:  # as a run's tracker files them from the second step on
+                    live.retag_fsdp([*model.parameters()])
                 batch = simulated_rollout(policy, reference, reward_model, settings, workload, meter, sampling, token_ids,
                                           algorithm.needs.sampler_logps)
                 learn(algorithm, batch, meter)

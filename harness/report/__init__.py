@@ -49,7 +49,7 @@ def render_comparison(cmp, target: float | None = None, figures_dir: Path | None
         "skipped_lines": [a.bad_lines_note for a in cmp.arms if a.bad_lines],
         "verdict": verdict.verdict_section(cmp, target), "accuracy": content.accuracy_section(cmp),
         "health": content.health_section(cmp), "method": content.method_section(cmp),
-        "ranks": content.rank_section(cmp), "at_scale": at_scale_section(cmp.dir),
+        "ranks": content.rank_section(cmp), "at_scale": at_scale_section(cmp.dir, cmp),
         "figures": render_figures(cmp, figures_dir), "css": (TEMPLATES / "report.css").read_text(),
     }
     return env.get_template("report.html.j2").render(**context)

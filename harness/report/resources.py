@@ -26,8 +26,8 @@ from harness.report.content import cell, fmt, fmt_interval
 from harness.report.data import Arm
 from harness.report.stats import (AT_LEAST, AT_MOST, ESTIMATED, INCONCLUSIVE, Estimate, ToTarget, arithmetic,
                                   arithmetic_ratio, band_reading, censored_paired_ratio, mean_ci)
+from harness.results.units import GIB
 
-GIB = 2 ** 30
 # This machine's memory figure, in order of preference: what the device's allocator saw, else the device's
 # own count, else the live tensors (the only memory figure a CPU run measures exactly).
 MACHINE_MEMORY = [("mem_cuda_allocated", "CUDA allocator peak"), ("mem_nvml_used", "NVML device memory peak"),

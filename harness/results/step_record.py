@@ -37,6 +37,7 @@ class StepRecord(Record):
     samples_per_s: Maybe[Number] = Field(None, alias="tput/samples_per_s")
     flops: Maybe[Number] = Field(None, alias="flops/step")  # arithmetic
     mfu: Maybe[Number] = Field(None, alias="flops/mfu")  # where the device's peak is known
+    phase_flops: Maybe[dict[str, Number]] = None  # flops/<phase>: arithmetic, per phase (the report's MFU per phase)
     losses: Maybe[dict[str, Number]] = None  # loss/<name>: the algorithm's statistics
     phase_s: Maybe[dict[str, Number]] = None  # time/<phase>
     model_state: Maybe[dict[str, dict[str, int]]] = None  # mem/model_state/<model>/<category>: arithmetic
@@ -63,8 +64,8 @@ class StepRecord(Record):
                                        "diverged")
     # (key prefix, field) of the families of keys, the first match wins
     FAMILIES: ClassVar[tuple[tuple[str, str], ...]] = (
-        ("loss/", "losses"), ("mem/model_state/", "model_state"), ("mem/live/", "live"), ("eval/", "eval"),
-        ("time/", "phase_s"), ("mem/", "measured"))
+        ("loss/", "losses"), ("flops/", "phase_flops"), ("mem/model_state/", "model_state"), ("mem/live/", "live"),
+        ("eval/", "eval"), ("time/", "phase_s"), ("mem/", "measured"))
 
     def _put(self, row: dict[str, Any], name: str) -> None:
         value = getattr(self, name)
@@ -75,6 +76,7 @@ class StepRecord(Record):
         row: dict[str, Any] = {}
         for name in self.HEAD:
             self._put(row, name)
+        row.update({f"flops/{k}": v for k, v in (self.phase_flops or {}).items()})
         row.update({f"loss/{k}": v for k, v in (self.losses or {}).items()})
         row.update({f"time/{k}": v for k, v in (self.phase_s or {}).items()})
         row.update({f"mem/model_state/{model}/{category}": value

@@ -23,6 +23,7 @@ from harness.algorithms.batch import TrainSettings
 from harness.algorithms.ops import all_sum
 from harness.config.derive import algorithm_options, train_settings
 from harness.config.schema import Config
+from harness.measure.flops import matmul_sizes, phase_flops
 from harness.measure.live_tensors import LiveTensors
 from harness.measure.probes import Probes, model_state_bytes
 from harness.measure.step_meter import StepMeter, is_tracked_step, step_flops, to_floats
@@ -107,6 +108,7 @@ class Arm(PolicyArm):
         self.algorithm, self.reference = arm_models(config, algo, self.policy, self.settings)
         self.model_sizes = {name: sum(p.numel() for p in model.parameters())
                             for name, model in self.algorithm.trained_models().items()}
+        self.matmul_sizes = {name: matmul_sizes(model) for name, model in self.algorithm.trained_models().items()}
         self.sharded = False
         self._tracked_shape: tuple[int, int] | None = None
 
@@ -126,10 +128,9 @@ class Arm(PolicyArm):
         if self.sharded or not self.ranks.active:
             return
         precision, run = self.config.model.precision, self.config.run
-        self.algorithm.shard_models(lambda name, model: ranks_.shard(
-            model, precision, offload=run.offload_critic and name == "critic"))
+        self.algorithm.shard_models(lambda name, model: ranks_.shard(model, precision, **ranks_.model_sharding(run, name)))
         if self.reference is not None:
-            ranks_.shard(self.reference, precision, offload=run.offload_reference)
+            ranks_.shard(self.reference, precision, **ranks_.model_sharding(run, "reference"))
         self.sharded = True
 
     def frozen_models(self) -> dict[str, torch.nn.Module]:
@@ -255,6 +256,9 @@ class Arm(PolicyArm):
         trained_tokens = int(all_sum(batch.attention_mask.sum() if batch is not None else torch.zeros(())).item())
         flops = step_flops(self.model_sizes, trained_tokens, config.optim.epochs, self.reference is not None)
         record = self.close_step(state, whole, stats, times, step_time, meter.tracked_peaks, flops, probes)
+        completion_tokens = int(all_sum(batch.completion_mask.sum() if batch is not None else torch.zeros(())).item())
+        record.phase_flops = phase_flops(self.matmul_sizes, trained_tokens, completion_tokens, config.optim.epochs,
+                                         config.model.gradient_checkpointing, times)  # arithmetic: the report's MFU
         if meter.tracked_peaks and batch is not None:  # the fixed shape the tracked step was measured at
             record.live_shape = [batch.prompt_length, batch.completion_mask.shape[1]]
         if algorithm.needs.filters_groups:  # dynamic sampling: what was sampled, what was kept, in how many rounds

@@ -63,20 +63,38 @@ def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     raise ValueError(f"cannot find the decoder layers of {type(model).__name__} to shard")
 
 
-def shard(model: torch.nn.Module, precision: str, offload: bool = False, mesh=None) -> torch.nn.Module:
+def shard(model: torch.nn.Module, precision: str, offload: bool = False, mesh=None,
+          sharding: str = "full") -> torch.nn.Module:
     """FSDP2: each decoder layer, then the root; bf16 compute over fp32 shards for bf16-mixed, shards in
-    CPU memory with `offload`. FSDP averages gradients over the ranks; the shared loop's loss carries the
-    whole minibatch's denominator times the world size, so the average is the minibatch's gradient.
-    `mesh`: the device mesh (default: the whole job on this process's accelerator; `harness estimate`
-    passes a CPU mesh over a fake process group)."""
+    CPU memory with `offload` (FSDP2's CPUOffloadPolicy: parameters, gradients and the optimizer step).
+
+    `sharding`: "full" (ZeRO-3) frees each unit's gathered parameters after its forward and gathers them
+    again for backward; "grad_optim" (ZeRO-2-like) keeps them gathered from forward to backward, so only
+    gradients and optimizer state stay sharded through the step. The root is resharded after forward as
+    the layers are, as verl sets it: FSDP2 otherwise leaves the root (embedding and LM head) gathered
+    after forward, and a frozen model (reference, reward model), whose one pass in a step is a forward,
+    would keep them gathered for the rest of the step. FSDP averages gradients over the ranks; the shared loop's loss
+    carries the whole minibatch's denominator times the world size, so the average is the minibatch's
+    gradient. `mesh`: the device mesh (default: the whole job on this process's accelerator; `harness
+    estimate` passes a CPU mesh over a fake process group)."""
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
-    kwargs: dict[str, Any] = {"offload_policy": CPUOffloadPolicy() if offload else OffloadPolicy(), "mesh": mesh}
+    # pinned host memory needs an accelerator: on a CPU mesh (gloo, or an estimate's fake ranks) the shards are plain
+    pinned = torch.cuda.is_available() and (mesh is None or mesh.device_type == "cuda")
+    kwargs: dict[str, Any] = {"offload_policy": CPUOffloadPolicy(pin_memory=pinned) if offload else OffloadPolicy(),
+                              "mesh": mesh, "reshard_after_forward": sharding == "full"}
     if precision == "bf16-mixed":
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     for layer in decoder_layers(model):
         fully_shard(layer, **kwargs)
     fully_shard(model, **kwargs)
     return model
+
+
+def model_sharding(run, name: str) -> dict[str, Any]:
+    """The keywords of `shard` for one model of an arm from the config's `run` section: its sharding and
+    offload (the reward model of an estimate follows the reference's)."""
+    key = {"reward_model": "reference"}.get(name, name)
+    return {"sharding": getattr(run, f"shard_{key}"), "offload": getattr(run, f"offload_{key}")}
 
 
 def gather(value: Any, ranks: Ranks) -> list[Any]:
