@@ -317,8 +317,12 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 def cmd_config(args: argparse.Namespace) -> int:
     from harness.commands.config import config_command
     given = any(getattr(args, flag, None) not in (None, []) for flag in CONFIG_FLAGS)
+    settings = None
+    if given:
+        from harness.config.load import load_arm_settings
+        settings = load_arm_settings(args.preset or "tiny", args.config, config_overrides(args), check_options=False)
     return config_command(config_from_args(args) if given else None, prefix=args.section, as_json=args.json,
-                          markdown=args.markdown)
+                          markdown=args.markdown, arm_settings=settings)
 
 
 def cmd_presets(args: argparse.Namespace) -> int:

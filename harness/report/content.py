@@ -269,10 +269,23 @@ def arms_section(cmp: Comparison) -> list[dict[str, Any]]:
         else:
             warmup = f"{planned} steps planned; no finished arm logged them" if planned else "—"
         rows.append({"name": spec["name"], "algo": spec["algo"], "baseline": spec["name"] == cmp.baseline,
-                     "overrides": ", ".join(f"{k}={v}" for k, v in spec["overrides"].items()) or "none",
+                     "overrides": settings_text(spec),
                      "prompts": get(config, "derived", "prompts_per_step"),
                      "group": get(config, "rollout", "samples_per_prompt"), "warmup": warmup})
     return rows
+
+
+def settings_text(spec: dict[str, Any]) -> str:
+    """The arm's own settings and where each came from (comparison.json's `settings`: the preset's per-arm
+    settings with their provenance, your --set, your --algos variant), or its overrides in a comparison from
+    before settings were recorded."""
+    if not spec.get("settings"):
+        return ", ".join(f"{k}={v}" for k, v in spec["overrides"].items()) or "none"
+    by_source: dict[str, list[str]] = {}
+    for row in spec["settings"]:
+        instead = f" (instead of {row['instead_of']})" if row.get("instead_of") else ""
+        by_source.setdefault(row["source"], []).append(f"{row['field']}={row['value']}{instead}")
+    return "; ".join(f"{', '.join(items)}: {source}" for source, items in by_source.items())
 
 
 def kl_words(cmp: Comparison) -> str:

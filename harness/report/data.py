@@ -128,8 +128,8 @@ class Comparison:
         """Each arm's name, algorithm and overrides, in the comparison's order."""
         saved = self.plan.get("arm_specs")
         if isinstance(saved, list) and all(isinstance(s, dict) and s.get("name") for s in saved):
-            return [{"name": s["name"], "algo": s.get("algo") or s["name"], "overrides": s.get("overrides") or {}}
-                    for s in saved]
+            return [{"name": s["name"], "algo": s.get("algo") or s["name"], "overrides": s.get("overrides") or {},
+                     "settings": s.get("settings") or []} for s in saved]
         names = self.plan.get("algos") or list(dict.fromkeys(a.name for a in self.arms))
         return [{"name": n, "algo": n, "overrides": {}} for n in names]
 
