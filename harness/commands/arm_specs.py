@@ -24,10 +24,10 @@ from typing import Any
 
 from harness import UserError
 from harness.config.arm_kinds import algorithm_of, check_arm_kinds
-from harness.config.arm_settings import PresetArm, entry_for, flatten_dotted, is_shared
+from harness.config.arm_settings import PresetArm, entry_for, is_shared
 from harness.config.derive import algorithm_options
 from harness.config.kl import KLSetting
-from harness.config.load import copy_config, parse_override, with_overrides
+from harness.config.load import copy_config, flatten_dotted, parse_override, with_overrides
 from harness.config.schema import Config
 
 ARM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*$")

@@ -69,7 +69,9 @@ def count_axis(field: str, center: int, values, first=(), bounds=(True, True)) -
 
 
 def powers_of_two(low: int, high: int) -> list[int]:
-    """>>> powers_of_two(2, 40)
+    """The powers of two from `low` to `high`.
+
+    >>> powers_of_two(2, 40)
     [2, 4, 8, 16, 32]
     """
     return [2 ** k for k in range(int(math.log2(max(low, 1))), int(math.log2(high)) + 1) if low <= 2 ** k <= high]

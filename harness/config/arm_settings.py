@@ -20,7 +20,6 @@ from typing import Any
 
 from pydantic import Field
 
-from harness import UserError
 from harness.algorithms.options import StrictModel
 
 SECTION = "arm_settings"
@@ -32,24 +31,6 @@ SHARED_FIELDS = ("budget.", "task.", "model.name", "run.seed", "run.results_dir"
 def is_shared(key: str) -> bool:
     """A dotted field every arm of a comparison holds equal ('budget.total', 'model.name', ...)."""
     return key.startswith(SHARED_FIELDS) or key in SHARED_FIELDS
-
-
-def flatten_dotted(key: str, value: Any) -> dict[str, Any]:
-    """{'algorithms': {'ppo': {'critic_lr': 1e-3}}} read as {'algorithms.ppo.critic_lr': 1e-3}; numeric text is
-    a number, as --set reads it.
-
-    >>> flatten_dotted("algorithms", {"ppo": {"critic_lr": "1e-3"}})
-    {'algorithms.ppo.critic_lr': 0.001}
-    """
-    if isinstance(value, dict) and value:
-        out = {}
-        for inner, item in value.items():
-            out.update(flatten_dotted(f"{key}.{inner}", item))
-        return out
-    if isinstance(value, str):
-        from harness.config.load import parse_scalar
-        return {key: parse_scalar(value)}
-    return {key: value}
 
 
 class ArmSetting(StrictModel):
@@ -90,44 +71,6 @@ class PresetArm:
     def from_dict(cls, data: dict[str, Any]) -> PresetArm:
         return cls(str(data["preset"]), str(data["algo"]), dict(data["set"]), str(data["provenance"]),
                    data.get("kl"), {str(k): dict(v) for k, v in (data.get("user_set") or {}).items()})
-
-
-def read_section(section: Any, where: str) -> dict[str, ArmSetting]:
-    """A preset's arm_settings, checked: known arm kinds, each a {set, provenance, kl} mapping whose fields are
-    neither shared by every arm nor another algorithm's options; one line naming the first bad entry."""
-    from harness.algorithms import KL_MODES
-    from harness.config.arm_kinds import algorithm_of, arm_kind_names
-    if section is None:
-        return {}
-    if not isinstance(section, dict):
-        raise UserError(f"{where}: {SECTION} must map an algorithm's name to its {{set, provenance}}; "
-                        f"got {type(section).__name__}")
-    entries = {}
-    for algo, entry in section.items():
-        algo = str(algo)
-        if algo not in arm_kind_names():
-            raise UserError(f"{where}: {SECTION}.{algo}: unknown algorithm; valid: {', '.join(arm_kind_names())}")
-        if not isinstance(entry, dict):
-            raise UserError(f"{where}: {SECTION}.{algo} must be a mapping of set, provenance and kl")
-        if not isinstance(entry.get("set"), dict):
-            raise UserError(f"{where}: {SECTION}.{algo}.set must map section.field to a value")
-        flat: dict[str, Any] = {}
-        for key, value in entry["set"].items():
-            flat.update(flatten_dotted(str(key), value))
-        parsed = ArmSetting.parse({**entry, "set": flat}, where=f"{where}: {SECTION}.{algo}.")
-        for key in flat:
-            if "." not in key:
-                raise UserError(f"{where}: {SECTION}.{algo}.set: '{key}' is not a section.field")
-            if is_shared(key):
-                raise UserError(f"{where}: {SECTION}.{algo}.set: {key} is the same for every arm of a comparison "
-                                "(fairness); set it in the preset's own sections")
-            if key.startswith("algorithms.") and key.split(".")[1] not in (algorithm_of(algo), algo):
-                raise UserError(f"{where}: {SECTION}.{algo}.set: {key} does not apply to {algo} "
-                                f"(its options are algorithms.{algorithm_of(algo)}.*)")
-        if parsed.kl is not None and parsed.kl not in KL_MODES:
-            raise UserError(f"{where}: {SECTION}.{algo}.kl '{parsed.kl}' is not one of: {', '.join(KL_MODES)}")
-        entries[algo] = parsed
-    return entries
 
 
 def entry_for(settings: dict[str, PresetArm], algo: str) -> PresetArm | None:

@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from harness import UserError
-from harness.config.arm_settings import SECTION, PresetArm, flatten_dotted, read_section
+from harness.config.arm_settings import SECTION, ArmSetting, PresetArm, is_shared
 from harness.config.schema import Config, TaskConfig
 
 PRESET_DIR = Path(__file__).parent / "presets"
@@ -94,6 +94,59 @@ def parse_scalar(raw: str) -> Any:
         return raw
 
 
+def flatten_dotted(key: str, value: Any) -> dict[str, Any]:
+    """{'algorithms': {'ppo': {'critic_lr': 1e-3}}} read as {'algorithms.ppo.critic_lr': 1e-3}; numeric text is
+    a number, as --set reads it.
+
+    >>> flatten_dotted("algorithms", {"ppo": {"critic_lr": "1e-3"}})
+    {'algorithms.ppo.critic_lr': 0.001}
+    """
+    if isinstance(value, dict) and value:
+        out = {}
+        for inner, item in value.items():
+            out.update(flatten_dotted(f"{key}.{inner}", item))
+        return out
+    return {key: parse_scalar(value) if isinstance(value, str) else value}
+
+
+def read_arm_settings(section: Any, where: str) -> dict[str, ArmSetting]:
+    """A preset's arm_settings, checked: known arm kinds, each a {set, provenance, kl} mapping whose fields are
+    neither shared by every arm nor another algorithm's options; one line naming the first bad entry."""
+    from harness.algorithms import KL_MODES
+    from harness.config.arm_kinds import algorithm_of, arm_kind_names
+    if section is None:
+        return {}
+    if not isinstance(section, dict):
+        raise UserError(f"{where}: {SECTION} must map an algorithm's name to its {{set, provenance}}; "
+                        f"got {type(section).__name__}")
+    entries = {}
+    for algo, entry in section.items():
+        algo = str(algo)
+        if algo not in arm_kind_names():
+            raise UserError(f"{where}: {SECTION}.{algo}: unknown algorithm; valid: {', '.join(arm_kind_names())}")
+        if not isinstance(entry, dict):
+            raise UserError(f"{where}: {SECTION}.{algo} must be a mapping of set, provenance and kl")
+        if not isinstance(entry.get("set"), dict):
+            raise UserError(f"{where}: {SECTION}.{algo}.set must map section.field to a value")
+        flat: dict[str, Any] = {}
+        for key, value in entry["set"].items():
+            flat.update(flatten_dotted(str(key), value))
+        parsed = ArmSetting.parse({**entry, "set": flat}, where=f"{where}: {SECTION}.{algo}.")
+        for key in flat:
+            if "." not in key:
+                raise UserError(f"{where}: {SECTION}.{algo}.set: '{key}' is not a section.field")
+            if is_shared(key):
+                raise UserError(f"{where}: {SECTION}.{algo}.set: {key} is the same for every arm of a comparison "
+                                "(fairness); set it in the preset's own sections")
+            if key.startswith("algorithms.") and key.split(".")[1] not in (algorithm_of(algo), algo):
+                raise UserError(f"{where}: {SECTION}.{algo}.set: {key} does not apply to {algo} "
+                                f"(its options are algorithms.{algorithm_of(algo)}.*)")
+        if parsed.kl is not None and parsed.kl not in KL_MODES:
+            raise UserError(f"{where}: {SECTION}.{algo}.kl '{parsed.kl}' is not one of: {', '.join(KL_MODES)}")
+        entries[algo] = parsed
+    return entries
+
+
 def nest(path: list[str], value: Any) -> dict[str, Any]:
     out: dict[str, Any] = {path[-1]: value}
     for key in reversed(path[:-1]):
@@ -154,7 +207,7 @@ def load_arm_settings(preset: str = "tiny", config_file: str | None = None, over
     `check_options`, the algorithm's options), and which of their fields the user's --config or --set sets for
     every arm (those win: a preset's per-arm value sits below --config and --set)."""
     path = preset_file(preset)
-    entries = read_section(read_yaml(path).get(SECTION), f"preset {preset}")
+    entries = read_arm_settings(read_yaml(path).get(SECTION), f"preset {preset}")
     if not entries:
         return {}
     base = load_config(preset)
