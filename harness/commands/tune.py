@@ -14,7 +14,6 @@ arm_settings section: each arm's chosen values with their provenance, and the va
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -220,12 +219,14 @@ def resume_tune(tune_dir: Path | str) -> int:
 
 
 class PointRunner:
-    """The search's score function for one arm: each setting it asks for runs as a point of its own (or, on a
-    resume, is read back from the point that finished), and its validation accuracy is returned."""
+    """The search's score function for one arm: each setting it asks for runs as a point of its own (on a resume,
+    a point that finished is read back, and one that did not resumes), and its validation accuracy is returned.
+    `save(points)` records the arm's points so far after each one."""
 
-    def __init__(self, tune_dir: Path, base: Config, spec: ArmSpec, plan: dict[str, Any], supervisor, resume: bool):
+    def __init__(self, tune_dir: Path, base: Config, spec: ArmSpec, plan: dict[str, Any], supervisor, resume: bool,
+                 save=lambda points: None):
         self.tune_dir, self.base, self.spec, self.plan = tune_dir, base, spec, plan
-        self.supervisor, self.resume = supervisor, resume
+        self.supervisor, self.resume, self.save = supervisor, resume, save
         self.recorded = list((plan["arms"].get(spec.name) or {}).get("points") or [])
         self.points: list[dict[str, Any]] = []
 
@@ -235,26 +236,31 @@ class PointRunner:
             raise UserError(f"{self.tune_dir / TUNE_FILE}: point {index} of {self.spec.name} was "
                             f"{self.recorded[index]['setting']}, the search now asks for {setting}: the search "
                             "changed since this tune started; start a new tune")
-        kl = KLSetting(**self.plan["kl"])
         point = ArmSpec(f"{self.spec.name}.t{index}", self.spec.algo, {**self.spec.overrides, **setting},
                         self.spec.preset, source=POINT_SOURCE)
-        arm = compare_.plan_arms(self.base, [point], [self.plan["seed"]], kl)[0]
+        arm = compare_.plan_arms(self.base, [point], [self.plan["seed"]], KLSetting(**self.plan["kl"]))[0]
         compare_.check_arms(self.base, [arm])
         refuse_if_being_written(self.tune_dir / arm["dir"])
-        started = time.monotonic()
         compare_.run_each_arm(self.tune_dir, [arm], self.resume, self.supervisor,
                               hint=f"harness tune --resume {self.tune_dir}")
-        took = time.monotonic() - started
         summary = load_summary(self.tune_dir / arm["dir"]) or {}
         final = (summary.get("eval") or {}).get("final") or {}
         ok = summary.get("status") == "ok"
-        recorded = self.recorded[index] if index < len(self.recorded) else {}
-        entry = {"index": index, "dir": arm["dir"], "setting": setting, "status": summary.get("status") or "missing",
-                 "score": final.get("accuracy") if ok else None, "n": final.get("n"),
-                 "base": ((summary.get("eval") or {}).get("base") or {}).get("accuracy"),
-                 "seconds": recorded.get("seconds") if took < 1 and recorded.get("seconds") else round(took, 1)}
-        self.points.append(entry)
-        return entry["score"]
+        self.points.append({"index": index, "dir": arm["dir"], "setting": setting,
+                            "status": summary.get("status") or "missing", "score": final.get("accuracy") if ok else None,
+                            "n": final.get("n"), "base": ((summary.get("eval") or {}).get("base") or {}).get("accuracy"),
+                            "seconds": point_seconds(self.tune_dir / arm["dir"])})
+        self.save(self.points)
+        return self.points[-1]["score"]
+
+
+def point_seconds(run_dir: Path) -> float | None:
+    """A point's time, start to end, from its own files: env.json is written as it starts, summary.json as it
+    ends (a point resumed after a stop: its last part)."""
+    try:
+        return round((run_dir / "summary.json").stat().st_mtime - (run_dir / "env.json").stat().st_mtime, 1)
+    except OSError:
+        return None
 
 
 def saved_axis(entry: dict[str, Any]) -> Axis:
@@ -271,7 +277,11 @@ def run_tune(tune_dir: Path, config: Config, base: Config, specs: list[ArmSpec],
         for spec in specs:
             entry = plan["axes"][spec.name]
             axes = [saved_axis(a) for a in entry["axes"]]
-            runner = PointRunner(tune_dir, base, spec, {**plan, "arms": results}, supervisor, resume)
+            def save(points, name=spec.name):  # the arm's points so far, for a resume after a stop
+                results[name] = {**(results.get(name) or {}), "points": points}
+                write_json(tune_dir / TUNE_FILE, {**plan, "arms": results})
+
+            runner = PointRunner(tune_dir, base, spec, {**plan, "arms": dict(results)}, supervisor, resume, save)
             progress = Progress(spec.name, plan["points"], runner)
             visits = coordinate_search(axes, entry["start"], plan["points"], progress)
             choice = chosen_visit(visits)
