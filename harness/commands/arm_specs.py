@@ -24,7 +24,7 @@ from typing import Any
 
 from harness import UserError
 from harness.config.arm_kinds import algorithm_of, check_arm_kinds
-from harness.config.arm_settings import PresetArm, entry_for, is_shared
+from harness.config.arm_settings import PresetArm, entry_for, grouped_lines, is_shared
 from harness.config.derive import algorithm_options
 from harness.config.kl import KLSetting
 from harness.config.load import copy_config, flatten_dotted, parse_override, with_overrides
@@ -121,11 +121,7 @@ def setting_lines(spec: ArmSpec) -> list[str]:
         algorithms.ppo.critic_lr=0.001: preset tiny (harness tune --algos grpo,ppo ...)
         rollout.samples_per_prompt=4 (instead of the preset's 1): your --algos variant
     """
-    by_source: dict[str, list[str]] = {}
-    for row in setting_rows(spec):
-        instead = f" (instead of {row['instead_of']})" if "instead_of" in row else ""
-        by_source.setdefault(row["source"], []).append(f"{row['field']}={row['value']}{instead}")
-    return [f"{', '.join(items)}: {source}" for source, items in by_source.items()]
+    return grouped_lines(setting_rows(spec))
 
 
 def kl_notes(arms, kl: KLSetting) -> list[str]:

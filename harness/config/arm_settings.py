@@ -73,6 +73,21 @@ class PresetArm:
                    data.get("kl"), {str(k): dict(v) for k, v in (data.get("user_set") or {}).items()})
 
 
+def grouped_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """An arm's setting rows (field, value, source, instead_of) grouped by where they came from, a line each.
+
+    >>> grouped_lines([{"field": "optim.lr", "value": 2e-4, "source": "preset tiny (tuned)"},
+    ...                {"field": "rollout.samples_per_prompt", "value": 4, "source": "your --algos variant",
+    ...                 "instead_of": "the preset's 1"}])
+    ['optim.lr=0.0002: preset tiny (tuned)', "rollout.samples_per_prompt=4 (instead of the preset's 1): your --algos variant"]
+    """
+    by_source: dict[str, list[str]] = {}
+    for row in rows:
+        instead = f" (instead of {row['instead_of']})" if row.get("instead_of") else ""
+        by_source.setdefault(row["source"], []).append(f"{row['field']}={row['value']}{instead}")
+    return [f"{', '.join(items)}: {source}" for source, items in by_source.items()]
+
+
 def entry_for(settings: dict[str, PresetArm], algo: str) -> PresetArm | None:
     """The entry an arm of `algo` takes: its own, else (a cross-check) the checked algorithm's."""
     from harness.config.arm_kinds import algorithm_of

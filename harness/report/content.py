@@ -279,13 +279,10 @@ def settings_text(spec: dict[str, Any]) -> str:
     """The arm's own settings and where each came from (comparison.json's `settings`: the preset's per-arm
     settings with their provenance, your --set, your --algos variant), or its overrides in a comparison from
     before settings were recorded."""
+    from harness.config.arm_settings import grouped_lines
     if not spec.get("settings"):
         return ", ".join(f"{k}={v}" for k, v in spec["overrides"].items()) or "none"
-    by_source: dict[str, list[str]] = {}
-    for row in spec["settings"]:
-        instead = f" (instead of {row['instead_of']})" if row.get("instead_of") else ""
-        by_source.setdefault(row["source"], []).append(f"{row['field']}={row['value']}{instead}")
-    return "; ".join(f"{', '.join(items)}: {source}" for source, items in by_source.items())
+    return "; ".join(grouped_lines(spec["settings"]))
 
 
 def kl_words(cmp: Comparison) -> str:
