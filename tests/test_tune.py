@@ -21,6 +21,8 @@ from harness.config.load import load_config
     (["--seed", "-1"], "the seed must be in"),
     (["--set", "rollout.batch_size=30"], "rollout.batch_size=30 is not divisible by the group size"),
     (["--curve-steps", "-5"], "--curve-steps and --curve-every must be positive"),
+    (["--write-preset", "mine.txt"], "--write-preset mine.txt must end in .yaml or .yml"),
+    (["--write-preset", "/proc/no/mine.yaml"], "--write-preset folder"),
 ])
 def test_bad_tune_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
     code = main(["tune", "--preset", "smoke", *args, "--out", str(tmp_path / "t")])

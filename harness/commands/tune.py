@@ -31,7 +31,7 @@ from harness.config.kl import KLSetting
 from harness.config.load import config_from_dict, copy_config, read_yaml
 from harness.config.schema import Config, check_seed
 from harness.estimate.preflight import check_algorithms_fit, check_setup
-from harness.results.io import (FolderLock, command_line, output_folder, read_json_object, read_jsonl,
+from harness.results.io import (FolderLock, check_writable, command_line, output_folder, read_json_object, read_jsonl,
                                 refuse_if_being_written, remove_temporaries, write_json, write_yaml)
 from harness.train.runner import load_summary
 from harness.train.supervise import Supervisor
@@ -107,7 +107,12 @@ def tune(config: Config, arms: list[ArmSpec | str], points: int = 12, out: Path 
     if points < 1:
         raise UserError("--points must be at least 1 per arm")
     if curve_steps < 0 or curve_every < 0:
-        raise UserError("--curve-steps and --curve-every must be positive")
+        raise UserError("--curve-steps and --curve-every must be positive (--curve-steps 0: no curves)")
+    if write_to is not None:
+        if not str(write_to).endswith((".yaml", ".yml")):
+            raise UserError(f"--write-preset {write_to} must end in .yaml or .yml (how --preset tells a file from a "
+                            "preset's name)")
+        check_writable(Path(write_to).resolve().parent, "--write-preset folder")
     check_seed(seed)
     base = points_config(config, budget)
     check_setup(base, [])
