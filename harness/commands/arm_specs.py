@@ -37,7 +37,8 @@ VARIANT_SOURCE = "your --algos variant"
 
 @dataclass
 class ArmSpec:
-    """One arm: its name (its folders and table rows), its algorithm, and its config overrides."""
+    """One arm: its name (its folders and table rows), its algorithm, its config overrides, and the preset's
+    per-arm settings for its algorithm, which its overrides win over (setting_rows says which came from where)."""
 
     name: str
     algo: str
@@ -51,14 +52,6 @@ class ArmSpec:
         if not self.overrides and self.name == self.algo:
             return self.name
         return f"{self.name}={self.algo}" + "".join(f":{k}={v}" for k, v in self.overrides.items())
-
-    def override_text(self) -> str:
-        """The overrides as the plan and the fairness lines list them: 'rollout.samples_per_prompt=1, ...'."""
-        return ", ".join(f"{key}={value}" for key, value in self.overrides.items()) or "no overrides"
-
-    def settings(self) -> dict[str, Any]:
-        """What the arm sets over the comparison's config: the preset's per-arm settings, then its overrides."""
-        return {**(self.preset.applied if self.preset else {}), **self.overrides}
 
     def with_preset(self, settings: dict[str, PresetArm]) -> ArmSpec:
         """This arm with its algorithm's entry of a preset's per-arm settings (none: as it is)."""
