@@ -119,3 +119,13 @@ def test_tune_writes_a_preset_that_compare_then_applies(tmp_path):
     harness("tune", "--resume", str(out), check=True)
     assert (out / data["arms"]["grpo"]["points"][0]["dir"] / "summary.json").stat().st_mtime == before
     assert yaml.safe_load(preset.read_text()) == written
+
+
+def test_the_expected_time_comes_from_each_arms_start_point():
+    from harness.commands.tune import expected_time_line
+    plan = {"points": 12, "budget": {"steps": 120}, "curve": {"steps": 400}}
+    starts = {"grpo": {"seconds": 480.0, "score": 0.206}, "ppo": {"seconds": 600.0, "score": None}}
+    # grpo: 12 x 480 s + 400 curve steps at 4 s a step = 7,360 s; ppo: 12 x 600 + 400 x 5 = 9,200 s; 16,560 s
+    assert expected_time_line(plan, starts) == ("expected time: per point grpo 8 min 0 s (start 20.6%), ppo 10 min "
+                                                "0 s (start failed): at most 4 h 36 min for 12 points per arm and "
+                                                "the curves")

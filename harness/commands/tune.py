@@ -182,8 +182,8 @@ def plan_lines(plan: dict[str, Any], base: Config, tune_dir: Path) -> list[str]:
         lines.append(f"  expected time: at most {total_points} points x {duration(per_point)} = "
                      f"{duration(total_points * per_point)} (per-point time of earlier tunes of this config)")
     else:
-        lines.append(f"  expected time: at most {total_points} points; each arm's time per point is printed after "
-                     "its first point")
+        lines.append(f"  expected time: at most {total_points} points; measured on each arm's start point, which "
+                     "runs first")
     if plan["curve"]["steps"]:
         lines.append(f"  then each arm's choice for {plan['curve']['steps']} steps, scored on validation every "
                      f"{plan['curve']['every']} steps: where the curves stop rising is the suggested budget")
@@ -279,6 +279,11 @@ def run_tune(tune_dir: Path, config: Config, base: Config, specs: list[ArmSpec],
     results: dict[str, Any] = dict(plan.get("arms") or {})
     with Supervisor().forwarding_signals() as supervisor:
         compare_.prepare_model(base)
+        starts = {spec.name: PointRunner(tune_dir, base, spec, {**plan, "arms": {}}, supervisor, resume)
+                  for spec in specs}
+        for spec in specs:  # each arm's start first: its time per point makes the expected time
+            starts[spec.name](plan["axes"][spec.name]["start"])
+        print(expected_time_line(plan, {name: runner.points[0] for name, runner in starts.items()}), flush=True)
         for spec in specs:
             entry = plan["axes"][spec.name]
             axes = [saved_axis(a) for a in entry["axes"]]
@@ -308,6 +313,21 @@ def run_tune(tune_dir: Path, config: Config, base: Config, specs: list[ArmSpec],
     path = write_preset(plan, tune_dir)
     print(f"preset: {path} (harness compare --preset {path} runs each arm with its chosen settings)")
     return 0
+
+
+def expected_time_line(plan: dict[str, Any], starts: dict[str, dict[str, Any]]) -> str:
+    """The tune's expected time from each arm's start point: at most its points at that time, and the curves at
+    that time per step."""
+    parts, total = [], 0.0
+    for name, start in starts.items():
+        seconds = start.get("seconds") or 0.0
+        score = "failed" if start["score"] is None else f"{start['score']:.1%}"
+        curve = seconds / plan["budget"]["steps"] * plan["curve"]["steps"]
+        total += seconds * plan["points"] + curve
+        parts.append(f"{name} {duration(seconds)} (start {score})")
+    curves = " and the curves" if plan["curve"]["steps"] else ""
+    return (f"expected time: per point {', '.join(parts)}: at most {duration(total)} for "
+            f"{plan['points']} points per arm{curves}")
 
 
 class Progress:
