@@ -95,6 +95,9 @@ def test_the_plan_shows_each_arms_settings_and_where_they_came_from(tmp_path, ca
     assert "  arm ppo (ppo); 32 prompts x 1 per step, 3 steps" in out
     assert "    rollout.samples_per_prompt=2 (instead of the preset's 1): your --algos variant" in out
     assert "note: arm grpo's preset settings were tuned under --kl native; this comparison runs --kl loss" in out
+    assert main(["plan", "--preset", preset, "--algos", "grpo,rloo"]) == 0
+    assert ("  arm rloo (rloo)\n    not tuned: the preset has no arm_settings for rloo; the preset's shared values"
+            in capsys.readouterr().out)
 
 
 def test_harness_config_shows_the_per_arm_settings(tmp_path, capsys):

@@ -295,6 +295,8 @@ def arm_lines(arms, arm_configs: dict[str, Any], config) -> list[str]:
             notes.append(f"critic warm-up: the first {warmup} steps ({warmup * own.completions_per_step} completions, "
                          "counted in the budget) train the critic only")
         sources = [] if isinstance(arm, str) else setting_lines(arm)  # arm: an ArmSpec, or an algorithm's name
+        if any(getattr(a, "preset", None) for a in arms) and getattr(arm, "preset", "") is None:
+            sources.append(f"not tuned: the preset has no arm_settings for {arm.algo}; the preset's shared values")
         if notes or sources:
             lines.append(f"  arm {name} ({getattr(arm, 'algo', name)})" + "".join(f"; {note}" for note in notes))
             lines += [f"    {line}" for line in sources]
