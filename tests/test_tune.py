@@ -68,7 +68,10 @@ def test_the_written_preset_records_each_arms_choice_with_its_provenance(tmp_pat
                  "why": "probe", "axis": "optim.lr"}],
                 "choice": {"index": 1, "setting": {"optim.lr": 2e-4}, "score": 0.375},
                 "edges": [{"field": "optim.lr", "value": 2e-4, "below": 1e-4, "above": None, "status": "edge",
-                           "note": "nothing probed above (the budget ran out)"}], "converged": False}},
+                           "note": "nothing probed above (the budget ran out)", "final": True, "with": {}},
+                          {"field": "rollout.samples_per_prompt", "value": 4, "below": 2, "above": 8,
+                           "status": "interior", "note": "", "final": False, "with": {"optim.lr": 1e-4}}],
+                "converged": False}},
             "curves": {"arms": {"grpo": {"curve": [[0, 0.1], [2, 0.3], [4, 0.3]],
                                          "plateau": {"step": 2, "best_step": 4, "best": 0.3, "se": 0.11,
                                                      "rising": True, "flat": False}}},
@@ -83,6 +86,8 @@ def test_the_written_preset_records_each_arms_choice_with_its_provenance(tmp_pat
     assert data["budget"] == {"unit": "completions", "total": 64}  # from the curves
     assert "# | t1 | probe lr | 0.0002 | **37.5%** (chosen) | 8 s |" in text
     assert "#   optim.lr=0.0002: edge (probed 0.0001 below; nothing probed above (the budget ran out))" in text
+    assert ("#   rollout.samples_per_prompt=4: interior (probed 2 below and 8 above, with lr=0.0001; not probed again "
+            "at the chosen values of the other axes (the budget ran out))") in text
     assert text.splitlines()[0].startswith("# tuned by harness tune from preset smoke")
 
 

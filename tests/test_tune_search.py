@@ -79,7 +79,7 @@ def test_an_axis_is_widened_until_its_best_is_inside_what_was_probed():
         ("widen", 3.2e-3)]  # 3.2e-3 is worse than 1.6e-3: the best is inside, widening stops
     report = edge_report(axes, visits, chosen_visit(visits).setting)
     assert report == [{"field": "optim.lr", "value": 1.6e-3, "below": 8e-4, "above": 3.2e-3, "status": "interior",
-                       "note": ""}]
+                       "note": "", "final": True, "with": {}}]
 
 
 def test_a_chosen_value_at_an_edge_or_a_bound_is_reported():
@@ -90,22 +90,24 @@ def test_a_chosen_value_at_an_edge_or_a_bound_is_reported():
     assert [v.setting["rollout.samples_per_prompt"] for v in visits] == [8, 1, 4, 2]  # then 2, its finer neighbour
     assert edge_report([layout], visits, chosen_visit(visits).setting) == [
         {"field": "rollout.samples_per_prompt", "value": 1, "below": None, "above": 2, "status": "bound",
-         "note": "at its lower bound"}]
+         "note": "at its lower bound", "final": True, "with": {}}]
     # a learning rate whose budget (3 points) runs out before the widening past the best, 2e-4
     lr = log_axis("optim.lr", 1e-4)
     visits = coordinate_search([lr], {"optim.lr": 1e-4}, 3, lambda s: s["optim.lr"])
     assert [v.setting["optim.lr"] for v in visits] == [1e-4, 5e-5, 2e-4]
     assert edge_report([lr], visits, chosen_visit(visits).setting) == [
         {"field": "optim.lr", "value": 2e-4, "below": 1e-4, "above": None, "status": "edge",
-         "note": "nothing probed above (the budget ran out)"}]
-    # both axes: the layout's line is read at the chosen learning rate, where it was never probed
+         "note": "nothing probed above (the budget ran out)", "final": True, "with": {}}]
+    # both axes: at the chosen learning rate, 2e-4, the layout was never probed; it was at 1e-4, where 1 sat at
+    # its bound with 4 probed above: that line is reported, with the learning rate it was probed at
     visits = coordinate_search([layout, lr], {"rollout.samples_per_prompt": 8, "optim.lr": 1e-4}, 5,
                                lambda s: -s["rollout.samples_per_prompt"] + s["optim.lr"])
     assert [(v.setting["rollout.samples_per_prompt"], v.setting["optim.lr"]) for v in visits] == [
         (8, 1e-4), (1, 1e-4), (4, 1e-4), (1, 5e-5), (1, 2e-4)]
     report = edge_report([layout, lr], visits, chosen_visit(visits).setting)
-    assert report[0]["status"] == "edge"
-    assert report[0]["note"] == "at its lower bound; nothing probed above (the budget ran out)"
+    assert report[0] == {"field": "rollout.samples_per_prompt", "value": 1, "below": None, "above": 4,
+                         "status": "bound", "note": "at its lower bound", "final": False, "with": {"optim.lr": 1e-4}}
+    assert report[1]["status"] == "edge" and report[1]["final"]  # 2e-4: nothing above it was ever probed
 
 
 def test_a_failed_point_ranks_below_every_finished_one():

@@ -228,32 +228,48 @@ def chosen_visit(visits: list[Visit]) -> Visit | None:
     return max(finished, key=lambda v: (v.score, -v.index)) if finished else None
 
 
+def where_on(axis: Axis, line: dict[int, float | None], here: int) -> dict[str, Any]:
+    """Where the value at ladder position `here` sits on one line of `axis`: interior (probed on both sides), at
+    a hard bound, or at an edge (a side never probed: the budget ran out first, or the ladder ends there)."""
+    below = [p for p in line if p < here]
+    above = [p for p in line if p > here]
+    notes = []
+    for side, probed, end, bound in (("below", below, here == 0, axis.bounds[0]),
+                                     ("above", above, here == len(axis.ladder) - 1, axis.bounds[1])):
+        if not probed:
+            notes.append(f"at its {'lower' if side == 'below' else 'upper'} bound" if end and bound
+                         else f"nothing probed {side}" + (" (the ladder ends)" if end else " (the budget ran out)"))
+    status = "interior" if not notes else "edge" if any("nothing" in n for n in notes) else "bound"
+    return {"below": axis.ladder[max(below)] if below else None, "above": axis.ladder[min(above)] if above else None,
+            "status": status, "note": "; ".join(notes)}
+
+
 def edge_report(axes: list[Axis], visits: list[Visit], choice: dict[str, Any]) -> list[dict[str, Any]]:
-    """Where each chosen value sits on its axis, from the points run at the chosen values of the other axes:
-    interior (a value probed on both sides), at a hard bound, or at an edge (a side never probed: the budget
-    ran out first, or the ladder ends there), with the nearest probed values either side."""
+    """Where each chosen value sits on its axis (where_on), read on the line through the choice (the other axes
+    at their chosen values). A coordinate search probes an axis at the other axes' values of its time: where
+    the final line has a side never probed, the latest line that has the chosen value probed on both sides (or
+    at a bound) is reported instead, with the other axes' values there (`with`); `final` says which."""
     seen = {setting_key(v.setting): v for v in visits}
     report = []
     for axis in axes:
+        value = choice[axis.field]
         if len(axis.ladder) < 2:
-            report.append({"field": axis.field, "value": choice[axis.field], "below": None, "above": None,
-                           "status": "fixed", "note": "one value allowed: not searched"})
+            report.append({"field": axis.field, "value": value, "below": None, "above": None, "status": "fixed",
+                           "note": "one value allowed: not searched", "final": True, "with": {}})
             continue
-        line = line_of(axis, choice, seen)
-        here = axis.ladder.index(choice[axis.field])
-        below = [p for p in line if p < here]
-        above = [p for p in line if p > here]
-        sides = []
-        for side, probed, end, bound in (("below", below, here == 0, axis.bounds[0]),
-                                         ("above", above, here == len(axis.ladder) - 1, axis.bounds[1])):
-            if probed:
-                continue
-            sides.append(f"at its {'lower' if side == 'below' else 'upper'} bound" if end and bound
-                         else f"nothing probed {side}" + (" (the ladder ends)" if end else " (the budget ran out)"))
-        status = "interior" if not sides else "edge" if any("nothing" in s for s in sides) else "bound"
-        report.append({"field": axis.field, "value": choice[axis.field],
-                       "below": axis.ladder[max(below)] if below else None,
-                       "above": axis.ladder[min(above)] if above else None, "status": status, "note": "; ".join(sides)})
+        here = axis.ladder.index(value)
+        entry = {"field": axis.field, "value": value, **where_on(axis, line_of(axis, choice, seen), here),
+                 "final": True, "with": {}}
+        if entry["status"] == "edge":
+            for visit in reversed(visits):
+                if visit.setting[axis.field] != value:
+                    continue
+                earlier = where_on(axis, line_of(axis, visit.setting, seen), here)
+                if earlier["status"] != "edge":
+                    others = {k: v for k, v in visit.setting.items() if k != axis.field and v != choice.get(k)}
+                    entry = {**entry, **earlier, "final": False, "with": others}
+                    break
+        report.append(entry)
     return report
 
 

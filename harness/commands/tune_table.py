@@ -59,6 +59,10 @@ def edge_lines(plan: dict[str, Any], arm: str) -> list[str]:
     for edge in plan["arms"][arm].get("edges") or []:
         near = " and ".join(f"{value_text(edge[side])} {side}" for side in ("below", "above") if edge[side] is not None)
         notes = [f"probed {near}"] * bool(near) + [edge["note"]] * bool(edge["note"])
+        if not edge.get("final", True):
+            others = ", ".join(f"{short(k)}={value_text(v)}" for k, v in edge["with"].items())
+            notes = [f"{'; '.join(notes)}, with {others}",
+                     "not probed again at the chosen values of the other axes (the budget ran out)"]
         lines.append(f"  {edge['field']}={value_text(edge['value'])}: {edge['status']} ({'; '.join(notes)})")
     return lines
 
