@@ -66,12 +66,22 @@ FLAG_FIELDS = {"model": "model.name", "task": "task.name", "budget": "budget.tot
 CONFIG_FLAGS = ("preset", "config", *FLAG_FIELDS, "overrides")  # every flag that sets a config field
 
 
+def config_overrides(args: argparse.Namespace) -> list[str]:
+    """The named flags, then --set, as --set writes them."""
+    return [f"{field}={getattr(args, flag)}" for flag, field in FLAG_FIELDS.items()
+            if getattr(args, flag, None) is not None] + list(args.overrides)
+
+
 def config_from_args(args: argparse.Namespace, default_preset: str = "tiny"):
     """preset <- --config <- named flags <- --set, validated."""
     from harness.config.load import load_config
-    overrides = [f"{field}={getattr(args, flag)}" for flag, field in FLAG_FIELDS.items()
-                 if getattr(args, flag, None) is not None]
-    return load_config(args.preset or default_preset, args.config, overrides + list(args.overrides))
+    return load_config(args.preset or default_preset, args.config, config_overrides(args))
+
+
+def arm_settings_from_args(args: argparse.Namespace, default_preset: str = "tiny"):
+    """The preset's per-arm settings by algorithm, and which of their fields --config and --set set for every arm."""
+    from harness.config.load import load_arm_settings
+    return load_arm_settings(args.preset or default_preset, args.config, config_overrides(args))
 
 
 def refuse_flags_with(args: argparse.Namespace, flags: tuple[str, ...], what: str) -> None:
@@ -114,15 +124,16 @@ def add_arm_flags(parser: argparse.ArgumentParser) -> None:
 # ---------------------------------------------------------------- handlers
 
 def arm_specs_from_args(args: argparse.Namespace, default: str = "grpo,ppo"):
-    """The arms: --algos, or the `arms:` section of --config (not both)."""
+    """The arms: --algos, or the `arms:` section of --config (not both), each with its algorithm's per-arm
+    settings from the preset."""
     from harness.commands.arm_specs import arms_from_yaml, parse_arm_specs
     from harness.config.load import read_yaml
     section = read_yaml(Path(args.config)).get("arms") if args.config else None
     if section is not None and args.algos:
         raise UserError(f"the arms are named twice: in --algos and in the arms: section of {args.config}; keep one")
-    if section is not None:
-        return arms_from_yaml(section, args.config)
-    return parse_arm_specs(args.algos or default)
+    specs = arms_from_yaml(section, args.config) if section is not None else parse_arm_specs(args.algos or default)
+    settings = arm_settings_from_args(args)
+    return [spec.with_preset(settings) for spec in specs]
 
 
 def kl_from_args(args: argparse.Namespace):
@@ -177,14 +188,34 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                        first_seed=args.seed or 0, report=not args.no_report)
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from harness.commands import tune
+    from harness.commands.terminal import quiet_libraries
+    from harness.config.load import preset_data
+    quiet_libraries()
+    if args.resume:
+        refuse_flags_with(args, ("algos", "points", "seed", "out", "kl", "kl_coef", "curve_steps", "curve_every",
+                                 "write_preset", *CONFIG_FLAGS),
+                          f"--resume continues {args.resume} with the arms, axes and budget it was started with")
+        return tune.resume_tune(args.resume)
+    arms = arm_specs_from_args(args)
+    kl = kl_from_args(args)
+    point_budget, args.budget = args.budget, None  # --budget: per point; the preset keeps the config's
+    config = config_from_args(args)
+    data = preset_data(args.preset or "tiny", args.config, config_overrides(args))
+    return tune.tune(config, arms, points=12 if args.points is None else args.points, out=args.out, budget=point_budget, kl=kl,
+                     seed=tune.TUNE_SEED if args.seed is None else args.seed, curve_steps=args.curve_steps or 0,
+                     curve_every=args.curve_every or 0, write_to=args.write_preset, preset_data=data)
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     from harness.commands.plan import plan_command
-    algos = parse_algos(args.algos)
     if args.pilot:
         args.overrides = [*args.overrides, f"verdict.pilot={args.pilot}"]
+    arms = arm_specs_from_args(args)
     config = config_from_args(args)
     seeds = config.verdict.seeds if args.seeds is None else args.seeds
-    return plan_command(config, seeds, algos, simulate=args.simulate)
+    return plan_command(config, seeds, arms, simulate=args.simulate, baseline=args.baseline, kl=kl_from_args(args))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -200,7 +231,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.algo:
         raise UserError("harness run needs --algo (e.g. --algo grpo) or --run-dir of an existing run")
     algo = parse_algos(args.algo)[0]
-    return run.run(config_from_args(args), algo, out=args.out, probes=not args.no_probes)
+    from harness.commands.arm_specs import ArmSpec, arm_config, setting_lines
+    spec = ArmSpec(algo, algo).with_preset(arm_settings_from_args(args))
+    for line in setting_lines(spec):  # the preset's per-arm settings for this algorithm, as compare applies them
+        print(f"{algo}: {line}")
+    return run.run(arm_config(config_from_args(args), spec), algo, out=args.out, probes=not args.no_probes)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -294,8 +329,12 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 def cmd_config(args: argparse.Namespace) -> int:
     from harness.commands.config import config_command
     given = any(getattr(args, flag, None) not in (None, []) for flag in CONFIG_FLAGS)
+    settings = None
+    if given:
+        from harness.config.load import load_arm_settings
+        settings = load_arm_settings(args.preset or "tiny", args.config, config_overrides(args), check_options=False)
     return config_command(config_from_args(args) if given else None, prefix=args.section, as_json=args.json,
-                          markdown=args.markdown)
+                          markdown=args.markdown, arm_settings=settings)
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
@@ -355,17 +394,44 @@ def build_parser() -> Parser:
     add_config_flags(sweep)
     sweep.set_defaults(func=cmd_sweep)
 
+    tune = sub.add_parser(
+        "tune", help="tune each arm on the validation split, the same budget per arm; write a preset",
+        description="Tune each arm's own settings on the validation split, with the same number of points and "
+                    "the same budget per point for every arm, under the comparison's KL regime: the policy "
+                    "learning rate for every arm, the group size (completions per prompt), and for PPO the "
+                    "critic's learning rate and warm-up. A coordinate-wise search from the preset's present "
+                    "settings widens any axis whose best value is at the edge of what it probed. Prints the "
+                    "validation tables and writes a preset whose arm_settings 'harness compare --preset FILE' "
+                    "applies to each arm, with their provenance.")
+    tune.add_argument("--algos", help="comma-separated algorithms to tune (default: grpo,ppo)")
+    tune.add_argument("--points", type=int, help="points (distinct settings) per arm (default 12)")
+    tune.add_argument("--seed", type=int, help="the points' seed (default 1000: apart from a comparison's 0, 1, ...)")
+    tune.add_argument("--curve-steps", type=int, metavar="N",
+                      help="then train each arm's choice N steps, scored on validation every few steps: where the "
+                           "curves stop rising is the budget the preset gets")
+    tune.add_argument("--curve-every", type=int, metavar="K", help="steps between a curve's scores (default N/20)")
+    tune.add_argument("--write-preset", metavar="FILE.yaml", help="where the preset goes (default: preset.yaml in "
+                                                                  "the tune folder)")
+    tune.add_argument("--out", help="tune folder (default: results/tune__TASK__TIME)")
+    tune.add_argument("--resume", metavar="DIR", help="finish an interrupted tune folder (finished points are kept)")
+    tune.add_argument("--kl", choices=KL_MODES,
+                      help="the KL regime the comparison will use (default native), alike in every arm")
+    tune.add_argument("--kl-coef", type=float, metavar="X", help="the coefficient of --kl loss or reward")
+    add_config_flags(tune)
+    tune.set_defaults(func=cmd_tune)
+
     plan = sub.add_parser(
         "plan", help="print the analysis plan of a comparison without running it",
         description="Print the plan 'harness compare' fixes before it runs: the primary figures, the "
                     "non-inferiority margin (verdict.margin), the target accuracy, the band around the claim, the "
                     "eval set, and the minimum detectable difference of the chosen seeds and eval size.")
-    plan.add_argument("--algos", default="grpo,ppo", help="comma-separated algorithms (default: grpo,ppo)")
+    plan.add_argument("--algos", help="comma-separated arms, as for compare (default: grpo,ppo)")
     plan.add_argument("--seeds", type=int, help="seeds per algorithm (default: verdict.seeds)")
     plan.add_argument("--pilot", metavar="DIR", help="a finished comparison whose paired seed spread replaces "
                                                      "the stated assumption (verdict.seed_sd)")
     plan.add_argument("--simulate", action="store_true",
                       help="also run simulated comparisons under the plan: readings, coverage, power")
+    add_arm_flags(plan)
     add_config_flags(plan)
     plan.set_defaults(func=cmd_plan)
 

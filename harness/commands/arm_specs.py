@@ -10,35 +10,41 @@ A config file says the same in an `arms:` section:
       - {name: ppo-n1, algo: ppo, set: {rollout.samples_per_prompt: 1}}
 
 Every override is checked against the config schema and the algorithm's options before anything is written.
+
+An arm also takes its algorithm's per-arm settings from the preset (harness.config.arm_settings: the chosen
+settings of a tuned preset, with their provenance), below the user's --config and --set, which are below the
+arm's own overrides; `setting_rows` says where each of an arm's own settings came from.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from harness import UserError
 from harness.config.arm_kinds import algorithm_of, check_arm_kinds
+from harness.config.arm_settings import PresetArm, entry_for, grouped_lines, is_shared
 from harness.config.derive import algorithm_options
 from harness.config.kl import KLSetting
-from harness.config.load import copy_config, parse_override, parse_scalar, with_overrides
+from harness.config.load import copy_config, flatten_dotted, parse_override, with_overrides
 from harness.config.schema import Config
 
 ARM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 SPEC_FORM = "NAME=ALGO[:section.field=value...]"
-# What every arm of a comparison shares (the fairness rules): set it for all arms with --set instead.
-SHARED_FIELDS = ("budget.", "task.", "model.name", "run.seed", "run.results_dir", "run.eval_split", "verdict.",
-                 "estimate.")
+VARIANT_SOURCE = "your --algos variant"
 
 
 @dataclass
 class ArmSpec:
-    """One arm: its name (its folders and table rows), its algorithm, and its config overrides."""
+    """One arm: its name (its folders and table rows), its algorithm, its config overrides, and the preset's
+    per-arm settings for its algorithm, which its overrides win over (setting_rows says which came from where)."""
 
     name: str
     algo: str
     overrides: dict[str, Any] = field(default_factory=dict)  # dotted field -> value, over the comparison's config
+    preset: PresetArm | None = None  # the preset's per-arm settings for this arm's algorithm, under the overrides
+    source: str = VARIANT_SOURCE  # what the overrides are called where the plan says where a setting came from
 
     @property
     def text(self) -> str:
@@ -47,12 +53,74 @@ class ArmSpec:
             return self.name
         return f"{self.name}={self.algo}" + "".join(f":{k}={v}" for k, v in self.overrides.items())
 
-    def override_text(self) -> str:
-        """The overrides as the plan and the fairness lines list them: 'rollout.samples_per_prompt=1, ...'."""
-        return ", ".join(f"{key}={value}" for key, value in self.overrides.items()) or "no overrides"
+    def with_preset(self, settings: dict[str, PresetArm]) -> ArmSpec:
+        """This arm with its algorithm's entry of a preset's per-arm settings (none: as it is)."""
+        return replace(self, preset=entry_for(settings, self.algo))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "algo": self.algo, "overrides": dict(self.overrides)}
+        out = {"name": self.name, "algo": self.algo, "overrides": dict(self.overrides)}
+        if self.preset is not None:
+            out["preset_settings"] = self.preset.to_dict()
+        if self.preset is not None or self.source != VARIANT_SOURCE:
+            out["source"] = self.source
+            out["settings"] = setting_rows(self)
+        return out
+
+    @classmethod
+    def from_dict(cls, entry: dict[str, Any]) -> ArmSpec:
+        """An arm as to_dict saved it (comparison.json, sweep.json, tune.json), or as earlier versions did."""
+        preset = entry.get("preset_settings")
+        return cls(str(entry["name"]), str(entry["algo"]), dict(entry.get("overrides") or {}),
+                   PresetArm.from_dict(preset) if isinstance(preset, dict) else None,
+                   str(entry.get("source") or VARIANT_SOURCE))
+
+
+def setting_rows(spec: ArmSpec) -> list[dict[str, Any]]:
+    """Each of the arm's own settings, its value and where it came from: the preset's per-arm settings (with
+    their provenance), your --config or --set (instead of the preset's value), your --algos variant (instead
+    of both).
+
+    >>> from harness.config.arm_settings import PresetArm
+    >>> tuned = PresetArm("tiny", "ppo", {"optim.lr": 2e-4, "rollout.samples_per_prompt": 1}, "harness tune ...",
+    ...                   user_set={"optim.lr": {"source": "your --set", "value": 3e-4}})
+    >>> for row in setting_rows(ArmSpec("ppo-n4", "ppo", {"rollout.samples_per_prompt": 4}, tuned)):
+    ...     print(row)
+    {'field': 'optim.lr', 'value': 0.0003, 'source': 'your --set', 'instead_of': "the preset's 0.0002"}
+    {'field': 'rollout.samples_per_prompt', 'value': 4, 'source': 'your --algos variant', 'instead_of': "the preset's 1"}
+    """
+    preset = spec.preset
+    rows = []
+    for key, value in (preset.settings if preset else {}).items():
+        if key in spec.overrides:
+            continue
+        if key in preset.user_set:
+            rows.append({"field": key, "value": preset.user_set[key]["value"], "source": preset.user_set[key]["source"],
+                         "instead_of": f"the preset's {value}"})
+        else:
+            rows.append({"field": key, "value": value, "source": preset.source})
+    for key, value in spec.overrides.items():
+        row = {"field": key, "value": value, "source": spec.source}
+        if preset and key in preset.user_set:
+            row["instead_of"] = f"{preset.user_set[key]['source']}'s {preset.user_set[key]['value']}"
+        elif preset and key in preset.settings:
+            row["instead_of"] = f"the preset's {preset.settings[key]}"
+        rows.append(row)
+    return rows
+
+
+def setting_lines(spec: ArmSpec) -> list[str]:
+    """The arm's own settings grouped by where they came from, one source a line, as the plan prints them:
+
+        algorithms.ppo.critic_lr=0.001: preset tiny (harness tune --algos grpo,ppo ...)
+        rollout.samples_per_prompt=4 (instead of the preset's 1): your --algos variant
+    """
+    return grouped_lines(setting_rows(spec))
+
+
+def kl_notes(arms, kl: KLSetting) -> list[str]:
+    """A line for each arm whose preset settings were tuned under another KL regime than the comparison's."""
+    return [f"note: arm {a.name}'s preset settings were tuned under --kl {a.preset.kl}; this comparison runs "
+            f"--kl {kl.mode}" for a in arms if getattr(a, "preset", None) and a.preset.kl not in (None, kl.mode)]
 
 
 def parse_arm_spec(text: str) -> ArmSpec:
@@ -113,17 +181,9 @@ def arms_from_yaml(section: Any, where: str) -> list[ArmSpec]:
     return check_arm_list(specs)
 
 
-def flatten_dotted(key: str, value: Any) -> dict[str, Any]:
-    if isinstance(value, dict) and value:
-        out = {}
-        for inner, item in value.items():
-            out.update(flatten_dotted(f"{key}.{inner}", item))
-        return out
-    return {key: parse_scalar(value) if isinstance(value, str) else value}
-
-
 def check_arm_list(specs: list[ArmSpec]) -> list[ArmSpec]:
-    """Known algorithms, distinct names, and no override of what every arm shares."""
+    """Known algorithms, distinct names, and no override of what every arm shares
+    (harness.config.arm_settings.SHARED_FIELDS)."""
     try:
         check_arm_kinds([spec.algo for spec in specs])
     except ValueError as err:
@@ -135,7 +195,7 @@ def check_arm_list(specs: list[ArmSpec]) -> list[ArmSpec]:
                         f"(a variant needs its own name: {twice[0]}-2={twice[0]}:section.field=value)")
     for spec in specs:
         for key in spec.overrides:
-            if key.startswith(SHARED_FIELDS) or key in SHARED_FIELDS:
+            if is_shared(key):
                 raise UserError(f"arm {spec.name}: {key} is the same for every arm of a comparison (fairness); "
                                 "set it for all arms with --set")
             section = algorithm_section(spec.algo)
@@ -163,11 +223,16 @@ def apply_kl(config: Config, algo: str, kl: KLSetting, arm: str) -> None:
 
 
 def arm_config(config: Config, spec: ArmSpec, kl: KLSetting | None = None, seed: int | None = None) -> Config:
-    """The comparison's config with the KL setting and then the arm's overrides applied, validated; one line
+    """The comparison's config with the preset's per-arm settings, the KL setting and then the arm's overrides
+    applied, validated; one line
     naming the arm when an override is unknown, mistyped, out of range or breaks the batch's split."""
     arm = copy_config(config)
     if seed is not None:
         arm.run.seed = seed
+    try:  # the preset's per-arm settings, under the KL setting (alike in every arm) and the arm's own overrides
+        arm = with_overrides(arm, spec.preset.applied) if spec.preset else arm
+    except UserError as err:
+        raise UserError(f"arm {spec.name}: {spec.preset.source}: {err}") from None
     if kl is not None:
         apply_kl(arm, spec.algo, kl, spec.name)
     try:

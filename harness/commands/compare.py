@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from harness import Interrupted, UserError
-from harness.commands.arm_specs import ArmSpec, arm_config, check_arm_list, check_baseline, parse_arm_spec
+from harness.commands.arm_specs import (ArmSpec, arm_config, check_arm_list, check_baseline, parse_arm_spec,
+                                        setting_lines)
 from harness.commands.plan import analysis_plan_lines, make_plan
 from harness.commands.terminal import ArmProgress, plan_lines, render_terminal, timestamp
 from harness.config.derive import make_task
@@ -42,7 +43,8 @@ FAIRNESS = [
     "same base model and weights for the arms of a seed (each seed its own warm start), tokenizer, task and prompt "
     "order for every arm",
     "same sampling (temperature, top-p, max new tokens), generation backend and precision",
-    "same policy optimizer, learning rate and optimizer steps per rollout batch",
+    "same policy optimizer and optimizer steps per rollout batch; each arm's own hyperparameters (learning rate, "
+    "group size, critic) are its own, tuned on the validation split where the preset says so (best against best)",
     "same seeds; the sampling seed of step k is the same in every arm",
     "equal budget in {unit}: {total} per arm",
     "PPO's critic: the policy's architecture and size, initialized from its weights",
@@ -54,7 +56,7 @@ def fairness_lines(config: Config, specs: list[ArmSpec] = (), kl: KLSetting | No
     """The fairness rules, then what this comparison sets apart from them: the KL, each arm's overrides."""
     lines = [line.format(unit=config.budget.unit, total=config.budget.total) for line in FAIRNESS]
     lines.append(f"KL to the reference: {(kl or KLSetting()).words()}")
-    lines += [f"arm {s.name}: {s.algo} with {s.override_text()}" for s in specs if s.overrides]
+    lines += [f"arm {s.name}: {s.algo} with {line}" for s in specs for line in setting_lines(s)]
     return lines
 
 
@@ -169,8 +171,7 @@ def read_plan(comparison_dir: Path) -> tuple[Config, list[ArmSpec], list[int], s
     plan = read_json_object(path, {"algos": list, "seeds": list})
     try:
         entries = plan.get("arm_specs") or [{"name": a, "algo": a, "overrides": {}} for a in plan["algos"]]
-        specs = check_arm_list([ArmSpec(str(e["name"]), str(e["algo"]), dict(e.get("overrides") or {}))
-                                for e in entries])
+        specs = check_arm_list([ArmSpec.from_dict(e) for e in entries])
         kl = KLSetting(**(plan.get("kl") or {}))
         baseline = check_baseline(specs, plan.get("baseline"))
     except (UserError, ValueError, TypeError, KeyError, AttributeError):  # not arm names, or not entries at all

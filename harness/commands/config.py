@@ -20,18 +20,38 @@ from harness.results.io import atomic_write_text
 
 
 def config_command(config: Config | None = None, prefix: str | None = None, as_json: bool = False,
-                   markdown: str | None = None, echo=print) -> int:
+                   markdown: str | None = None, echo=print, arm_settings: dict | None = None) -> int:
     """Print the fields (those under `prefix`, e.g. 'rollout' or 'algorithms.ppo'), with `config`'s values when
-    given. `markdown`: '-' prints the README's table, a path rewrites the table between its markers there."""
+    given, then the preset's per-arm settings (`arm_settings`: harness.config.load.load_arm_settings), which are
+    the comparison's and no field of the config. `markdown`: '-' prints the README's table, a path rewrites the
+    table between its markers there."""
     if markdown is not None:
         return write_markdown(markdown, echo)
     rows = field_rows(config, prefix)
     if as_json:
-        echo(json.dumps({"preset": config.preset if config else None, "fields": [r.to_dict() for r in rows]},
+        echo(json.dumps({"preset": config.preset if config else None, "fields": [r.to_dict() for r in rows],
+                         "arm_settings": {k: v.to_dict() for k, v in (arm_settings or {}).items()}},
                         indent=1, default=str))
         return 0
     render(rows, config, cross_checks=not prefix or prefix.rstrip(".") == "algorithms")
+    for line in arm_settings_lines(arm_settings or {}):
+        echo(line)
     return 0
+
+
+def arm_settings_lines(settings: dict) -> list[str]:
+    """The preset's per-arm settings, as `harness compare` applies them to each arm of that algorithm."""
+    if not settings:
+        return []
+    lines = ["arm_settings: each algorithm's own settings in this preset; harness compare applies them to its arms, "
+             "over the values above and under your --config, --set and --algos variants"]
+    for algo, entry in settings.items():
+        values = ", ".join(f"{k}={v}" + (f" (your {v2['source'].removeprefix('your ')}: {v2['value']})"
+                                         if (v2 := entry.user_set.get(k)) else "")
+                           for k, v in entry.settings.items())
+        lines.append(f"  {algo}: {values}")
+        lines.append(f"    from: {entry.provenance}" + (f" (tuned under --kl {entry.kl})" if entry.kl else ""))
+    return lines
 
 
 def write_markdown(target: str, echo) -> int:

@@ -210,9 +210,29 @@ def simulation_lines(plan: dict[str, Any], comparisons: int = 200) -> list[str]:
     return lines
 
 
-def plan_command(config: Config, seeds: int, algos: list[str], simulate: bool = False) -> int:
-    plan = make_plan(config, seeds, algos)
+def arms_plan_lines(config: Config, specs, kl=None) -> list[str]:
+    """Each arm's own settings and where each came from, as `harness compare` will apply them."""
+    from harness.commands.arm_specs import arm_config, kl_notes
+    from harness.commands.terminal import arm_lines
+    from harness.config.kl import KLSetting
+    kl = kl or KLSetting()
+    configs = {s.name: arm_config(config, s, kl) for s in specs}
+    lines = [f"Arms: {', '.join(s.name for s in specs)}; KL to the reference: {kl.words()}"]
+    lines += arm_lines(specs, configs, config) or ["  every arm as the config sets it: no per-arm settings"]
+    return lines + [f"  {note}" for note in kl_notes(specs, kl)]
+
+
+def plan_command(config: Config, seeds: int, arms, simulate: bool = False, baseline: str | None = None,
+                 kl=None) -> int:
+    """The analysis plan, then each arm's settings; `arms`: arm specs (harness.commands.arm_specs) or --algos
+    items."""
+    from harness.commands.arm_specs import check_arm_list, check_baseline, parse_arm_spec
+    from harness.results.headline import arm_pair_of
+    specs = check_arm_list([parse_arm_spec(a) if isinstance(a, str) else a for a in arms])
+    pair = arm_pair_of({s.name: s.algo for s in specs}, check_baseline(specs, baseline))
+    plan = make_plan(config, seeds, list(pair) if pair else [s.name for s in specs])
     print("\n".join(analysis_plan_lines(plan)))
+    print("\n".join(arms_plan_lines(config, specs, kl)))
     if simulate:
         print("\n".join(simulation_lines(plan)))
     return 0

@@ -79,10 +79,11 @@ def plan_points(config: Config, specs: list[ArmSpec], grid: dict[str, list[Any]]
         fields = fields_for(spec, grid)
         for index, values in enumerate(itertools.product(*(grid[f] for f in fields))):
             setting = dict(zip(fields, values))
-            point = ArmSpec(f"{spec.name}.p{index}", spec.algo, {**spec.overrides, **setting})
+            point = ArmSpec(f"{spec.name}.p{index}", spec.algo, {**spec.overrides, **setting}, spec.preset)
             for arm in compare_.plan_arms(config, [point], seeds, kl):
                 points.append({**arm, "base_arm": spec.name, "point": index, "setting": setting})
-    check_arm_list([ArmSpec(p["arm"], p["algo"], p["overrides"]) for p in points if p["seed"] == seeds[0]])
+    check_arm_list([ArmSpec(p["arm"], p["algo"], p["overrides"], spec.preset) for spec in specs for p in points
+                    if p["seed"] == seeds[0] and p["base_arm"] == spec.name])
     return points
 
 
@@ -138,8 +139,7 @@ def resume_sweep(sweep_dir: Path | str, report: bool = True) -> int:
     with FolderLock(sweep_dir, command_line()):
         plan = read_json_object(sweep_dir / SWEEP_FILE, {"arm_specs": list, "grid": dict, "seeds": list})
         try:
-            specs = check_arm_list([ArmSpec(e["name"], e["algo"], dict(e.get("overrides") or {}))
-                                    for e in plan["arm_specs"]])
+            specs = check_arm_list([ArmSpec.from_dict(e) for e in plan["arm_specs"]])
             kl = KLSetting(**plan.get("kl", {}))
             config = config_from_dict(read_yaml(sweep_dir / "config.yaml"))
             points_config = config_from_dict(read_yaml(sweep_dir / "points_config.yaml"))
@@ -169,7 +169,7 @@ def run_sweep(sweep_dir: Path, config: Config, points_config: Config, specs: lis
     if missing:
         raise UserError(f"no finished point for arm {', '.join(missing)}: nothing to compare; "
                         f"see the points' arm.log in {sweep_dir}")
-    best = [ArmSpec(s.name, s.algo, choice[s.name]["overrides"]) for s in specs]
+    best = [ArmSpec(s.name, s.algo, choice[s.name]["overrides"], s.preset) for s in specs]
     compare_dir = sweep_dir / COMPARE_FOLDER
     print(f"best against best on fresh seeds {plan['compare_seeds']} (test split): "
           + ", ".join(b.text for b in best), flush=True)

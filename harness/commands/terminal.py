@@ -252,6 +252,8 @@ def plan_lines(config, arms, seeds: list[int], comparison_dir: Path, trackers: l
         lines.append(f"  ratios against the baseline arm: {baseline}")
     if kl is not None:
         lines.append(f"  KL to the reference: {kl.words()}")
+        from harness.commands.arm_specs import kl_notes
+        lines += [f"  {note}" for note in kl_notes(arms, kl)]
     lines += [
         f"  {lm_eval}",
         f"  trackers: {', '.join(trackers) if trackers else 'none (--report-to trackio,tensorboard,... to add)'}",
@@ -262,14 +264,14 @@ def plan_lines(config, arms, seeds: list[int], comparison_dir: Path, trackers: l
 
 
 def arm_lines(arms, arm_configs: dict[str, Any], config) -> list[str]:
-    """Each arm with overrides, its prompts per step where its group size differs, and a critic's warm-up."""
+    """Each arm's own settings and where each came from (the preset's per-arm settings and their provenance,
+    your --set, your --algos variant), its prompts per step where its group size differs, a critic's warm-up."""
+    from harness.commands.arm_specs import setting_lines
     lines = []
     for arm in arms:
-        name, overrides = getattr(arm, "name", arm), getattr(arm, "overrides", {})
+        name = getattr(arm, "name", arm)
         own = arm_configs.get(name)
         notes = []
-        if overrides:
-            notes.append(f"{arm.algo} with {arm.override_text()}")  # overrides: an ArmSpec
         if own is not None and own.prompts_per_step != config.prompts_per_step:
             notes.append(f"{own.prompts_per_step} prompts x {own.rollout.samples_per_prompt} per step, "
                          f"{own.total_steps()} steps")
@@ -278,6 +280,10 @@ def arm_lines(arms, arm_configs: dict[str, Any], config) -> list[str]:
         if warmup:
             notes.append(f"critic warm-up: the first {warmup} steps ({warmup * own.completions_per_step} completions, "
                          "counted in the budget) train the critic only")
-        if notes:
-            lines.append(f"  arm {name}: " + "; ".join(notes))
+        sources = [] if isinstance(arm, str) else setting_lines(arm)  # arm: an ArmSpec, or an algorithm's name
+        if any(getattr(a, "preset", None) for a in arms) and getattr(arm, "preset", "") is None:
+            sources.append(f"not tuned: the preset has no arm_settings for {arm.algo}; the preset's shared values")
+        if notes or sources:
+            lines.append(f"  arm {name} ({getattr(arm, 'algo', name)})" + "".join(f"; {note}" for note in notes))
+            lines += [f"    {line}" for line in sources]
     return lines

@@ -264,8 +264,8 @@ class Config(StrictModel):
     task: TaskConfig = Field(default_factory=TaskConfig, description="What is asked and how it is scored.")
     rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="Sampling, the same for every arm.")
     budget: BudgetConfig = Field(default_factory=BudgetConfig, description="What each arm may spend.")
-    optim: OptimConfig = Field(default_factory=OptimConfig, description="The policy's optimizer, the same for "
-                                                                        "every arm.")
+    optim: OptimConfig = Field(default_factory=OptimConfig, description="The policy's optimizer (a preset's "
+                                                                        "arm_settings may give an arm its own lr).")
     run: RunConfig = Field(default_factory=RunConfig, description="Seeds, devices, evaluation, output.")
     verdict: VerdictConfig = Field(default_factory=VerdictConfig, description="The analysis plan.")
     algorithms: dict[str, dict[str, Any]] = Field(

@@ -249,10 +249,20 @@ def arms_section(cmp: Comparison) -> list[dict[str, Any]]:
         else:
             warmup = f"{planned} steps planned; no finished arm logged them" if planned else "—"
         rows.append({"name": spec["name"], "algo": spec["algo"], "baseline": spec["name"] == cmp.baseline,
-                     "overrides": ", ".join(f"{k}={v}" for k, v in spec["overrides"].items()) or "none",
+                     "overrides": settings_text(spec),
                      "prompts": get(config, "derived", "prompts_per_step"),
                      "group": get(config, "rollout", "samples_per_prompt"), "warmup": warmup})
     return rows
+
+
+def settings_text(spec: dict[str, Any]) -> str:
+    """The arm's own settings and where each came from (comparison.json's `settings`: the preset's per-arm
+    settings with their provenance, your --set, your --algos variant), or its overrides in a comparison from
+    before settings were recorded."""
+    from harness.config.arm_settings import grouped_lines
+    if not spec.get("settings"):
+        return ", ".join(f"{k}={v}" for k, v in spec["overrides"].items()) or "none"
+    return "; ".join(grouped_lines(spec["settings"]))
 
 
 def kl_words(cmp: Comparison) -> str:

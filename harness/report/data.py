@@ -129,7 +129,8 @@ class Comparison:
         """Each arm's name, algorithm and overrides, in the comparison's order."""
         saved = self.plan.arm_specs
         if saved and all(s.name for s in saved):
-            return [{"name": s.name, "algo": s.algo or s.name, "overrides": s.overrides or {}} for s in saved]
+            return [{"name": s.name, "algo": s.algo or s.name, "overrides": s.overrides or {},
+                     "settings": s.settings or []} for s in saved]
         names = self.plan.algos or list(dict.fromkeys(a.name for a in self.arms))
         return [{"name": n, "algo": n, "overrides": {}} for n in names]
 

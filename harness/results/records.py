@@ -267,6 +267,7 @@ class ArmSpecEntry(Record):
     name: str
     algo: Maybe[str] = None
     overrides: Maybe[dict[str, Any]] = None
+    settings: Maybe[list[Any]] = None  # where each of its settings came from (harness.config.load: arm_settings)
 
 
 class ComparisonPlan(Record):
