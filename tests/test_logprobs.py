@@ -252,3 +252,44 @@ def test_the_chunked_head_under_fsdp2_on_two_processes_gives_the_whole_logits_gr
                              str(WORKER), reshard_root], capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("equal") == 2  # one line per rank
+
+
+class _TiedHead(torch.autograd.Function):
+    """h @ w.T summed per row, with the weight's gradient a buffer of its own whose address is recorded."""
+    addresses: list[int] = []
+
+    @staticmethod
+    def forward(ctx, hidden, weight):
+        ctx.save_for_backward(hidden, weight)
+        return (hidden @ weight.t()).sum(-1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        hidden, weight = ctx.saved_tensors
+        grad_weight = grad.unsqueeze(-1).expand(-1, weight.shape[0]).t() @ hidden  # [V, H], a new buffer
+        _TiedHead.addresses.append(grad_weight.data_ptr())
+        return grad.unsqueeze(-1) * weight.sum(0), grad_weight
+
+
+def test_tied_weight_gradients_sum_in_place_only_outside_the_tracker():
+    """What `harness bench memory`'s floor line says: a tied embedding's two gradients (the LM head's and the
+    embedding's, [V, H] each) are summed by autograd in place into the one that came first, unless the ops ran
+    under a dispatch mode (the live-tensor tracker, fake tensors), where the sum is a third buffer."""
+    torch.manual_seed(0)
+    embedding = torch.nn.Embedding(1000, 16)  # [V, H] = 1000 x 16 fp32: 64,000 bytes
+    ids = torch.randint(0, 1000, (4, 3))
+
+    def step():
+        hidden = embedding(ids).reshape(-1, 16)
+        _TiedHead.apply(hidden, embedding.weight).sum().backward()
+
+    step()
+    assert embedding.weight.grad.data_ptr() == _TiedHead.addresses[-1]  # summed into the head's buffer
+    embedding.weight.grad = None
+    live = LiveTensors(trained=[embedding])
+    with live, live.phase("policy_update"):
+        step()
+    assert embedding.weight.grad.data_ptr() != _TiedHead.addresses[-1]
+    # the head's gradient, the embedding's and their sum, 64,000 bytes each, live at once (plus the hidden
+    # states' gradient, 12 x 16 x 4 = 768 bytes, and smaller ones)
+    assert 3 * 64_000 <= live.step_peaks["policy_update"]["temporaries"] < 4 * 64_000
