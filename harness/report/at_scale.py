@@ -125,7 +125,7 @@ def machine_block(data: dict[str, Any], cmp) -> dict[str, Any] | None:
             seconds, flops = own[seconds_key].mean(), own[flops_key].mean()
             if not seconds or flops != flops:  # a phase this arm does not run
                 continue
-            world = max([a.summary.get("world_size") or 1 for a in cmp.ok_arms(arm)] or [1])
+            world = max([a.summary.world_size or 1 for a in cmp.ok_arms(arm)] or [1])
             rate = flops / seconds
             rows.append({"arm": arm, "phase": phase, "seconds": f"{seconds:.3f}", "flops": f"{flops / 1e9:,.2f}",
                          "rate": f"{rate / 1e9:,.1f}", "mfu": f"{rate / (peak * max(world, 1)):.1%}"})
