@@ -127,6 +127,12 @@ def generate(policy, reference, tokenizer, task: Task, examples: list[Example], 
                                                        cfg.max_new_tokens, cfg.temperature, cfg.top_p,
                                                        autocast_dtype=settings.autocast_dtype, synced=distributed(),
                                                        prompt_width=pad_to[0] if pad_to else 0)
+        if pad_to is not None and input_ids.shape[1] - prompt_length < pad_to[1]:
+            # every row ended early (generate stops only then): widen the ids to the full length here, so that
+            # the score phase holds what a full-length step holds, as the estimate assumes (the new positions
+            # come after each row's EOS: masked)
+            input_ids = torch.nn.functional.pad(input_ids, (0, pad_to[1] - (input_ids.shape[1] - prompt_length)),
+                                                value=tokenizer.pad_token_id)
     with meter.phase("score"):
         completion_ids = input_ids[:, prompt_length:]  # [B, T]
         mask, finished = completion_mask(completion_ids, tokenizer.eos_token_id)
