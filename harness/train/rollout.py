@@ -30,15 +30,24 @@ class Rollout:
             self.generated_tokens = self.generated_tokens or int(self.batch.completion_mask.sum().item())
 
 
-def completion_mask(completion_ids: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mask `[B, T]` of the tokens up to and including the first EOS, finished `[B]`).
+def completion_mask(completion_ids: torch.Tensor, eos_id: int,
+                    sampled: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask `[B, T]` of the tokens up to and including the first EOS, finished `[B]`); with `sampled`, the
+    positions from `sampled` on are padding: masked out and never an EOS (written in place, no new tensors).
 
     >>> completion_mask(torch.tensor([[5, 1, 0], [5, 6, 7]]), eos_id=1)[0].tolist()
     [[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]]
+    >>> [t.tolist() for t in completion_mask(torch.tensor([[5, 6, 1], [1, 6, 1]]), eos_id=1, sampled=2)]
+    [[[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]], [False, True]]
     """
     is_eos = completion_ids == eos_id
+    if sampled is not None:
+        is_eos[:, sampled:] = False
     after_eos = (is_eos.cumsum(-1) - is_eos.long()) > 0  # strictly after the first EOS
-    return (~after_eos).float(), is_eos.any(-1)
+    mask = (~after_eos).float()
+    if sampled is not None:
+        mask[:, sampled:] = 0
+    return mask, is_eos.any(-1)
 
 
 def use_chat_template(tokenizer, mode: str) -> None:
@@ -127,15 +136,14 @@ def generate(policy, reference, tokenizer, task: Task, examples: list[Example], 
                                                        cfg.max_new_tokens, cfg.temperature, cfg.top_p,
                                                        autocast_dtype=settings.autocast_dtype, synced=distributed(),
                                                        prompt_width=pad_to[0] if pad_to else 0)
-        if pad_to is not None and input_ids.shape[1] - prompt_length < pad_to[1]:
-            # every row ended early (generate stops only then): widen the ids to the full length here, so that
-            # the score phase holds what a full-length step holds, as the estimate assumes (the new positions
-            # come after each row's EOS: masked)
-            input_ids = torch.nn.functional.pad(input_ids, (0, pad_to[1] - (input_ids.shape[1] - prompt_length)),
-                                                value=tokenizer.pad_token_id)
+        sampled = input_ids.shape[1] - prompt_length
+        if pad_to is not None and sampled < pad_to[1]:
+            # widen the ids to the full length here, so that the score phase holds what a full-length step
+            # holds, as the estimate assumes, whatever length sampling stopped at (the new positions are masked)
+            input_ids = torch.nn.functional.pad(input_ids, (0, pad_to[1] - sampled), value=tokenizer.pad_token_id)
     with meter.phase("score"):
         completion_ids = input_ids[:, prompt_length:]  # [B, T]
-        mask, finished = completion_mask(completion_ids, tokenizer.eos_token_id)
+        mask, finished = completion_mask(completion_ids, tokenizer.eos_token_id, sampled)
         texts = decode_completions(tokenizer, completion_ids, mask)
         rewards = [task.reward(text, example, finished=done) for text, example, done in zip(texts, group, finished.tolist())]
         batch = RolloutBatch(input_ids=input_ids, attention_mask=torch.cat([prompt_mask, mask.long()], dim=1),
