@@ -1,11 +1,15 @@
-"""Shared fixtures: an isolated model cache, offline Hugging Face, and one smoke comparison per session."""
+"""Shared fixtures and helpers: an isolated model cache, offline Hugging Face, one smoke comparison per session,
+the smoke model per module, a tiny random policy, the CLI (in this process and as the console script), and
+readers of what a run writes. Tests import the helpers (`from conftest import harness, read_rows`)."""
 
 import os
 import subprocess
 import sys
 import tempfile
+import json
 import time
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -32,11 +36,16 @@ def model_cache(tmp_path_factory):
     return Path(os.environ["HARNESS_CACHE"])
 
 
+def harness_command() -> list[str]:
+    """The console script beside this Python (`python -m harness` where it is not installed)."""
+    exe = Path(sys.executable).with_name("harness")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "harness"]
+
+
 def harness(*args, cwd=None, check=False):
     """Run the console script as a user would; returns the CompletedProcess."""
-    exe = Path(sys.executable).with_name("harness")
-    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "harness"]
-    result = subprocess.run(command + list(args), capture_output=True, text=True, cwd=cwd, env=os.environ.copy())
+    result = subprocess.run(harness_command() + list(args), capture_output=True, text=True, cwd=cwd,
+                            env=os.environ.copy())
     if check and result.returncode != 0:
         raise AssertionError(f"harness {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
     return result
@@ -61,3 +70,57 @@ def smoke_comparison(tmp_path_factory):
     out = tmp_path_factory.mktemp("compare") / "smoke"
     result = harness("compare", "--algos", "grpo,ppo", "--preset", "smoke", "--no-report", "--out", str(out), check=True)
     return out, result
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    """`harness ARGS` in this process: (exit status, argparse's own exit included; stdout; stderr)."""
+    from harness.cli import main
+    try:
+        code = main([str(arg) for arg in args])
+    except SystemExit as exit_info:  # argparse rejects a flag by exiting
+        code = exit_info.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a JSON-lines file (steps.jsonl, lm-eval's samples)."""
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def read_summary(folder: Path) -> dict[str, Any]:
+    """An arm's (or a comparison's) summary.json, as written."""
+    return json.loads((folder / "summary.json").read_text())
+
+
+class SmokeModel(NamedTuple):
+    config: Any
+    task: Any
+    policy: Any
+    tokenizer: Any
+
+
+@pytest.fixture(scope="module")
+def smoke_model() -> SmokeModel:
+    """The smoke preset's config, its task, and its warm-started tiny policy (cached) with its tokenizer;
+    one per test module, so that a module that changes the policy changes only its own."""
+    from harness.config.derive import make_task
+    from harness.config.load import load_config
+    from harness.train.models import load_policy, resolve_model_path
+    config = load_config("smoke")
+    task = make_task(config)
+    policy, tokenizer = load_policy(resolve_model_path(config.model, task))
+    return SmokeModel(config, task, policy, tokenizer)
+
+
+def small_policy(hidden_size: int = 16, num_layers: int = 2, dtype=None):
+    """A seeded random decoder over the characters of sums (13 characters + pad, eos, unk = 16 tokens), in
+    `dtype` (float64 by default: equivalence tests compare to 1e-10)."""
+    import torch
+
+    from harness.config.schema import ModelConfig
+    from harness.train.models import char_tokenizer, tiny_model
+    torch.manual_seed(0)
+    tokenizer = char_tokenizer("0123456789+-=")
+    model = tiny_model(ModelConfig(hidden_size=hidden_size, num_layers=num_layers, num_heads=2), tokenizer)
+    return model.to(dtype or torch.float64)

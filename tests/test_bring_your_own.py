@@ -9,13 +9,12 @@ import os
 import random
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from conftest import harness
+from conftest import harness, harness_command
 
 pytestmark = pytest.mark.slow
 
@@ -40,11 +39,6 @@ def write_task(folder: Path) -> None:
             a, b = rng.randint(0, 20), rng.randint(0, 20)
             handle.write(json.dumps({"question": f"{a}+{b}=", "answer": str(a + b)}) + "\n")
     (folder / "rewards.py").write_text(REWARDS)
-
-
-def harness_command() -> list[str]:
-    exe = Path(sys.executable).with_name("harness")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "harness"]
 
 
 @pytest.fixture(scope="module")

@@ -7,21 +7,8 @@ import sys
 import pytest
 import yaml
 
-from conftest import harness, wait_for_steps
+from conftest import harness, read_rows, read_summary, run_cli, wait_for_steps
 from harness.cli import main
-
-
-def cli(*args: str, capsys) -> tuple[int, str]:
-    """`harness ARGS` in this process: its exit status (argparse's own exit included) and stderr."""
-    try:
-        code = main(list(args))
-    except SystemExit as exit_info:  # argparse rejects a flag by exiting
-        code = exit_info.code
-    return code, capsys.readouterr().err
-
-
-def read_rows(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 @pytest.mark.slow
@@ -31,7 +18,7 @@ def test_compare_smoke_end_to_end(smoke_comparison):
     assert plan["algos"] == ["grpo", "ppo"] and plan["budget"] == {"unit": "completions", "total": 96}
     for arm in plan["arms"]:
         folder = out / arm["dir"]
-        summary = json.loads((folder / "summary.json").read_text())
+        summary = read_summary(folder)
         assert summary["status"] == "ok", summary
         # equal budget: the smoke preset's 96 completions = 3 steps of 32, in every arm
         assert summary["budget"]["used"]["completions"] == 96 and summary["steps"] == 3
@@ -58,8 +45,8 @@ def test_compare_smoke_end_to_end(smoke_comparison):
 @pytest.mark.slow
 def test_both_arms_see_the_same_prompts_and_model(smoke_comparison):
     out, _ = smoke_comparison
-    grpo = json.loads((out / "chain_sum__grpo__s0" / "summary.json").read_text())
-    ppo = json.loads((out / "chain_sum__ppo__s0" / "summary.json").read_text())
+    grpo = read_summary(out / "chain_sum__grpo__s0")
+    ppo = read_summary(out / "chain_sum__ppo__s0")
     # the same base model and held-out split give the same starting accuracy in both arms
     assert grpo["eval"]["base"] == ppo["eval"]["base"]
     # the first step samples with the same seed from the same weights: identical rollouts and rewards
@@ -103,7 +90,7 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path):
     expected = [{k: r[k] for k in keep} for r in read_rows(straight / "steps.jsonl")]
     assert [r["step"] for r in resumed] == list(range(1, 9))
     assert resumed == expected
-    assert json.loads((cut / "summary.json").read_text())["status"] == "ok"
+    assert read_summary(cut)["status"] == "ok"
 
 
 @pytest.mark.parametrize("args, message", [
@@ -136,7 +123,7 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path):
 def test_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, args, message):
     # In this process: the console script's own code (harness.cli.main), without a start-up per row
     monkeypatch.chdir(tmp_path)
-    code, err = cli(*args, "--results-dir", str(tmp_path / "results"), capsys=capsys)
+    code, _, err = run_cli(capsys, *args, "--results-dir", tmp_path / "results")
     assert code == 2, err
     assert message in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
@@ -147,7 +134,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, args, m
 def test_malformed_yaml_config(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("rollout:\n  batch_size: [1, 2\n")
-    code, err = cli("compare", "--config", str(bad), "--results-dir", str(tmp_path / "r"), capsys=capsys)
+    code, _, err = run_cli(capsys, "compare", "--config", bad, "--results-dir", tmp_path / "r")
     assert code == 2
     assert f"malformed YAML in {bad}" in err and len(err.strip().splitlines()) == 1
 
@@ -172,8 +159,8 @@ def test_one_arm_out_of_memory_is_recorded_and_the_other_arm_goes_on(tmp_path, m
     result = harness("compare", "--algos", "grpo,ppo", "--preset", "smoke", "--no-report", "--out", str(out),
                      "--set", "run.lm_eval=false")
     assert result.returncode == 1  # not every arm finished
-    grpo = json.loads((out / "chain_sum__grpo__s0" / "summary.json").read_text())
-    ppo = json.loads((out / "chain_sum__ppo__s0" / "summary.json").read_text())
+    grpo = read_summary(out / "chain_sum__grpo__s0")
+    ppo = read_summary(out / "chain_sum__ppo__s0")
     assert grpo["status"] == "ok" and grpo["steps"] == 3
     assert ppo["status"] == "oom" and ppo["error"].startswith("out of memory at step 2")
     assert [r["step"] for r in read_rows(out / "chain_sum__ppo__s0" / "steps.jsonl")] == [1]  # step 1 kept
@@ -184,7 +171,7 @@ def test_one_arm_out_of_memory_is_recorded_and_the_other_arm_goes_on(tmp_path, m
     resumed = harness("compare", "--resume", str(out), "--no-report")
     assert resumed.returncode == 0, resumed.stderr
     assert (out / "chain_sum__grpo__s0" / "summary.json").read_text() == grpo_before
-    ppo = json.loads((out / "chain_sum__ppo__s0" / "summary.json").read_text())
+    ppo = read_summary(out / "chain_sum__ppo__s0")
     assert ppo["status"] == "ok" and ppo["steps"] == 3
     assert [r["step"] for r in read_rows(out / "chain_sum__ppo__s0" / "steps.jsonl")] == [1, 2, 3]
 

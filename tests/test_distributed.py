@@ -1,7 +1,6 @@
 """An arm across two processes (torchrun, gloo, FSDP2) against one: the same math, half the model state
 per rank, a killed rank recorded by number, resume from sharded checkpoints, bad launches refused."""
 
-import json
 import os
 import signal
 import subprocess
@@ -12,17 +11,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import harness, wait_for_steps
+from conftest import harness, read_rows, read_summary, wait_for_steps
 from harness import UserError
 from harness.config.load import load_config
 from harness.train.distributed import check_launch
 
 pytestmark = pytest.mark.slow
 FLAGS = ("--preset", "smoke", "--set", "run.lm_eval=false")
-
-
-def rows(folder):
-    return [json.loads(line) for line in (folder / "steps.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module", params=["grpo", "ppo"])
@@ -36,7 +31,7 @@ def one_and_two(request, tmp_path_factory):
 
 def test_two_processes_train_what_one_does(one_and_two):
     algo, one, two = one_and_two
-    for a, b in zip(rows(one)[:3], rows(two)[:3]):
+    for a, b in zip(read_rows(one / "steps.jsonl")[:3], read_rows(two / "steps.jsonl")[:3]):
         assert a["reward/mean"] == b["reward/mean"] and a["completions"] == b["completions"]  # the same samples
         for key in ("loss/loss", "loss/policy_loss", "loss/grad_norm") + (("loss/value_loss",) if algo == "ppo" else ()):
             assert b[key] == pytest.approx(a[key], abs=1e-4), key
@@ -47,8 +42,8 @@ def test_two_processes_train_what_one_does(one_and_two):
 
 def test_each_rank_holds_half_of_the_model_state(one_and_two):
     _, one, two = one_and_two
-    single = json.loads((one / "summary.json").read_text())["mem"]["arithmetic"]["models"]
-    ranks = json.loads((two / "summary.json").read_text())["mem"]["arithmetic"]["per_rank"]
+    single = read_summary(one)["mem"]["arithmetic"]["models"]
+    ranks = read_summary(two)["mem"]["arithmetic"]["per_rank"]
     assert len(ranks) == 2
     for model, row in single.items():
         for category in ("params", "grads", "optimizer"):
@@ -56,7 +51,7 @@ def test_each_rank_holds_half_of_the_model_state(one_and_two):
             # FSDP2 shards each tensor on its first dimension: an odd row count leaves one rank a row more
             assert sum(halves) >= row[category] - 64, (model, category)
             assert abs(halves[0] - halves[1]) <= 0.02 * row[category] + 1024, (model, category)
-    live = json.loads((two / "summary.json").read_text())["mem"]["live"]
+    live = read_summary(two)["mem"]["live"]
     assert len(live["per_rank"]) == 2 and live["peak"] == max(r["peak"] for r in live["per_rank"])
 
 
@@ -73,10 +68,10 @@ def test_a_killed_rank_is_named_and_the_arm_resumes_from_its_sharded_checkpoint(
     assert rank_one, "rank 1 was not found"
     os.kill(rank_one[0], signal.SIGKILL)
     launcher.wait(timeout=300)
-    summary = json.loads((cut / "summary.json").read_text())
+    summary = read_summary(cut)
     assert summary["status"] == "failed" and "rank 1 of 2 died with exit code -9" in summary["error"]
     harness("run", "--run-dir", str(cut), "--resume", check=True)
-    resumed, expected = rows(cut), rows(straight)
+    resumed, expected = read_rows(cut / "steps.jsonl"), read_rows(straight / "steps.jsonl")
     assert [r["step"] for r in resumed] == list(range(1, 9))
     for a, b in zip(expected, resumed):
         assert b["loss/policy_loss"] == pytest.approx(a["loss/policy_loss"], abs=1e-6)
@@ -118,7 +113,7 @@ def test_a_comparison_on_two_processes_reports_memory_per_rank(tmp_path):
     html = next(out.rglob("*.html")).read_text()
     assert "Memory per rank" in html
     for algo in ("grpo", "ppo"):
-        summary = json.loads((out / f"chain_sum__{algo}__s0" / "summary.json").read_text())
+        summary = read_summary(out / f"chain_sum__{algo}__s0")
         assert summary["world_size"] == 2 and len(summary["mem"]["live"]["per_rank"]) == 2
 
 
@@ -141,9 +136,9 @@ def test_the_estimate_of_zero2_and_offload_is_what_a_rank_measures(algo, stack, 
     overrides = STACKS[stack]
     harness("run", "--algo", algo, *FLAGS, "--nproc-per-node", "2", "--out", str(tmp_path / "two"),
             *(flag for o in overrides for flag in ("--set", o)), check=True)
-    steady = rows(tmp_path / "two")[1:]
+    steady = read_rows(tmp_path / "two" / "steps.jsonl")[1:]
     config = load_config("smoke", overrides=["estimate.world_size=2", *overrides])
-    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    summary = read_summary(tmp_path / "two")
     assert summary["status"] == "ok"
     workload = Workload(16, 6, 5, config.rollout.samples_per_prompt)  # the smoke step: 32 rows of 6 + 5 tokens, on 2
     step = fake_step(config, algo, resolve_model("tiny", config).config, None, workload, world_size=2, foreach=False,
@@ -166,8 +161,8 @@ def test_the_estimate_at_world_size_two_is_what_a_rank_measures(algo, tmp_path):
     some runs and not others), freed later than FSDP2's own references are dropped."""
     from harness.estimate.estimator import estimate
     harness("run", "--algo", algo, *FLAGS, "--nproc-per-node", "2", "--out", str(tmp_path / "two"), check=True)
-    steady = rows(tmp_path / "two")[1:]
-    mem = json.loads((tmp_path / "two" / "summary.json").read_text())["mem"]
+    steady = read_rows(tmp_path / "two" / "steps.jsonl")[1:]
+    mem = read_summary(tmp_path / "two")["mem"]
     config = load_config("smoke", overrides=["estimate.world_size=2"])
     arm = estimate(config, [algo], cuda_optimizer=False, use_cache=False)["arms"][algo]  # the CPU's AdamW path
     assert len(steady) == 2 and set(arm["phases"]) == set(mem["live"]["per_rank"][0]["phases"])
@@ -196,7 +191,7 @@ def test_two_nodes_on_one_machine_run_a_comparison_that_node_zero_writes(tmp_pat
     assert follower.returncode == 0 and "followed 2 arms" in follower_out, follower_out
     for algo in ("grpo", "ppo"):
         arm = out / f"chain_sum__{algo}__s0"
-        summary = json.loads((arm / "summary.json").read_text())
+        summary = read_summary(arm)
         assert summary["status"] == "ok" and summary["world_size"] == 2
         assert len(summary["mem"]["live"]["per_rank"]) == 2
         assert (arm / "launcher-node1.log").exists()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import run_cli
 from harness.config.load import load_config, preset_names
 from harness.results.units import GIB
 
@@ -217,13 +218,6 @@ def test_the_rollout_engine_reserves_a_share_of_each_device(tmp_path):
 
 
 # ---------------------------------------------------------------- the command
-
-def run_cli(capsys, *args):
-    from harness.cli import main
-    code = main(list(args))
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
 
 def test_estimate_prints_each_arm_the_ratio_and_the_fit_and_reuses_its_cache(capsys):
     code, out, _ = run_cli(capsys, "estimate", "--preset", "smoke")

@@ -16,14 +16,12 @@ import pytest
 import torch
 
 from harness.cli import main
-from harness.config.load import load_config
 from harness.results.io import write_yaml
 from harness.tasks.base import Example
 from harness.tasks.gym import GymTask, load_task, task_names
 from harness.tasks.lm_eval import write_local_tasks
 from harness.tasks.lm_eval.metrics import canonical_number, majority_vote, sampled_scores
 from harness.train.lm_eval_bridge import majority_at_k, pass_at_k, score_policy, score_standard
-from harness.train.models import load_policy, resolve_model_path
 from harness.train.rollout import completion_mask, decode_completions, greedy_eval, sample
 
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
@@ -59,18 +57,9 @@ def offline(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def smoke():
-    """The smoke preset's warm-started tiny model (cached), its tokenizer and config."""
-    config = load_config("smoke")
-    task = load_task("chain_sum", eval_size=config.task.eval_size, seed=config.task.seed)
-    model, tokenizer = load_policy(resolve_model_path(config.model, task))
-    return model, tokenizer, config
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, smoke):
+def run_dir(tmp_path_factory, smoke_model):
     """A finished run's folder as `harness run` leaves it: config.yaml and final_model/."""
-    model, tokenizer, config = smoke
+    config, _, model, tokenizer = smoke_model
     folder = tmp_path_factory.mktemp("run")
     model.save_pretrained(folder / "final_model")
     tokenizer.save_pretrained(folder / "final_model")
@@ -177,9 +166,9 @@ def test_the_yaml_counts_as_correct_exactly_what_the_task_counts_as_solved(name,
 # ---------------------------------------------------------------- offline YAML, agreement
 
 @pytest.mark.slow  # lm-eval
-def test_generated_yaml_loads_with_a_fresh_task_manager_offline(tmp_path, smoke, offline, monkeypatch):
+def test_generated_yaml_loads_with_a_fresh_task_manager_offline(tmp_path, smoke_model, offline, monkeypatch):
     from lm_eval.tasks import TaskManager
-    model, tokenizer, config = smoke
+    config, _, model, tokenizer = smoke_model
     task = load_task("chain_sum", eval_size=12, seed=0)
     local = write_local_tasks(task, tmp_path, max_gen_toks=5, stop=[tokenizer.eos_token], k=4)
     manager = TaskManager(include_path=str(tmp_path), include_defaults=False)
@@ -231,10 +220,10 @@ def own_answers_as_references(examples: list[Example], completions: list[str]) -
 
 
 @pytest.mark.slow  # lm-eval
-def test_lm_eval_pass_at_1_equals_the_harness_greedy_accuracy(tmp_path, smoke, offline, monkeypatch):
+def test_lm_eval_pass_at_1_equals_the_harness_greedy_accuracy(tmp_path, smoke_model, offline, monkeypatch):
     """Same policy, same 200 held-out prompts, greedy both ways: same completions, same accuracy (on
     references that make the model solve a known share: own_answers_as_references)."""
-    model, tokenizer, config = smoke
+    config, _, model, tokenizer = smoke_model
     task = load_task("chain_sum", eval_size=200, seed=0)
     completions = greedy_completions(model, tokenizer, task.eval_examples(), config.rollout.max_new_tokens)
     examples = own_answers_as_references(task.eval_examples(), completions)
@@ -254,8 +243,8 @@ def test_lm_eval_pass_at_1_equals_the_harness_greedy_accuracy(tmp_path, smoke, o
 
 
 @pytest.mark.slow  # lm-eval
-def test_scoring_is_seeded_and_leaves_training_state_alone(tmp_path, smoke):
-    model, tokenizer, config = smoke
+def test_scoring_is_seeded_and_leaves_training_state_alone(tmp_path, smoke_model):
+    config, _, model, tokenizer = smoke_model
     task = load_task("chain_sum", eval_size=16, seed=0)
     model.train()
     rng_before = torch.get_rng_state()
@@ -270,8 +259,8 @@ def test_scoring_is_seeded_and_leaves_training_state_alone(tmp_path, smoke):
 # ---------------------------------------------------------------- standard benchmarks, CLI
 
 @pytest.mark.slow  # lm-eval
-def test_a_benchmark_without_its_data_gives_one_line_and_the_run_goes_on(smoke, offline):
-    model, tokenizer, _ = smoke
+def test_a_benchmark_without_its_data_gives_one_line_and_the_run_goes_on(smoke_model, offline):
+    _, _, model, tokenizer = smoke_model
     lines = []
     result = score_standard(model, tokenizer, ["gsm8k"], limit=2, log=lines.append)
     assert result["gsm8k"].startswith("not available: ")
@@ -292,9 +281,9 @@ def test_eval_of_a_missing_folder_gives_one_line_and_exit_status_2(tmp_path, cap
 
 
 @pytest.mark.slow  # lm-eval
-def test_harness_eval_and_plain_lm_eval_agree_on_a_saved_policy(run_dir, smoke, tmp_path, capsys, offline, monkeypatch):
+def test_harness_eval_and_plain_lm_eval_agree_on_a_saved_policy(run_dir, smoke_model, tmp_path, capsys, offline, monkeypatch):
     # `harness eval` writes the prompts and references it scores into the data file plain lm_eval reads
-    model, tokenizer, config = smoke
+    config, _, model, tokenizer = smoke_model
     task = load_task("chain_sum", eval_size=config.task.eval_size, seed=config.task.seed)
     examples = own_answers_as_references(
         task.eval_examples(), greedy_completions(model, tokenizer, task.eval_examples(), config.rollout.max_new_tokens))

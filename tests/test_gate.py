@@ -10,13 +10,12 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from conftest import harness
 from harness.cli import main
 from harness.commands.check import compare_arm, parse_tolerance, verdict
 from harness.results.records import Memory
@@ -24,11 +23,6 @@ from harness.results.units import GIB
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
-
-
-def run_harness(*args: str) -> None:
-    result = subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
 
 
 @pytest.fixture(scope="session")
@@ -39,7 +33,7 @@ def smoke(smoke_comparison) -> Path:
 @pytest.fixture(scope="session")
 def bigger(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("gate") / "bigger"
-    run_harness("run", "--algo", "grpo", "--preset", "smoke", "--set", "rollout.batch_size=64", "--out", str(out))
+    harness("run", "--algo", "grpo", "--preset", "smoke", "--set", "rollout.batch_size=64", "--out", str(out), check=True)
     return out
 
 

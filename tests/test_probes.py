@@ -6,18 +6,14 @@ import time
 import pytest
 import torch
 
+from conftest import small_policy
 from harness.algorithms.batch import TrainSettings
 from harness.algorithms.grpo import GRPO, GRPOConfig
 from harness.algorithms.ppo import PPO, PPOConfig
-from harness.config.schema import ModelConfig
 from harness.measure.probes import NO_GPU, Probes, Sampler, model_state_bytes, open_nvml, optimizer_state_bytes, parameter_bytes
-from harness.train.models import char_tokenizer, tiny_model
 
 
-def small_policy():
-    torch.manual_seed(0)
-    tokenizer = char_tokenizer("0123456789+-=")  # 13 characters + pad, eos, unk = 16 tokens
-    return tiny_model(ModelConfig(hidden_size=8, num_layers=1, num_heads=2), tokenizer)
+SMALL = {"hidden_size": 8, "num_layers": 1, "dtype": torch.float32}  # 16 tokens (see conftest.small_policy)
 
 
 def qwen2_parameter_count(vocab, hidden, layers, intermediate):
@@ -29,7 +25,7 @@ def qwen2_parameter_count(vocab, hidden, layers, intermediate):
 
 
 def test_parameter_bytes_by_hand():
-    policy = small_policy()
+    policy = small_policy(**SMALL)
     # 16 * 8 + (3 * 72 + 64 + 3 * 8 * 32 + 16) + 8 = 128 + 1064 + 8 = 1200 parameters, 4 bytes each
     assert qwen2_parameter_count(16, 8, 1, 32) == 1200
     assert parameter_bytes(policy) == 1200 * 4
@@ -44,7 +40,7 @@ def one_step(algorithm, policy):
 
 
 def test_adamw_holds_two_states_per_parameter():
-    policy = small_policy()
+    policy = small_policy(**SMALL)
     grpo = GRPO(policy, GRPOConfig(), TrainSettings())
     one_step(grpo, policy)
     tensors = len(list(policy.parameters()))  # 12 tensors (the tied head is the embedding)
@@ -56,7 +52,7 @@ def test_adamw_holds_two_states_per_parameter():
 
 
 def test_ppo_state_is_grpo_state_plus_the_critic():
-    grpo_policy, ppo_policy = small_policy(), small_policy()
+    grpo_policy, ppo_policy = small_policy(**SMALL), small_policy(**SMALL)
     grpo, ppo = GRPO(grpo_policy, GRPOConfig(), TrainSettings()), PPO(ppo_policy, PPOConfig(), TrainSettings())
     one_step(grpo, grpo_policy)
     one_step(ppo, ppo_policy)

@@ -9,18 +9,8 @@ from transformers import GenerationConfig
 from harness.algorithms.batch import RolloutBatch
 from harness.algorithms.batch import TrainSettings
 from harness.algorithms.logprobs import completion_logps, entropy_from_logits, selective_log_softmax
-from harness.config.load import load_config
-from harness.tasks.gym import load_task
-from harness.train.models import load_policy, resolve_model_path
+from harness.train.models import load_policy
 from harness.train.rollout import completion_mask, encode_prompts, generate, greedy_eval, sampling_config
-
-
-@pytest.fixture(scope="module")
-def smoke():
-    config = load_config("smoke")
-    task = load_task("chain_sum", eval_size=config.task.eval_size)
-    policy, tokenizer = load_policy(resolve_model_path(config.model, task))
-    return config, task, policy, tokenizer
 
 
 def test_completion_mask_stops_after_the_first_eos():
@@ -30,8 +20,8 @@ def test_completion_mask_stops_after_the_first_eos():
     assert finished.tolist() == [True, False, True]
 
 
-def test_groups_are_contiguous_and_logps_match_generate(smoke):
-    config, task, policy, tokenizer = smoke
+def test_groups_are_contiguous_and_logps_match_generate(smoke_model):
+    config, task, policy, tokenizer = smoke_model
     examples = task.train_examples(0, 3)
     torch.manual_seed(0)
     rollout = generate(policy, None, tokenizer, task, examples, config.rollout)
@@ -50,8 +40,8 @@ def test_groups_are_contiguous_and_logps_match_generate(smoke):
     assert (batch.old_logps[batch.completion_mask.bool()] <= 0).all()
 
 
-def test_left_padding_does_not_change_log_probs(smoke):
-    _, task, policy, tokenizer = smoke
+def test_left_padding_does_not_change_log_probs(smoke_model):
+    _, task, policy, tokenizer = smoke_model
     # "1+2=" alone and the same prompt left-padded beside a longer one give the same answer log-probs
     def logps(prompts, answer):
         rows = [tokenizer.encode(p) for p in prompts]
@@ -67,8 +57,8 @@ def test_left_padding_does_not_change_log_probs(smoke):
     torch.testing.assert_close(alone, padded, atol=1e-5, rtol=1e-5)
 
 
-def test_greedy_eval_counts_solved_answers(smoke):
-    config, task, policy, tokenizer = smoke
+def test_greedy_eval_counts_solved_answers(smoke_model):
+    config, task, policy, tokenizer = smoke_model
     figures = greedy_eval(policy, tokenizer, task, task.eval_examples(), config.rollout.max_new_tokens)
     assert figures["n"] == config.task.eval_size == len(figures["per_prompt"])
     assert sum(figures["per_prompt"]) == round(figures["accuracy"] * figures["n"])
@@ -89,10 +79,10 @@ def test_selective_log_softmax_equals_log_softmax_and_gather():
     torch.testing.assert_close(entropy_from_logits(torch.zeros(1, 2, 11)), torch.full((1, 2), math.log(11)))
 
 
-def test_sampler_scores_equal_the_trainers_old_logps_whatever_the_hub_generation_config(smoke, tmp_path):
+def test_sampler_scores_equal_the_trainers_old_logps_whatever_the_hub_generation_config(smoke_model, tmp_path):
     """A Hub model's generation_config (repetition penalty, top-k, ...) must not change what is sampled:
     the logits generate sampled from, after temperature and top-p = 1, are the ones the trainer scores."""
-    config, task, policy, tokenizer = smoke
+    config, task, policy, tokenizer = smoke_model
     folder = tmp_path / "model"
     policy.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

@@ -11,6 +11,7 @@ import torch
 from pydantic import Field
 from torch.testing import assert_close
 
+from conftest import small_policy
 from harness import UserError
 from harness.algorithms import get_algorithm, parse_options
 from harness.algorithms.base import Algorithm, Needs
@@ -20,14 +21,7 @@ from harness.algorithms.gspo import GSPO, GSPOConfig
 from harness.algorithms.logprobs import completion_logps
 from harness.algorithms.options import StrictModel
 from harness.algorithms.ppo import PPO, PPOConfig, value_loss
-from harness.config.schema import ModelConfig
-from harness.train.models import char_tokenizer, enable_gradient_checkpointing, tiny_model
-
-
-def small_policy(dtype=torch.float64):
-    torch.manual_seed(0)
-    tokenizer = char_tokenizer("0123456789+-=")
-    return tiny_model(ModelConfig(hidden_size=16, num_layers=2, num_heads=2), tokenizer).to(dtype)
+from harness.train.models import enable_gradient_checkpointing
 
 
 def rollout_batch(policy, rows=8, prompt=4, completion=5, group=4, seed=1) -> RolloutBatch:
@@ -140,7 +134,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
 
 
 def test_bf16_mixed_computes_in_bf16_over_fp32_weights():
-    policy = small_policy(torch.float32)
+    policy = small_policy(dtype=torch.float32)
     algorithm = GRPO(policy, GRPOConfig(), TrainSettings(lr=1e-3, autocast_dtype=torch.bfloat16))
     batch = rollout_batch(policy)
     for name in ("completion_mask", "scores", "old_logps", "ref_logps"):

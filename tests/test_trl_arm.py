@@ -7,7 +7,7 @@ import yaml
 from trl import GRPOConfig
 from trl.trainer.utils import RepeatSampler
 
-from conftest import harness
+from conftest import harness, read_rows, read_summary
 from harness import UserError
 from harness.cli import main
 from harness.config.derive import make_task
@@ -20,10 +20,6 @@ from harness.report.stats import mean_ci
 
 def smoke(*overrides):
     return load_config("smoke", overrides=list(overrides))
-
-
-def read_rows(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def test_trl_batches_match_ours(tmp_path):
@@ -143,9 +139,9 @@ def test_trl_and_grpo_start_from_the_same_rollout(tmp_path):
     assert trl[0]["loss/entropy"] == pytest.approx(grpo[0]["loss/entropy"], rel=1e-3)
     for key in ("time/generate", "time/policy_update", "mem/model_state/policy/optimizer", "mem/model_state/reference/params"):
         assert key in trl[0], key
-    summary = json.loads((folders["trl-grpo"] / "summary.json").read_text())
+    summary = read_summary(folders["trl-grpo"])
     assert summary["status"] == "ok" and summary["algo"] == "trl-grpo" and summary["steps"] == 3
-    base = json.loads((folders["grpo"] / "summary.json").read_text())["eval"]["base"]
+    base = read_summary(folders["grpo"])["eval"]["base"]
     assert summary["eval"]["base"] == base  # the same held-out eval through the same function
     config = yaml.safe_load((folders["trl-grpo"] / "config.yaml").read_text())
     trl_section = config["derived"]["trl"]
@@ -177,7 +173,7 @@ def test_reward_curves_of_trl_and_grpo_agree_within_seed_intervals(family_compar
 @pytest.mark.slow
 def test_report_renders_trl_grpo_beside_ppo(family_comparison, tmp_path):
     from harness.report import build_report
-    summary = json.loads((family_comparison / "summary.json").read_text())
+    summary = read_summary(family_comparison)
     assert {row["algo"] for row in summary["arms"] if row["status"] == "ok"} == {"grpo", "ppo", "trl-grpo"}
     html, _ = build_report(family_comparison, tmp_path, pdf=False)
     text = html.read_text()

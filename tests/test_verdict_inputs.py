@@ -14,7 +14,7 @@ import torch
 from harness.algorithms.base import NoMeter
 from harness.config.derive import make_task, train_settings
 from harness.config.load import load_config
-from harness.train.models import (build_or_load_tiny, char_tokenizer, load_policy, resolve_model_path, tiny_key,
+from harness.train.models import (build_or_load_tiny, char_tokenizer, load_policy, tiny_key,
                                   tiny_model, warm_start)
 from harness.train.rollout import generate, pad_batch
 
@@ -24,18 +24,10 @@ class Meter(NoMeter):
         pass
 
 
-@pytest.fixture(scope="module")
-def smoke():
-    config = load_config("smoke")
-    task = make_task(config)
-    policy, tokenizer = load_policy(resolve_model_path(config.model, task))
-    return config, task, policy, tokenizer
-
-
 # ---------------------------------------------------------------- fixed shapes on tracked steps
 
-def test_pad_batch_masks_what_it_adds(smoke):
-    _, task, policy, tokenizer = smoke
+def test_pad_batch_masks_what_it_adds(smoke_model):
+    _, task, policy, tokenizer = smoke_model
     config = load_config("smoke")
     torch.manual_seed(0)
     batch = generate(policy, None, tokenizer, task, task.train_examples(0, 2), config.rollout).batch
@@ -52,9 +44,9 @@ def test_pad_batch_masks_what_it_adds(smoke):
 
 
 @pytest.mark.parametrize("algo", ["grpo", "ppo"])
-def test_a_padded_step_samples_and_trains_exactly_as_the_unpadded_one(smoke, algo):
+def test_a_padded_step_samples_and_trains_exactly_as_the_unpadded_one(smoke_model, algo):
     from harness.train.arm import arm_models, learn
-    config, task, policy, tokenizer = smoke
+    config, task, policy, tokenizer = smoke_model
     settings = train_settings(config)
     examples = task.train_examples(0, config.prompts_per_step)
     longest = max(len(tokenizer.encode(e.prompt)) for e in examples)

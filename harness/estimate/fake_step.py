@@ -34,7 +34,7 @@ from torch.distributed._tools.mem_tracker import _TOTAL_KEY, _RefType
 from harness.algorithms.batch import RolloutBatch, TrainSettings
 from harness.algorithms.logprobs import autocast, logprob_rows
 from harness.estimate.fake_generation import Workload, fake_sample
-from harness.measure.live_tensors import CATEGORIES, LiveTensors, _Category, _LeanTracker, retag_fsdp_buffers
+from harness.measure.live_tensors import CATEGORIES, LiveTensors, _Category, _LeanTracker
 from harness.measure.probes import Probes, model_state_bytes
 from harness.measure.step_meter import StepMeter
 from harness.train.arm import arm_models, learn, rank_settings
@@ -68,14 +68,17 @@ ESTIMATE_CATEGORIES = {**CATEGORIES, "Weight cast": "weight_casts", "Offloaded":
 
 
 class _WeightedTracker(_LeanTracker):
-    """The lean tracker, with two changes for estimates:
+    """The live-tensor tracker of a run, through its hooks, with three changes for estimates:
 
     - autocast's copies of parameters (bf16 weights under bf16-mixed, saved for backward and cached
       while autocast is on) are their own category, `weight_casts`;
+    - an optimizer step's tensors are filed where its state lives (`stepping`: offloaded, elsewhere);
     - each phase's peak is taken where the GPU's total peaks: a weight per category (0 for the shards
       of an offloaded model, which live in CPU memory), so that the moment kept is the one that
       matters on the GPU. With every weight 1 it is the plain peak of `LiveTensors`.
     """
+
+    category_names = ESTIMATE_CATEGORIES
 
     def __init__(self, weights: dict[str, float] | None = None) -> None:
         super().__init__()
@@ -85,7 +88,7 @@ class _WeightedTracker(_LeanTracker):
         self.weights = weights or {}
         self._weights_by_key: dict = {}
 
-    def _weighted(self, snapshot: dict) -> float:
+    def weighted(self, snapshot: dict) -> float:
         if not self.weights:
             return snapshot[_TOTAL_KEY]
         return sum(value * self._key_weight(key) for key, value in snapshot.items() if key != _TOTAL_KEY)
@@ -94,6 +97,13 @@ class _WeightedTracker(_LeanTracker):
         if key not in self._weights_by_key:  # snapshot keys are enum members of several classes: looked up once
             self._weights_by_key[key] = self.weights.get(ESTIMATE_CATEGORIES[getattr(key, "value", key)], 1.0)
         return self._weights_by_key[key]
+
+    def category_of(self, func, args):
+        if self._in_opt:
+            return self.stepping or _Category.OPT
+        if func is torch.ops.aten._to_copy.default and args and self._is_parameter(args[0]):
+            return _EstimateCategory.WEIGHT_CAST
+        return super().category_of(func, args)
 
     def _track_optimizer_states(self, reftype, optimizer) -> None:
         # MemTracker files an optimizer's state again after each step: an offloaded one's stays offloaded
@@ -105,33 +115,6 @@ class _WeightedTracker(_LeanTracker):
             if winfo is not None and getattr(winfo.reftype, "value", None) == "Parameter":
                 return True
         return False
-
-    def _update_peak_stats(self, peak_state) -> None:
-        for device, snapshot in self._curr_mem_snap.items():
-            weighted = self._weighted(snapshot)
-            if self._peak_mem.get(device, -1) < weighted:
-                self._peak_mem[device] = weighted
-                self._peak_mem_snap[device] = dict(snapshot)
-
-    def reset_peak(self) -> None:
-        self._peak_mem_snap = self.get_tracker_snapshot()
-        self._peak_mem = {device: self._weighted(snap) for device, snap in self._peak_mem_snap.items()}
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        result = func(*args, **(kwargs or {}))
-        if self._in_opt:
-            category = self.stepping or _Category.OPT
-        elif func is torch.ops.aten._to_copy.default and args and self._is_parameter(args[0]):
-            category = _EstimateCategory.WEIGHT_CAST
-        else:
-            category = _Category.TEMP if torch._C._current_graph_task_id() != -1 else _Category.ACT
-        for output in result if isinstance(result, (tuple, list)) else (result,):
-            if isinstance(output, torch.Tensor):
-                self._track(category, output)
-        if getattr(func, "namespace", None) == "fsdp":
-            retag_fsdp_buffers(self, result, kwargs)
-        self._update_peak_stats(None)
-        return result
 
     # ------------------------------------------------------------ windows and replays (see `RepeatedCalls`)
 
@@ -158,18 +141,9 @@ class _WeightedTracker(_LeanTracker):
         for device, deltas in rise.items():
             now = self._curr_mem_snap.get(device, {})
             candidate = {key: now.get(key, 0) + deltas.get(key, 0) for key in {*now, *deltas}}
-            weighted = self._weighted(candidate)
+            weighted = self.weighted(candidate)
             if self._peak_mem.get(device, -1) < weighted:
                 self._peak_mem[device], self._peak_mem_snap[device] = weighted, candidate
-
-    def peak(self) -> dict[str, int]:
-        out = {"total": 0}
-        for snapshot in self._peak_mem_snap.values():
-            for key, value in snapshot.items():
-                name = "total" if key == _TOTAL_KEY else ESTIMATE_CATEGORIES[getattr(key, "value", key)]
-                if value or name == "total":
-                    out[name] = out.get(name, 0) + value
-        return out
 
 
 class EstimateTensors(LiveTensors):
@@ -179,9 +153,8 @@ class EstimateTensors(LiveTensors):
 
     def __init__(self, trained, frozen, optimizers, offloaded: tuple = (), elsewhere: tuple = (),
                  weigh_offloaded: bool = True):
-        super().__init__(trained, frozen, optimizers)
-        self._tracker = _WeightedTracker({"offloaded": 0.0} if offloaded and weigh_offloaded else {})
-        self._tracker.track_external(*self._trained, *frozen, *optimizers)
+        super().__init__(trained, frozen, optimizers,
+                         _WeightedTracker({"offloaded": 0.0} if offloaded and weigh_offloaded else {}))
         self._offloaded = offloaded  # (model, its optimizer or None)
         self._elsewhere = elsewhere
         self._hooks: list = []

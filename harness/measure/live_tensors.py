@@ -77,23 +77,38 @@ class _Backward:
 
 
 class _LeanTracker(MemTracker):
+    """MemTracker without module hooks, with a peak per phase. Three hooks for a subclass (the estimate's
+    tracker): `category_of` (where an op's outputs are filed), `weighted` (the figure a peak maximises) and
+    `category_names` (how categories are named in a peak)."""
+
+    category_names = CATEGORIES
+
     def __init__(self) -> None:
         super().__init__()
         self._ref_class = _Category
         self._mod_tracker = _Backward()
 
+    def category_of(self, func, args) -> _RefType:
+        """The category of the tensors an op makes: optimizer state in a step, temporaries in backward,
+        activations otherwise."""
+        if self._in_opt:
+            return _Category.OPT
+        return _Category.TEMP if in_backward() else _Category.ACT
+
+    def weighted(self, snapshot: dict) -> float:
+        """The figure whose maximum is a phase's peak: the total bytes of a device's snapshot."""
+        return snapshot[_TOTAL_KEY]
+
     def _update_peak_stats(self, peak_state) -> None:
         for device, snapshot in self._curr_mem_snap.items():
-            if self._peak_mem.get(device, 0) < snapshot[_TOTAL_KEY]:
-                self._peak_mem[device] = snapshot[_TOTAL_KEY]
+            weighted = self.weighted(snapshot)
+            if self._peak_mem.get(device, -1) < weighted:
+                self._peak_mem[device] = weighted
                 self._peak_mem_snap[device] = dict(snapshot)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         result = func(*args, **(kwargs or {}))
-        if self._in_opt:
-            category = _Category.OPT
-        else:
-            category = _Category.TEMP if in_backward() else _Category.ACT
+        category = self.category_of(func, args)
         outputs = result if isinstance(result, (tuple, list)) else (result,)
         for output in outputs:
             if isinstance(output, torch.Tensor):
@@ -105,11 +120,11 @@ class _LeanTracker(MemTracker):
 
     def reset_peak(self) -> None:
         self._peak_mem_snap = self.get_tracker_snapshot()
-        self._peak_mem = {device: snap[_TOTAL_KEY] for device, snap in self._peak_mem_snap.items()}
+        self._peak_mem = {device: self.weighted(snap) for device, snap in self._peak_mem_snap.items()}
 
     def peak(self) -> dict[str, int]:
         """The peak since the last reset: {"total": bytes, category: bytes, ...} summed over devices."""
-        return by_category(self._peak_mem_snap)
+        return by_category(self._peak_mem_snap, self.category_names)
 
 
 def retag_fsdp_buffers(tracker: MemTracker, result, kwargs) -> None:
@@ -121,12 +136,12 @@ def retag_fsdp_buffers(tracker: MemTracker, result, kwargs) -> None:
                 tracker._update_and_maybe_create_winfos(tensor, _Category.FSDP)
 
 
-def by_category(snapshot: dict) -> dict[str, int]:
+def by_category(snapshot: dict, names: dict[str, str] = CATEGORIES) -> dict[str, int]:
     """A MemTracker snapshot {device: {category: bytes, "Total": bytes}} as {"total": bytes, our_name: bytes}."""
     out = {"total": 0}
     for device_snapshot in snapshot.values():
         for key, value in device_snapshot.items():
-            name = "total" if key == _TOTAL_KEY else CATEGORIES[getattr(key, "value", key)]
+            name = "total" if key == _TOTAL_KEY else names[getattr(key, "value", key)]
             if value or name == "total":
                 out[name] = out.get(name, 0) + value
     return out
@@ -143,8 +158,8 @@ class LiveTensors:
     """
 
     def __init__(self, trained: Iterable[torch.nn.Module] = (), frozen: Iterable[torch.nn.Module] = (),
-                 optimizers: Iterable[torch.optim.Optimizer] = ()):
-        self._tracker = _LeanTracker()
+                 optimizers: Iterable[torch.optim.Optimizer] = (), tracker: _LeanTracker | None = None):
+        self._tracker = tracker or _LeanTracker()  # a subclass of it for an estimate (harness.estimate.fake_step)
         self._trained, self._optimizers = list(trained), list(optimizers)
         self._tracker.track_external(*self._trained, *frozen, *self._optimizers)
         self.step_peaks: dict[str, dict[str, int]] = {}
@@ -183,7 +198,7 @@ class LiveTensors:
 
     def current(self) -> dict[str, int]:
         """Live tensors now, by category."""
-        return by_category(self._tracker.get_tracker_snapshot())
+        return by_category(self._tracker.get_tracker_snapshot(), self._tracker.category_names)
 
 
 def step_peak(phase_peaks: dict[str, dict[str, int]]) -> tuple[int, str | None]:
