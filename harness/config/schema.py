@@ -31,6 +31,7 @@ class ModelConfig:
     warm_start_steps: int = 300  # tiny model: supervised steps on generated (question, answer) pairs
     warm_start_batch: int = 256  # tiny model: sequences per supervised step
     warm_start_lr: float = 2e-3  # tiny model: AdamW learning rate of the warm start
+    max_positions: int = TINY_POSITIONS  # tiny model: context, one position per character (rotary: no weights)
     vocab_pad_to: int = 0  # tiny model: pad embedding and LM head to this many rows (151936: Qwen2.5's); 0: none
     precision: str = "fp32"  # fp32 | bf16-mixed (bf16 compute, fp32 weights and AdamW state) | bf16 (pure)
     gradient_checkpointing: bool = False  # recompute activations in backward (transformers' checkpointing)
@@ -225,7 +226,7 @@ RUN_SEED = (lambda v: 0 <= v <= SEED_LIMIT, f"in [0, {SEED_LIMIT}]")
 FIELD_RANGES = {  # 0 means "off" or "all" where a field's comment says so
     "model.hidden_size": AT_LEAST_1, "model.num_layers": AT_LEAST_1, "model.num_heads": AT_LEAST_1,
     "model.warm_start_steps": NON_NEGATIVE, "model.warm_start_batch": AT_LEAST_1, "model.warm_start_lr": POSITIVE,
-    "model.vocab_pad_to": NON_NEGATIVE,
+    "model.vocab_pad_to": NON_NEGATIVE, "model.max_positions": AT_LEAST_1,
     "task.eval_size": AT_LEAST_1, "task.validation_size": NON_NEGATIVE, "task.seed": NON_NEGATIVE,
     "task.format_weight": NON_NEGATIVE,
     "rollout.batch_size": AT_LEAST_1, "rollout.samples_per_prompt": AT_LEAST_1, "rollout.temperature": POSITIVE,
