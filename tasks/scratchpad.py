@@ -1,10 +1,10 @@
 """Sums worked on a scratchpad: tens of completion tokens and one reward at the end, for the tiny model.
 
-A chain_sum item of three to six terms is asked as its compact expression, and the completion writes
-every partial sum before the final answer, one step per term after the first:
+A chain_sum item of three to six terms (one digit each by default) is asked as its compact expression,
+and the completion writes every partial sum before the final answer, one step per term after the first:
 
-    prompt      12+7-30+41=
-    completion  12+7=19;19-30=-11;-11+41=30;#30          then EOS
+    prompt      3+7-9-8=
+    completion  3+7=10;10-9=1;1-8=-7;#-7          then EOS
 
 The reward reads only the final answer (after the last '#'): 1 when it equals the sum, else 0, plus
 `format_weight` when the whole completion is a well-formed scratchpad with one step per term and ends

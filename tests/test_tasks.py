@@ -171,7 +171,8 @@ def test_scratchpad_examples_carry_their_worked_target_and_score_it_in_full(scra
         assert eval(example.prompt[:-1]) == int(example.answer)
         assert example.target.endswith("#" + example.answer) and example.target.count(";") == terms - 1
         assert example.supervised_target == example.target and set(example.target) <= set(scratchpad_task.alphabet)
-        assert 20 <= len(example.target) + 1 <= 72  # the worked completion and EOS: tens of tokens
+        # one-digit terms: 7 to 10 characters a step, "#", the answer and EOS: 15 (3 terms) to 51 (6 terms) tokens
+        assert 15 <= len(example.target) + 1 <= 51
         reward = scratchpad_task.reward(example.target, example)
         assert (reward.format, reward.correct, reward.total) == (1.0, 1.0, 1.1)
     plain = load_task("chain_sum", eval_size=4, validation_size=0).eval_examples()[0]
@@ -194,14 +195,16 @@ def scratchpad_config(*overrides):
                                           "task.validation_size=20", *overrides])
 
 
-FITS = ["model.max_positions=96", "rollout.max_new_tokens=72"]
+FITS = ["rollout.max_new_tokens=52"]  # the longest worked answer of one-digit terms, 51 tokens with EOS, and one more
+TWO_DIGITS = ["task.options.min_digits=2", "task.options.max_digits=2"]  # 18-character prompts, answers up to 71 tokens
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ([], "do not fit the tiny model's 64 positions"),  # 18-character prompts and worked answers of up to ~70 tokens
-    (["model.max_positions=96"], "rollout.max_new_tokens=6 cuts the worked answers"),
+    ([], "rollout.max_new_tokens=6 cuts the worked answers"),
     ([*FITS, "task.options.max_terms=2"], "max_terms must be >= min_terms"),
     ([*FITS, "task.options.max_term=7"], "unknown option 'task.options.max_term'"),
+    ([*FITS, *TWO_DIGITS], "do not fit the tiny model's 64 positions"),
+    (["model.max_positions=96", "rollout.max_new_tokens=60", *TWO_DIGITS], "rollout.max_new_tokens=60 cuts"),
 ])
 def test_the_scratchpad_task_is_checked_before_a_run(overrides, message):
     from harness import UserError
@@ -214,6 +217,7 @@ def test_what_fits_the_raised_positions_passes_and_the_preset_fits():
     from harness.config.checks import check_task
     from harness.config.load import load_config
     check_task(scratchpad_config(*FITS))
+    check_task(scratchpad_config("model.max_positions=96", "rollout.max_new_tokens=72", *TWO_DIGITS))
     check_task(load_config("scratchpad"))
     config = scratchpad_config(*FITS, "task.options.max_terms=4")
     check_task(config)  # four terms at most: shorter answers
