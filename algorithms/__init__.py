@@ -11,6 +11,7 @@ REGISTRY = {
     "reinforce_pp": "harness.algorithms.reinforce_pp:ReinforcePP",
     "dr_grpo": "harness.algorithms.dr_grpo:DrGRPO",
     "dapo": "harness.algorithms.dapo:DAPO",
+    "gspo": "harness.algorithms.gspo:GSPO",
 }
 
 
@@ -24,10 +25,10 @@ def get_algorithm(name: str):
     return getattr(importlib.import_module(module), cls)
 
 
-def parse_options(name: str, options: dict):
-    """The typed options of algorithm `name` from a plain mapping (YAML, --set), defaults filled in."""
-    from harness.algorithms.options import options_from
-    return options_from(get_algorithm(name).Config, options)
+def parse_options(name: str, options: dict, where: str = ""):
+    """The typed options of algorithm `name` from a plain mapping (YAML, --set), defaults filled in; one UserError
+    line for the first bad one, its field named after `where` (e.g. 'algorithms.ppo.')."""
+    return get_algorithm(name).Config.parse(options, where)
 
 
 KL_MODES = ("native", "off", "loss", "reward")

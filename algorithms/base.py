@@ -1,23 +1,28 @@
 """The Algorithm base class: what an algorithm declares, and the one update loop every algorithm shares.
 
-An algorithm file holds only what differs: its options, its advantages (`prepare`) and its loss terms
-(`policy_loss`, and `critic_loss` where there is a critic). The minibatch/micro-batch loop, gradient
-accumulation and clipping, the statistics and the measured phases live here, so that the same label
-means the same number in every arm and no algorithm can skip a measurement.
+An algorithm file holds only what differs: its options, what it needs (`declare_needs`, one `Needs`
+record), its advantages (`prepare`) and its loss terms (`policy_loss`, and `critic_loss` where there is
+a critic). The minibatch/micro-batch loop, gradient accumulation and clipping, the KL term in the loss,
+the statistics and the measured phases live here, so that the same label means the same number in every
+arm and no algorithm can skip a measurement or drop its KL term.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Literal, Protocol, get_args
 
 import torch
 
 from harness.algorithms.batch import RolloutBatch, TrainSettings, sliced_minibatches
-from harness.algorithms.logprobs import autocast, completion_logits, entropy_from_logits, selective_log_softmax
-from harness.algorithms.ops import (StepStats, aggregate, all_sum, kl_k3, loss_denominator, masked_mean,
-                                    world_size)
+from harness.algorithms.logprobs import autocast, completion_logps_and_entropy
+from harness.algorithms.ops import (AGGREGATIONS, StepStats, aggregate, all_sum, kl_k3, kl_loss_term,
+                                    loss_denominator, masked_mean, world_size)
+from harness.algorithms.options import StrictModel
+
+CriticPass = Literal["separate", "joint"]  # separate: the critic in its own pass (verl, OpenRLHF); joint: one backward
+CRITIC_PASSES = get_args(CriticPass)
 
 
 class Meter(Protocol):
@@ -31,78 +36,90 @@ class NoMeter:
         return nullcontext()
 
 
-class Algorithm:
-    """An RL algorithm: its typed options, the models it trains, its advantages and loss terms.
+@dataclasses.dataclass(frozen=True)
+class Needs:
+    """What an algorithm asks of the rollout and of the shared loop, fixed once from its options and settings."""
 
-    A subclass sets `name`, its own options dataclass `Config` (a subclass never inherits another's
-    defaults: declaring it is checked at class creation), `prepare` and `policy_loss`; a critic
-    algorithm sets `uses_critic` and adds `compute_values`, `critic_loss` and its critic. The harness
-    reads the declared passes (`needs_reference`, `uses_critic`) to run the rollout's no-grad passes,
-    and calls `update`, the one loop, which no subclass overrides.
+    reference: bool = False  # the rollout scores the reference's log-probs: a KL term is on, in the loss or the reward
+    sampler_logps: bool = False  # the rollout scores the sampler's log-probs in a pass of their own
+    kl_loss_coef: float = 0.0  # weight of the k3 KL to the reference that the shared loop adds to the loss
+    aggregation: str = "token"  # how the policy loss (and the KL term with it) is reduced over tokens
+    min_group_size: int = 1  # completions per prompt the advantages need (a group baseline needs two)
+    filters_groups: bool = False  # the rollout drops groups without reward spread and samples more prompts (DAPO)
+    critic: bool = False  # a critic: the rollout computes its values, the update trains it
+    critic_pass: str = "separate"  # separate: the critic in its own pass after the policy's (verl, OpenRLHF); joint: one backward
+
+    def __post_init__(self):
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"unknown aggregation '{self.aggregation}'; valid: {', '.join(AGGREGATIONS)}")
+        if self.critic_pass not in CRITIC_PASSES:
+            raise ValueError(f"unknown critic pass '{self.critic_pass}'; valid: {', '.join(CRITIC_PASSES)}")
+        if self.min_group_size < 1 or self.kl_loss_coef < 0:
+            raise ValueError(f"min_group_size must be >= 1 and kl_loss_coef >= 0, got {self}")
+
+
+# What `Needs` replaced: a subclass that still sets one would be silently ignored, so it is refused.
+RETIRED_NEEDS = ("needs", "needs_reference", "kl_loss_coef", "needs_sampler_logps", "loss_aggregation",
+                 "filters_groups", "min_group_size", "critic_pass", "uses_critic")
+
+
+class Algorithm:
+    """An RL algorithm: its typed options, what it needs, the models it trains, its advantages and loss terms.
+
+    A subclass sets `name`, its own options model `Config` (a subclass never inherits another's
+    defaults: declaring it is checked at class creation), `prepare` and `policy_loss`, and changes its
+    parent's `declare_needs` where it needs more (a critic algorithm: `critic=True`, then
+    `compute_values`, `critic_loss` and its critic). The harness reads `self.needs` to run the rollout's
+    no-grad passes, and calls `update`, the one loop, which no subclass overrides. The KL term in the loss
+    is the loop's, from the option `KL_OPTIONS["loss"]` names: no algorithm adds it itself.
     """
 
     name: ClassVar[str]
     Config: ClassVar[type]
-    uses_critic: ClassVar[bool] = False
     # Which options hold the coefficient of a KL term to the reference in the loss (k3, aggregated like
     # the policy loss) and in the reward (k1): `harness compare --kl loss|reward|off` sets them alike in every arm.
     KL_OPTIONS: ClassVar[dict[str, str]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if "Config" not in cls.__dict__ or not dataclasses.is_dataclass(cls.Config):
-            raise TypeError(f"{cls.__name__} must declare its own options dataclass as `Config`")
+        if "Config" not in cls.__dict__ or not (isinstance(cls.Config, type) and issubclass(cls.Config, StrictModel)):
+            raise TypeError(f"{cls.__name__} must declare its own options model (a StrictModel) as `Config`")
         if "name" not in cls.__dict__:
             raise TypeError(f"{cls.__name__} must declare its registry `name`")
         if "update" in cls.__dict__:
             raise TypeError(f"{cls.__name__} overrides `update`: algorithms share one update loop")
+        retired = [name for name in RETIRED_NEEDS if name in cls.__dict__]
+        if retired:
+            raise TypeError(f"{cls.__name__} sets {', '.join(retired)}: declare what it needs in `declare_needs`")
 
     def __init__(self, policy: torch.nn.Module, options: Any, settings: TrainSettings, seed: int = 0):
         if not isinstance(options, self.Config):
             raise TypeError(f"{type(self).__name__} takes {self.Config.__name__} options, got {type(options).__name__}")
         self.options, self.settings, self.policy, self.seed = options, settings, policy, seed
+        self.needs = self.declare_needs(options, settings)
         self.build_optimizers()
         self.updates = 0  # rollout batches trained on so far (checkpointed): with the seed it fixes the partitions
 
     # ------------------------------------------------------------ declared needs
 
-    @property
-    def needs_reference(self) -> bool:
-        """Whether the rollout must compute reference log-probs: a KL term is on, in the loss or the reward."""
-        return any(getattr(self.options, field) > 0 for field in self.KL_OPTIONS.values())
+    @classmethod
+    def declare_needs(cls, options: Any, settings: TrainSettings) -> Needs:
+        """What this algorithm needs under these options and settings; a subclass changes its parent's record
+        (`dataclasses.replace`). The harness may ask before any model exists (a group size, say).
 
-    @property
-    def kl_loss_coef(self) -> float:
-        """Weight of the k3 KL term the shared loop adds to the loss (0 where the algorithm's own loss holds it)."""
-        return 0.0
-
-    @property
-    def needs_sampler_logps(self) -> bool:
-        """Whether the rollout must score the sampler's log-probs in a pass of their own: for a ratio across
-        several optimizer steps, or a KL in the reward. With one step per rollout and no reward KL the
-        ratio is 1 and the update's own log-probs serve (TRL skips the pass alike)."""
-        several = self.settings.epochs * self.settings.minibatches > 1
-        reward_kl = self.KL_OPTIONS.get("reward")
-        return several or (reward_kl is not None and getattr(self.options, reward_kl) > 0)
+        The KL fields follow `KL_OPTIONS`. The sampler's log-probs need a pass of their own for a ratio
+        across several optimizer steps, or a KL in the reward; with one step per rollout and no reward KL
+        the ratio is 1 and the update's own log-probs serve (TRL skips the pass alike).
+        """
+        kl = {place: getattr(options, field) for place, field in cls.KL_OPTIONS.items()}
+        several = settings.epochs * settings.minibatches > 1
+        return Needs(reference=any(coef > 0 for coef in kl.values()),
+                     sampler_logps=several or kl.get("reward", 0.0) > 0,
+                     kl_loss_coef=kl.get("loss", 0.0))
 
     def policy_frozen(self) -> bool:
-        """Whether this update leaves the policy as it is (a critic's warm-up)."""
+        """Whether this update leaves the policy as it is (a critic's warm-up): asked once per update."""
         return False
-
-    @property
-    def loss_aggregation(self) -> str:
-        """How the policy loss is reduced over tokens: sequence, token or constant."""
-        return "token"
-
-    @property
-    def filters_groups(self) -> bool:
-        """Whether the rollout drops groups without reward spread and samples more prompts (DAPO)."""
-        return False
-
-    @classmethod
-    def min_group_size(cls, options: Any) -> int:
-        """Completions per prompt the advantages need (a group baseline needs two)."""
-        return 1
 
     # ------------------------------------------------------------ models and state
 
@@ -153,11 +170,6 @@ class Algorithm:
     def critic_loss(self, mb: RolloutBatch, denominator) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
 
-    @property
-    def critic_pass(self) -> str:
-        """separate: the critic trained in its own pass after the policy's (verl, OpenRLHF); joint: one backward."""
-        return "separate"
-
     # ------------------------------------------------------------ the one update loop
 
     def update(self, batch: RolloutBatch, meter: Meter | None = None) -> dict[str, torch.Tensor]:
@@ -170,14 +182,15 @@ class Algorithm:
         partitions = [sliced_minibatches(batch.size, s.slices, s.first_slice, s.minibatches, self.seed, self.updates, epoch)
                       for epoch in range(s.epochs)]
         frozen = self.policy_frozen()
-        if self.uses_critic and self.critic_pass == "joint" and not frozen:
+        critic = self.needs.critic
+        if critic and self.needs.critic_pass == "joint" and not frozen:
             with meter.phase("joint_update"):
                 self._train(batch, partitions, stats, policy=True, critic=True)
         else:
             if not frozen:
                 with meter.phase("policy_update"):
                     self._train(batch, partitions, stats, policy=True, critic=False)
-            if self.uses_critic:
+            if critic:
                 with meter.phase("critic_update"):
                     self._train(batch, partitions, stats, policy=False, critic=True)
         self.updates += 1
@@ -195,7 +208,7 @@ class Algorithm:
                 mb = batch.select(index)
                 # the whole minibatch's denominators, every process's rows included: gradients are summed
                 policy_denominator = all_sum(torch.as_tensor(
-                    loss_denominator(mb.completion_mask, self.loss_aggregation, settings.max_new_tokens)))
+                    loss_denominator(mb.completion_mask, self.needs.aggregation, settings.max_new_tokens)))
                 token_denominator = all_sum(loss_denominator(mb.completion_mask, "token", settings.max_new_tokens))
                 for optimizer in optimizers:
                     optimizer.zero_grad(set_to_none=True)
@@ -226,23 +239,18 @@ class Algorithm:
             model.eval()
 
     def _policy_terms(self, micro: RolloutBatch, denominator, stats: StepStats, tokens: torch.Tensor) -> torch.Tensor:
-        """The algorithm's policy loss plus what every algorithm logs: entropy, KL to the reference."""
-        settings = self.settings
-        logits = completion_logits(self.policy, micro, settings.temperature)
-        logps = selective_log_softmax(logits, micro.input_ids[:, micro.prompt_length:])
+        """The algorithm's policy loss, the KL term in the loss where the algorithm declares one, the entropy
+        bonus, and what every algorithm logs: entropy, KL to the reference."""
+        settings, needs = self.settings, self.needs
+        logps, entropy = completion_logps_and_entropy(self.policy, micro, settings)
         if micro.old_logps is None:  # one optimizer step per rollout: the policy is the sampler (ratio 1)
             micro.old_logps = logps.detach()
         loss, policy_stats = self.policy_loss(logps, micro, denominator)
         mask = micro.completion_mask
-        if self.kl_loss_coef and micro.ref_logps is not None:
-            loss = loss + self.kl_loss_coef * aggregate(kl_k3(logps, micro.ref_logps), mask, self.loss_aggregation,
-                                                        denominator)
-        if settings.entropy_coef:
-            entropy = entropy_from_logits(logits)
-            loss = loss - settings.entropy_coef * aggregate(entropy, mask, self.loss_aggregation, denominator)
-        else:
-            with torch.no_grad():
-                entropy = entropy_from_logits(logits.detach())
+        if needs.kl_loss_coef and micro.ref_logps is not None:
+            loss = loss + kl_loss_term(logps, micro.ref_logps, mask, needs.kl_loss_coef, needs.aggregation, denominator)
+        if settings.entropy_coef:  # the entropy carries its gradient only then
+            loss = loss - settings.entropy_coef * aggregate(entropy, mask, needs.aggregation, denominator)
         shared = {"entropy": masked_mean(entropy.detach(), mask)}
         if micro.ref_logps is not None:
             shared["kl"] = masked_mean(kl_k3(logps.detach(), micro.ref_logps), mask)

@@ -63,7 +63,8 @@ class TrainSettings:
     entropy_coef: float = 0.0  # entropy bonus; 0 computes entropy under no_grad, as a statistic only
     temperature: float = 1.0  # the sampler's: logits are divided by it before every log-prob
     max_new_tokens: int = 1  # the constant length normaliser (Dr. GRPO)
-    logprob_batch_size: int = 0  # rows per no-grad forward (old and reference log-probs, values); 0: all
+    logprob_batch_size: int = 0  # rows per no-grad forward (old and reference log-probs, values); 0: the micro-batch
+    logprob_chunk: int = 0  # positions per LM-head chunk in log-prob passes (recomputed in backward); 0: whole logits
     autocast_dtype: torch.dtype | None = None  # bf16-mixed: bf16 compute over fp32 weights
     # A step's batch is cut into sampling slices (whole groups); each has its own sampling seed and its own
     # minibatch partition, so the math is the same whether one process holds every slice or each rank a few.

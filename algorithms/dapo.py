@@ -14,34 +14,30 @@ There is no KL term (beta = 0; the options exist so that `harness compare --kl` 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import replace
 
 import torch
+from pydantic import Field
 
+from harness.algorithms.base import Needs
 from harness.algorithms.batch import RolloutBatch
-from harness.algorithms.grpo import GRPO, group_advantages, group_stats, grpo_loss, reward_with_kl
-from harness.algorithms.options import check_range
+from harness.algorithms.grpo import GRPO, group_advantages, group_stats, reward_with_kl
+from harness.algorithms.options import StrictModel
 
 
-@dataclass
-class DAPOConfig:
-    eps_low: float = 0.2  # clip ratio below at 1 - eps_low
-    eps_high: float = 0.28  # clip-higher: above at 1 + eps_high
-    overlong_buffer: float = 0.2  # share of max_new_tokens before the cap where the length penalty ramps (paper: 4096 of 20480)
-    overlong_penalty: float = 1.0  # the penalty at max_new_tokens
-    dynamic_sampling: bool = True  # drop groups without reward spread and refill the batch
-    max_generation_rounds: int = 3  # rounds of sampling per step to fill the batch (verl's max_num_gen_batches)
-    beta: float = 0.0  # k3 KL to the reference in the loss: DAPO drops it; for matched-KL comparisons only
-    kl_reward_coef: float = 0.0  # k1 KL summed per completion, subtracted from its reward: likewise
-
-    def __post_init__(self):
-        check_range("eps_low", self.eps_low, 0, 1, low_open=True)
-        check_range("eps_high", self.eps_high, 0, low_open=True)
-        check_range("overlong_buffer", self.overlong_buffer, 0, 1)
-        check_range("overlong_penalty", self.overlong_penalty, 0)
-        check_range("max_generation_rounds", self.max_generation_rounds, 1)
-        check_range("beta", self.beta, 0)
-        check_range("kl_reward_coef", self.kl_reward_coef, 0)
+class DAPOConfig(StrictModel):
+    eps_low: float = Field(0.2, gt=0, le=1, description="Clip the ratio below at 1 - eps_low.")
+    eps_high: float = Field(0.28, gt=0, description="Clip-higher: clip the ratio above at 1 + eps_high.")
+    overlong_buffer: float = Field(0.2, ge=0, le=1, description="Share of max_new_tokens before the cap where the "
+                                                                "length penalty ramps (paper: 4096 of 20480).")
+    overlong_penalty: float = Field(1.0, ge=0, description="The length penalty at max_new_tokens.")
+    dynamic_sampling: bool = Field(True, description="Drop groups without reward spread and refill the batch.")
+    max_generation_rounds: int = Field(3, ge=1, description="Rounds of sampling per step to fill the batch (verl's "
+                                                            "max_num_gen_batches).")
+    beta: float = Field(0.0, ge=0, description="k3 KL to the reference in the loss: DAPO drops it; for matched-KL "
+                                               "comparisons only.")
+    kl_reward_coef: float = Field(0.0, ge=0, description="k1 KL summed per completion, subtracted from its reward: "
+                                                         "likewise for matched-KL comparisons only.")
 
 
 def overlong_penalty(lengths: torch.Tensor, max_tokens: int, buffer: int, penalty: float = 1.0) -> torch.Tensor:
@@ -63,13 +59,10 @@ class DAPO(GRPO):
     name = "dapo"
     Config = DAPOConfig
 
-    @property
-    def loss_aggregation(self) -> str:
-        return "token"
-
-    @property
-    def filters_groups(self) -> bool:
-        return self.options.dynamic_sampling
+    @classmethod
+    def declare_needs(cls, options, settings) -> Needs:
+        return replace(super().declare_needs(options, settings), aggregation="token",
+                       filters_groups=options.dynamic_sampling)
 
     def buffer_tokens(self) -> int:
         return max(1, round(self.options.overlong_buffer * self.settings.max_new_tokens)) if self.options.overlong_buffer else 0
@@ -86,8 +79,3 @@ class DAPO(GRPO):
                                                  self.options.overlong_penalty).to(batch.scores.dtype)
         batch.advantages = self.advantages(shaped, batch.group_size).unsqueeze(-1) * batch.completion_mask
         return {**group_stats(batch.scores, batch.group_size), "overlong_penalty": (shaped - rewards).mean()}
-
-    def policy_loss(self, logps, mb: RolloutBatch, denominator):
-        o = self.options
-        return grpo_loss(logps, mb.old_logps, mb.advantages, mb.completion_mask, o.eps_low, o.eps_high, o.beta,
-                         mb.ref_logps, "token", denominator)

@@ -10,35 +10,32 @@ set (or matched across arms with `harness compare --kl`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import replace
 
 import torch
+from pydantic import Field
 
+from harness.algorithms.base import Needs
 from harness.algorithms.grpo import GRPO, group_advantages
-from harness.algorithms.options import check_range
+from harness.algorithms.options import StrictModel
 
 
-@dataclass
-class DrGRPOConfig:
-    beta: float = 0.0  # weight of the k3 KL term to the reference in the loss; the paper's objective has none
-    kl_reward_coef: float = 0.0  # k1 KL summed over each completion, subtracted from its reward
-    eps_low: float = 0.2  # clip ratio below at 1 - eps_low
-    eps_high: float = 0.2  # clip ratio above at 1 + eps_high
-
-    def __post_init__(self):
-        check_range("beta", self.beta, 0)
-        check_range("kl_reward_coef", self.kl_reward_coef, 0)
-        check_range("eps_low", self.eps_low, 0, 1, low_open=True)
-        check_range("eps_high", self.eps_high, 0, low_open=True)
+class DrGRPOConfig(StrictModel):
+    beta: float = Field(0.0, ge=0, description="Weight of the k3 KL term to the reference in the loss; the paper's "
+                                               "objective has none.")
+    kl_reward_coef: float = Field(0.0, ge=0, description="k1 KL summed over each completion, subtracted from its reward.")
+    eps_low: float = Field(0.2, gt=0, le=1, description="Clip the ratio below at 1 - eps_low.")
+    eps_high: float = Field(0.2, gt=0, description="Clip the ratio above at 1 + eps_high.")
 
 
 class DrGRPO(GRPO):
     name = "dr_grpo"
     Config = DrGRPOConfig
 
-    @property
-    def loss_aggregation(self) -> str:
-        return "constant"  # sum over tokens / (completions x max_new_tokens)
+    @classmethod
+    def declare_needs(cls, options, settings) -> Needs:
+        # sum over tokens / (completions x max_new_tokens)
+        return replace(super().declare_needs(options, settings), aggregation="constant")
 
     def advantages(self, scores: torch.Tensor, group_size: int) -> torch.Tensor:
         return group_advantages(scores, group_size, scale="none")

@@ -2,40 +2,38 @@
 
 The loss is the clipped surrogate with the k3 estimate of KL to the reference added in the loss
 (not in the reward), averaged per sequence then over the batch, as in the paper's equation (3).
+`grpo_loss` is that equation whole; the GRPO class leaves its KL term (`beta`) to the shared loop,
+which adds it for every algorithm alike.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import replace
+from typing import Literal, get_args
 
 import torch
+from pydantic import Field
 
-from harness.algorithms.base import Algorithm
+from harness.algorithms.base import Algorithm, Needs
 from harness.algorithms.batch import RolloutBatch
-from harness.algorithms.ops import aggregate, clipped_surrogate, kl_k3, ratio_stats
-from harness.algorithms.options import check_choice, check_range
+from harness.algorithms.ops import aggregate, clipped_surrogate, kl_loss_term, ratio_stats
+from harness.algorithms.ops import kl_k3  # noqa: F401  (DESIGN.md's API: algorithms.grpo.kl_k3)
+from harness.algorithms.options import StrictModel
 
-SCALES = ("group", "batch", "none")
+Scale = Literal["group", "batch", "none"]
+SCALES = get_args(Scale)
 
 
-@dataclass
-class GRPOConfig:
-    beta: float = 0.04  # weight of the k3 KL term to the reference in the loss (paper: 0.04)
-    kl_reward_coef: float = 0.0  # k1 KL summed over each completion, subtracted from its reward before the group baseline
-    eps_low: float = 0.2  # clip ratio below at 1 - eps_low
-    eps_high: float = 0.2  # clip ratio above at 1 + eps_high (DAPO raises it to 0.28)
-    scale: str = "group"  # advantage scaling: group std (paper) | batch std | none
-    aggregation: str = "sequence"  # sequence (paper: mean of sequence means) | token (DAPO: mean of tokens)
-    std_eps: float = 1e-4  # added to the std before dividing
-
-    def __post_init__(self):
-        check_range("beta", self.beta, 0)
-        check_range("kl_reward_coef", self.kl_reward_coef, 0)
-        check_range("eps_low", self.eps_low, 0, 1, low_open=True)
-        check_range("eps_high", self.eps_high, 0, low_open=True)
-        check_choice("scale", self.scale, SCALES)
-        check_choice("aggregation", self.aggregation, ("sequence", "token"))
-        check_range("std_eps", self.std_eps, 0)
+class GRPOConfig(StrictModel):
+    beta: float = Field(0.04, ge=0, description="Weight of the k3 KL term to the reference in the loss (paper: 0.04).")
+    kl_reward_coef: float = Field(0.0, ge=0, description="k1 KL summed over each completion, subtracted from its "
+                                                         "reward before the group baseline.")
+    eps_low: float = Field(0.2, gt=0, le=1, description="Clip the ratio below at 1 - eps_low.")
+    eps_high: float = Field(0.2, gt=0, description="Clip the ratio above at 1 + eps_high (DAPO raises it to 0.28).")
+    scale: Scale = Field("group", description="Advantage scaling: group std (paper), batch std, or none.")
+    aggregation: Literal["sequence", "token"] = Field(
+        "sequence", description="Loss over tokens: sequence (paper: mean of sequence means) or token (DAPO: mean of tokens).")
+    std_eps: float = Field(1e-4, ge=0, description="Added to the std before dividing.")
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group", eps: float = 1e-4) -> torch.Tensor:
@@ -67,7 +65,7 @@ def grpo_loss(logps, old_logps, advantages, mask, eps_low=0.2, eps_high=0.2, bet
     policy_loss = aggregate(surrogate, mask, aggregation, denominator, max_tokens)
     loss = policy_loss
     if beta and ref_logps is not None:
-        loss = loss + beta * aggregate(kl_k3(logps, ref_logps), mask, aggregation, denominator, max_tokens)
+        loss = loss + kl_loss_term(logps, ref_logps, mask, beta, aggregation, denominator, max_tokens)
     stats = {"policy_loss": policy_loss.detach(), **ratio_stats(logps, old_logps, advantages, mask, eps_low, eps_high)}
     return loss, stats
 
@@ -93,12 +91,10 @@ class GRPO(Algorithm):
     KL_OPTIONS = {"loss": "beta", "reward": "kl_reward_coef"}
 
     @classmethod
-    def min_group_size(cls, options) -> int:
-        return 2
-
-    @property
-    def loss_aggregation(self) -> str:
-        return self.options.aggregation
+    def declare_needs(cls, options, settings) -> Needs:
+        # a variant whose options choose no aggregation (Dr. GRPO, DAPO) sets its own
+        return replace(super().declare_needs(options, settings), min_group_size=2,
+                       aggregation=getattr(options, "aggregation", "sequence"))
 
     def advantages(self, scores: torch.Tensor, group_size: int) -> torch.Tensor:
         """Per-completion advantages `[B]`."""
@@ -112,6 +108,7 @@ class GRPO(Algorithm):
         return group_stats(batch.scores, batch.group_size)
 
     def policy_loss(self, logps, mb: RolloutBatch, denominator):
+        # beta 0: the shared loop adds the KL term (`needs.kl_loss_coef` is beta), for every algorithm alike
         o = self.options
-        return grpo_loss(logps, mb.old_logps, mb.advantages, mb.completion_mask, o.eps_low, o.eps_high, o.beta,
-                         mb.ref_logps, self.loss_aggregation, denominator, self.settings.max_new_tokens)
+        return grpo_loss(logps, mb.old_logps, mb.advantages, mb.completion_mask, o.eps_low, o.eps_high, 0.0,
+                         None, self.needs.aggregation, denominator, self.settings.max_new_tokens)

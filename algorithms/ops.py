@@ -115,6 +115,15 @@ def kl_k3(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
     return torch.exp(delta) - delta - 1
 
 
+def kl_loss_term(logps, ref_logps, mask, coef: float, aggregation: str,
+                 denominator: float | torch.Tensor | None = None, max_tokens: int | None = None) -> torch.Tensor:
+    """The KL term of a loss: coef x the k3 KL to the reference `[B, T]`, aggregated like the policy loss.
+
+    One definition for every algorithm: the shared update loop adds it (`Algorithm.needs.kl_loss_coef`).
+    """
+    return coef * aggregate(kl_k3(logps, ref_logps), mask, aggregation, denominator, max_tokens)
+
+
 @torch.no_grad()
 def ratio_stats(logps, old_logps, advantages, mask, eps_low: float = 0.2, eps_high: float = 0.2) -> dict[str, torch.Tensor]:
     """The statistics of a clipped surrogate, one definition for every algorithm (token means):

@@ -11,45 +11,38 @@ backward through both (old TRL's PolicyAndValueWrapper).
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import replace
+
 
 import torch
+from pydantic import Field
 from torch import nn
 
-from harness.algorithms.base import Algorithm
+from harness.algorithms.base import Algorithm, CriticPass, Needs
 from harness.algorithms.batch import RolloutBatch
-from harness.algorithms.logprobs import autocast, checkpointing_is_on, checkpointing_on
+from harness.algorithms.logprobs import autocast, checkpointing_is_on, checkpointing_on, logprob_rows
 from harness.algorithms.ops import (aggregate, clipped_surrogate, global_masked_mean, masked_mean, masked_whiten,
     ratio_stats, upcast)
-from harness.algorithms.options import check_choice, check_range
-
-CRITIC_PASSES = ("separate", "joint")
+from harness.algorithms.options import StrictModel
 
 
-@dataclass
-class PPOConfig:
-    kl_coef: float = 0.05  # per-token k1 KL penalty in the reward (TRL's former default)
-    kl_loss_coef: float = 0.0  # k3 KL in the loss instead (verl's use_kl_loss; for matched-KL comparisons)
-    gamma: float = 1.0  # discount
-    lam: float = 0.95  # GAE lambda
-    clip_eps: float = 0.2  # policy ratio clip
-    vf_clip: float = 0.2  # value clip around the rollout's values
-    critic_lr: float = 0.0  # critic AdamW learning rate; 0 uses the policy's
-    whiten: bool = True  # whiten advantages over the batch
-    critic_pass: str = "separate"  # separate (verl, OpenRLHF) | joint (one backward through both models)
-    critic_warmup_steps: int = 0  # first rollout steps that train the critic only (verl critic_warmup); they spend budget
-    critic_warmup_head_only: bool = False  # during the warm-up train only the value head, not the critic's body
 
-    def __post_init__(self):
-        check_range("kl_coef", self.kl_coef, 0)
-        check_range("kl_loss_coef", self.kl_loss_coef, 0)
-        check_range("critic_warmup_steps", self.critic_warmup_steps, 0)
-        check_range("gamma", self.gamma, 0, 1)
-        check_range("lam", self.lam, 0, 1)
-        check_range("clip_eps", self.clip_eps, 0, 1, low_open=True)
-        check_range("vf_clip", self.vf_clip, 0, low_open=True)
-        check_range("critic_lr", self.critic_lr, 0)
-        check_choice("critic_pass", self.critic_pass, CRITIC_PASSES)
+class PPOConfig(StrictModel):
+    kl_coef: float = Field(0.05, ge=0, description="Per-token k1 KL penalty in the reward (TRL's former default).")
+    kl_loss_coef: float = Field(0.0, ge=0, description="k3 KL in the loss instead (verl's use_kl_loss; for "
+                                                       "matched-KL comparisons).")
+    gamma: float = Field(1.0, ge=0, le=1, description="Discount.")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
+    clip_eps: float = Field(0.2, gt=0, le=1, description="Policy ratio clip.")
+    vf_clip: float = Field(0.2, gt=0, description="Value clip around the rollout's values.")
+    critic_lr: float = Field(0.0, ge=0, description="Critic AdamW learning rate; 0 uses the policy's.")
+    whiten: bool = Field(True, description="Whiten advantages over the batch.")
+    critic_pass: CriticPass = Field("separate", description="separate (verl, OpenRLHF) or joint (one backward "
+                                                            "through both models).")
+    critic_warmup_steps: int = Field(0, ge=0, description="First rollout steps that train the critic only (verl "
+                                                          "critic_warmup); they spend budget.")
+    critic_warmup_head_only: bool = Field(False, description="During the warm-up train only the value head, not "
+                                                             "the critic's body.")
 
 
 def token_rewards(scores, logps, ref_logps, kl_coef, mask):
@@ -141,7 +134,6 @@ class ValueModel(nn.Module):
 class PPO(Algorithm):
     name = "ppo"
     Config = PPOConfig
-    uses_critic = True
     KL_OPTIONS = {"loss": "kl_loss_coef", "reward": "kl_coef"}
 
     def __init__(self, policy, options, settings, seed=0):
@@ -154,19 +146,15 @@ class PPO(Algorithm):
         self.critic_optimizer = torch.optim.AdamW(self.critic.parameters(), lr=self.options.critic_lr or s.lr,
                                                   weight_decay=s.weight_decay)
 
-    @property
-    def kl_loss_coef(self) -> float:
-        return self.options.kl_loss_coef
+    @classmethod
+    def declare_needs(cls, options, settings) -> Needs:
+        return replace(super().declare_needs(options, settings), critic=True, critic_pass=options.critic_pass)
 
     def policy_frozen(self) -> bool:
         """During the critic's warm-up the policy does not move; with head_only, neither does the critic's body."""
         warming = self.updates < self.options.critic_warmup_steps
         self.critic.backbone.requires_grad_(not (warming and self.options.critic_warmup_head_only))
         return warming
-
-    @property
-    def critic_pass(self) -> str:
-        return self.options.critic_pass
 
     def trained_models(self) -> dict[str, nn.Module]:
         return {"policy": self.policy, "critic": self.critic}
@@ -178,7 +166,7 @@ class PPO(Algorithm):
     def compute_values(self, batch: RolloutBatch) -> None:
         self.critic.eval()
         with autocast(self.critic, self.settings.autocast_dtype):
-            values = torch.cat([self.critic(part) for part in batch.split(self.settings.logprob_batch_size)])
+            values = torch.cat([self.critic(part) for part in batch.split(logprob_rows(self.settings, batch.size))])
         batch.values = values * batch.completion_mask  # [B, T]
 
     @torch.no_grad()

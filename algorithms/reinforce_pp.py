@@ -10,31 +10,26 @@ over the batch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import replace
 
 import torch
+from pydantic import Field
 
-from harness.algorithms.base import Algorithm
+from harness.algorithms.base import Algorithm, Needs
 from harness.algorithms.batch import RolloutBatch
 from harness.algorithms.grpo import group_stats
 from harness.algorithms.ops import masked_whiten
-from harness.algorithms.options import check_range
+from harness.algorithms.options import StrictModel
 from harness.algorithms.ppo import ppo_policy_loss, token_rewards
 
 
-@dataclass
-class ReinforcePPConfig:
-    kl_coef: float = 0.01  # per-token k1 KL in the reward (OpenRLHF's init_kl_coef)
-    kl_loss_coef: float = 0.0  # k3 KL in the loss instead (for matched-KL comparisons)
-    gamma: float = 1.0  # discount of the reward-to-go
-    clip_eps: float = 0.2  # PPO ratio clip
-    baseline: bool = False  # REINFORCE++-baseline: subtract the group mean of the summed reward first (verl)
-
-    def __post_init__(self):
-        check_range("kl_coef", self.kl_coef, 0)
-        check_range("kl_loss_coef", self.kl_loss_coef, 0)
-        check_range("gamma", self.gamma, 0, 1)
-        check_range("clip_eps", self.clip_eps, 0, 1, low_open=True)
+class ReinforcePPConfig(StrictModel):
+    kl_coef: float = Field(0.01, ge=0, description="Per-token k1 KL in the reward (OpenRLHF's init_kl_coef).")
+    kl_loss_coef: float = Field(0.0, ge=0, description="k3 KL in the loss instead (for matched-KL comparisons).")
+    gamma: float = Field(1.0, ge=0, le=1, description="Discount of the reward-to-go.")
+    clip_eps: float = Field(0.2, gt=0, le=1, description="PPO ratio clip.")
+    baseline: bool = Field(False, description="REINFORCE++-baseline: subtract the group mean of the summed reward "
+                                              "first (verl).")
 
 
 def reward_to_go(rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
@@ -63,12 +58,8 @@ class ReinforcePP(Algorithm):
     KL_OPTIONS = {"loss": "kl_loss_coef", "reward": "kl_coef"}
 
     @classmethod
-    def min_group_size(cls, options) -> int:
-        return 2 if options.baseline else 1
-
-    @property
-    def kl_loss_coef(self) -> float:
-        return self.options.kl_loss_coef
+    def declare_needs(cls, options, settings) -> Needs:
+        return replace(super().declare_needs(options, settings), min_group_size=2 if options.baseline else 1)
 
     @torch.no_grad()
     def prepare(self, batch: RolloutBatch) -> dict[str, torch.Tensor]:

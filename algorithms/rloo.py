@@ -10,29 +10,24 @@ one minibatch, where the ratio is 1).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import replace
 
 import torch
+from pydantic import Field
 
-from harness.algorithms.base import Algorithm
+from harness.algorithms.base import Algorithm, Needs
 from harness.algorithms.batch import RolloutBatch
 from harness.algorithms.grpo import group_stats
 from harness.algorithms.ops import masked_sum, ratio_stats
-from harness.algorithms.options import check_range
+from harness.algorithms.options import StrictModel
 
 
-@dataclass
-class RLOOConfig:
-    kl_coef: float = 0.05  # sequence KL (k1, summed over tokens) subtracted from the reward (TRL's beta)
-    kl_loss_coef: float = 0.0  # k3 KL in the loss instead (for matched-KL comparisons)
-    eps_low: float = 0.2  # sequence ratio clipped below at 1 - eps_low
-    eps_high: float = 0.2  # and above at 1 + eps_high
-
-    def __post_init__(self):
-        check_range("kl_coef", self.kl_coef, 0)
-        check_range("kl_loss_coef", self.kl_loss_coef, 0)
-        check_range("eps_low", self.eps_low, 0, 1, low_open=True)
-        check_range("eps_high", self.eps_high, 0, low_open=True)
+class RLOOConfig(StrictModel):
+    kl_coef: float = Field(0.05, ge=0, description="Sequence KL (k1, summed over tokens) subtracted from the reward "
+                                                   "(TRL's beta).")
+    kl_loss_coef: float = Field(0.0, ge=0, description="k3 KL in the loss instead (for matched-KL comparisons).")
+    eps_low: float = Field(0.2, gt=0, le=1, description="Sequence ratio clipped below at 1 - eps_low.")
+    eps_high: float = Field(0.2, gt=0, description="Sequence ratio clipped above at 1 + eps_high.")
 
 
 def leave_one_out_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -76,16 +71,9 @@ class RLOO(Algorithm):
     KL_OPTIONS = {"loss": "kl_loss_coef", "reward": "kl_coef"}
 
     @classmethod
-    def min_group_size(cls, options) -> int:
-        return 2
-
-    @property
-    def kl_loss_coef(self) -> float:
-        return self.options.kl_loss_coef
-
-    @property
-    def loss_aggregation(self) -> str:
-        return "sequence"  # the minibatch's denominator is its number of completions
+    def declare_needs(cls, options, settings) -> Needs:
+        # sequence: the minibatch's denominator is its number of completions
+        return replace(super().declare_needs(options, settings), min_group_size=2, aggregation="sequence")
 
     @torch.no_grad()
     def prepare(self, batch: RolloutBatch) -> dict[str, torch.Tensor]:

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 from harness import Interrupted, UserError, __version__
+from harness.algorithms import KL_MODES
+from harness.config.choices import BUDGET_UNITS, CHAT_TEMPLATES, DEVICE_MEMORY_GIB, ROLLOUT_ENGINES
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -31,7 +33,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--task", help="offline task, e.g. chain_sum or spell_backward (see 'harness tasks'), or your "
                                       "own: data:FILE.jsonl|.parquet, or data:NAME of a dataset in the local cache")
     group.add_argument("--budget", type=int, help="budget per arm, in budget.unit (default: sampled completions)")
-    group.add_argument("--budget-unit", choices=["completions", "tokens", "steps"], help="what is held equal")
+    group.add_argument("--budget-unit", choices=BUDGET_UNITS, help="what is held equal")
     group.add_argument("--device", help="cpu, cuda or cuda:N")
     group.add_argument("--eval-tasks", help="extra lm-eval benchmarks by name, e.g. gsm8k,gsm8k_cot (need the Hub)")
     group.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
@@ -49,7 +51,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--reward", help="math (math-verify, the default), exact, or a reward function with TRL's "
                                        "signature as module:function or file.py:function")
     data.add_argument("--eval-file", help="held-out examples from this file (default: a seeded cut of task.eval_size)")
-    data.add_argument("--chat-template", choices=["auto", "none"],
+    data.add_argument("--chat-template", choices=CHAT_TEMPLATES,
                       help="auto (default): prompts go through the tokenizer's chat template when it has one")
     parser.add_argument("--report-to", help="experiment trackers, comma-separated: trackio, wandb, tensorboard, "
                                             "mlflow, all, or none (default)")
@@ -102,7 +104,7 @@ def add_probe_flag(parser: argparse.ArgumentParser) -> None:
 def add_arm_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--baseline", metavar="ARM", help="the arm every ratio is taken against (default: the first "
                                                           "PPO arm, else the first arm)")
-    parser.add_argument("--kl", choices=["native", "off", "loss", "reward"],
+    parser.add_argument("--kl", choices=KL_MODES,
                         help="KL to the reference, alike in every arm: off (no reference model), loss (k3 in the "
                              "loss), reward (k1 in the reward), native (each algorithm's default; the default)")
     parser.add_argument("--kl-coef", type=float, metavar="X",
@@ -277,6 +279,13 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    from harness.commands.config import config_command
+    given = any(getattr(args, flag, None) not in (None, []) for flag in CONFIG_FLAGS)
+    return config_command(config_from_args(args) if given else None, prefix=args.section, as_json=args.json,
+                          markdown=args.markdown)
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     from harness.config.load import PRESET_DIR, preset_names
     for name in preset_names():
@@ -288,6 +297,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- the parser
 
 def build_parser() -> Parser:
+    from harness.config.arm_kinds import arm_kind_names  # the registry's names: no torch imported
     parser = Parser(prog="harness", description="Equal-budget GRPO vs PPO: what each costs and what each buys.")
     parser.add_argument("--version", action="version", version=f"harness {__version__}")
     sub = parser.add_subparsers(dest="command", parser_class=Parser, metavar="COMMAND")
@@ -295,7 +305,8 @@ def build_parser() -> Parser:
     compare = sub.add_parser("compare", help="run each algorithm under the same budget and compare",
                              description="Train every algorithm with every seed under the same budget, each arm "
                                          "in its own process; print the tables and write the HTML/PDF report.")
-    compare.add_argument("--algos", help="comma-separated arms (default: grpo,ppo): an algorithm, or a variant "
+    compare.add_argument("--algos", help="comma-separated arms (default: grpo,ppo): an algorithm "
+                                         f"({', '.join(arm_kind_names())}), or a variant "
                                          "NAME=ALGO:section.field=value[:...], e.g. ppo-n1=ppo:rollout.samples_per_prompt=1 "
                                          "(or an arms: section in --config)")
     add_arm_flags(compare)
@@ -440,9 +451,9 @@ def build_parser() -> Parser:
                                                  "policy's size), or a model name, folder or config.json")
     estimate.add_argument("--rollout-reserve", type=float, metavar="F",
                           help="a colocated rollout engine reserving this share of device memory, e.g. 0.3 (TRL's vLLM)")
-    estimate.add_argument("--rollout-engine", choices=["resident", "asleep"],
+    estimate.add_argument("--rollout-engine", choices=ROLLOUT_ENGINES,
                           help="the engine during training: resident (kept, default) or asleep (released)")
-    estimate.add_argument("--device-memory", choices=["h100", "h200", "a100-40", "a100-80"],
+    estimate.add_argument("--device-memory", choices=list(DEVICE_MEMORY_GIB),
                           help="the device the reserve is a share of (default h100)")
     estimate.add_argument("--grid", action="store_true",
                           help="the sensitivity grid: KL on/off x reward model none/same x critic pass separate/joint "
@@ -452,6 +463,20 @@ def build_parser() -> Parser:
                           help="run every fake step again (results are cached in $HARNESS_CACHE/estimates)")
     add_config_flags(estimate)
     estimate.set_defaults(func=cmd_estimate)
+
+    config = sub.add_parser(
+        "config", help="every config field: type, default, bounds or choices, description",
+        description="List every field of the config (its sections and each algorithm's options, "
+                    "algorithms.NAME.OPTION) with its type, default, bounds or choices and description. With "
+                    "--preset, --config, flags or --set, a value column shows the resolved config.")
+    config.add_argument("section", nargs="?", help="only the fields under this section or field, e.g. rollout or "
+                                                  "algorithms.ppo")
+    config.add_argument("--json", action="store_true", help="print the fields as JSON")
+    config.add_argument("--markdown", nargs="?", const="-", metavar="README",
+                        help="print the README's configuration table; with a file, rewrite the table between "
+                             "its markers there")
+    add_config_flags(config)
+    config.set_defaults(func=cmd_config)
 
     sub.add_parser("tasks", help="list the offline tasks").set_defaults(func=cmd_tasks)
     sub.add_parser("presets", help="list the presets").set_defaults(func=cmd_presets)

@@ -50,8 +50,8 @@ def test_compare_smoke_end_to_end(smoke_comparison):
     assert result.stdout.index("Analysis plan (fixed before the run") < result.stdout.index("Arms")
     assert plan["plan"]["margin"] == 0.05 and plan["plan"]["eval"]["prompts"] == 32 and plan["plan"]["seeds"] == 1
     verdict = result.stdout[result.stdout.index("Verdict: "):]
-    for name in ("quality", "memory", "compute"):
-        assert f"  {name} " in verdict
+    for name in ("*quality", "*compute", "samples", "mem × time", "arith", "at scale", "machine"):
+        assert f" {name} " in verdict, name
     assert "one paired seed (an interval needs ≥ 2)" in verdict  # one seed: quality cannot be read
 
 
@@ -107,27 +107,28 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["compare", "--algos", "grpo,a2c"], "unknown algorithm 'a2c'; valid: dapo, dr_grpo, grpo, ppo, reinforce_pp, rloo"),
-    (["run", "--algo", "dpo"], "unknown algorithm 'dpo'; valid: dapo, dr_grpo, grpo, ppo, reinforce_pp, rloo"),
+    (["compare", "--algos", "grpo,a2c"], "unknown algorithm 'a2c'; valid: dapo, dr_grpo, grpo, gspo, ppo, reinforce_pp, rloo"),
+    (["run", "--algo", "dpo"], "unknown algorithm 'dpo'; valid: dapo, dr_grpo, grpo, gspo, ppo, reinforce_pp, rloo"),
     (["compare", "--task", "sudoku"], "unknown task 'sudoku'; valid: chain_sum, spell_backward, spell_backward_long"),
     (["compare", "--task", "rg:nonesuch"], "unknown reasoning-gym dataset 'nonesuch'; valid: ab, acre,"),
     (["compare", "--preset", "huge"], "unknown preset 'huge'; valid:"),
     (["compare", "--set", "rollout.batch_size=30"], "rollout.batch_size=30 is not divisible by the group size"),
     (["compare", "--set", "rollout.colour=red"], "unknown config field 'rollout.colour'"),
-    (["compare", "--set", "rollout.batch_size=many"], "config field 'rollout.batch_size' expects an integer, got 'many'"),
+    (["compare", "--set", "rollout.batch_size=many"], "rollout.batch_size: must be an integer, got 'many'"),
     (["compare", "--model", "./no/such/model"], "model path './no/such/model' does not exist"),
     (["compare", "--model", "nobody/no-such-model"], "model 'nobody/no-such-model' is not in the local Hugging Face "
                                                       "cache and HF_HUB_OFFLINE is set"),
     (["compare", "--report-to", "trackio,comet"], "unknown tracker comet; valid: trackio, wandb, tensorboard, mlflow"),
     (["compare", "--task", "data:no/such.jsonl"], "data file 'no/such.jsonl' does not exist"),
-    (["compare", "--set", "algorithms.grpo.betta=0.1", "--preset", "smoke"], "algorithms.grpo: unknown option(s) betta"),
+    (["compare", "--set", "algorithms.grpo.betta=0.1", "--preset", "smoke"],
+     "unknown config field 'algorithms.grpo.betta'; valid: aggregation, beta,"),
     (["compare", "--device", "tpu"], "unknown device 'tpu'"),
-    (["compare", "--set", "model.precision=fp8"], "model.precision 'fp8' is not one of: fp32, bf16-mixed, bf16"),
+    (["compare", "--set", "model.precision=fp8"], "model.precision: 'fp8' is not one of: fp32, bf16-mixed, bf16"),
     (["compare", "--set", "algorithms.ppo.critic_pass=both"],
-     "algorithms.ppo: critic_pass 'both' is not one of: separate, joint"),
+     "algorithms.ppo.critic_pass: 'both' is not one of: separate, joint"),
     (["compare", "--set", "optim.micro_batch_size=3"], "optim.micro_batch_size=3 does not divide a minibatch of 128 rows"),
     (["compare", "--bogus-flag"], "unrecognized arguments: --bogus-flag"),
-    (["compare", "--set", "verdict.margin=5"], "verdict.margin must lie between 0 and 1"),
+    (["compare", "--set", "verdict.margin=5"], "verdict.margin: must be below 1, got 5.0"),
     (["compare", "--set", "verdict.pilot=nowhere", "--preset", "smoke"],
      "nowhere holds no comparison.json: not a comparison folder"),
     (["plan", "--seeds", "0"], "--seeds must be at least 1"),
@@ -196,7 +197,14 @@ def test_plan_prints_the_minimum_detectable_difference_without_running(tmp_path,
     assert "SD of one seed's GRPO − PPO accuracy: 12.6 points" in out
     assert "minimum detectable difference: 41.1 points (80% power, 95% interval, paired t with 2 df)" in out
     assert "32 distinct test prompts (2 terms of 1 digit: 16, 2 terms of 2 digits: 16)" in out
+    # one interval method, named before the run; a seed that never reaches the target is censored, not dropped
+    assert "interval  quality: paired t over seeds (verdict.interval, named before the run)" in out
+    assert "censored at its budget (its whole completions and training time) and kept, never dropped" in out
     assert not list(tmp_path.iterdir())  # nothing written
+    assert main(["plan", "--preset", "smoke", "--seeds", "3", "--set", "verdict.interval=bootstrap"]) == 0
+    assert "quality: two-way bootstrap over prompts × seeds (verdict.interval" in capsys.readouterr().out
+    assert main(["plan", "--preset", "smoke", "--set", "verdict.interval=tighter"]) == 2
+    assert "verdict.interval" in capsys.readouterr().err
 
 
 def test_tasks_lists_the_offline_tasks_and_reasoning_gym_by_name(capsys):

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from harness.config.load import load_config, preset_names
+from harness.results.units import GIB
 
-GIB = 2 ** 30
 COMPUTE = ("activations", "temporaries", "kv_cache", "weight_casts")  # how the tracker files what a step computes
 MODEL_STATE = ("params", "grads", "optimizer")
 
@@ -78,6 +78,23 @@ def assert_estimate_matches(measured, estimated):
 def test_estimate_equals_live_tensors_measured_on_the_smoke_preset(algo):
     # 8 rows (2 prompts x 4) in 2 minibatches: the same phases and categories as 32, in half the time
     config = load_config("smoke", overrides=["rollout.batch_size=8"])
+    measured, shapes = measured_step(config, algo)
+    assert_estimate_matches(measured, estimated_step(config, algo, shapes))
+
+
+def test_estimate_equals_live_tensors_measured_with_the_chunked_log_prob_path():
+    # the LM head in chunks of 3 positions (recomputed in backward) in the update and the no-grad passes,
+    # under bf16-mixed (autocast's copy of the head's weight made inside the chunked function)
+    config = load_config("smoke", overrides=["rollout.batch_size=8", "model.logprob_chunk=3",
+                                             "model.precision=bf16-mixed"])
+    measured, shapes = measured_step(config, "grpo")
+    assert_estimate_matches(measured, estimated_step(config, "grpo", shapes))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo", ["grpo", "ppo"])
+def test_estimate_equals_measured_with_the_chunked_head_on_the_realistic_vocabulary(algo):
+    config = load_config("tiny-realistic-vocab", overrides=["model.logprob_chunk=16"])
     measured, shapes = measured_step(config, algo)
     assert_estimate_matches(measured, estimated_step(config, algo, shapes))
 
@@ -240,7 +257,7 @@ def test_shipped_configs_answer_offline():
     (["--world-size", "8", "--set", "optim.minibatches=8"],
      "world size 8: a sampling slice of 4 completions does not split into optim.minibatches=8"),
     (["--prompt-length", "60", "--completion-length", "10"], "do not fit the 64 positions"),
-    (["--rollout-reserve", "1.5"], "rollout_reserve must be a share"),
+    (["--rollout-reserve", "1.5"], "estimate.rollout_reserve: must be below 1, got 1.5"),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys, args, message):
     code, out, err = run_cli(capsys, "estimate", "--preset", "smoke", *args)

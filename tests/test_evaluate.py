@@ -177,7 +177,7 @@ def test_the_yaml_counts_as_correct_exactly_what_the_task_counts_as_solved(name,
 # ---------------------------------------------------------------- offline YAML, agreement
 
 @pytest.mark.slow  # lm-eval
-def test_generated_yaml_loads_with_a_fresh_task_manager_offline(tmp_path, smoke, offline):
+def test_generated_yaml_loads_with_a_fresh_task_manager_offline(tmp_path, smoke, offline, monkeypatch):
     from lm_eval.tasks import TaskManager
     model, tokenizer, config = smoke
     task = load_task("chain_sum", eval_size=12, seed=0)
@@ -191,10 +191,23 @@ def test_generated_yaml_loads_with_a_fresh_task_manager_offline(tmp_path, smoke,
         [(e.prompt, e.answer) for e in task.eval_examples()]
     assert greedy.config.generation_kwargs == {"until": ["<eos>"], "max_gen_toks": 5, "do_sample": False}
     assert sampled.config.repeats == 4
-    # And it runs: in process, seeded, with no network lookup at all.
+    # And it runs: in process, seeded, with no network lookup at all; on references that make the model
+    # solve a known share (own_answers_as_references), so that the figures below are not all zero.
+    examples = own_answers_as_references(task.eval_examples(), greedy_completions(model, tokenizer,
+                                                                                  task.eval_examples(), 5))
+    monkeypatch.setattr(task, "eval_examples", lambda: list(examples))
     score = score_policy(model, tokenizer, task, k=4, seed=0, max_new_tokens=5, work_dir=tmp_path)
     assert score["n"] == 12 and score["k"] == 4
-    assert 0.0 <= score["pass@1"] <= 1.0 and 0.0 <= score["maj@k"] <= 1.0 and 0.0 <= score["pass@k"] <= 1.0
+    # The figures are lm-eval's reading of the samples it wrote: recomputed from them by hand, they agree.
+    # Greedy pass@1 is the harness's own greedy accuracy on the same 12 prompts.
+    assert score["pass@1"] == greedy_eval(model, tokenizer, task, examples, 5)["accuracy"] > 0
+    rows = [json.loads(line) for line in (tmp_path / f"samples_policy_{local.sampled}.jsonl").read_text().splitlines()]
+    assert [len(row["answers"]) for row in rows] == [4] * 12
+    answers = [[canonical_number(a) for a in row["answers"]] for row in rows]
+    targets = [canonical_number(row["target"]) for row in rows]
+    pass_k = sum(target in drawn for target, drawn in zip(targets, answers)) / 12
+    maj_k = sum(majority_vote(drawn) == target for target, drawn in zip(targets, answers)) / 12
+    assert (score["pass@k"], score["maj@k"]) == (pass_k, maj_k) and pass_k > 0
     assert offline == []
 
 

@@ -1,4 +1,4 @@
-"""The critic-free family by hand: RLOO, REINFORCE++ (and its baseline variant), Dr. GRPO, DAPO."""
+"""The critic-free family by hand: RLOO, REINFORCE++ (and its baseline variant), Dr. GRPO, DAPO, GSPO."""
 
 import math
 
@@ -10,6 +10,8 @@ from harness.algorithms import algorithm_names, get_algorithm, parse_options
 from harness.algorithms.batch import RolloutBatch, TrainSettings
 from harness.algorithms.dapo import DAPO, has_spread, overlong_penalty
 from harness.algorithms.dr_grpo import DrGRPO, DrGRPOConfig
+from harness.algorithms.grpo import grpo_loss
+from harness.algorithms.gspo import gspo_loss, sequence_log_ratio
 from harness.algorithms.reinforce_pp import reinforce_pp_advantages, reward_to_go
 from harness.algorithms.rloo import leave_one_out_advantages, rloo_loss, sequence_kl
 from harness.train.rollout import concat_batches
@@ -65,7 +67,7 @@ def test_dr_grpo_keeps_the_group_mean_and_a_constant_normaliser():
     algorithm = DrGRPO(policy, DrGRPOConfig(), TrainSettings(max_new_tokens=4))
     # group [1, 0, 0, 0]: mean 0.25 -> [0.75, -0.25, -0.25, -0.25], no std scaling
     assert_close(algorithm.advantages(torch.tensor([1.0, 0.0, 0.0, 0.0]), 4), torch.tensor([0.75, -0.25, -0.25, -0.25]))
-    assert algorithm.loss_aggregation == "constant" and not algorithm.needs_reference
+    assert algorithm.needs.aggregation == "constant" and not algorithm.needs.reference
     # loss: ratio 1, one sequence of 2 real tokens with advantage 0.75 -> sum -1.5 / (1 x 4 max tokens) = -0.375
     batch = RolloutBatch(input_ids=torch.zeros(1, 5, dtype=torch.long), attention_mask=torch.ones(1, 5),
                          completion_mask=torch.tensor([[1.0, 1.0, 0.0, 0.0]]), prompt_length=1,
@@ -82,8 +84,52 @@ def test_dapo_length_penalty_clip_higher_and_groups_without_spread():
     options = parse_options("dapo", {})
     assert (options.eps_low, options.eps_high) == (0.2, 0.28)  # clip-higher
     algorithm = DAPO(torch.nn.Linear(1, 1), options, TrainSettings(max_new_tokens=5))
-    assert algorithm.filters_groups and algorithm.loss_aggregation == "token" and not algorithm.needs_reference
+    assert algorithm.needs.filters_groups and algorithm.needs.aggregation == "token" and not algorithm.needs.reference
     assert algorithm.buffer_tokens() == 1  # 20% of 5 tokens
+
+
+# two completions of 2 and 1 tokens; the masked positions hold wild values that must not count
+GSPO_MASK = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+
+
+def test_gspo_sequence_ratio_is_the_mean_token_log_ratio():
+    # log-ratios [0.1, 0.3 | -0.1]: means 0.2 and -0.1
+    logps = torch.tensor([[0.1, 0.3, 9.0], [-0.1, -9.0, 9.0]])
+    assert_close(sequence_log_ratio(logps, torch.zeros(2, 3), GSPO_MASK), torch.tensor([0.2, -0.1]))
+
+
+def test_gspo_clips_whole_completions():
+    logps = torch.tensor([[0.1, 0.3, 9.0], [-0.1, -9.0, 9.0]], requires_grad=True)
+    advantages = torch.tensor([1.0, -1.0])
+    # eps 0.2 to compare with GRPO: s_1 = e^0.2 = 1.22140 > 1.2 with A > 0 -> clipped: -1.2;
+    # s_2 = e^-0.1 = 0.90484 inside [0.8, 1.2] -> -min(-0.90484, -0.90484) = 0.90484
+    loss, stats = gspo_loss(logps, torch.zeros(2, 3), advantages, GSPO_MASK, 0.2, 0.2)
+    assert_close(loss, torch.tensor((-1.2 + math.exp(-0.1)) / 2))
+    assert stats["clipfrac"] == pytest.approx(2 / 3)  # the clipped completion's 2 tokens of 3
+    assert stats["policy_loss"] == loss.detach()
+    # GRPO clips tokens: e^0.1 = 1.10517 is not clipped, e^0.3 = 1.34986 is: -(1.10517 + 1.2) / 2 for the first
+    token_level, _ = grpo_loss(logps.detach(), torch.zeros(2, 3), advantages, GSPO_MASK, 0.2, 0.2, beta=0.0)
+    assert_close(token_level, torch.tensor((-(math.exp(0.1) + 1.2) / 2 + math.exp(-0.1)) / 2))
+    # gradient: the clipped completion gets none; the other's tokens each get -A s_2 / (n_2 x B) = 0.90484 / 2
+    loss.backward()
+    assert_close(logps.grad, torch.tensor([[0.0, 0.0, 0.0], [math.exp(-0.1) / 2, 0.0, 0.0]]))
+    # token aggregation weighs each completion by its length: (2 x -1.2 + 0.90484) / 3 tokens
+    loss, _ = gspo_loss(logps.detach(), torch.zeros(2, 3), advantages, GSPO_MASK, 0.2, 0.2, "token")
+    assert_close(loss, torch.tensor((2 * -1.2 + math.exp(-0.1)) / 3))
+
+
+def test_gspo_defaults_are_the_papers_small_clip_ranges():
+    options = parse_options("gspo", {})
+    assert (options.eps_low, options.eps_high, options.beta) == (3e-4, 4e-4, 0.0)
+    needs = get_algorithm("gspo").declare_needs(options, TrainSettings())
+    assert needs.aggregation == "sequence" and needs.min_group_size == 2 and not needs.reference
+    # log-ratios [0.0005, 0.0015] -> mean 0.001, s_1 = 1.0010005 > 1.0004 with A = 2 -> clipped: -2 x 1.0004;
+    # [0.0002] -> s_2 = e^0.0002 = 1.0002000 inside [0.9997, 1.0004], A = -1 -> +1.0002000
+    logps = torch.tensor([[0.0005, 0.0015, 0.0], [0.0002, 0.0, 0.0]], dtype=torch.float64)
+    loss, stats = gspo_loss(logps, torch.zeros(2, 3, dtype=torch.float64), torch.tensor([2.0, -1.0], dtype=torch.float64),
+                            GSPO_MASK.double())
+    assert_close(loss, torch.tensor((-2 * 1.0004 + math.exp(0.0002)) / 2, dtype=torch.float64))
+    assert stats["clipfrac"] == pytest.approx(2 / 3)
 
 
 def test_concatenated_rollouts_are_re_padded_on_both_sides():
@@ -104,12 +150,13 @@ def test_concatenated_rollouts_are_re_padded_on_both_sides():
 
 
 def test_the_family_is_registered_and_each_declares_what_it_needs():
-    assert set(algorithm_names()) >= {"grpo", "ppo", "rloo", "reinforce_pp", "dr_grpo", "dapo"}
+    assert set(algorithm_names()) >= {"grpo", "ppo", "rloo", "reinforce_pp", "dr_grpo", "dapo", "gspo"}
     for name in algorithm_names():
         cls = get_algorithm(name)
         options = parse_options(name, {})
-        assert cls.min_group_size(options) in (1, 2), name
-    assert get_algorithm("reinforce_pp").min_group_size(parse_options("reinforce_pp", {"baseline": True})) == 2
+        assert cls.declare_needs(options, TrainSettings()).min_group_size in (1, 2), name
+    baseline = parse_options("reinforce_pp", {"baseline": True})
+    assert get_algorithm("reinforce_pp").declare_needs(baseline, TrainSettings()).min_group_size == 2
 
 
 def test_matched_kl_sets_the_same_term_in_every_algorithm():
@@ -126,7 +173,7 @@ def test_matched_kl_sets_the_same_term_in_every_algorithm():
         for mode, needed in (("off", False), ("loss", True), ("reward", True)):
             options = parse_options(name, kl_settings(name, mode, 0.04))
             algorithm = get_algorithm(name)(small_linear_policy(), options, TrainSettings())
-            assert algorithm.needs_reference is needed, (name, mode)
+            assert algorithm.needs.reference is needed, (name, mode)
 
 
 def small_linear_policy():

@@ -19,6 +19,8 @@ import yaml
 
 from harness.cli import main
 from harness.commands.check import compare_arm, parse_tolerance, verdict
+from harness.results.records import Memory
+from harness.results.units import GIB
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
@@ -195,19 +197,18 @@ def as_gpu_run(smoke: Path, tmp_path: Path, name: str, allocated: int) -> Path:
 
 @pytest.mark.slow
 def test_gpu_peaks_are_compared_with_tolerance_on_the_same_gpu(capsys, smoke, tmp_path):
-    gb = 1 << 30
     gpu_baseline = tmp_path / "gpu.json"
-    assert main(["baseline", str(as_gpu_run(smoke, tmp_path / "a", "NVIDIA H100", 10 * gb)), "--out", str(gpu_baseline)]) == 0
+    assert main(["baseline", str(as_gpu_run(smoke, tmp_path / "a", "NVIDIA H100", 10 * GIB)), "--out", str(gpu_baseline)]) == 0
     assert json.loads(gpu_baseline.read_text())["device_name"] == "NVIDIA H100"
     capsys.readouterr()
-    code, out, _ = check(capsys, as_gpu_run(smoke, tmp_path / "b", "NVIDIA H100", int(10.3 * gb)), gpu_baseline)
+    code, out, _ = check(capsys, as_gpu_run(smoke, tmp_path / "b", "NVIDIA H100", int(10.3 * GIB)), gpu_baseline)
     assert code == 0 and "within tolerance" in out, out
-    code, out, _ = check(capsys, as_gpu_run(smoke, tmp_path / "c", "NVIDIA H100", 11 * gb), gpu_baseline)
+    code, out, _ = check(capsys, as_gpu_run(smoke, tmp_path / "c", "NVIDIA H100", 11 * GIB), gpu_baseline)
     assert code == 1 and "  - grpo s0 measured: CUDA allocated peak: +1.00 GiB (+10.0%)" in out, out
-    code, out, _ = check(capsys, as_gpu_run(smoke, tmp_path / "d", "NVIDIA H100", 11 * gb), gpu_baseline,
+    code, out, _ = check(capsys, as_gpu_run(smoke, tmp_path / "d", "NVIDIA H100", 11 * GIB), gpu_baseline,
                          "--tolerance", "15%")
     assert code == 0, out
-    code, out, _ = check(capsys, as_gpu_run(smoke, tmp_path / "e", "NVIDIA A100", 20 * gb), gpu_baseline)
+    code, out, _ = check(capsys, as_gpu_run(smoke, tmp_path / "e", "NVIDIA A100", 20 * GIB), gpu_baseline)
     assert code == 0 and "baseline measured on NVIDIA H100, this run on NVIDIA A100" in out, out
     assert "CUDA allocated" not in out
 
@@ -232,6 +233,7 @@ def test_a_new_model_is_a_regression_and_a_dropped_one_an_improvement():
             "live": {"peak": 50, "phases": {"policy_update": {"total": 50}}}}
     ppo = {"arithmetic": {"models": {"policy": policy, "critic": dict(policy)}, "model_state_total": 64},
            "live": {"peak": 90, "phases": {"policy_update": {"total": 80}, "critic_update": {"total": 90}}}}
+    grpo, ppo = Memory.read(grpo), Memory.read(ppo)
     grew = {r.label.strip(): r.verdict for r in compare_arm("a", grpo, ppo, 0.0, 0.05, False)}
     assert grew["critic params"] == grew["critic optimizer"] == "regressed"
     assert grew["measured: step peak of live tensors (max over phases)"] == "regressed"

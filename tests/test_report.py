@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import re
 import shutil
 import struct
@@ -15,9 +16,10 @@ import pytest
 
 from harness.report import build_report, content, render_html
 from harness.report.data import load_comparison
-from harness.report.stats import INCONCLUSIVE, NOT_REPRODUCED, NOT_WORSE, REPRODUCED, WORSE
+from harness.report.stats import AT_LEAST, INCONCLUSIVE, NOT_REPRODUCED, NOT_WORSE, REPRODUCED, WORSE
 from harness.report.verdict import terminal_lines, verdict_section
 from harness.results.headline import MEMORY_FIGURES, TIME_FIGURES
+from harness.results.units import GIB, MIB
 
 FIXTURES = Path(__file__).parent / "fixtures" / "report"
 COMPARE = FIXTURES / "compare"
@@ -137,7 +139,12 @@ def test_html_is_self_contained(report):
 def test_verdict_and_headline_figures(report):
     html, v = report["html"], report["verdict"]
     plan = json.loads((COMPARE / "comparison.json").read_text())
-    assert v["reading"] in (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE)
+    # The fixture was recorded before plans were saved and before live-tensor peaks: no target, no regime, and its
+    # at_scale.json holds this setup's own grid, not a recipe pair: neither compute nor memory can be read
+    # (inconclusive), while quality (-2.0 pts [-4.2, +0.2]) is not worse at 5.
+    assert v["reading"] == INCONCLUSIVE
+    assert "-2.0 pts [-4.2, +0.2]" in v["sentence"] and "memory not read" in v["sentence"]
+    assert "holds no recipe pair of published setups" in v["sentence"]
     assert f'<div class="reading">{v["reading"]}</div>' in html
     assert v["sentence"].split(":")[0].lower() == v["reading"]
     assert plain(v["sentence"]).replace("'", "&#39;") in plain(html)
@@ -145,11 +152,14 @@ def test_verdict_and_headline_figures(report):
     # every memory and time measure is kept apart, with GRPO/PPO ratios beside the claim
     for _, label, _ in MEMORY_FIGURES + TIME_FIGURES:
         assert label in html
-    assert "sampled completions to reach" in html and "training time to reach" in html
+    assert "sampled completions to reach" in html and "training time to reach" in html and "memory × time" in html
     assert "not measured: no NVIDIA GPU" in html  # the reason, from the summaries
-    assert [p["name"] for p in v["primary"]] == ["quality", "memory", "compute", "arith"]
-    assert "log scale" in html and "delta method" in html and "paired t over seeds" in html  # methods stated
+    assert [p["name"] for p in v["primary"]] == ["quality", "samples", "compute", "mem × time", "arith", "at scale",
+                                                 "machine"]
+    assert [p["name"] for p in v["primary"] if p["verdict"]] == ["quality", "compute"]  # memory is not read here
+    assert "log scale" in html and "geometric mean of the per-seed ratios" in html and "paired t over seeds" in html
     assert "No plan was saved with this comparison" in html  # made before plans: defaults, flagged
+    assert "no interval method was named before the run" in html  # and so was its interval method
     assert "maj@8" in html and "pass@8" in html  # lm-eval scores, as the runner writes them
 
 
@@ -269,23 +279,24 @@ def test_a_bare_plan_and_a_single_algorithm_still_render(tmp_path):
 
 def test_gpu_figures_when_present_and_the_allocator_peak_decides(tmp_path):
     folder = copy_fixture(tmp_path)
-    gib = 1024 ** 3
 
     def add_gpu(summary):
         scale = 1.0 if summary["algo"] == "grpo" else 2.0
         summary["mem"]["measured"] = {
-            "rss_peak_net": 10 * 1024 ** 2, "cuda_allocated_peak": {"generate": 3 * gib * scale, "update": 5 * gib * scale},
-            "cuda_reserved_peak": {"update": 6 * gib * scale},
-            "nvml": {"used_peak": 7 * gib * scale, "process_peak": 6.5 * gib * scale, "util_mean": 0.8,
+            "rss_peak_net": 10 * MIB, "cuda_allocated_peak": {"generate": 3 * GIB * scale, "update": 5 * GIB * scale},
+            "cuda_reserved_peak": {"update": 6 * GIB * scale},
+            "nvml": {"used_peak": 7 * GIB * scale, "process_peak": 6.5 * GIB * scale, "util_mean": 0.8,
                      "power_mean_w": 400, "energy_j": 1e5}}
     edit_summaries(folder, add_gpu)
     v = verdict_section(load_comparison(folder))
-    assert v["memory"]["key"] == "mem_cuda_allocated"  # no live-tensor peak in these summaries: the allocator next
     rows = {r["key"]: r for r in v["rows"]}
+    # on a GPU this machine's peak is the allocator's, and the row says which
+    assert rows["memory_machine"]["label"] == "this machine's peak, measured (CUDA allocator peak)"
+    assert rows["memory_machine"]["ratio_est"].mean == pytest.approx(0.5)
     assert rows["mem_cuda_allocated"]["ratio_est"].mean == pytest.approx(0.5)
     assert rows["mem_nvml_used"]["ratio_est"].mean == pytest.approx(0.5)
     assert rows["mem_cuda_allocated"]["top"]["value"] == "5,120.0"  # MiB
-    assert "CUDA allocator peak" in v["sentence"]
+    assert "CUDA allocator peak" in rows["to_target_memory"]["label"]
 
 
 def test_lm_eval_results_render_when_present(tmp_path):
@@ -349,6 +360,75 @@ def test_target_accuracy_is_the_plans_and_time_leaves_evaluations_out(tmp_path):
     assert after["target"]["value"] == 0.3 and "after the run" in after["target"]["source"]
 
 
+def set_curves(folder: Path, reached: dict[tuple[str, int], int | None]) -> None:
+    """Every arm: base 10%, held-out accuracy 30% (the target) first at its step `reached[(algo, seed)]`
+    (None: never, 20% to the end), 1 s of training per step, 128 completions per step."""
+    for arm_dir in folder.glob("*__*__s*"):
+        summary = json.loads((arm_dir / "summary.json").read_text())
+        at = reached[(summary["algo"], summary["seed"])]
+        rows = [json.loads(line) for line in (arm_dir / "steps.jsonl").read_text().splitlines()]
+        steps = [{"step": s, "completions": 128 * s, "wall": float(s), "train_s": float(s),
+                  "eval/accuracy": 0.3 if at is not None and s >= at else 0.2} for s in range(1, 11)]
+        (arm_dir / "steps.jsonl").write_text("".join(json.dumps({**rows[0], **r}) + "\n" for r in steps))
+        summary["eval"]["base"]["accuracy"] = 0.1
+        summary["eval"]["final"]["accuracy"] = 0.3 if at is not None else 0.2
+        summary["budget"]["used"]["completions"], summary["wall_s"] = 1280, 10.0
+        summary["time"]["train_s"], summary["time"]["eval_s"] = 10.0, 0.0
+        (arm_dir / "summary.json").write_text(json.dumps(summary))
+
+
+def test_resources_to_the_target_count_a_seed_that_never_reaches_it_at_its_budget(tmp_path):
+    folder = copy_fixture(tmp_path)
+    # GRPO reaches 30% at steps 2 and 4 and never in seed 2 (10 steps of budget); PPO at step 4 in every seed
+    set_curves(folder, {("grpo", 0): 2, ("grpo", 1): 4, ("grpo", 2): None, ("ppo", 0): 4, ("ppo", 1): 4,
+                        ("ppo", 2): 4})
+    add_live_peaks(folder, peaks={(a, s): 1.0 if a == "grpo" else 2.0 for a in ("grpo", "ppo") for s in range(3)})
+    with_plan(folder, target_gain=0.2)  # the start (10%) + 20 points
+    v = verdict_section(load_comparison(folder))
+    rows = {r["key"]: r for r in v["rows"]}
+    # per seed: completions 256/512, 512/512 and at least 1280/512 (seed 2 counted at its whole budget, not dropped)
+    completions = rows["to_target_completions"]
+    expected = math.exp((math.log(0.5) + math.log(1.0) + math.log(2.5)) / 3)  # 1.0772
+    assert completions["ratio_est"].mean == pytest.approx(expected) and completions["ratio_est"].bound == AT_LEAST
+    assert completions["ratio"]["value"] == f"≥ {expected:.3f}"
+    assert "per seed: s0 0.50, s1 1.00, s2 ≥ 2.50" in completions["note"]
+    assert "never reached the target in seed 2, counted at its budget" in completions["ratio_est"].note
+    assert completions["top"] == {"value": "≥ 683",  # (256 + 512 + 1,280) / 3
+            "interval": "2 of 3 seeds reached it; the others at their budget"}
+    assert completions["band"] == [0.8, 1.2] and completions["reading"] == INCONCLUSIVE  # a lower bound, read one-sided
+    # training time (1 s a step): the same ratios; memory x time: x the peak ratio 1/2 in every seed (deterministic)
+    assert rows["to_target_train"]["ratio_est"].mean == pytest.approx(expected)
+    assert rows["to_target_memory"]["ratio_est"].deterministic and rows["to_target_memory"]["ratio_est"].mean == 0.5
+    assert rows["to_target_memory_time"]["ratio_est"].mean == pytest.approx(expected / 2)
+    assert rows["to_target_memory_time"]["ratio_est"].bound == AT_LEAST
+    assert v["compute"]["row"] is rows["to_target_train"] and v["compute"]["reading"] == INCONCLUSIVE
+    assert "GRPO needed at least 1.08 of PPO's training time to reach 30.0%" in v["sentence"]
+    # every seed of GRPO short of the target, PPO at step 4: at least 10/4 in each: no spread, no interval
+    set_curves(folder, {("grpo", s): None for s in range(3)} | {("ppo", s): 4 for s in range(3)})
+    rows = {r["key"]: r for r in verdict_section(load_comparison(folder))["rows"]}
+    assert rows["to_target_train"]["ratio"]["value"] == "≥ 2.500" and rows["to_target_train"]["reading"] == INCONCLUSIVE
+    # neither arm reached it in any seed: no ratio, said why
+    set_curves(folder, {(a, s): None for a in ("grpo", "ppo") for s in range(3)})
+    row = {r["key"]: r for r in verdict_section(load_comparison(folder))["rows"]}["to_target_train"]
+    assert row["ratio_est"].mean is None and "neither arm reached the target in seeds 0, 1, 2" in row["ratio_est"].note
+
+
+def test_a_plan_saved_before_plans_named_their_interval_still_renders_flagged(tmp_path):
+    folder = copy_fixture(tmp_path)
+    with_plan(folder)
+    comparison = json.loads((folder / "comparison.json").read_text())
+    for key in ("interval", "completions_band", "censoring", "verdict_rule"):  # what a version-1 plan lacked
+        comparison["plan"].pop(key)
+    comparison["plan"]["version"] = 1
+    (folder / "comparison.json").write_text(json.dumps(comparison))
+    v = verdict_section(load_comparison(folder))
+    assert v["plan"]["interval"] == "paired_t" and v["plan"]["completions_band"] == [0.8, 1.2]
+    assert "no interval method was named before the run (a plan saved before plans named one)" in v["plan"]["interval_flag"]
+    assert "(not named in the plan)" in terminal_lines(v)[0]
+    html = plain(render_html(folder))
+    assert "Quality interval: no interval method was named before the run" in html
+
+
 def test_without_a_plan_no_target_is_picked_from_the_results():
     v = verdict_section(load_comparison(COMPARE))
     assert v["target"]["value"] is None and "no target was fixed before this run" in v["target"]["source"]
@@ -391,8 +471,6 @@ def test_cli_report_prints_the_path_and_rejects_a_bad_folder(tmp_path, capsys):
 
 # ---------------------------------------------------------------- the verdict's figures, from hand-built summaries
 
-MIB = 1024 ** 2
-
 
 def solved_first(k: int, prompts: int = 200) -> list[int]:
     """Per-prompt results of an arm that solved the first k of `prompts` prompts."""
@@ -424,67 +502,140 @@ def test_quality_is_a_paired_non_inferiority_test_at_the_plans_margin(tmp_path):
     assert "the interval is 2.5 points wide" in verdict_section(load_comparison(folder))["quality"]["width"]
 
 
-def test_identical_seed_differences_fall_back_to_the_bootstrap_by_hand(tmp_path):
+def test_the_interval_is_the_one_the_plan_named_never_a_fallback(tmp_path):
     folder = copy_fixture(tmp_path)
-    # every seed: GRPO misses prompts 98 and 99 that PPO solves. The paired t has no spread (no interval);
-    # the bootstrap's rows are identical, so only the prompts vary: Var = P var_pop(c) / P^2 with c the
-    # column means (two -1s in 200): 200 (0.01 - 0.0001) / 200^2 = 4.95e-5; x S/(S-1) = 1.5 -> 7.425e-5,
-    # se 0.0086168, t(0.975, 2) 4.3027: half-width 0.037076 around -0.01
+    # every seed: GRPO misses prompts 98 and 99 that PPO solves. The paired t has no spread (no interval), and the
+    # plan named it: quality is inconclusive, with no switch to the other interval after the fact
     set_finals(folder, {(a, s): 98 if a == "grpo" else 100 for a in ("grpo", "ppo") for s in range(3)})
     with_plan(folder, margin=0.05)
     quality = verdict_section(load_comparison(folder))["quality"]
-    assert not quality["paired_t"].has_interval and "no spread" in quality["paired_t"].note
+    assert not quality["estimate"].has_interval and "no spread" in quality["estimate"].note
+    assert quality["reading"] == INCONCLUSIVE and quality["method"] == "paired t over seeds"
+    # named before the run, the bootstrap: its rows are identical, so only the prompts vary: Var = P var_pop(c) / P^2
+    # with c the column means (two -1s in 200): 200 (0.01 - 0.0001) / 200^2 = 4.95e-5; x S/(S-1) = 1.5 -> 7.425e-5,
+    # se 0.0086168, t(0.975, 2) 4.3027: half-width 0.037076 around -0.01
+    with_plan(folder, margin=0.05, interval="bootstrap")
+    assert json.loads((folder / "comparison.json").read_text())["plan"]["interval"] == "bootstrap"
+    quality = verdict_section(load_comparison(folder))["quality"]
     e = quality["estimate"]
     assert e.method.startswith("two-way bootstrap over prompts × seeds (3 seeds × 200 prompts)")
     assert (e.lo, e.hi) == pytest.approx((-0.01 - 0.037076, -0.01 + 0.037076), abs=1e-5)
     assert quality["reading"] == NOT_WORSE  # -0.0471 > -0.05
+    html = plain(render_html(folder))
+    assert "Quality interval: <b>two-way bootstrap over prompts × seeds</b> (verdict.interval), named before the run" in html
 
 
-def add_live_peaks(folder: Path) -> None:
-    """What the live-tensor probe writes (summary.mem.live), GRPO about half of PPO, and the arithmetic
-    model state (summary.mem.arithmetic): policy + reference for GRPO, + a same-size critic for PPO."""
-    peaks = {("grpo", 0): 50, ("grpo", 1): 51, ("grpo", 2): 52, ("ppo", 0): 100, ("ppo", 1): 100, ("ppo", 2): 101}
+def add_live_peaks(folder: Path, activations: float = 0.7, peaks: dict | None = None) -> None:
+    """What the live-tensor probe writes (summary.mem.live), GRPO about half of PPO, with `activations` of each
+    peak phase's bytes in activations and the rest in model state, and the arithmetic model state
+    (summary.mem.arithmetic): policy + reference for GRPO, + a same-size critic for PPO."""
+    peaks = peaks or {("grpo", 0): 50, ("grpo", 1): 51, ("grpo", 2): 52, ("ppo", 0): 100, ("ppo", 1): 100,
+                      ("ppo", 2): 101}
 
     def edit(summary):
         phase = "policy_update" if summary["algo"] == "grpo" else "critic_update"
-        summary["mem"]["live"] = {"peak": peaks[(summary["algo"], summary["seed"])] * MIB, "peak_phase": phase,
-                                  "phases": {phase: {"total": 1, "categories": {}}}}
+        peak = round(peaks[(summary["algo"], summary["seed"])] * MIB)
+        state = round(peak * (1 - activations))
+        categories = {"total": peak, "activations": peak - state, "params": state // 4, "grads": state // 4,
+                      "optimizer": state - 2 * (state // 4)}
+        summary["mem"]["live"] = {"peak": peak, "peak_phase": phase, "phases": {phase: categories}}
         state = (16 + 4 + (16 if summary["algo"] == "ppo" else 0)) * MIB  # 4 MiB of fp32 weights: 16 trained, 4 frozen
         summary["mem"]["arithmetic"] = {"models": {}, "model_state_total": state}
     edit_summaries(folder, edit)
 
 
-def test_memory_reads_the_live_tensor_peak_with_the_arithmetic_ratio_beside_it(tmp_path):
+def test_memory_is_read_by_regime_in_three_labelled_rows(tmp_path):
     folder = copy_fixture(tmp_path)
-    add_live_peaks(folder)
+    add_live_peaks(folder, activations=0.7)
     with_plan(folder, band=0.05)
     v = verdict_section(load_comparison(folder))
-    memory = v["memory"]
-    assert memory["key"] == "mem_live_peak"
-    assert memory["estimate"].mean == pytest.approx(51 / (301 / 3))
-    assert 0.45 < memory["estimate"].lo < memory["estimate"].hi < 0.55 and memory["reading"] == REPRODUCED
-    assert memory["phases"] == {"grpo": "policy_update", "ppo": "critic_update"}
-    sentence = v["sentence"]
-    assert "GRPO needed 0.51 of PPO's measured step peak of live tensors (95% interval" in sentence
-    assert "the embedded tiny Qwen2 (hidden 128, 4 layers), float32 on cpu, 256 completions per step" in sentence
-    assert "band 0.45–0.55" in sentence and "(arithmetic)" in sentence
+    rows = {r["key"]: r for r in v["rows"]}
+    memory = [r for r in v["rows"] if r["group"] == "Memory, read by regime"]
+    assert [r["regime"] for r in memory] == ["model state", "at scale", "this machine"]
+    assert [r["kind"] for r in memory] == ["arithmetic", "estimated", "measured"]
+    # per-seed ratios 50/100, 51/100, 52/101: their geometric mean, paired by seed
+    machine = rows["memory_machine"]
+    expected = math.exp((math.log(0.50) + math.log(0.51) + math.log(52 / 101)) / 3)
+    assert machine["ratio_est"].mean == pytest.approx(expected)
+    assert machine["label"] == "this machine's peak, measured (live-tensor step peak)"
+    # 70% of each peak phase is activations: activation-bound, so this machine's ratio is shown and never read
+    assert v["memory"]["regime"]["bound"] == "activation-bound"
+    assert machine["note"].startswith("activation-bound: activations 70% of GRPO's peak (policy_update), 70% of "
+                                      "PPO's peak (critic_update)")
+    assert machine["reading"] == "—" and rows["to_target_memory_time"]["reading"] == "—"
+    assert 0.45 < machine["ratio_est"].lo < machine["ratio_est"].hi < 0.55  # inside the band, still not read
+    assert v["memory"]["row"] is None and "memory not read" in v["sentence"]  # and no recipe pair to read instead
+    assert rows["memory_model_state"]["ratio_est"].mean == pytest.approx(20 / 36)
+    assert not rows["memory_model_state"]["ratio_est"].has_interval and rows["memory_model_state"]["reading"] == "—"
+    assert "at_scale.json holds no recipe pair of published setups (Qwen/Qwen2.5-7B: 0.720–0.820 for this " \
+           "comparison's own setup" in rows["memory_at_scale"]["note"]
     lines = "\n".join(terminal_lines(v))
-    for name in ("quality", "memory", "compute", "arith"):
-        assert f"  {name} " in lines
-    assert "measured step peak of live tensors: 0.508 [" in lines
+    assert "  machine    GRPO/PPO this machine's peak, measured (live-tensor step peak): 0.508 [" in lines
+    # 70% model state: model-state-bound, the claim's regime: the measured peak is read, and the verdict rests on it
+    add_live_peaks(folder, activations=0.3)
+    v = verdict_section(load_comparison(folder))
+    machine = {r["key"]: r for r in v["rows"]}["memory_machine"]
+    assert v["memory"]["regime"]["text"].startswith("model-state-bound: model state 70% of GRPO's peak")
+    assert machine["reading"] == REPRODUCED and v["memory"]["row"] is machine and v["memory"]["reading"] == REPRODUCED
+    assert "on this machine GRPO needed 0.51 of PPO's measured peak (95% interval" in v["sentence"]
+    assert "the embedded tiny Qwen2 (hidden 128, 4 layers), float32 on cpu, 256 completions per step" in v["sentence"]
+    assert " *machine " in "\n".join(terminal_lines(v))  # marked as a reading the verdict rests on
 
 
 def test_a_deterministic_figure_gets_no_interval(tmp_path):
     folder = copy_fixture(tmp_path)
-    add_live_peaks(folder)
+    # fixed-shape tracked steps: the same live-tensor peak on every seed (1.9 and 2.3 MiB)
+    add_live_peaks(folder, peaks={(a, s): 1.9 if a == "grpo" else 2.3 for a in ("grpo", "ppo") for s in range(3)})
     v = verdict_section(load_comparison(folder))
-    row = {r["key"]: r for r in v["rows"]}["mem_model_state"]
+    rows = {r["key"]: r for r in v["rows"]}
+    for key in ("mem_live_peak", "memory_machine"):
+        row = rows[key]
+        assert row["ratio_est"].deterministic and not row["ratio_est"].has_interval, key
+        assert row["ratio_est"].mean == pytest.approx(round(1.9 * MIB) / round(2.3 * MIB))
+        assert row["ratio"]["interval"] == "deterministic: the same on every seed, no interval"
+        assert not row["top_est"].has_interval and row["top_est"].deterministic
+    row = rows["mem_model_state"]
     assert row["kind"] == "arithmetic" and row["reading"] == "—"  # shown, never read
     assert not row["top_est"].has_interval and not row["bottom_est"].has_interval and not row["ratio_est"].has_interval
     assert row["ratio_est"].mean == pytest.approx(20 / 36)
     assert row["ratio"]["interval"] == "arithmetic: follows from the model sizes"
     arith = next(p for p in v["primary"] if p["name"] == "arith")
-    assert arith["value"] == "0.556" and arith["interval"] == "no interval" and arith["reading"] == "—"
+    assert arith["value"] == "0.556" and arith["interval"] == "arithmetic: follows from the model sizes"
+    assert arith["reading"] == "—"
+    # one seed's peak differs (an older run without fixed shapes): measured, with an interval
+    add_live_peaks(folder, peaks={("grpo", 0): 1.9, ("grpo", 1): 2.0, ("grpo", 2): 1.9, ("ppo", 0): 2.3,
+                                  ("ppo", 1): 2.3, ("ppo", 2): 2.3})
+    assert {r["key"]: r for r in verdict_section(load_comparison(folder))["rows"]}["memory_machine"]["ratio_est"] \
+        .has_interval
+
+
+def write_recipe_pair(folder: Path, ratio: float = 0.55) -> None:
+    """at_scale.json with a recipe pair, as `harness estimate --recipe A,B` reports one."""
+    data = json.loads((folder / "at_scale.json").read_text())
+    data["recipes"] = [{"ratio": {"peak": {"value": ratio, "numerator": "grpo", "denominator": "ppo"}},
+                        "arms": {"grpo": {"peak": 40 * 2 ** 30, "recipe": {"name": "verl-qwen2-7b-gsm8k-grpo"}},
+                                 "ppo": {"peak": 40 / ratio * 2 ** 30, "recipe": {"name": "verl-qwen2-7b-gsm8k-ppo"}}},
+                        "setup": {"world_size": 8}}]
+    (folder / "at_scale.json").write_text(json.dumps(data))
+
+
+def test_the_named_at_scale_pair_is_read_when_this_machine_is_activation_bound(tmp_path):
+    folder = copy_fixture(tmp_path)
+    add_live_peaks(folder, activations=0.7)
+    write_recipe_pair(folder, 0.55)
+    with_plan(folder)
+    v = verdict_section(load_comparison(folder))
+    scale = {r["key"]: r for r in v["rows"]}["memory_at_scale"]
+    assert scale["label"] == ("per-GPU step peak at scale (estimated, verl-qwen2-7b-gsm8k-grpo + verl-qwen2-7b-gsm8k-ppo, "
+                              "per GPU of 8 (harness estimate on fake tensors))")
+    assert scale["ratio_est"].mean == 0.55 and not scale["ratio_est"].has_interval and scale["reading"] == REPRODUCED
+    assert scale["top"]["value"] == "40.0" and scale["unit"] == "GiB"
+    assert v["memory"]["row"] is scale and v["memory"]["reading"] == REPRODUCED
+    assert "at scale, GRPO needs 0.55 of PPO's per-GPU step peak (estimated, verl-qwen2-7b-gsm8k-grpo" in v["sentence"]
+    html = plain(render_html(folder))
+    assert "per-GPU step peak at scale (estimated, verl-qwen2-7b-gsm8k-grpo" in html
+    write_recipe_pair(folder, 0.82)
+    assert verdict_section(load_comparison(folder))["memory"]["reading"] == NOT_REPRODUCED
 
 
 def test_no_positive_figure_gets_a_negative_bound(tmp_path):
@@ -512,8 +663,8 @@ def test_no_positive_figure_gets_a_negative_bound(tmp_path):
 
 def test_time_figures_leave_the_periodic_evaluations_out(tmp_path):
     # the fixture's summaries predate time.train_s: the time rows say evaluations are included
-    old = verdict_section(load_comparison(COMPARE))
-    assert "periodic evaluations included: these arms recorded no time.train_s" in old["compute"]["row"]["note"]
+    old = {r["key"]: r for r in verdict_section(load_comparison(COMPARE))["rows"]}
+    assert "periodic evaluations included: these arms recorded no time.train_s" in old["time_per_step"]["note"]
     folder = copy_fixture(tmp_path)
 
     def edit(summary):  # what the runner writes now: evaluation time kept apart
@@ -523,10 +674,10 @@ def test_time_figures_leave_the_periodic_evaluations_out(tmp_path):
     cmp = load_comparison(folder)
     v = verdict_section(cmp)
     arm = cmp.arms[0]
-    assert arm.row["wall"] == pytest.approx(arm.summary["wall_s"] - 10.0) and arm.row["time_basis"] == "train_s"
+    assert arm.row["wall"] == pytest.approx(arm.summary.wall_s - 10.0) and arm.row["time_basis"] == "train_s"
     rows = {r["key"]: r for r in v["rows"]}
     assert rows["wall"]["note"] == "training time for the whole budget; periodic evaluations left out"
-    assert "periodic evaluations and live-tensor tracked steps left out" in v["compute"]["row"]["note"]
+    assert "periodic evaluations and live-tensor tracked steps left out" in rows["time_per_step"]["note"]
 
 
 def test_the_plan_renders_in_the_report(tmp_path):

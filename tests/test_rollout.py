@@ -1,6 +1,5 @@
 """The shared rollout: masks up to EOS, log-probs aligned with what generate sampled, groups."""
 
-import dataclasses
 import math
 
 import pytest
@@ -103,7 +102,7 @@ def test_sampler_scores_equal_the_trainers_old_logps_whatever_the_hub_generation
     model, tok = load_policy(str(folder))
     assert model.hub_generation_config.repetition_penalty == 1.3  # kept for reference, not used
     examples = task.train_examples(0, 4)
-    rollout_cfg = dataclasses.replace(config.rollout, temperature=0.7, samples_per_prompt=2)
+    rollout_cfg = config.rollout.model_copy(update={"temperature": 0.7, "samples_per_prompt": 2})
     torch.manual_seed(0)
     rollout = generate(model, None, tok, task, examples, rollout_cfg, TrainSettings(temperature=0.7))
     batch = rollout.batch

@@ -3,16 +3,22 @@ accumulation, separate and joint critic passes, gradient checkpointing, bf16-mix
 
 import copy
 import dataclasses
+import math
+from types import SimpleNamespace
 
 import pytest
 import torch
+from pydantic import Field
 from torch.testing import assert_close
 
+from harness import UserError
 from harness.algorithms import get_algorithm, parse_options
-from harness.algorithms.base import Algorithm
+from harness.algorithms.base import Algorithm, Needs
 from harness.algorithms.batch import RolloutBatch, TrainSettings, minibatch_indices, partition_seed, sliced_minibatches
 from harness.algorithms.grpo import GRPO, GRPOConfig
+from harness.algorithms.gspo import GSPO, GSPOConfig
 from harness.algorithms.logprobs import completion_logps
+from harness.algorithms.options import StrictModel
 from harness.algorithms.ppo import PPO, PPOConfig, value_loss
 from harness.config.schema import ModelConfig
 from harness.train.models import char_tokenizer, enable_gradient_checkpointing, tiny_model
@@ -44,7 +50,7 @@ def trained(algorithm_class, options, settings, batch_rows=8, **batch_kwargs):
     policy = small_policy()
     algorithm = algorithm_class(policy, options, settings, seed=3)
     batch = rollout_batch(policy, rows=batch_rows, **batch_kwargs)
-    if algorithm.uses_critic:
+    if algorithm.needs.critic:
         algorithm.compute_values(batch)
     algorithm.prepare(batch)
     stats = algorithm.update(batch)
@@ -61,7 +67,7 @@ def assert_same_models(a: Algorithm, b: Algorithm, atol=1e-10):
 # ---------------------------------------------------------------- micro-batching
 
 @pytest.mark.parametrize("algorithm_class, options", [(GRPO, GRPOConfig()), (GRPO, GRPOConfig(aggregation="token")),
-                                                      (PPO, PPOConfig())])
+                                                      (PPO, PPOConfig()), (GSPO, GSPOConfig(beta=0.04))])
 def test_micro_batches_of_one_two_and_all_rows_make_the_same_update(algorithm_class, options):
     # 8 rows, 2 minibatches of 4 rows: micro-batches of 1, 2 and 4 rows accumulate the same gradient
     # (float64, so the only difference is the order of the sums)
@@ -181,16 +187,15 @@ class _Stats:
 # ---------------------------------------------------------------- the contract
 
 def test_a_subclass_must_declare_its_own_options():
-    with pytest.raises(TypeError, match="must declare its own options dataclass"):
+    with pytest.raises(TypeError, match="must declare its own options model"):
         class Silent(GRPO):  # would silently run with GRPO's defaults
             name = "silent"
 
 
 def test_no_algorithm_overrides_the_shared_update_loop():
     with pytest.raises(TypeError, match="overrides `update`"):
-        @dataclasses.dataclass
-        class Options:
-            beta: float = 0.0
+        class Options(StrictModel):
+            beta: float = Field(0.0, ge=0)
 
         class Rogue(GRPO):
             name = "rogue"
@@ -203,24 +208,23 @@ def test_no_algorithm_overrides_the_shared_update_loop():
 def test_options_are_typed_and_checked():
     with pytest.raises(TypeError, match="takes GRPOConfig options"):
         GRPO(small_policy(), {"beta": 0.1}, TrainSettings())
-    with pytest.raises(ValueError, match="critic_pass 'both' is not one of: separate, joint"):
+    with pytest.raises(UserError, match="^critic_pass: 'both' is not one of: separate, joint$"):
         parse_options("ppo", {"critic_pass": "both"})
-    with pytest.raises(ValueError, match="eps_low must be > 0"):
-        parse_options("grpo", {"eps_low": 0.0})
+    with pytest.raises(UserError, match="^algorithms.grpo.eps_low: must be above 0, got 0.0$"):
+        parse_options("grpo", {"eps_low": 0.0}, where="algorithms.grpo.")
     assert parse_options("ppo", {"critic_lr": 1}).critic_lr == 1.0
 
 
 def test_a_subclass_gets_its_own_defaults():
-    @dataclasses.dataclass
     class Options(GRPOConfig):
-        beta: float = 0.0
+        beta: float = Field(0.0, ge=0)
 
     class NoKL(GRPO):
         name = "nokl"
         Config = Options
 
-    assert not NoKL(small_policy(), Options(), TrainSettings()).needs_reference
-    assert GRPO(small_policy(), GRPOConfig(), TrainSettings()).needs_reference
+    assert not NoKL(small_policy(), Options(), TrainSettings()).needs.reference
+    assert GRPO(small_policy(), GRPOConfig(), TrainSettings()).needs.reference
 
 
 def test_state_dict_round_trip_resumes_the_same_updates():
@@ -234,7 +238,10 @@ def test_state_dict_round_trip_resumes_the_same_updates():
 
 
 def test_registered_algorithms_declare_their_passes():
-    assert get_algorithm("ppo").uses_critic and not get_algorithm("grpo").uses_critic
+    settings = TrainSettings()
+    assert get_algorithm("ppo").declare_needs(PPOConfig(), settings).critic
+    assert not get_algorithm("grpo").declare_needs(GRPOConfig(), settings).critic
+    assert PPO(small_policy(), PPOConfig(critic_pass="joint"), settings).needs.critic_pass == "joint"
 
 
 def test_the_critic_warm_up_moves_only_the_critic():
@@ -283,6 +290,90 @@ def test_a_kl_term_in_the_loss_is_k3_aggregated_like_the_policy_loss():
     assert_close(with_kl, expected)
 
 
+class TablePolicy(torch.nn.Module):
+    """A policy whose logits are a table: 2 tokens, logits 0 everywhere, so every log-prob is -log 2."""
+
+    def __init__(self, rows: int, length: int):
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.zeros(rows, length, 2, dtype=torch.float64))
+
+    def forward(self, input_ids, attention_mask, position_ids, use_cache, logits_to_keep):
+        return SimpleNamespace(logits=self.table)
+
+
+class _SurrogateOnlyOptions(GRPOConfig):
+    beta: float = 0.5
+
+
+class _SurrogateOnly(GRPO):
+    """A GRPO variant written the way issue 22 found the trap: its own policy loss, with no KL term in it."""
+
+    name = "surrogate_only"
+    Config = _SurrogateOnlyOptions
+
+    def policy_loss(self, logps, mb, denominator):
+        loss = -(mb.advantages * logps * mb.completion_mask).sum() / denominator
+        return loss, {"policy_loss": loss.detach()}
+
+
+@pytest.mark.parametrize("algorithm_class, options, k3_aggregated", [
+    # two completions of 2 and 1 tokens, d = ref - logp = [1, -1 | 0.5]: k3 = e^d - d - 1 =
+    # [e - 2, e^-1 | e^0.5 - 1.5] = [0.71828, 0.36788 | 0.14872]
+    # sequence (GRPO's paper, GSPO): mean of sequence means = ((0.71828 + 0.36788) / 2 + 0.14872) / 2 = 0.34590
+    (GRPO, GRPOConfig(beta=0.5), ((math.e - 2 + math.exp(-1)) / 2 + math.exp(0.5) - 1.5) / 2),
+    (_SurrogateOnly, _SurrogateOnlyOptions(), ((math.e - 2 + math.exp(-1)) / 2 + math.exp(0.5) - 1.5) / 2),
+    (GSPO, GSPOConfig(beta=0.5), ((math.e - 2 + math.exp(-1)) / 2 + math.exp(0.5) - 1.5) / 2),
+    # token (what a GRPO arm aggregates with aggregation=token): (0.71828 + 0.36788 + 0.14872) / 3 = 0.41163
+    (GRPO, GRPOConfig(beta=0.5, aggregation="token"), (math.e - 2 + math.exp(-1) + math.exp(0.5) - 1.5) / 3),
+])
+def test_the_shared_loop_adds_the_kl_term_once_for_every_algorithm(algorithm_class, options, k3_aggregated):
+    # loss - policy loss = beta x aggregated k3, whether the algorithm's policy loss is GRPO's, a subclass's
+    # own (which knows nothing of the KL) or GSPO's; the logged kl is the token mean of k3 in every case
+    policy = TablePolicy(2, 3)
+    algorithm = algorithm_class(policy, options, TrainSettings(minibatches=1))
+    assert algorithm.needs.reference and algorithm.needs.kl_loss_coef == 0.5
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]], dtype=torch.float64)
+    logps = torch.full((2, 3), -math.log(2), dtype=torch.float64)
+    batch = RolloutBatch(input_ids=torch.zeros(2, 4, dtype=torch.long), attention_mask=torch.ones(2, 4), prompt_length=1,
+                         completion_mask=mask, scores=torch.tensor([1.0, 0.0], dtype=torch.float64), group_size=2,
+                         old_logps=logps, ref_logps=logps + torch.tensor([[1.0, -1.0, 7.0], [0.5, 7.0, 7.0]]))
+    algorithm.prepare(batch)
+    denominator = 2.0 if algorithm.needs.aggregation == "sequence" else mask.sum()
+    stats = _Stats()
+    loss = algorithm._policy_terms(batch, denominator, stats, mask.sum())
+    assert_close(loss - stats.last["policy_loss"], torch.tensor(0.5 * k3_aggregated, dtype=torch.float64))
+    assert_close(stats.last["kl"], torch.tensor((math.e - 2 + math.exp(-1) + math.exp(0.5) - 1.5) / 3,
+                                                dtype=torch.float64))
+
+
+def test_gspo_is_grpo_at_one_optimizer_step_per_rollout():
+    # every ratio is 1: GSPO's gradient -A_i x (mean of its tokens' log-prob gradients) is GRPO's
+    single = TrainSettings(lr=1e-3, minibatches=1)
+    assert_same_models(trained(GRPO, GRPOConfig(), single)[0], trained(GSPO, GSPOConfig(beta=0.04), single)[0])
+    # two optimizer steps: the second minibatch's ratios moved and GSPO clips whole completions at 1 +- 4e-4
+    two = TrainSettings(lr=1e-3, minibatches=2)
+    grpo, gspo = trained(GRPO, GRPOConfig(), two)[0], trained(GSPO, GSPOConfig(beta=0.04), two)[0]
+    assert not all(torch.equal(p, q) for p, q in zip(grpo.policy.parameters(), gspo.policy.parameters()))
+
+
+def test_needs_are_one_record_and_the_retired_hooks_are_refused():
+    needs = GRPO.declare_needs(GRPOConfig(beta=0.1, kl_reward_coef=0.0), TrainSettings(minibatches=1))
+    assert needs == Needs(reference=True, sampler_logps=False, kl_loss_coef=0.1, aggregation="sequence",
+                          min_group_size=2)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        needs.reference = False
+    with pytest.raises(ValueError, match="unknown aggregation 'tokens'"):
+        Needs(aggregation="tokens")
+    with pytest.raises(TypeError, match="sets loss_aggregation: declare what it needs in `declare_needs`"):
+        class OldStyle(GRPO):  # a property the loop no longer reads would be silently ignored
+            name = "old_style"
+            Config = _SurrogateOnlyOptions
+
+            @property
+            def loss_aggregation(self):
+                return "token"
+
+
 def test_sliced_minibatches_take_an_equal_share_of_every_slice():
     # 8 rows in 2 slices of 4, 2 minibatches: each minibatch holds 2 rows of each slice, and a slice's
     # partition is the same whether its process holds one slice or both
@@ -304,10 +395,10 @@ def test_one_slice_or_two_on_one_process_make_the_same_kind_of_update():
 def test_one_optimizer_step_per_rollout_needs_no_pass_for_the_samplers_log_probs():
     # one epoch, one minibatch: the ratio is 1, the update's own log-probs serve as the sampler's
     single = TrainSettings(lr=1e-3, minibatches=1)
-    assert not GRPO(small_policy(), GRPOConfig(), single).needs_sampler_logps
-    assert GRPO(small_policy(), GRPOConfig(), TrainSettings(minibatches=2)).needs_sampler_logps
-    assert PPO(small_policy(), PPOConfig(kl_coef=0.05), single).needs_sampler_logps  # the reward's KL needs them
-    assert not PPO(small_policy(), PPOConfig(kl_coef=0.0), single).needs_sampler_logps
+    assert not GRPO(small_policy(), GRPOConfig(), single).needs.sampler_logps
+    assert GRPO(small_policy(), GRPOConfig(), TrainSettings(minibatches=2)).needs.sampler_logps
+    assert PPO(small_policy(), PPOConfig(kl_coef=0.05), single).needs.sampler_logps  # the reward's KL needs them
+    assert not PPO(small_policy(), PPOConfig(kl_coef=0.0), single).needs.sampler_logps
     # the update is the same whether the sampler's log-probs were scored apart or not
     with_pass, _ = trained(GRPO, GRPOConfig(), single)
     policy = small_policy()

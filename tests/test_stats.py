@@ -12,10 +12,12 @@ import pytest
 from scipy import stats
 
 from harness.report.simulate import Design, quality_test, simulated_detectable_difference
-from harness.report.stats import (ARITHMETIC, INCONCLUSIVE, NOT_REPRODUCED, NOT_WORSE, REPRODUCED, WORSE, Estimate,
-                                  arithmetic, bootstrap_variance, detectable_difference, mean_ci, non_inferiority,
-                                  pair_sd, paired_difference, ratio_ci, ratio_reading, seeds_needed, t_quantile,
-                                  verdict, width_in_words)
+from harness.report.stats import (ARITHMETIC, AT_LEAST, AT_MOST, ESTIMATED, EXACT, INCONCLUSIVE, NOT_REPRODUCED,
+                                  NOT_WORSE, REPRODUCED, UNKNOWN, WORSE, Estimate, ToTarget, arithmetic, band_reading,
+                                  bootstrap_variance, censored_paired_ratio, claim_verdict, completions_band,
+                                  detectable_difference, mean_ci, non_inferiority, pair_sd, paired_difference,
+                                  paired_ratio, ratio_ci, ratio_reading, seed_ratio, seeds_needed, t_quantile,
+                                  width_in_words)
 
 # ---------------------------------------------------------------- intervals by hand
 
@@ -76,6 +78,22 @@ def test_paired_t_by_hand_drops_unpaired_seeds():
     assert not paired_difference({0: 0.5}, {0: 0.4})["reported"].has_interval
 
 
+def test_the_reported_interval_is_the_method_the_plan_named():
+    # per prompt: seeds 0 and 1 with GRPO solving 2 more of 4 prompts in seed 0 and 1 more in seed 1
+    top, bottom = {0: 0.75, 1: 0.5}, {0: 0.25, 1: 0.25}
+    top_prompts, bottom_prompts = {0: [1, 1, 1, 0], 1: [1, 1, 0, 0]}, {0: [1, 0, 0, 0], 1: [1, 0, 0, 0]}
+    named_t = paired_difference(top, bottom, top_prompts, bottom_prompts, method="paired_t")
+    named_boot = paired_difference(top, bottom, top_prompts, bottom_prompts, method="bootstrap")
+    assert named_t["reported"] is named_t["paired_t"] and named_boot["reported"] is named_boot["bootstrap"]
+    # never the tighter of the two chosen after seeing them: each method keeps its own width
+    t_width = named_t["paired_t"].hi - named_t["paired_t"].lo
+    boot_width = named_t["bootstrap"].hi - named_t["bootstrap"].lo
+    assert t_width != pytest.approx(boot_width)
+    assert named_t["reported"].hi - named_t["reported"].lo == pytest.approx(t_width)
+    with pytest.raises(ValueError):
+        paired_difference(top, bottom, method="tighter")
+
+
 def test_the_bootstrap_variance_is_the_exact_two_way_bootstrap():
     # D = [[1, 0], [0, 0]]: the mean is w0 m0 / 4 with w, m ~ Multinomial(2, 1/2); E[w0^2] = 4/4 + 1/2 = 1.5,
     # so E[(w0 m0)^2] = 2.25, Var(w0 m0) = 1.25 and Var(mean) = 1.25 / 16 = 0.078125
@@ -122,10 +140,103 @@ def test_ratio_readings_and_the_verdict():
     assert ratio_reading(Estimate(0.5, 0.41, 0.59), band=0.05) == INCONCLUSIVE  # the band is a plan parameter
     assert ratio_reading(Estimate(0.7, 0.61, 0.8)) == NOT_REPRODUCED
     assert ratio_reading(Estimate(0.55, note="arithmetic", kind=ARITHMETIC)) == REPRODUCED  # read by its value
+    assert ratio_reading(Estimate(0.72, note="fake tensors", kind=ESTIMATED)) == NOT_REPRODUCED  # so is an estimate
+    assert ratio_reading(Estimate(0.52, deterministic=True)) == REPRODUCED  # and a deterministic figure
     assert ratio_reading(Estimate(0.5, note="one seed")) == INCONCLUSIVE
-    assert verdict(REPRODUCED, NOT_WORSE) == REPRODUCED
-    assert verdict(REPRODUCED, INCONCLUSIVE) == INCONCLUSIVE
-    assert verdict(REPRODUCED, WORSE) == verdict(NOT_REPRODUCED, NOT_WORSE) == NOT_REPRODUCED
+    # the verdict: quality, compute (time to the target) and memory (read by regime); memory not read: at best inconclusive
+    assert claim_verdict(NOT_WORSE, REPRODUCED, REPRODUCED) == REPRODUCED
+    assert claim_verdict(NOT_WORSE, REPRODUCED, None) == INCONCLUSIVE
+    assert claim_verdict(INCONCLUSIVE, REPRODUCED, REPRODUCED) == INCONCLUSIVE
+    assert claim_verdict(WORSE, REPRODUCED, REPRODUCED) == NOT_REPRODUCED
+    assert claim_verdict(NOT_WORSE, NOT_REPRODUCED, None) == claim_verdict(NOT_WORSE, REPRODUCED, NOT_REPRODUCED) \
+        == NOT_REPRODUCED
+
+
+def test_completions_to_the_target_are_read_against_one():
+    # the claim's band, 0.40-0.60 around 0.5 (± 20%), carried to 1: 0.80-1.20
+    low, high = completions_band(0.5, [0.4, 0.6])
+    assert (low, high) == (0.8, 1.2)
+    equal = Estimate(1.02, 0.93, 1.10)  # GRPO as sample-efficient as PPO: what the claim predicts
+    assert band_reading(equal, low, high) == REPRODUCED
+    assert ratio_reading(equal, 0.5, 0.1) == NOT_REPRODUCED  # read against 0.5 it would say the opposite
+    assert band_reading(Estimate(0.5, 0.45, 0.56), low, high) == NOT_REPRODUCED  # twice as efficient: not the claim
+
+
+# ---------------------------------------------------------------- resources to a target, censored at the budget
+
+
+def test_one_seeds_ratio_and_what_it_bounds():
+    assert seed_ratio(ToTarget(40, True), ToTarget(80, True)) == (0.5, EXACT)
+    # GRPO spent its whole budget (100) without reaching the target that PPO reached at 80: it needed more than
+    # 100, so the ratio is at least 100/80
+    assert seed_ratio(ToTarget(100, False), ToTarget(80, True)) == (1.25, AT_LEAST)
+    # PPO never reached it in its 100; GRPO did at 40: at most 40/100
+    assert seed_ratio(ToTarget(40, True), ToTarget(100, False)) == (0.4, AT_MOST)
+    assert seed_ratio(ToTarget(100, False), ToTarget(100, False))[1] == UNKNOWN
+
+
+def test_paired_ratio_by_hand():
+    # per-seed ratios 0.5, 1, 2: logs -0.6931, 0, 0.6931; geometric mean 1; sd(log) 0.6931, se 0.6931/sqrt(3) = 0.40018,
+    # t(0.975, 2) 4.3027: half-width 1.72186, interval exp(-+1.72186) = [0.17873, 5.5951]
+    e = paired_ratio([0.5, 1.0, 2.0])
+    assert (e.mean, e.lo, e.hi, e.n) == pytest.approx((1.0, 0.17873, 5.5951, 3), rel=1e-4)
+    assert "paired by seed" in e.method
+    # a deterministic figure (the same on every seed by construction): its value, no interval
+    d = paired_ratio([0.834, 0.834], deterministic=True)
+    assert d.mean == pytest.approx(0.834) and not d.has_interval and d.deterministic
+    # identical ratios of a figure that is not deterministic: no zero-width interval claiming certainty
+    assert not paired_ratio([1.0, 1.0, 1.0]).has_interval and "no spread" in paired_ratio([1.0, 1.0]).note
+    assert not paired_ratio([0.5]).has_interval
+
+
+def test_pairing_by_seed_is_not_a_ratio_of_means():
+    # seed 0 is slow in both arms, seed 1 fast: GRPO needs exactly half of PPO in each seed
+    top = {0: ToTarget(100.0, True), 1: ToTarget(10.0, True), 2: ToTarget(50.0, True)}
+    bottom = {0: ToTarget(200.0, True), 1: ToTarget(20.0, True), 2: ToTarget(100.0, True)}
+    paired, per_seed = censored_paired_ratio(top, bottom)
+    assert per_seed == {0: (0.5, EXACT), 1: (0.5, EXACT), 2: (0.5, EXACT)}
+    assert paired.mean == pytest.approx(0.5) and "no spread" in paired.note
+    # unpaired, the seeds' spread swamps the ratio: 0.5 of means, an interval from about 0.13 to 1.9
+    unpaired = ratio_ci([100.0, 10.0, 50.0], [200.0, 20.0, 100.0])
+    assert unpaired.mean == pytest.approx(0.5) and unpaired.lo < 0.2 and unpaired.hi > 1.5
+    # a seed finished in one arm only is left out, and said so
+    top[3] = ToTarget(5.0, True)
+    assert "seeds [3] left out: finished in one arm only" in censored_paired_ratio(top, bottom)[0].note
+
+
+def test_a_seed_that_never_reaches_the_target_is_censored_at_its_budget_not_dropped():
+    # GRPO reaches the target at 512 and 1,024 completions in seeds 0 and 1, never in seed 2 (budget 2,048);
+    # PPO at 1,024 in all three: ratios 0.5, 1 and at least 2 (dropping seed 2 would give 0.71 from survivors)
+    grpo = {0: ToTarget(512, True), 1: ToTarget(1024, True), 2: ToTarget(2048, False)}
+    ppo = {0: ToTarget(1024, True), 1: ToTarget(1024, True), 2: ToTarget(1024, True)}
+    e, per_seed = censored_paired_ratio(grpo, ppo)
+    assert per_seed[2] == (2.0, AT_LEAST)
+    # the bound: geometric mean of 0.5, 1, 2 = 1, interval [0.17873, 5.5951] as above, read one-sided
+    assert e.bound == AT_LEAST and (e.mean, e.lo, e.hi) == pytest.approx((1.0, 0.17873, 5.5951), rel=1e-4)
+    assert "the numerator never reached the target in seed 2, counted at its budget" in e.note
+    assert band_reading(e, 0.4, 0.6) == INCONCLUSIVE  # at least 0.18 says nothing against 0.40-0.60
+    # GRPO never reaches it (budget 2,048); PPO at 1,024, 800, 1,200: ratios at least 2, 2.56, 1.7067;
+    # logs 0.69315, 0.94001, 0.53480: mean 0.72265, sd 0.20428, se 0.11794, half 4.3027 x 0.11794 = 0.50746:
+    # the bound's interval starts at exp(0.21519) = 1.2401 > 0.60: GRPO needs more than the claim, whatever the truth
+    never = {s: ToTarget(2048, False) for s in range(3)}
+    e, _ = censored_paired_ratio(never, {0: ToTarget(1024, True), 1: ToTarget(800, True), 2: ToTarget(1200, True)})
+    assert e.lo == pytest.approx(1.2401, rel=1e-3) and band_reading(e, 0.4, 0.6) == NOT_REPRODUCED
+    # PPO never reaches it: an upper bound, read only below the band
+    e, _ = censored_paired_ratio({0: ToTarget(100, True), 1: ToTarget(120, True)},
+                                 {0: ToTarget(1000, False), 1: ToTarget(1000, False)})
+    assert e.bound == AT_MOST and e.hi < 0.4 and band_reading(e, 0.4, 0.6) == NOT_REPRODUCED
+    e, _ = censored_paired_ratio({0: ToTarget(500, True), 1: ToTarget(520, True)},
+                                 {0: ToTarget(1000, False), 1: ToTarget(1000, False)})
+    assert band_reading(e, 0.4, 0.6) == INCONCLUSIVE  # at most about 0.5: it could lie below the band
+    # neither arm reached it in a seed, or bounds both ways: no ratio at all
+    e, _ = censored_paired_ratio({0: ToTarget(2048, False), 1: ToTarget(512, True)},
+                                 {0: ToTarget(2048, False), 1: ToTarget(1024, True)})
+    assert e.mean is None and "neither arm reached the target in seed 0" in e.note
+    e, _ = censored_paired_ratio({0: ToTarget(2048, False), 1: ToTarget(512, True)},
+                                 {0: ToTarget(1024, True), 1: ToTarget(2048, False)})
+    assert e.mean is None and "censored both ways" in e.note
+    e, _ = censored_paired_ratio({0: ToTarget(0, True)}, {0: ToTarget(0, True)})  # reached before any training
+    assert e.mean is None and "a figure of zero in seed 0" in e.note
 
 
 # ---------------------------------------------------------------- the plan's power
@@ -150,10 +261,12 @@ def test_detectable_difference_by_hand():
 DESIGN = Design(seeds=3, prompts=1000, seed_sd=0.02, accuracy=0.5)  # the tiny preset's plan, 3 seeds
 
 
-def test_simulated_comparisons_type_one_error_and_coverage():
+@pytest.mark.parametrize("method", ["paired_t", "bootstrap"])
+def test_simulated_comparisons_type_one_error_and_coverage(method):
     """200 simulated comparisons per truth at δ = 5 points: "not worse" at most 5% of the time when GRPO is
-    truly 10 points worse (the test's type I error), and the reported paired interval covers the truth."""
-    rows = {truth: quality_test(DESIGN, truth, margin=0.05, comparisons=200) for truth in (0.0, -0.03, -0.05, -0.10)}
+    truly 10 points worse (the test's type I error), and the interval the plan names covers the truth."""
+    rows = {truth: quality_test(DESIGN, truth, margin=0.05, comparisons=200, method=method)
+            for truth in (0.0, -0.03, -0.05, -0.10)}
     print("\ntruth    not worse  inconclusive  worse  coverage  (200 simulated comparisons each, 3 seeds x 1000 prompts)")
     for truth, r in rows.items():
         print(f"{100 * truth:+5.1f}    {r['not_worse']:9.1%}  {r['inconclusive']:12.1%}  {r['worse']:5.1%}  {r['coverage']:8.1%}")
@@ -161,8 +274,12 @@ def test_simulated_comparisons_type_one_error_and_coverage():
     assert rows[-0.05]["not_worse"] <= 0.05  # on the margin itself: about 2.5% expected
     for truth in (0.0, -0.03, -0.10):
         assert rows[truth]["coverage"] >= 0.93, (truth, rows[truth])
-    assert rows[0.0]["not_worse"] > rows[-0.03]["not_worse"] > rows[-0.10]["not_worse"]  # the test has power
-    assert rows[-0.10]["worse"] > 0.2
+    if method == "paired_t":  # the plan's default has power at 3 seeds
+        assert rows[0.0]["not_worse"] > rows[-0.03]["not_worse"] > rows[-0.10]["not_worse"]
+        assert rows[-0.10]["worse"] > 0.2
+    else:  # the bootstrap over prompts x seeds counts the prompts' noise twice and is read at S - 1 df: it is wider
+        paired = quality_test(DESIGN, 0.0, margin=0.05, comparisons=200, method="paired_t")
+        assert rows[0.0]["mean_width"] > paired["mean_width"] and rows[0.0]["not_worse"] <= paired["not_worse"]
 
 
 @pytest.mark.parametrize("design", [Design(seeds=2, prompts=200, seed_sd=0.03, accuracy=0.4),

@@ -59,7 +59,7 @@ def test_a_point_evaluates_on_the_validation_split_never_the_test_split(tmp_path
     """A sweep point trains and evaluates without ever scoring a test prompt: the greedy evaluation is handed
     validation prompts only (and would fail this test on a test prompt)."""
     from harness.commands.run import run
-    from harness.train import arm as arm_module
+    from harness.train import policy_arm as arm_module
     config = sweep_config(load_config("smoke", overrides=["budget.total=32"]), budget=None)
     task = make_task(load_config("smoke"))
     test_prompts = {e.prompt for e in task.eval_examples()}

@@ -1,6 +1,5 @@
 """Offline reasoning-gym tasks: compact prompts, disjoint splits, and the pure reward."""
 
-import dataclasses
 import re
 
 import pytest
@@ -234,7 +233,7 @@ def test_max_positions_reaches_the_model_and_keys_the_cache_only_when_changed():
     # the key the smoke model was cached under before model.max_positions existed (and the CPU gate's baseline
     # was measured on): a default of 64 must leave every cached model valid
     assert tiny_key(smoke.model, task) == "fe7ef1b42b45"
-    wider = dataclasses.replace(smoke.model, max_positions=96)
+    wider = smoke.model.model_copy(update={"max_positions": 96})
     assert tiny_key(wider, task) != "fe7ef1b42b45"
     model = tiny_model(wider, char_tokenizer(task.alphabet, 96))
     assert model.config.max_position_embeddings == 96

@@ -14,20 +14,33 @@ import pytest
 import yaml
 
 from harness import UserError
-from harness.config.schema import parse_report_to
-from harness.results.trackers import (ArmTrackers, GIB, METRIC_ALIASES, RUNS, attach_report, check_trackers,
-    tracked_metrics)
+from harness.config.schema import RunConfig
+from harness.results.records import Summary
+from harness.results.step_record import StepRecord
+from harness.results.trackers import ArmTrackers, METRIC_ALIASES, RUNS, attach_report, check_trackers, tracked_metrics
+from harness.results.units import GIB
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 PROJECT = f"harness-test-{os.getpid()}"
 
 
+def report_to(value):
+    return RunConfig.parse({"report_to": value}).report_to
+
+
 def test_report_to_follows_trls_convention():
-    assert parse_report_to("none") == [] and parse_report_to("") == []
-    assert parse_report_to("trackio, TensorBoard,trackio") == ["trackio", "tensorboard"]
-    assert parse_report_to("all") == ["trackio", "wandb", "tensorboard", "mlflow"]
-    with pytest.raises(UserError, match="unknown tracker comet; valid: trackio, wandb, tensorboard, mlflow, all, none"):
-        parse_report_to("trackio,comet")
+    assert report_to("none") == [] and report_to("") == [] and report_to([]) == []
+    assert report_to("trackio, TensorBoard,trackio") == ["trackio", "tensorboard"]
+    assert report_to(["trackio", "tensorboard"]) == ["trackio", "tensorboard"]  # a YAML list
+    assert report_to("all") == ["trackio", "wandb", "tensorboard", "mlflow"]
+    with pytest.raises(UserError, match="^run.report_to: unknown tracker comet; valid: trackio, wandb, tensorboard, "
+                                        "mlflow, all, none$"):
+        report_to("trackio,comet")
+    with pytest.raises(UserError, match="unknown tracker none \\(alone only\\)"):
+        report_to("trackio,none")
+    # the saved config.yaml keeps the form it always had: comma-separated text, 'none' for no tracker
+    assert RunConfig.parse({"report_to": "trackio,tensorboard"}).model_dump()["report_to"] == "trackio,tensorboard"
+    assert RunConfig().model_dump()["report_to"] == "none"
 
 
 def test_a_missing_package_names_the_extra_to_install(monkeypatch):
@@ -35,7 +48,7 @@ def test_a_missing_package_names_the_extra_to_install(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "trackio" else real(name, *a))
     with pytest.raises(UserError) as err:
-        check_trackers("tensorboard,trackio")
+        check_trackers(["tensorboard", "trackio"])
     assert str(err.value) == "--report-to trackio needs the trackio package: pip install 'rl-harness[trackers]'"
 
 
@@ -79,10 +92,10 @@ def log_arm(arm_dir: Path, names: list[str], results: Path, value: float) -> dic
     for step in (1, 2, 3):
         row = {"step": step, "reward/mean": value * step, "loss/zero_adv_frac": 0.5}
         (arm_dir / "steps.jsonl").open("a").write(json.dumps(row) + "\n")
-        trackers.log_step(row)
+        trackers.log_step(StepRecord.read(row))
     summary = {"algo": arm_dir.name, "status": "ok", "steps": 3, "eval": {"final": {"accuracy": value}}}
     (arm_dir / "summary.json").write_text(json.dumps(summary))
-    trackers.finish(summary)
+    trackers.finish(Summary.read(summary))
     return summary
 
 
@@ -99,7 +112,7 @@ def logged(tmp_path_factory):
     figure.parent.mkdir()
     from PIL import Image
     Image.fromarray(np.full((4, 6, 3), 200, dtype=np.uint8)).save(figure)
-    attach_report(arms, [figure], ",".join(names), PROJECT, str(tmp_path / "results"))
+    attach_report(arms, [figure], names, PROJECT, str(tmp_path / "results"))
     return tmp_path, arms
 
 
@@ -165,8 +178,8 @@ def test_a_tracker_that_fails_says_so_once_and_the_others_go_on(tmp_path, monkey
     arm = fake_comparison(tmp_path / "cmp")[0]
     trackers = ArmTrackers(["wandb", "tensorboard"], arm, "p", str(tmp_path), log=lines.append)
     for step in (1, 2):
-        trackers.log_step({"step": step, "reward/mean": 1.0})
-    trackers.finish({"status": "ok", "steps": 2})
+        trackers.log_step(StepRecord(step=step, reward_mean=1.0))
+    trackers.finish(Summary(status="ok", steps=2))
     assert lines == ["harness: wandb failed (ConnectionError: server went away); it stops logging, the run goes on"]
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     events = EventAccumulator(str(arm / "tensorboard"))

@@ -22,8 +22,8 @@ from harness import UserError
 from harness.config.arm_kinds import algorithm_of, check_arm_kinds
 from harness.config.derive import algorithm_options
 from harness.config.kl import KLSetting
-from harness.config.load import _merge, copy_config, nest, parse_override, parse_scalar
-from harness.config.schema import Config, validate
+from harness.config.load import copy_config, parse_override, parse_scalar, with_overrides
+from harness.config.schema import Config
 
 ARM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 SPEC_FORM = "NAME=ALGO[:section.field=value...]"
@@ -171,9 +171,7 @@ def arm_config(config: Config, spec: ArmSpec, kl: KLSetting | None = None, seed:
     if kl is not None:
         apply_kl(arm, spec.algo, kl, spec.name)
     try:
-        for key, value in spec.overrides.items():
-            _merge(arm, nest(key.split("."), value), "")
-        validate(arm)
+        arm = with_overrides(arm, spec.overrides)
         algorithm_options(arm, spec.algo)
     except UserError as err:
         raise UserError(f"arm {spec.name}: {err}") from None

@@ -21,14 +21,15 @@ from typing import Any
 from harness import UserError
 from harness.config.load import config_from_dict, read_yaml
 from harness.results.arm_config import ARM_KEYS
-from harness.results.headline import MEMORY_FIGURES, PHASES, headline
+from harness.results.headline import PHASES, headline
 from harness.results.io import check_writable, read_json, read_json_object, refuse_if_being_written, write_json
+from harness.results.records import FIGURES, ComparisonPlan, Memory, Summary
+from harness.results.units import human_bytes
 
 EXIT_OK, EXIT_REGRESSED = 0, 1
 BASELINE_FORMAT = 2
 
-EXACT = {"mem_live_peak", "mem_model_state"}  # deterministic: compared to the byte
-GPU = {"mem_cuda_allocated", "mem_cuda_reserved", "mem_nvml_used"}  # other memory figures: shown, not gated
+MEMORY = [figure for figure in FIGURES if figure.group == "memory"]  # each says how it is gated (Figure.gate)
 GATED_KINDS = {"exact"}  # always gated; "gpu" too when both sides ran on the same kind of GPU
 MODEL_CATEGORIES = ("params", "grads", "optimizer")
 # Config fields that cannot change a footprint: where results go; seeds are matched arm by arm.
@@ -48,7 +49,7 @@ class Measured:
     device: str  # cpu | cuda
     device_name: str | None  # the GPU's name; None on the CPU
     versions: dict[str, Any]
-    arms: list[dict[str, Any]]  # {algo, seed, status, error, mem}
+    arms: list[dict[str, Any]]  # {algo (the arm's name), seed, status, error, mem: Memory, source}
     machine: dict[str, Any] = field(default_factory=dict)
 
 
@@ -65,10 +66,7 @@ def load_folder(path: str | Path) -> Measured:
     if not folder.is_dir():
         raise UserError(f"{folder} does not exist or is not a folder; give a run or comparison folder")
     if (folder / "comparison.json").exists():
-        plan = read_json_object(folder / "comparison.json", {"arms": list})
-        if not all(isinstance(arm, dict) and isinstance(arm.get("dir"), str) and arm["dir"] for arm in plan["arms"]):
-            raise UserError(f"{folder / 'comparison.json'} is damaged: an entry of 'arms' has no folder ('dir')")
-        arm_dirs = [folder / arm["dir"] for arm in plan["arms"]]
+        arm_dirs = [folder / arm.dir for arm in ComparisonPlan.load(folder / "comparison.json").arms]
     elif (folder / "summary.json").exists():
         arm_dirs = [folder]
     else:
@@ -80,20 +78,18 @@ def load_folder(path: str | Path) -> Measured:
         if not (arm_dir / "summary.json").exists():
             raise UserError(f"{arm_dir} has no summary.json: the comparison did not finish "
                             f"(finish it with 'harness compare --resume {folder}')")
-        summary = read_json_object(arm_dir / "summary.json", {"status": str})
-        if summary["status"] == "running":
+        summary = Summary.read(read_json_object(arm_dir / "summary.json", {"status": str}))
+        if summary.status == "running":
             raise UserError(f"{arm_dir} stopped without recording how it ended (killed?): its summary.json still "
                             f"says running; finish it before checking it")
         # an arm is matched by its name (a variant such as ppo-n1 is not its algorithm's plain arm)
-        arms.append({"algo": summary.get("arm") or summary.get("algo"), "seed": summary.get("seed"),
-                     "status": summary["status"],
-                     "error": summary.get("error"), "mem": summary.get("mem") or {},
-                     "source": str(arm_dir / "summary.json")})
+        arms.append({"algo": summary.name, "seed": summary.seed, "status": summary.status, "error": summary.error,
+                     "mem": summary.mem, "source": str(arm_dir / "summary.json")})
         if (arm_dir / "env.json").exists():
             arm_env = read_json_object(arm_dir / "env.json")  # every arm's: a damaged one is said, not skipped
             env = env or arm_env
     device = "cuda" if str(config.get("run", {}).get("device", "cpu")).startswith("cuda") else "cpu"
-    gpu_names = {(a["mem"].get("measured") or {}).get("device_name") for a in arms} - {None}
+    gpu_names = {a["mem"].measured.device_name for a in arms} - {None}
     return Measured(
         source=str(folder), preset=config.get("preset", "?"), config=config,
         config_hash=config_hash_of(config, str(folder / "config.yaml")), device=device,
@@ -116,7 +112,7 @@ def baseline_dict(measured: Measured) -> dict[str, Any]:
             "device": measured.device, "device_name": measured.device_name, "versions": measured.versions,
             "machine": measured.machine, "written": time.strftime("%Y-%m-%d %H:%M:%S %z"),
             "source": measured.source, "config": measured.config,
-            "arms": [{k: arm[k] for k in ("algo", "seed", "mem")} for arm in measured.arms]}
+            "arms": [{"algo": arm["algo"], "seed": arm["seed"], "mem": arm["mem"].to_json()} for arm in measured.arms]}
 
 
 def load_baseline(path: str | Path) -> Measured:
@@ -134,18 +130,19 @@ def load_baseline(path: str | Path) -> Measured:
                             f"write it again with 'harness baseline'")
     return Measured(source=str(path), preset=data["preset"], config=data["config"], config_hash=data["config_hash"],
                     device=data["device"], device_name=data.get("device_name"), versions=data.get("versions") or {},
-                    arms=[{**arm, "status": "ok", "error": None, "source": f"baseline {path}"} for arm in data["arms"]],
+                    arms=[{**arm, "mem": Memory.read(arm["mem"]), "status": "ok", "error": None,
+                           "source": f"baseline {path}"} for arm in data["arms"]],
                     machine=data.get("machine") or {})
 
 
 # ---------------------------------------------------------------- figures and verdicts
 
-def arm_figures(mem: dict[str, Any]) -> list[tuple[str, str, str, float | None]]:
+def arm_figures(mem: Memory) -> list[tuple[str, str, str, float | None]]:
     """(key, label, kind, bytes) of one arm; kind is exact, gpu or info. Model rows follow model state."""
-    row = headline({"mem": mem})
+    row = headline(Summary(mem=mem))
     out = []
-    for key, label, _ in MEMORY_FIGURES:
-        kind = "exact" if key in EXACT else "gpu" if key in GPU else "info"
+    for figure in MEMORY:
+        key, label, kind = figure.key, figure.label, figure.gate
         out.append((key, label, kind, row[key]))
         if key == "mem_live_peak":
             for phase, total in sorted(row["mem_live_phases"].items(), key=lambda item: phase_rank(item[0])):
@@ -178,7 +175,7 @@ def verdict(base: float, now: float, tolerance: float) -> str:
     return "same" if now == base else "within"
 
 
-def missing_gated(mem: dict[str, Any], kinds: set[str]) -> list[str]:
+def missing_gated(mem: Memory, kinds: set[str]) -> list[str]:
     """Labels of the gated figures that `mem` lacks: a summary that lost its memory data gates nothing."""
     return [label.strip() for _, label, kind, value in arm_figures(mem) if kind in kinds and value is None]
 
@@ -200,7 +197,7 @@ def refuse_dropped(arm: dict[str, Any], base_arm: dict[str, Any], kinds: set[str
                         f"baseline measured with the same config: the run lost memory data; run it again")
 
 
-def compare_arm(arm: str, base_mem: dict[str, Any], now_mem: dict[str, Any], exact_tolerance: float,
+def compare_arm(arm: str, base_mem: Memory, now_mem: Memory, exact_tolerance: float,
                 gpu_tolerance: float, gpu_comparable: bool) -> list[Row]:
     base = {key: (label, kind, value) for key, label, kind, value in arm_figures(base_mem)}
     rows = []
@@ -342,15 +339,6 @@ def check(folder: str, baseline_path: str, gpu_tolerance: float, exact_tolerance
 
 
 # ---------------------------------------------------------------- output
-
-def human_bytes(value: float | None) -> str:
-    if value is None:
-        return "—"
-    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if abs(value) >= size:
-            return f"{value / size:,.2f} {unit}"
-    return f"{value:,.0f} B"
-
 
 def _change(base: float | None, now: float | None) -> str:
     if base is None or now is None:

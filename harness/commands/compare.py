@@ -22,9 +22,8 @@ from harness.commands.plan import analysis_plan_lines, make_plan
 from harness.commands.terminal import ArmProgress, plan_lines, render_terminal, timestamp
 from harness.config.derive import make_task
 from harness.config.kl import KLSetting
-from harness.config.load import config_from_dict, read_yaml
+from harness.config.load import config_from_dict, copy_config, read_yaml
 from harness.config.schema import Config, check_seed
-from harness.config.schema import parse_report_to
 from harness.estimate.grid import check_at_scale
 from harness.estimate.preflight import check_algorithms_fit, check_setup
 from harness.results.arm_config import arm_config_dict
@@ -32,14 +31,16 @@ from harness.results.exports import write_steps_table
 from harness.results.headline import arm_pair_of, arm_rows, ratio_rows
 from harness.results.io import (FolderLock, checkpoint_file, command_line, output_folder, read_json_object,
                         refuse_if_being_written, remove_temporaries, write_json, write_yaml)
+from harness.results.records import ComparisonPlan
 from harness.results.trackers import attach_report
 from harness.train import distributed as ranks_
 from harness.train.runner import _partial_state as partial_state  # the steps a stopped arm wrote
-from harness.train.runner import load_summary, run_name, summarize
+from harness.train.runner import ArmResult, load_summary, run_name, summarize, write_summary
 from harness.train.supervise import Supervisor, death_of
 
 FAIRNESS = [
-    "same base model and weights, tokenizer, task and prompt order for every arm",
+    "same base model and weights for the arms of a seed (each seed its own warm start), tokenizer, task and prompt "
+    "order for every arm",
     "same sampling (temperature, top-p, max new tokens), generation backend and precision",
     "same policy optimizer, learning rate and optimizer steps per rollout batch",
     "same seeds; the sampling seed of step k is the same in every arm",
@@ -89,10 +90,14 @@ def check_arms(config: Config, arms: list[dict[str, Any]]) -> None:
             raise UserError(f"arm {arm['arm']}: {err}") from None
 
 
-def prepare_model(config: Config) -> None:
-    """Build (or find) the shared warm-started model once, before any arm starts its clock."""
+def prepare_model(config: Config, seeds: list[int] | None = None) -> None:
+    """Build (or find) each seed's warm-started model once, before any arm starts its clock; both arms of a
+    seed start from it."""
     from harness.train.models import prepare_model as build
-    build(config, lambda: ArmProgress("tiny model"))
+    for seed in seeds if seeds is not None else [config.run.seed]:
+        seeded = copy_config(config)
+        seeded.run.seed = seed
+        build(seeded, lambda seed=seed: ArmProgress(f"tiny model, seed {seed}"))
 
 
 def arm_command(arm_dir: Path, resume: bool) -> list[str]:
@@ -135,16 +140,16 @@ def compare(config: Config, arms: list[ArmSpec | str], seeds: list[int], out: Pa
         pair = arm_pair_of({s.name: s.algo for s in specs}, baseline)
         analysis_plan = make_plan(config, len(seeds), list(pair) if pair else [s.name for s in specs])
         write_yaml(comparison_dir / "config.yaml", config.to_dict())
-        write_json(comparison_dir / "comparison.json", {
-            "algos": list(dict.fromkeys(s.algo for s in specs)), "arm_specs": [s.to_dict() for s in specs],
-            "baseline": baseline, "kl": kl.to_dict(), "seeds": seeds, "preset": config.preset,
-            "task": config.task.name, "model": config.model.name,
-            "budget": {"unit": config.budget.unit, "total": config.budget.total},
-            "config_hash": config.hash(), "fairness": fairness_lines(config, specs, kl), "plan": analysis_plan,
-            "arms": [{k: a[k] for k in ("arm", "algo", "overrides", "seed", "dir")} for a in planned]})
+        write_json(comparison_dir / "comparison.json", ComparisonPlan(
+            algos=list(dict.fromkeys(s.algo for s in specs)), arm_specs=[s.to_dict() for s in specs],
+            baseline=baseline, kl=kl.to_dict(), seeds=seeds, preset=config.preset,
+            task=config.task.name, model=config.model.name,
+            budget={"unit": config.budget.unit, "total": config.budget.total},
+            config_hash=config.hash(), fairness=fairness_lines(config, specs, kl), plan=analysis_plan,
+            arms=[{k: a[k] for k in ("arm", "algo", "overrides", "seed", "dir")} for a in planned]).to_json())
         for arm in planned:
             write_arm_config(comparison_dir / arm["dir"], arm)
-        print("\n".join(plan_lines(config, specs, seeds, comparison_dir, parse_report_to(config.run.report_to),
+        print("\n".join(plan_lines(config, specs, seeds, comparison_dir, config.run.report_to,
                                    baseline=baseline, kl=kl, arm_configs=arm_configs(planned))))
         print("\n".join(analysis_plan_lines(analysis_plan)), flush=True)
         return run_arms(comparison_dir, config, specs, seeds, planned, resume=False, report=report, baseline=baseline)
@@ -210,7 +215,7 @@ def run_arms(comparison_dir: Path, config: Config, specs: list[ArmSpec], seeds: 
     baseline = baseline or check_baseline(specs, None)
     names = {s.name: s.algo for s in specs}
     with Supervisor().forwarding_signals() as supervisor:
-        prepare_model(config)
+        prepare_model(config, seeds)
         run_each_arm(comparison_dir, arms, resume, supervisor, hint=f"harness compare --resume {comparison_dir}")
         summaries = [load_summary(comparison_dir / a["dir"]) for a in arms]
         write_json(comparison_dir / "summary.json", comparison_summary(config, specs, seeds, summaries, baseline))
@@ -229,7 +234,7 @@ def run_arms(comparison_dir: Path, config: Config, specs: list[ArmSpec], seeds: 
             exports += report_files(comparison_dir)
         attach_report([comparison_dir / a["dir"] for a in arms], exports, config.run.report_to,
                       config.run.tracker_project, config.run.results_dir)
-    return 0 if all(s.get("status") == "ok" for s in summaries) else 1
+    return 0 if all(s is not None and s.ok for s in summaries) else 1
 
 
 def run_each_arm(folder: Path, arms: list[dict[str, Any]], resume: bool, supervisor: Supervisor, hint: str) -> None:
@@ -282,12 +287,13 @@ def write_arm_config(arm_dir: Path, arm: dict[str, Any]) -> None:
 def label_summary(arm_dir: Path, arm: dict[str, Any]) -> None:
     """The arm's name and overrides in its summary.json (the arm process knows only its algorithm and config)."""
     try:
-        summary = read_json_object(arm_dir / "summary.json") if (arm_dir / "summary.json").exists() else None
+        summary = load_summary(arm_dir)
     except UserError:
         return
-    if summary is None or (summary.get("arm") == arm["arm"] and summary.get("overrides") == arm["overrides"]):
+    if summary is None or (summary.arm == arm["arm"] and summary.overrides == arm["overrides"]):
         return
-    write_json(arm_dir / "summary.json", {"arm": arm["arm"], "overrides": arm["overrides"], **summary})
+    summary.arm, summary.overrides = arm["arm"], arm["overrides"]
+    write_summary(arm_dir, summary)
 
 
 def _summary_or_refuse(arm_dir: Path) -> dict[str, Any] | None:
@@ -316,7 +322,7 @@ def record_outcome(arm_dir: Path, arm: dict[str, Any], code: int, last_line: str
         status, error = "killed", f"killed ({death_of(code)}) after step {state.step}"
     else:
         status, error = "failed", f"arm process exited with status {code}" + (f": {last_line}" if last_line else "")
-    write_json(arm_dir / "summary.json", summarize(arm["config"], arm["algo"], {"state": state}, status, error))
+    write_summary(arm_dir, summarize(arm["config"], arm["algo"], ArmResult(state), status, error))
 
 
 def print_verdict(comparison_dir: Path) -> None:

@@ -13,8 +13,7 @@ import sys
 from typing import Any
 
 from harness.config.schema import Config
-
-GIB, MIB = 2 ** 30, 2 ** 20
+from harness.results.units import GIB, MIB
 
 
 def unit_for(values: list[int]) -> tuple[str, int]:
@@ -41,8 +40,8 @@ def setup_lines(setup: dict[str, Any], grid: bool = False) -> list[str]:
         model,
         f"per step: {setup['batch']} completions of {setup['prompt_length']} prompt + {setup['completion_length']} "
         f"completion tokens, groups of {setup['group_size']}, {setup['minibatches']} minibatches, micro-batches of "
-        f"{setup['micro_batch_size'] or 'a whole minibatch'}, log-prob passes in "
-        f"{str(setup['logprob_batch_size']) + ' rows' if setup['logprob_batch_size'] else 'one pass'}",
+        f"{setup['micro_batch_size'] or 'a whole minibatch'}, log-prob passes of {setup['logprob_batch_size']} rows"
+        f"{', the LM head ' + str(setup['logprob_chunk']) + ' positions at a time' if setup.get('logprob_chunk') else ''}",
         gpus,
     ]
 

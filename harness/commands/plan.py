@@ -18,13 +18,26 @@ from harness import UserError
 from harness.config.derive import make_task
 from harness.config.schema import Config
 from harness.estimate.preflight import check_setup
-from harness.report.stats import LEVEL, detectable_difference, pair_sd, seeds_needed
+from harness.report.stats import (INTERVAL_METHODS, LEVEL, completions_band, detectable_difference, pair_sd,
+                                  seeds_needed)
+from harness.results.records import Summary
 
-PLAN_VERSION = 1
+PLAN_VERSION = 2  # 2: one named interval method, resources to the target censored at the budget, memory by regime
 # Why the band around 0.5 is as wide as it is (the user may set verdict.band; the plan states it).
 BAND_WHY = ("wide enough to hold the model-state ratios that motivated the claim (0.52 without a reference "
             "model and 0.55 with one, for a 7B policy and same-size critic in bf16-mixed AdamW), narrow enough "
             "that a ratio inside it still means GRPO saves {low:.0f}–{high:.0f}% of PPO's memory")
+
+
+# How a seed that never reaches the target is counted, and what the verdict rests on (saved with the plan).
+CENSORING = ("a seed in which an arm never reaches the target is censored at its budget (its whole completions and "
+             "training time) and kept, never dropped: its GRPO/PPO ratio is a bound (at least, when GRPO never "
+             "reached it; at most, when PPO never did), and a row with such seeds is read as a one-sided bound; a "
+             "seed in which neither arm reached it leaves the row without a ratio")
+VERDICT_RULE = ("reproduced when quality is not worse and both the training time to the target and memory read as "
+                "the claim; not reproduced when quality is worse or either lies outside the band; inconclusive "
+                "otherwise, and when memory could not be read (this machine activation-bound and no at-scale "
+                "recipe pair)")
 
 
 def pilot_spread(folder: str, prompts: int) -> dict[str, Any]:
@@ -56,8 +69,8 @@ def pilot_spread(folder: str, prompts: int) -> dict[str, Any]:
             "seeds": len(seeds), "prompts": pilot_prompts, "note": note}
 
 
-def get_n(summary: dict[str, Any]) -> int:
-    return ((summary.get("eval") or {}).get("final") or {}).get("n") or 0
+def get_n(summary: Summary) -> int:
+    return (summary.eval.final.n if summary.eval.final else None) or 0
 
 
 def assumed_spread(config: Config, prompts: int) -> dict[str, Any]:
@@ -91,21 +104,29 @@ def make_plan(config: Config, seeds: int, algos: list[str] | tuple[str, ...] = (
     low, high = v.claim - v.band, v.claim + v.band
     target = {"accuracy": v.target_accuracy} if v.target_accuracy > 0 else {"gain": v.target_gain}
     top, bottom = (a.upper() for a in (list(algos) + ["", ""])[:2])
+    interval = INTERVAL_METHODS[v.interval]
+    c_low, c_high = completions_band(v.claim, [low, high])
     return {
         "version": PLAN_VERSION, "level": LEVEL, "algos": list(algos), "seeds": seeds,
         "primary": [
             {"key": "quality", "figure": f"final greedy held-out accuracy, {top} − {bottom}, paired by seed",
-             "test": f"non-inferiority at δ = {100 * v.margin:.1f} points (not worse when the 95% lower bound > −δ)"},
-            {"key": "memory", "figure": f"{top}/{bottom} measured step peak (CUDA allocator on a GPU, else live "
-                                        "tensors)",
-             "test": f"its 95% interval against {v.claim} within {low:.2f}–{high:.2f}; the arithmetic model-state "
-                     "ratio shown beside it"},
-            {"key": "compute", "figure": f"{top}/{bottom} training time per step, periodic evaluations excluded",
+             "test": f"non-inferiority at δ = {100 * v.margin:.1f} points (not worse when the 95% lower bound > −δ; "
+                     f"interval: {interval})"},
+            {"key": "compute", "figure": f"{top}/{bottom} training time to the target accuracy, paired by seed, "
+                                         "periodic evaluations excluded",
              "test": f"its 95% interval against {v.claim} within {low:.2f}–{high:.2f}"},
+            {"key": "memory", "figure": f"{top}/{bottom} peak memory, read by regime: this machine's measured peak "
+                                        "when model-state-bound, else the named at-scale recipe pair's estimated "
+                                        "per-GPU peak",
+             "test": f"against {v.claim} within {low:.2f}–{high:.2f}; with neither, memory is not read"},
         ],
-        "secondary": ["sampled completions and training time to the target accuracy", "throughput",
+        "secondary": [f"sampled completions to the target (against 1 within {c_low:.2f}–{c_high:.2f}: equal "
+                      "sample efficiency)", "peak memory and memory × time to the target on this machine",
+                      "the arithmetic model-state ratio", "time per step, throughput",
                       "the other memory measures (RSS, CUDA allocator, NVML), each apart"],
         "margin": v.margin, "target": target, "claim": v.claim, "band": [low, high],
+        "completions_band": [c_low, c_high], "interval": v.interval,
+        "censoring": CENSORING, "verdict_rule": VERDICT_RULE,
         "band_why": BAND_WHY.format(low=100 * (1 - high), high=100 * (1 - low)),
         "eval": {"prompts": prompts, "requested": config.task.eval_size, "composition": composition(task, test),
                  "distinct": len({e.prompt for e in test}), "validation": len(validation), "task": task.name},
@@ -117,8 +138,9 @@ def make_plan(config: Config, seeds: int, algos: list[str] | tuple[str, ...] = (
 def target_text(target: dict[str, Any]) -> str:
     if target.get("accuracy"):
         return f"{100 * target['accuracy']:.1f}% held-out accuracy (verdict.target_accuracy)"
-    return (f"the shared start's held-out accuracy + {100 * target['gain']:.0f} points (verdict.target_gain; the "
-            "start is the warm-started model every arm begins from, measured before any training)")
+    return (f"the start's held-out accuracy + {100 * target['gain']:.0f} points (verdict.target_gain; the start is "
+            "the warm-started model both arms of a seed begin from, measured before any training; with several "
+            "seeds, the highest of their starts)")
 
 
 def analysis_plan_lines(plan: dict[str, Any]) -> list[str]:
@@ -134,7 +156,13 @@ def analysis_plan_lines(plan: dict[str, Any]) -> list[str]:
     for i, figure in enumerate(plan["primary"]):
         lines.append(f"  {'primary' if i == 0 else '':9s} {figure['key']}: {figure['figure']}: {figure['test']}")
     lines += [
-        f"  {'target':9s} time to target: {target_text(plan['target'])}",
+        f"  {'target':9s} resources to the target: {target_text(plan['target'])}"
+        + (f"; {plan['censoring']}" if plan.get("censoring") else ""),
+        f"  {'interval':9s} " + (f"quality: {INTERVAL_METHODS[plan['interval']]} (verdict.interval, named before the "
+                                 "run); ratios: paired by seed, a t interval on the log ratios"
+                                 if plan.get("interval") in INTERVAL_METHODS else
+                                 "none named (a plan saved before plans named one): the paired t over seeds is used"),
+        *([f"  {'verdict':9s} {plan['verdict_rule']}"] if plan.get("verdict_rule") else []),
         f"  {'band':9s} {low:.2f}–{high:.2f} around {plan['claim']}: {plan['band_why']}",
         f"  {'eval':9s} {plan['eval']['prompts']:,} {distinct}test prompts{short} ({composition}); "
         f"{plan['eval']['validation']:,} validation prompts for tuning, disjoint from test and training",
@@ -164,18 +192,19 @@ def simulation_lines(plan: dict[str, Any], comparisons: int = 200) -> list[str]:
     binomial = spread["accuracy"] * (1 - spread["accuracy"]) / prompts
     seed_sd = math.sqrt(max(0.0, spread["pair_sd"] ** 2 / 2 - binomial))
     design = Design(seeds=max(plan["seeds"], 2), prompts=prompts, seed_sd=seed_sd, accuracy=spread["accuracy"])
-    margin = plan["margin"]
+    margin, method = plan["margin"], plan.get("interval", "paired_t")
     lines = [f"Simulated comparisons under the plan ({comparisons} each; {design.seeds} seeds × {prompts:,} prompts, "
-             f"seed SD {100 * seed_sd:.1f} points, accuracy {100 * spread['accuracy']:.0f}%, δ = {100 * margin:.1f} points)",
+             f"seed SD {100 * seed_sd:.1f} points, accuracy {100 * spread['accuracy']:.0f}%, δ = {100 * margin:.1f} points, "
+             f"interval: {INTERVAL_METHODS[method]})",
              f"  {'GRPO − PPO truth':>18s} {'not worse':>10s} {'inconclusive':>13s} {'worse':>6s} {'coverage':>9s}"]
     for truth in (0.0, -0.03, -margin, -2 * margin):
-        r = quality_test(design, truth, margin, comparisons)
+        r = quality_test(design, truth, margin, comparisons, method=method)
         lines.append(f"  {100 * truth:+16.1f} pts {r['not_worse']:10.1%} {r['inconclusive']:13.1%} {r['worse']:6.1%} "
                      f"{r['coverage']:9.1%}")
     lines.append(f"  'not worse' when the truth is −{200 * margin:.0f} points (type I error of the test): "
                  "the last row's first column; when it is −δ, about 2.5% is expected")
     if plan["seeds"] >= 2 and plan["mdd"] is not None:
-        simulated = simulated_detectable_difference(design, plan["mdd"], plan["power"])
+        simulated = simulated_detectable_difference(design, plan["mdd"], plan["power"], method=method)
         lines.append(f"  minimum detectable difference: plan {100 * plan['mdd']:.1f} points, "
                      f"simulated {100 * simulated:.1f} points")
     return lines

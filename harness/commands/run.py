@@ -10,7 +10,6 @@ the process exits 143 or 130, and `--resume` continues from the last checkpoint.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -21,10 +20,10 @@ from harness.config.schema import Config
 from harness.estimate.preflight import check_setup
 from harness.results.arm_config import arm_config_dict, read_arm_config
 from harness.results.io import (FolderLock, command_line, output_folder, describe_bad_lines, read_json_object,
-                        read_jsonl, remove_temporaries, write_json, write_yaml)
+                        read_jsonl, remove_temporaries, write_yaml)
 from harness.train import distributed as ranks_
 from harness.train.runner import _partial_state as partial_state  # the steps a stopped arm wrote
-from harness.train.runner import finished_ok, record_launch_failure, run_arm, run_name, summarize
+from harness.train.runner import ArmResult, finished_ok, record_launch_failure, run_arm, run_name, summarize, write_summary
 from harness.train.supervise import Supervisor, stop_on_signals
 
 
@@ -39,7 +38,7 @@ def run(config: Config, algo: str, out: Path | str | None = None, probes: bool =
                             f"--resume', or choose another --out")
         if config.world_size > 1:
             resolved = arm_config_dict(config, algo)
-            resolved["derived"]["algorithm_options"] = dataclasses.asdict(algorithm_options(config, algo))
+            resolved["derived"]["algorithm_options"] = algorithm_options(config, algo).model_dump()
             write_yaml(run_dir / "config.yaml", resolved)
             return launch(run_dir, config, resume=False)
         return _train(config, algo, run_dir, resume=False, probes=probes)
@@ -118,7 +117,7 @@ def _train(config: Config, algo: str, run_dir: Path, resume: bool, probes: bool,
             raise stop
     if main:
         print_arm(summary, run_dir, name)
-    return 0 if summary["status"] == "ok" else 1
+    return 0 if summary.ok else 1
 
 
 def warn_bad_lines(run_dir: Path) -> None:
@@ -131,5 +130,5 @@ def warn_bad_lines(run_dir: Path) -> None:
 def record_interrupted(config: Config, algo: str, run_dir: Path, stop: Interrupted) -> None:
     """summary.json of an arm stopped by a signal: `interrupted`, with the last step it wrote."""
     state = partial_state(run_dir)
-    write_json(run_dir / "summary.json", summarize(config, algo, {"state": state}, "interrupted",
-                                                   f"interrupted by {stop.name} after step {state.step}"))
+    write_summary(run_dir, summarize(config, algo, ArmResult(state), "interrupted",
+                                     f"interrupted by {stop.name} after step {state.step}"))

@@ -28,6 +28,7 @@ from harness.estimate.preflight import check_setup
 from harness.report.sweep import SWEEP_FILE
 from harness.results.io import (FolderLock, command_line, output_folder, read_json_object, refuse_if_being_written,
                         remove_temporaries, write_json, write_yaml)
+from harness.results.records import EvalScores, Summary
 from harness.train.runner import load_summary
 from harness.train.supervise import Supervisor
 
@@ -66,7 +67,7 @@ def sweep_config(config: Config, budget: int | None) -> Config:
     points.run.lm_eval = False
     if budget is not None:
         points.budget.total = budget
-    points.estimate.at_scale = "none"
+    points.estimate.at_scale = []
     return points
 
 
@@ -182,16 +183,15 @@ def point_results(sweep_dir: Path, points: list[dict[str, Any]]) -> list[dict[st
     """Each point: its setting, each seed's validation accuracy and split size, and their mean."""
     by_point: dict[str, dict[str, Any]] = {}
     for p in points:
-        summary = load_summary(sweep_dir / p["dir"]) or {}
-        final = (summary.get("eval") or {}).get("final") or {}
+        summary = load_summary(sweep_dir / p["dir"]) or Summary()
+        final, base = summary.eval.final or EvalScores(), summary.eval.base or EvalScores()
         entry = by_point.setdefault(p["arm"], {"arm": p["base_arm"], "point": p["arm"], "index": p["point"],
                                                "algo": p["algo"], "setting": p["setting"],
                                                "overrides": p["overrides"], "seeds": {}, "status": "ok"})
-        entry["seeds"][str(p["seed"])] = {"accuracy": final.get("accuracy"), "n": final.get("n"),
-                                          "base": ((summary.get("eval") or {}).get("base") or {}).get("accuracy"),
-                                          "status": summary.get("status") or "missing", "dir": p["dir"]}
-        if summary.get("status") != "ok":
-            entry["status"] = summary.get("status") or "missing"
+        entry["seeds"][str(p["seed"])] = {"accuracy": final.accuracy, "n": final.n, "base": base.accuracy,
+                                          "status": summary.status or "missing", "dir": p["dir"]}
+        if not summary.ok:
+            entry["status"] = summary.status or "missing"
     for entry in by_point.values():
         values = [s["accuracy"] for s in entry["seeds"].values() if s["accuracy"] is not None]
         entry["validation_accuracy"] = sum(values) / len(values) if values and entry["status"] == "ok" else None

@@ -9,7 +9,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.results.headline import MEMORY_FIGURES, TIME_FIGURES, arm_rows, as_arms, fmt, get_path, ratio_rows
+from harness.results.headline import MEMORY_FIGURES, TIME_FIGURES, arm_rows, as_arms, get_path, ratio_rows
+from harness.results.records import ComparisonPlan, Summary
+from harness.results.units import duration, fmt
 
 
 def quiet_libraries() -> None:
@@ -25,22 +27,6 @@ def timestamp() -> str:
 
 
 PROGRESS_SECONDS = 5.0  # a plain progress line per phase at most this often ($HARNESS_PROGRESS_SECONDS)
-
-
-def duration(seconds: float | None) -> str:
-    """Seconds as a person reads them.
-
-    >>> duration(None), duration(42.4), duration(125), duration(7322)
-    ('—', '42 s', '2 min 5 s', '2 h 2 min')
-    """
-    if seconds is None:
-        return "—"
-    seconds = round(seconds)
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
 
 
 class PlainProgress:
@@ -107,21 +93,21 @@ class ArmProgress:
         self.progress.update(self.tasks[phase], completed=done, info=text)
 
 
-def print_arm(summary: dict[str, Any], run_dir, name: str | None = None) -> None:
+def print_arm(summary: Summary, run_dir, name: str | None = None) -> None:
     """One arm's outcome in a line, and where its folder is; `name`: the arm's (default its algorithm)."""
     from rich.console import Console
     console = Console()
-    label = f"{name or summary['algo']} s{summary['seed']}"
-    if summary["status"] != "ok":
-        console.print(f"[red]{label}: {summary['status']}: {summary['error']}[/red]")
+    label = f"{name or summary.algo} s{summary.seed}"
+    if not summary.ok:
+        console.print(f"[red]{label}: {summary.status}: {summary.error}[/red]")
     else:
-        base, final = summary["eval"]["base"]["accuracy"], summary["eval"]["final"]["accuracy"]
-        console.print(f"{label}: accuracy {base:.1%} -> {final:.1%} in "
-                      f"{summary['steps']} steps, {summary['wall_s']:.1f} s")
+        base, final = summary.eval.base.accuracy, summary.eval.final.accuracy
+        console.print(f"{label}: accuracy {fmt(base, '%')} -> {fmt(final, '%')} in "
+                      f"{summary.steps} steps, {summary.wall_s:.1f} s")
     console.print(f"results: {run_dir}")
 
 
-def render_terminal(summaries: list[dict[str, Any]], arms: dict[str, str] | list[str], console=None,
+def render_terminal(summaries: list[Summary | None], arms: dict[str, str] | list[str], console=None,
                     baseline: str | None = None) -> None:
     """The comparison's tables: what each arm bought, lm-eval, memory by model, cost per arm with the verdict
     pair's ratio, and (more than two arms) every arm against the baseline."""
@@ -136,7 +122,7 @@ def render_terminal(summaries: list[dict[str, Any]], arms: dict[str, str] | list
         table.add_column(column, justify="right" if column not in ("arm", "status") else "left")
     for r in rows:
         status = r["status"] if r["status"] == "ok" else f"[red]{r['status']}[/red]: {r['error']}"
-        table.add_row(f"{r['arm']} s{r['seed']}", status, fmt(r["steps"], ""), fmt(r["completions"], ""),
+        table.add_row(f"{r['arm']} s{r['seed']}", status, fmt(r["steps"]), fmt(r["completions"]),
                      fmt(r["wall"], "s"), fmt(r["acc_base"], "%"), fmt(r["acc_final"], "%"),
                      fmt(r.get("acc_delta"), "%"))
     console.print(table)
@@ -176,7 +162,7 @@ def render_terminal(summaries: list[dict[str, Any]], arms: dict[str, str] | list
         if all(r[key] is None for r in rows):
             continue
         ratio = get_path(ratios, "figures", key, "ratio") if ratios else None
-        cells = [fmt(r[key], unit) for r in rows] + ([fmt(ratio, "") if ratio else "—"] if ratios else [])
+        cells = [fmt(r[key], unit) for r in rows] + ([fmt(ratio, "ratio") if ratio else "—"] if ratios else [])
         figures.add_row(label, *cells)
     for phase in phase_names:
         cells = [fmt(r["phases_per_step"].get(phase), "s") for r in rows]
@@ -184,7 +170,7 @@ def render_terminal(summaries: list[dict[str, Any]], arms: dict[str, str] | list
     console.print(figures)
     if ratios and len(ratios["arms"]) > 1:
         console.print(baseline_table(ratios))
-    gpu_notes = {(get_path(s, "mem", "measured", "gpu")) for s in summaries if s and get_path(s, "mem", "measured", "gpu")}
+    gpu_notes = {s.mem.measured.gpu for s in summaries if s and s.mem.measured.gpu}
     for note in sorted(gpu_notes):
         console.print(f"GPU figures: {note}")
 
@@ -204,7 +190,7 @@ def baseline_table(ratios: dict[str, Any]):
         table.add_column(f"{label} /{base}", justify="right")
     table.add_column(f"acc end − {base}", justify="right")
     for name, against in ratios["arms"].items():
-        cells = [fmt(get_path(against, "figures", k, "ratio"), "") for k, _ in keys]
+        cells = [fmt(get_path(against, "figures", k, "ratio"), "ratio") for k, _ in keys]
         difference = against["acc_final_difference"]
         marker = " (verdict)" if name == ratios["numerator"] else ""
         table.add_row(f"{name}{marker}", *cells, "—" if difference is None else f"{100 * difference:+.1f} pts")
@@ -218,14 +204,14 @@ def past_arm_seconds(results_dir: Path | str, config_hash: str) -> dict[str, lis
     seconds: dict[str, list[float]] = {}
     for plan_path in Path(results_dir).glob("*/comparison.json"):
         try:
-            plan = json.loads(plan_path.read_text())
-            if plan.get("config_hash") != config_hash:
+            plan = ComparisonPlan.model_validate(json.loads(plan_path.read_text()))
+            if plan.config_hash != config_hash:
                 continue
-            for arm in plan.get("arms", []):
-                folder = plan_path.parent / arm["dir"]
-                if json.loads((folder / "summary.json").read_text()).get("status") == "ok":
+            for arm in plan.arms:
+                folder = plan_path.parent / arm.dir
+                if Summary.read(json.loads((folder / "summary.json").read_text())).ok:
                     took = (folder / "summary.json").stat().st_mtime - (folder / "env.json").stat().st_mtime
-                    seconds.setdefault(arm.get("arm") or arm["algo"], []).append(took)
+                    seconds.setdefault(arm.arm or arm.algo, []).append(took)
         except (OSError, ValueError, KeyError, TypeError):
             continue
     return seconds

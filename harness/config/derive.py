@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import math
-
-from harness import UserError
 from harness.config.arm_kinds import algorithm_of
 from harness.config.schema import Config
 
@@ -19,8 +15,17 @@ def train_settings(config: Config):
         minibatches=config.optim.minibatches, micro_batch_size=config.optim.micro_batch_size,
         max_grad_norm=config.optim.max_grad_norm, entropy_coef=config.optim.entropy_coef,
         temperature=config.rollout.temperature, max_new_tokens=config.rollout.max_new_tokens,
-        logprob_batch_size=config.rollout.logprob_batch_size,
+        logprob_batch_size=config.rollout.logprob_batch_size, logprob_chunk=config.model.logprob_chunk,
         autocast_dtype=torch.bfloat16 if config.model.precision == "bf16-mixed" else None)
+
+
+def logprob_rows(config: Config, world: int | None = None) -> int:
+    """Rows per no-grad pass (old and reference log-probs, values) on each of `world` processes:
+    rollout.logprob_batch_size, else the update's micro-batch (a whole minibatch when that is 0 too), at
+    most the process's share of the batch."""
+    from harness.algorithms.logprobs import logprob_rows as rows_per_pass
+    rows = config.rollout.batch_size // (world or config.world_size)
+    return min(rows_per_pass(train_settings(config), rows), rows)
 
 
 def make_task(config: Config):
@@ -63,12 +68,4 @@ def algorithm_options(config: Config, algo: str):
     values = config.algorithms.get(algo, {})
     if checked != algo:  # a cross-check: the checked algorithm's options, its own section over them
         values = {**config.algorithms.get(checked, {}), **values}
-    try:
-        options = parse_options(checked, values)
-    except (ValueError, TypeError) as err:
-        raise UserError(f"algorithms.{algo}: {err}") from None
-    for name, value in dataclasses.asdict(options).items():  # nan passes every range test: refuse it first
-        if isinstance(value, float) and not math.isfinite(value):
-            raise UserError(f"config field 'algorithms.{algo}.{name}' expects a finite number, got {value!r}")
-    return options
-
+    return parse_options(checked, values, where=f"algorithms.{algo}.")

@@ -1,16 +1,15 @@
-"""Loading a config: defaults <- preset YAML <- --config file <- --set overrides, strictly coerced, then validated."""
+"""Loading a config: defaults <- preset YAML <- --config file <- --set overrides, merged, then read and checked
+as one Config (the schema's one coercion rule, its bounds and choices, the fields that must agree)."""
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from harness import UserError
-from harness.config.schema import Config, validate
+from harness.config.schema import Config, TaskConfig
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
@@ -19,50 +18,16 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
-def _merge(target: Any, values: dict[str, Any], where: str) -> None:
-    known = {f.name: f for f in dataclasses.fields(target)}
-    for key, value in values.items():
-        if key not in known:
-            raise UserError(f"unknown config field '{where}{key}'; valid: {', '.join(sorted(known))}")
-        current = getattr(target, key)
-        if dataclasses.is_dataclass(current):
-            if not isinstance(value, dict):
-                raise UserError(f"config field '{where}{key}' must be a mapping, got {value!r}")
-            _merge(current, value, f"{where}{key}.")
-        elif key == "algorithms" or key == "options":
-            if not isinstance(value, dict):
-                raise UserError(f"config field '{where}{key}' must be a mapping, got {value!r}")
-            merged = dict(current)
-            for name, options in value.items():
-                merged[name] = {**merged.get(name, {}), **options} if isinstance(options, dict) else options
-            setattr(target, key, merged)
+def merge(base: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
+    """`layer` over `base`, neither changed: mappings (sections, algorithms.NAME, task.options) merge key by key,
+    any other value is replaced. The result is checked only when it becomes a Config."""
+    out = dict(base)
+    for key, value in layer.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
         else:
-            setattr(target, key, _coerce(value, type(current), f"{where}{key}"))
-
-
-def _coerce(value: Any, kind: type, name: str) -> Any:
-    """`value` as the field's type, strictly: true is not 1, 'maybe' is not a bool, nan is not a number."""
-    def refuse(expected: str):
-        return UserError(f"config field '{name}' expects {expected}, got {value!r}")
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        raise refuse("true or false")
-    if isinstance(value, (bool, dict, list)):
-        raise refuse({int: "an integer", float: "a number", str: "a string"}.get(kind, kind.__name__))
-    if kind is str:
-        return value if isinstance(value, str) else str(value)
-    if kind in (int, float) and type(value) is int:
-        return kind(value)
-    try:
-        number = float(value)  # YAML 1.1 reads 1e-4 as a string; float() reads it as a number
-    except (TypeError, ValueError):
-        number = math.nan
-    if kind is float and math.isfinite(number):
-        return number
-    if kind is int and math.isfinite(number) and number.is_integer():
-        return int(number)
-    raise refuse("an integer" if kind is int else "a finite number")
+            out[key] = value
+    return out
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -126,34 +91,36 @@ def task_named(layers: list[dict[str, Any]]) -> Any:
 
 def load_config(preset: str = "tiny", config_file: str | None = None,
                 overrides: list[str] | None = None) -> Config:
-    """Defaults <- preset YAML <- --config file <- --set overrides, in that order."""
-    config = Config()
+    """Defaults <- preset YAML <- --config file <- --set overrides, in that order, checked as one."""
     if preset not in preset_names():
         raise UserError(f"unknown preset '{preset}'; valid: {', '.join(preset_names())}")
-    config.preset = preset
-    _merge(config, read_yaml(PRESET_DIR / f"{preset}.yaml"), "")
+    data = merge({"preset": preset}, read_yaml(PRESET_DIR / f"{preset}.yaml"))
     layers = []
     if config_file:  # its `arms:` section is the comparison's (harness.commands.arm_specs), not a config field
         layers.append({k: v for k, v in read_yaml(Path(config_file)).items() if k != "arms"})
     layers += [nest(*parse_override(text)) for text in overrides or []]
-    if task_named(layers) not in (None, config.task.name):
-        config.task.options = {}  # the preset's generator options are its own task's (tiny: min_digits)
+    preset_task = data.get("task") if isinstance(data.get("task"), dict) else {}
+    if task_named(layers) not in (None, preset_task.get("name", TaskConfig().name)):
+        # the preset's generator options are its own task's (tiny: min_digits)
+        data = {**data, "task": {k: v for k, v in preset_task.items() if k != "options"}}
     for layer in layers:
-        _merge(config, layer, "")
-    validate(config)
-    return config
+        data = merge(data, layer)
+    return Config.parse(data)
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
-    """Rebuild a Config from a saved config.yaml (derived fields dropped)."""
-    data = {k: v for k, v in data.items() if k != "derived"}
-    config = Config()
-    _merge(config, data, "")
-    validate(config)
-    return config
+    """Rebuild a Config from a saved config.yaml (derived fields dropped), written by this version or an earlier one."""
+    return Config.parse({k: v for k, v in data.items() if k != "derived"})
+
+
+def with_overrides(config: Config, overrides: dict[str, Any]) -> Config:
+    """A checked copy of `config` with dotted fields set ({'rollout.samples_per_prompt': 1}), as --set sets them."""
+    data = {k: v for k, v in config.to_dict().items() if k != "derived"}
+    for key, value in overrides.items():
+        data = merge(data, nest(key.split("."), value))
+    return Config.parse(data)
 
 
 def copy_config(config: Config) -> Config:
     """An independent copy to change (an arm, a grid cell, a sweep's points), its preset included."""
     return config_from_dict(config.to_dict())
-

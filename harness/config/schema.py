@@ -1,55 +1,85 @@
-"""The config's schema: one dataclass per concern, every field with a one-line comment, the ranges and
-choices of every field, and the checks of the fields that bound each other.
+"""The config's schema: one pydantic model per section, every field typed, bounded and described, and the checks
+of the fields that bound each other.
 
-The resolved config (derived fields included) is saved with each run as config.yaml.
+Values are read by the one rule of `harness.algorithms.options.coerce`, the same for every algorithm's options;
+a bad value is one line naming the dotted field. The resolved config (derived fields included) is saved with
+each run as config.yaml; `harness config` lists every field.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field, PlainSerializer, field_validator, model_validator
 
 from harness import UserError
+from harness.algorithms.options import StrictModel
+from harness.config.choices import (TRACKERS, BudgetUnit, ChatTemplate, DeviceMemory, EvalSplit, IntervalMethod,
+                                    Precision, RolloutBackend, RolloutEngine)
 
-PRECISIONS = ("fp32", "bf16-mixed", "bf16")
-EVAL_SPLITS = ("test", "validation")
 TINY_POSITIONS = 64  # the tiny model's context: one position per character of prompt and completion
-TRACKERS = ("trackio", "wandb", "tensorboard", "mlflow")
+# numpy seeds each step with seed * STEP_SEED_STRIDE + step (harness.train.runner.step_seed), below 2**32
+STEP_SEED_STRIDE = 1_000_003
+SEED_LIMIT = 2**32 // STEP_SEED_STRIDE - 1
 
 
-@dataclass
-class ModelConfig:
-    name: str = "tiny"  # "tiny" builds the embedded model; anything else is a Hub name or local path
-    hidden_size: int = 128  # tiny model: width
-    num_layers: int = 4  # tiny model: decoder layers
-    num_heads: int = 4  # tiny model: attention heads
-    warm_start_steps: int = 300  # tiny model: supervised steps on generated (question, answer) pairs
-    warm_start_batch: int = 256  # tiny model: sequences per supervised step
-    warm_start_lr: float = 2e-3  # tiny model: AdamW learning rate of the warm start
-    max_positions: int = TINY_POSITIONS  # tiny model: context, one position per character (rotary: no weights)
-    vocab_pad_to: int = 0  # tiny model: pad embedding and LM head to this many rows (151936: Qwen2.5's); 0: none
-    precision: str = "fp32"  # fp32 | bf16-mixed (bf16 compute, fp32 weights and AdamW state) | bf16 (pure)
-    gradient_checkpointing: bool = False  # recompute activations in backward (transformers' checkpointing)
+def comma_list(empty: str):
+    """A list[str] field that config.yaml saves as comma-separated text, as the command line writes it (and as
+    config files written before it became a list hold it); the empty list is saved as `empty`."""
+    return Annotated[list[str], PlainSerializer(lambda names: ",".join(names) or empty, return_type=str)]
 
 
-@dataclass
-class TaskConfig:
-    name: str = "chain_sum"  # an offline reasoning-gym task (see `harness tasks`), or data:FILE_OR_DATASET
-    eval_size: int = 1000  # test prompts: distinct, equal shares per difficulty level, never trained on
-    validation_size: int = 500  # validation prompts for tuning: disjoint from the test split and from training
-    seed: int = 0  # data seed; the same for every arm and every training seed
-    format_weight: float = 0.1  # reward = correctness + format_weight * well-formed
-    options: dict[str, Any] = field(default_factory=dict)  # generator options, e.g. max_digits; data: split, subset, eval_split
-    prompt_key: str = "prompt"  # data tasks: the column that holds the prompt text
-    answer_key: str = "answer"  # data tasks: the column that holds the reference answer
-    reward: str = "math"  # data tasks: math (math-verify), exact, or a TRL-style reward function module:function
-    eval_file: str = ""  # data tasks: held-out examples from this file (else a seeded cut of eval_size)
-    chat_template: str = "auto"  # auto: prompts go through the tokenizer's chat template when it has one; none
+Names = comma_list("")  # run.eval_tasks: saved as '' when empty
+NamesOrNone = comma_list("none")  # saved as 'none' when empty
+
+
+class ModelConfig(StrictModel):
+    where = "model."
+    name: str = Field("tiny", description='"tiny" builds the embedded model; anything else is a Hub name or a '
+                                          "local path.")
+    hidden_size: int = Field(128, ge=1, description="Tiny model: width.")
+    num_layers: int = Field(4, ge=1, description="Tiny model: decoder layers.")
+    num_heads: int = Field(4, ge=1, description="Tiny model: attention heads.")
+    warm_start_steps: int = Field(300, ge=0, description="Tiny model: supervised steps on generated (question, "
+                                                         "answer) pairs.")
+    warm_start_batch: int = Field(256, ge=1, description="Tiny model: sequences per supervised step.")
+    warm_start_lr: float = Field(2e-3, gt=0, description="Tiny model: AdamW learning rate of the warm start.")
+    max_positions: int = Field(TINY_POSITIONS, ge=1, description="Tiny model: context, one position per character "
+                                                                 "(rotary embeddings: no weights).")
+    vocab_pad_to: int = Field(0, ge=0, description="Tiny model: pad the embedding and LM head to this many rows "
+                                                   "(151936: Qwen2.5's); 0: none.")
+    precision: Precision = Field("fp32", description="fp32, bf16-mixed (bf16 compute, fp32 weights and AdamW "
+                                                     "state) or bf16 (pure).")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward (transformers' "
+                                                            "checkpointing).")
+    logprob_chunk: int = Field(0, ge=0, description="The LM head in chunks of this many positions for log-probs, "
+                                                    "recomputed in backward; 0: off.")
+
+
+class TaskConfig(StrictModel):
+    where = "task."
+    name: str = Field("chain_sum", description="An offline reasoning-gym task (see `harness tasks`), "
+                                               "rg:DATASET, or data:FILE_OR_DATASET.")
+    eval_size: int = Field(1000, ge=1, description="Test prompts: distinct, equal shares per difficulty level, "
+                                                   "never trained on.")
+    validation_size: int = Field(500, ge=0, description="Validation prompts for tuning: disjoint from the test "
+                                                        "split and from training.")
+    seed: int = Field(0, ge=0, description="Data seed; the same for every arm and every training seed.")
+    format_weight: float = Field(0.1, ge=0, description="Reward = correctness + format_weight * well-formed.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Generator options, e.g. max_digits; data "
+                                                                      "tasks: split, subset, eval_split.")
+    prompt_key: str = Field("prompt", description="Data tasks: the column that holds the prompt text.")
+    answer_key: str = Field("answer", description="Data tasks: the column that holds the reference answer.")
+    reward: str = Field("math", description="Data tasks: math (math-verify), exact, or a TRL-style reward function "
+                                            "module:function.")
+    eval_file: str = Field("", description="Data tasks: held-out examples from this file (else a seeded cut of "
+                                           "eval_size).")
+    chat_template: ChatTemplate = Field("auto", description="auto: prompts go through the tokenizer's chat template "
+                                                            "when it has one; none: never.")
 
     @property
     def label(self) -> str:
@@ -57,113 +87,196 @@ class TaskConfig:
         from harness.tasks.data import data_label, is_data_task
         return data_label(self.name) if is_data_task(self.name) else self.name.replace(":", "_")
 
+    # Data and reward files as absolute paths, so that an arm or a resume started elsewhere finds them.
+    @field_validator("name")
+    @classmethod
+    def _absolute_data_file(cls, name: str) -> str:
+        from harness.tasks.data import DATA_PREFIX, is_data_task
+        source = Path(name[len(DATA_PREFIX):]).expanduser()
+        return DATA_PREFIX + str(source.resolve()) if is_data_task(name) and source.exists() else name
 
-@dataclass
-class RolloutConfig:
-    batch_size: int = 256  # sampled completions per rollout step, for every arm
-    samples_per_prompt: int = 8  # completions per prompt (GRPO's group size G); must divide batch_size
-    temperature: float = 1.0  # sampling temperature
-    top_p: float = 1.0  # nucleus sampling
-    max_new_tokens: int = 6  # completion length cap
-    logprob_batch_size: int = 0  # rows per no-grad forward for old/reference log-probs and values (0: all)
-    slices: int = 0  # sampling slices of a step (whole groups, each its own seed and partition); 0: one per process
-    backend: str = "hf"  # hf (transformers generate) | vllm (GPU only)
+    @field_validator("eval_file")
+    @classmethod
+    def _absolute_eval_file(cls, eval_file: str) -> str:
+        return str(Path(eval_file).expanduser().resolve()) if eval_file else eval_file
 
-
-@dataclass
-class BudgetConfig:
-    unit: str = "completions"  # completions | tokens | steps: what is held equal across arms
-    total: int = 15360  # sampled completions (or tokens, or steps) per arm
-
-
-@dataclass
-class OptimConfig:
-    lr: float = 1e-4  # policy AdamW learning rate, the same for every arm
-    epochs: int = 1  # passes over each rollout batch
-    minibatches: int = 2  # optimizer steps per pass
-    micro_batch_size: int = 0  # rows per forward/backward, gradients accumulated (0: the whole minibatch)
-    entropy_coef: float = 0.0  # entropy bonus in the loss (0: entropy is a statistic, under no_grad)
-    max_grad_norm: float = 1.0  # gradient clipping
-    weight_decay: float = 0.0  # AdamW weight decay
+    @field_validator("reward")
+    @classmethod
+    def _absolute_reward_file(cls, reward: str) -> str:
+        module, _, function = reward.rpartition(":")
+        return f"{Path(module).expanduser().resolve()}:{function}" if module.endswith(".py") else reward
 
 
-@dataclass
-class RunConfig:
-    seed: int = 0  # training seed (torch, numpy, random)
-    device: str = "cpu"  # cpu | cuda | cuda:N
-    threads: int = 0  # torch threads; 0 uses every core
-    eval_every: int = 0  # greedy held-out accuracy every N steps (0: start and end only)
-    checkpoint_every: int = 10  # steps between checkpoints that resume needs
-    memory_every: int = 10  # live-tensor peaks on the second step and every N after (1: every step; 0: off)
-    nproc_per_node: int = 1  # processes (one per GPU) an arm runs on, launched by torchrun; the models FSDP2-sharded
-    nnodes: int = 1  # machines of a multi-node arm (torchrun rendezvous)
-    node_rank: int = 0  # this machine's index among them
-    master_addr: str = "127.0.0.1"  # the rendezvous host (node 0)
-    master_port: int = 29500  # and its port
-    parallel_arms: bool = False  # harness compare on a GPU machine: arms at once, each on its own nproc_per_node GPUs
-    offload_reference: bool = False  # keep the reference's shards in CPU memory (FSDP2 CPU offload)
-    offload_critic: bool = False  # the same for PPO's critic
-    eval_split: str = "test"  # test | validation: the split held-out accuracy and lm-eval score (harness sweep: validation)
-    lm_eval: bool = True  # score the base and final policy with lm-evaluation-harness
-    lm_eval_k: int = 8  # samples per prompt for maj@k and pass@k (0: greedy pass@1 only)
-    eval_tasks: str = ""  # extra lm-eval benchmarks by name, comma-separated (e.g. gsm8k)
-    results_dir: str = "results"  # where run folders go
-    report_to: str = "none"  # experiment trackers: trackio, wandb, tensorboard, mlflow (comma-separated), all, none
-    tracker_project: str = "rl-harness"  # the tracker project (trackio, W&B) or experiment (MLflow) arms log to
+class RolloutConfig(StrictModel):
+    where = "rollout."
+    batch_size: int = Field(256, ge=1, description="Sampled completions per rollout step, for every arm.")
+    samples_per_prompt: int = Field(8, ge=1, description="Completions per prompt (GRPO's group size G); must "
+                                                         "divide batch_size.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling.")
+    max_new_tokens: int = Field(6, ge=1, description="Completion length cap.")
+    logprob_batch_size: int = Field(0, ge=0, description="Rows per no-grad forward for old and reference log-probs "
+                                                         "and values (0: the update's micro-batch).")
+    slices: int = Field(0, ge=0, description="Sampling slices of a step (whole groups, each its own seed and "
+                                             "partition); 0: one per process.")
+    backend: RolloutBackend = Field("hf", description="hf (transformers generate) or vllm (GPU only).")
 
 
-# Device memory of the GPUs `harness estimate` checks a step against, in GiB (nominal capacities).
-DEVICE_MEMORY_GIB = {"h100": ("H100 80 GB", 80), "h200": ("H200 141 GB", 141), "a100-40": ("A100 40 GB", 40),
-                     "a100-80": ("A100 80 GB", 80)}
+class BudgetConfig(StrictModel):
+    where = "budget."
+    unit: BudgetUnit = Field("completions", description="What is held equal across arms.")
+    total: int = Field(15360, ge=1, description="Sampled completions (or tokens, or steps) per arm.")
 
 
-ROLLOUT_ENGINES = ("resident", "asleep")
+class OptimConfig(StrictModel):
+    where = "optim."
+    lr: float = Field(1e-4, gt=0, description="Policy AdamW learning rate, the same for every arm.")
+    epochs: int = Field(1, ge=1, description="Passes over each rollout batch.")
+    minibatches: int = Field(2, ge=1, description="Optimizer steps per pass.")
+    micro_batch_size: int = Field(0, ge=0, description="Rows per forward and backward, gradients accumulated "
+                                                       "(0: the whole minibatch).")
+    entropy_coef: float = Field(0.0, ge=0, description="Entropy bonus in the loss (0: entropy is a statistic, "
+                                                       "under no_grad).")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
 
 
-@dataclass
-class EstimateConfig:
-    prompt_length: int = 0  # harness estimate: prompt tokens (0: the task's longest prompt, one token per character)
-    completion_length: int = 0  # harness estimate: generated tokens per completion (0: rollout.max_new_tokens)
-    world_size: int = 1  # harness estimate: GPUs per arm (FSDP/ZeRO-3 sharding, the batch split across them)
-    # harness estimate: a learned reward model in both arms: none, same (the policy's size), or a model
-    reward_model: str = "none"
-    # harness estimate: a colocated rollout engine's share of device memory (TRL's vLLM: 0.3); 0: none
-    rollout_reserve: float = 0.0
-    rollout_engine: str = "resident"  # harness estimate: the engine during training: resident (kept) | asleep (released)
-    device_memory: str = "h100"  # harness estimate: the device the reserve is a share of: h100, h200, a100-40, a100-80
-    at_scale: str = "Qwen/Qwen2.5-7B"  # harness compare: models of the report's "At scale" grid, comma-separated; none: off
-    at_scale_world_size: int = 8  # harness compare: GPUs per arm in the "At scale" grid
-    at_scale_grid: bool = False  # harness compare: every choice of the grid (minutes), not only this config's own
+class RunConfig(StrictModel):
+    where = "run."
+    seed: int = Field(0, ge=0, le=SEED_LIMIT, description="Training seed (torch, numpy, random).")
+    device: str = Field("cpu", description="cpu, cuda or cuda:N.")
+    threads: int = Field(0, ge=0, description="Torch threads; 0 uses every core.")
+    eval_every: int = Field(0, ge=0, description="Greedy held-out accuracy every N steps (0: start and end only).")
+    checkpoint_every: int = Field(10, ge=0, description="Steps between the checkpoints that resume needs.")
+    memory_every: int = Field(10, ge=0, description="Live-tensor peaks on the second step and every N after "
+                                                    "(1: every step; 0: off).")
+    nproc_per_node: int = Field(1, ge=1, description="Processes (one per GPU) an arm runs on, launched by "
+                                                     "torchrun; the models FSDP2-sharded.")
+    nnodes: int = Field(1, ge=1, description="Machines of a multi-node arm (torchrun rendezvous).")
+    node_rank: int = Field(0, ge=0, description="This machine's index among them.")
+    master_addr: str = Field("127.0.0.1", description="The rendezvous host (node 0).")
+    master_port: int = Field(29500, ge=1, le=65535, description="The rendezvous port.")
+    parallel_arms: bool = Field(False, description="harness compare on a GPU machine: arms at once, each on its "
+                                                   "own nproc_per_node GPUs.")
+    offload_reference: bool = Field(False, description="Keep the reference's shards in CPU memory (FSDP2 CPU "
+                                                       "offload).")
+    offload_critic: bool = Field(False, description="Keep PPO's critic's shards in CPU memory.")
+    eval_split: EvalSplit = Field("test", description="The split held-out accuracy and lm-eval score (harness "
+                                                      "sweep: validation).")
+    lm_eval: bool = Field(True, description="Score the base and final policy with lm-evaluation-harness.")
+    lm_eval_k: int = Field(8, ge=0, description="Samples per prompt for maj@k and pass@k (0: greedy pass@1 only).")
+    eval_tasks: Names = Field(default_factory=list, description="Extra lm-eval benchmarks by name "
+                                                                         "(e.g. gsm8k).")
+    results_dir: str = Field("results", description="Where run folders go.")
+    report_to: NamesOrNone = Field(default_factory=list, description="Experiment trackers: trackio, wandb, "
+                                                                            "tensorboard, mlflow, all, or none.")
+    tracker_project: str = Field("rl-harness", description="The tracker project (trackio, W&B) or experiment "
+                                                           "(MLflow) arms log to.")
+
+    @field_validator("report_to")
+    @classmethod
+    def _known_trackers(cls, names: list[str]) -> list[str]:
+        """TRL's convention: 'none' (or nothing) is no tracker, 'all' every one."""
+        names = list(dict.fromkeys(name.lower() for name in names))
+        if names == ["all"]:
+            return list(TRACKERS)
+        unknown = [f"{name} (alone only)" if name in ("all", "none") else name for name in names
+                   if name not in TRACKERS]
+        if unknown:
+            raise UserError(f"run.report_to: unknown tracker {', '.join(unknown)}; valid: {', '.join(TRACKERS)}, "
+                            "all, none")
+        return names
 
 
-@dataclass
-class VerdictConfig:
+class EstimateConfig(StrictModel):
+    where = "estimate."
+    prompt_length: int = Field(0, ge=0, description="harness estimate: prompt tokens (0: the task's longest "
+                                                    "prompt, one token per character).")
+    completion_length: int = Field(0, ge=0, description="harness estimate: generated tokens per completion "
+                                                        "(0: rollout.max_new_tokens).")
+    world_size: int = Field(1, ge=1, description="harness estimate: GPUs per arm (FSDP/ZeRO-3 sharding, the batch "
+                                                 "split across them).")
+    reward_model: str = Field("none", description="harness estimate: a learned reward model in both arms: none, "
+                                                  "same (the policy's size), or a model.")
+    rollout_reserve: float = Field(0.0, ge=0, lt=1, description="harness estimate: a colocated rollout engine's "
+                                                                "share of device memory (TRL's vLLM: 0.3); 0: none.")
+    rollout_engine: RolloutEngine = Field("resident", description="harness estimate: the engine during training: "
+                                                                  "resident (kept) or asleep (released).")
+    device_memory: DeviceMemory = Field("h100", description="harness estimate: the device the reserve is a share "
+                                                            "of.")
+    at_scale: NamesOrNone = Field(default_factory=lambda: ["Qwen/Qwen2.5-7B"],
+                                         description='harness compare: models of the report\'s "At scale" grid; '
+                                                     "none: off.")
+    at_scale_world_size: int = Field(8, ge=1, description='harness compare: GPUs per arm in the "At scale" grid.')
+    at_scale_grid: bool = Field(False, description="harness compare: every choice of the grid (minutes), not only "
+                                                   "this config's own.")
+
+
+class VerdictConfig(StrictModel):
     """The analysis plan, fixed before the run and saved with it (see `harness plan`)."""
 
-    margin: float = 0.05  # non-inferiority margin δ: GRPO's final accuracy may trail PPO's by less than this
-    target_accuracy: float = 0.0  # held-out accuracy arms are timed to; 0: the shared start + target_gain
-    target_gain: float = 0.10  # with target_accuracy 0: the target is the base model's accuracy + this
-    claim: float = 0.5  # the claimed GRPO/PPO resource ratio
-    band: float = 0.1  # a ratio reads as "about the claim" when its interval lies within claim ± band
-    seeds: int = 1  # seeds per algorithm when `harness compare` gets no --seeds
-    seed_sd: float = 0.02  # assumed SD of an arm's final accuracy across training seeds, beyond eval noise
-    expected_accuracy: float = 0.5  # accuracy assumed for the binomial SE of the plan (0.5: the widest)
-    pilot: str = ""  # a finished comparison folder whose paired seed spread replaces the two assumptions above
-    power: float = 0.8  # the power at which the minimum detectable difference is stated
+    where = "verdict."
+    margin: float = Field(0.05, gt=0, lt=1, description="Non-inferiority margin δ: GRPO's final accuracy may trail "
+                                                         "PPO's by less than this.")
+    target_accuracy: float = Field(0.0, ge=0, le=1, description="Held-out accuracy arms are timed to; 0: the shared "
+                                                                "start + target_gain.")
+    target_gain: float = Field(0.10, gt=0, lt=1, description="With target_accuracy 0: the target is the base "
+                                                             "model's accuracy + this.")
+    claim: float = Field(0.5, gt=0, description="The claimed GRPO/PPO resource ratio.")
+    band: float = Field(0.1, gt=0, description="A ratio reads as about the claim when its interval lies within "
+                                               "claim ± band; below the claim.")
+    seeds: int = Field(1, ge=1, description="Seeds per algorithm when `harness compare` gets no --seeds.")
+    seed_sd: float = Field(0.02, ge=0, description="Assumed SD of an arm's final accuracy across training seeds, "
+                                                   "beyond eval noise.")
+    expected_accuracy: float = Field(0.5, gt=0, lt=1, description="Accuracy assumed for the binomial SE of the "
+                                                                  "plan (0.5: the widest).")
+    pilot: str = Field("", description="A finished comparison folder whose paired seed spread replaces the two "
+                                       "assumptions above.")
+    power: float = Field(0.8, ge=0.5, lt=1, description="The power at which the minimum detectable difference is "
+                                                        "stated.")
+    interval: IntervalMethod = Field("paired_t", description="The quality interval, named before the run: paired_t "
+                                                         "over seeds, or bootstrap over prompts × seeds.")
+
+    @model_validator(mode="after")
+    def _band_within_claim(self) -> VerdictConfig:
+        if self.band >= self.claim:
+            raise UserError(f"verdict.band must lie below verdict.claim (the band is a half-width around the "
+                            f"claim), got {self.claim} ± {self.band}")
+        return self
 
 
-@dataclass
-class Config:
-    preset: str = "tiny"
-    model: ModelConfig = field(default_factory=ModelConfig)
-    task: TaskConfig = field(default_factory=TaskConfig)
-    rollout: RolloutConfig = field(default_factory=RolloutConfig)
-    budget: BudgetConfig = field(default_factory=BudgetConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    run: RunConfig = field(default_factory=RunConfig)
-    verdict: VerdictConfig = field(default_factory=VerdictConfig)
-    algorithms: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-algorithm options
-    estimate: EstimateConfig = field(default_factory=EstimateConfig)
+class Config(StrictModel):
+    preset: str = Field("tiny", description="The preset the config started from (--preset).")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The policy model.")
+    task: TaskConfig = Field(default_factory=TaskConfig, description="What is asked and how it is scored.")
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="Sampling, the same for every arm.")
+    budget: BudgetConfig = Field(default_factory=BudgetConfig, description="What each arm may spend.")
+    optim: OptimConfig = Field(default_factory=OptimConfig, description="The policy's optimizer, the same for "
+                                                                        "every arm.")
+    run: RunConfig = Field(default_factory=RunConfig, description="Seeds, devices, evaluation, output.")
+    verdict: VerdictConfig = Field(default_factory=VerdictConfig, description="The analysis plan.")
+    algorithms: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Each algorithm's options over its defaults: algorithms.NAME.OPTION.")
+    estimate: EstimateConfig = Field(default_factory=EstimateConfig, description="harness estimate and the "
+                                                                                 "report's At scale section.")
+
+    @field_validator("algorithms")
+    @classmethod
+    def _known_algorithms(cls, sections: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """Only registered arm kinds (a cross-check's section goes over its algorithm's); the options' names,
+        types and bounds are the algorithm's own, read when its arm is planned (config.derive.algorithm_options)."""
+        from harness.config.arm_kinds import arm_kind_names
+        valid = arm_kind_names()
+        for name in sections:
+            if name not in valid:
+                raise UserError(f"unknown section 'algorithms.{name}'; valid: "
+                                f"{', '.join(f'algorithms.{a}' for a in valid)}")
+        return sections
+
+    @model_validator(mode="after")
+    def _fields_agree(self) -> Config:
+        check_agreement(self)
+        return self
 
     @property
     def completions_per_step(self) -> int:
@@ -189,87 +302,19 @@ class Config:
         return math.ceil(self.budget.total / self.completions_per_step)
 
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
+        """The config as config.yaml saves it (list fields as comma-separated text), derived fields added."""
+        data = self.model_dump()
         data["derived"] = {"completions_per_step": self.completions_per_step,
                            "prompts_per_step": self.prompts_per_step,
                            "total_steps": self.total_steps()}
         return data
 
     def hash(self) -> str:
-        return config_hash(dataclasses.asdict(self))
+        return config_hash(self.model_dump())
 
 
-# Every number's range, in one place: (test, what it must be). A new numeric field needs a line here
-# (tests/test_faults.py checks that each has one).
-AT_LEAST_1 = (lambda v: v >= 1, "at least 1")
-
-
-NON_NEGATIVE = (lambda v: v >= 0, "0 or more")
-
-
-POSITIVE = (lambda v: v > 0, "above 0")
-
-
-PROBABILITY = (lambda v: 0 < v <= 1, "in (0, 1]")
-
-
-# numpy seeds each step with seed * STEP_SEED_STRIDE + step (harness.train.runner.step_seed), below 2**32
-STEP_SEED_STRIDE = 1_000_003
-
-
-SEED_LIMIT = 2**32 // STEP_SEED_STRIDE - 1
-
-
-RUN_SEED = (lambda v: 0 <= v <= SEED_LIMIT, f"in [0, {SEED_LIMIT}]")
-
-
-FIELD_RANGES = {  # 0 means "off" or "all" where a field's comment says so
-    "model.hidden_size": AT_LEAST_1, "model.num_layers": AT_LEAST_1, "model.num_heads": AT_LEAST_1,
-    "model.warm_start_steps": NON_NEGATIVE, "model.warm_start_batch": AT_LEAST_1, "model.warm_start_lr": POSITIVE,
-    "model.vocab_pad_to": NON_NEGATIVE, "model.max_positions": AT_LEAST_1,
-    "task.eval_size": AT_LEAST_1, "task.validation_size": NON_NEGATIVE, "task.seed": NON_NEGATIVE,
-    "task.format_weight": NON_NEGATIVE,
-    "rollout.batch_size": AT_LEAST_1, "rollout.samples_per_prompt": AT_LEAST_1, "rollout.temperature": POSITIVE,
-    "rollout.top_p": PROBABILITY, "rollout.max_new_tokens": AT_LEAST_1, "rollout.logprob_batch_size": NON_NEGATIVE,
-    "rollout.slices": NON_NEGATIVE,
-    "budget.total": AT_LEAST_1,
-    "optim.lr": POSITIVE, "optim.epochs": AT_LEAST_1, "optim.minibatches": AT_LEAST_1,
-    "optim.micro_batch_size": NON_NEGATIVE, "optim.entropy_coef": NON_NEGATIVE,
-    "optim.max_grad_norm": POSITIVE, "optim.weight_decay": NON_NEGATIVE,
-    "run.seed": RUN_SEED, "run.threads": NON_NEGATIVE, "run.eval_every": NON_NEGATIVE,
-    "run.checkpoint_every": NON_NEGATIVE, "run.memory_every": NON_NEGATIVE, "run.lm_eval_k": NON_NEGATIVE,
-    "run.nproc_per_node": AT_LEAST_1, "run.nnodes": AT_LEAST_1, "run.node_rank": NON_NEGATIVE,
-    "run.master_port": (lambda v: 1 <= v <= 65535, "a port in [1, 65535]"),
-    "estimate.world_size": AT_LEAST_1, "estimate.at_scale_world_size": AT_LEAST_1,
-    "estimate.prompt_length": NON_NEGATIVE, "estimate.completion_length": NON_NEGATIVE,
-    "estimate.rollout_reserve": (lambda v: 0 <= v < 1, "a share of device memory in [0, 1)"),
-}  # the verdict section is checked as a whole (validate_verdict): its fields bound each other
-
-
-FIELD_CHOICES = {
-    "budget.unit": ("completions", "tokens", "steps"), "rollout.backend": ("hf", "vllm"),
-    "model.precision": PRECISIONS, "task.chat_template": ("auto", "none"), "run.eval_split": EVAL_SPLITS,
-}
-
-
-def field_value(config: Config, dotted: str) -> Any:
-    section, name = dotted.split(".")
-    return getattr(getattr(config, section), name)
-
-
-def check_range(name: str, value: Any, rule: tuple) -> None:
-    test, expected = rule
-    if not test(value):
-        raise UserError(f"{name} must be {expected}, got {value!r}")
-
-
-def validate(config: Config) -> None:
-    """Every field's range and choices, and the fields that must agree; one line for the first that is wrong."""
-    for name, rule in FIELD_RANGES.items():
-        check_range(name, field_value(config, name), rule)
-    for name, choices in FIELD_CHOICES.items():
-        if field_value(config, name) not in choices:
-            raise UserError(f"{name} '{field_value(config, name)}' is not one of: {', '.join(choices)}")
+def check_agreement(config: Config) -> None:
+    """The fields that must agree with each other; one line for the first that does not."""
     if config.rollout.batch_size % config.rollout.samples_per_prompt:
         raise UserError(
             f"rollout.batch_size={config.rollout.batch_size} is not divisible by the group size "
@@ -289,24 +334,25 @@ def validate(config: Config) -> None:
     if model.name == "tiny" and (model.hidden_size % model.num_heads or (model.hidden_size // model.num_heads) % 2):
         raise UserError(f"model.hidden_size={model.hidden_size} must split into model.num_heads={model.num_heads} "
                         f"heads of an even width (rotary embeddings rotate pairs)")
-    if not str(config.run.results_dir).strip():
+    if not config.run.results_dir.strip():
         raise UserError("run.results_dir is empty; give a folder")
-    validate_algorithm_sections(config.algorithms)
-    if not isinstance(config.task.options, dict):
-        raise UserError(f"task.options must be a mapping of generator options, got {config.task.options!r}")
-    validate_estimate(config.estimate)
-    absolute_task_paths(config.task)
-    parse_report_to(config.run.report_to)
-    validate_verdict(config.verdict)
+
+
+def validate(config: Config) -> None:
+    """Every field of a config that code has changed, and the fields that must agree; one line for the first that
+    is wrong. (Assigning a field checks that field; a dict changed in place, or fields that bound each other,
+    need this.)"""
+    Config.parse({k: v for k, v in config.to_dict().items() if k != "derived"})
 
 
 def validate_processes(config: Config) -> None:
     """The step's batch splits into whole groups per sampling slice and whole slices per process."""
     run = config.run
-    if run.nproc_per_node < 1 or run.nnodes < 1 or not 0 <= run.node_rank < run.nnodes:
-        raise UserError("run.nproc_per_node and run.nnodes must be at least 1, and 0 <= run.node_rank < run.nnodes")
+    if not run.node_rank < run.nnodes:
+        raise UserError(f"run.node_rank={run.node_rank} must be below run.nnodes={run.nnodes} (0 <= run.node_rank "
+                        f"< run.nnodes)")
     world, slices, prompts = config.world_size, config.sampling_slices(), config.prompts_per_step
-    if config.rollout.slices < 0 or slices % world:
+    if slices % world:
         raise UserError(f"rollout.slices={config.rollout.slices} must be a multiple of the {world} processes "
                         "(0: one slice per process)")
     if prompts % slices:
@@ -318,80 +364,11 @@ def validate_processes(config: Config) -> None:
                         f"optim.minibatches={config.optim.minibatches} equal parts")
 
 
-def validate_verdict(verdict: VerdictConfig) -> None:
-    if not 0 < verdict.margin < 1:
-        raise UserError(f"verdict.margin must lie between 0 and 1 (accuracy), got {verdict.margin}")
-    if not 0 <= verdict.target_accuracy <= 1:
-        raise UserError(f"verdict.target_accuracy must lie in [0, 1] (0: the start + target_gain), got {verdict.target_accuracy}")
-    if not 0 < verdict.target_gain < 1:
-        raise UserError(f"verdict.target_gain must lie between 0 and 1, got {verdict.target_gain}")
-    if verdict.claim <= 0 or not 0 < verdict.band < verdict.claim:
-        raise UserError(f"verdict.claim must be positive and verdict.band between 0 and the claim, "
-                        f"got {verdict.claim} ± {verdict.band}")
-    if verdict.seeds < 1:
-        raise UserError(f"verdict.seeds must be at least 1, got {verdict.seeds}")
-    if verdict.seed_sd < 0 or not 0 < verdict.expected_accuracy < 1:
-        raise UserError("verdict.seed_sd must be ≥ 0 and verdict.expected_accuracy between 0 and 1")
-    if not 0.5 <= verdict.power < 1:
-        raise UserError(f"verdict.power must lie in [0.5, 1), got {verdict.power}")
-
-
-def validate_algorithm_sections(sections: dict[str, Any]) -> None:
-    """Only registered algorithms, each a mapping; option names, types and ranges are the algorithm's."""
-    from harness.config.arm_kinds import arm_kind_names
-    valid = arm_kind_names()  # a cross-check's section goes over its algorithm's
-    for name, options in sections.items():
-        if name not in valid:
-            raise UserError(f"unknown section 'algorithms.{name}'; valid: "
-                            f"{', '.join(f'algorithms.{a}' for a in valid)}")
-        if not isinstance(options, dict):
-            raise UserError(f"algorithms.{name} must be a mapping of options, got {options!r}")
-
-
 def check_seed(seed: int) -> None:
-    check_range("the seed", seed, RUN_SEED)
-
-
-def validate_estimate(estimate: EstimateConfig) -> None:
-    if estimate.world_size < 1 or estimate.at_scale_world_size < 1:
-        raise UserError("estimate.world_size and estimate.at_scale_world_size must be at least 1 (GPUs per arm)")
-    if estimate.prompt_length < 0 or estimate.completion_length < 0:
-        raise UserError("estimate.prompt_length and estimate.completion_length must be 0 (the config's) or positive")
-    if not 0 <= estimate.rollout_reserve < 1:
-        raise UserError(f"estimate.rollout_reserve must be a share of device memory in [0, 1), got {estimate.rollout_reserve}")
-    if estimate.rollout_engine not in ROLLOUT_ENGINES:
-        raise UserError(f"estimate.rollout_engine '{estimate.rollout_engine}' is not one of: {', '.join(ROLLOUT_ENGINES)}")
-    if estimate.device_memory not in DEVICE_MEMORY_GIB:
-        raise UserError(f"estimate.device_memory '{estimate.device_memory}' is not one of: {', '.join(DEVICE_MEMORY_GIB)}")
-
-
-def absolute_task_paths(task: TaskConfig) -> None:
-    """Data and reward files as absolute paths, so that an arm or a resume started elsewhere finds them."""
-    from harness.tasks.data import DATA_PREFIX, is_data_task
-    source = task.name[len(DATA_PREFIX):]
-    if is_data_task(task.name) and Path(source).expanduser().exists():
-        task.name = DATA_PREFIX + str(Path(source).expanduser().resolve())
-    if task.eval_file:
-        task.eval_file = str(Path(task.eval_file).expanduser().resolve())
-    module, _, function = task.reward.rpartition(":")
-    if module.endswith(".py"):
-        task.reward = f"{Path(module).expanduser().resolve()}:{function}"
+    if not 0 <= seed <= SEED_LIMIT:
+        raise UserError(f"the seed must be in [0, {SEED_LIMIT}], got {seed}")
 
 
 def config_hash(data: Any) -> str:
     """A short, stable hash of a JSON-able value (a config, a cache key)."""
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def parse_report_to(text: str) -> list[str]:
-    """'trackio, tensorboard' -> ['trackio', 'tensorboard']; 'none' -> []; 'all' -> every tracker."""
-    names = [n.strip().lower() for n in str(text or "none").split(",") if n.strip()]
-    if names in ([], ["none"]):
-        return []
-    if names == ["all"]:
-        return list(TRACKERS)
-    unknown = [n for n in names if n not in TRACKERS]
-    if unknown or "none" in names:
-        raise UserError(f"--report-to '{text}': unknown tracker {', '.join(unknown) or 'none (alone only)'}; "
-                        f"valid: {', '.join(TRACKERS)}, all, none")
-    return list(dict.fromkeys(names))

@@ -29,15 +29,16 @@ from typing import Any
 from collections.abc import Callable
 
 from harness import UserError, __version__
-from harness.config.derive import algorithm_options, make_task
+from harness.config.derive import algorithm_options, logprob_rows, make_task
 from harness.config.load import copy_config
-from harness.config.schema import Config, DEVICE_MEMORY_GIB, validate
+from harness.config.choices import DEVICE_MEMORY_GIB
+from harness.config.schema import Config, validate
 from harness.config.schema import config_hash
 from harness.estimate.model_specs import ModelSpec, resolve_model
 from harness.results.headline import PHASES, arm_pair
 from harness.results.io import read_json, write_json
+from harness.results.units import GIB
 
-GIB = 2 ** 30
 MODEL_STATE = ("params", "grads", "optimizer")
 # Table columns: (category, short label, what it is), in the order a step's memory builds up.
 CATEGORIES = [("params", "params", "parameters (and buffers) of every model"),
@@ -144,7 +145,7 @@ def cache_key(config: Config, algo: str, plan: Plan) -> str:
     from harness.config.derive import train_settings
     import torch
     return config_hash({
-        "algo": algo, "options": dataclasses.asdict(algorithm_options(config, algo)),
+        "algo": algo, "options": algorithm_options(config, algo).model_dump(),
         "settings": dataclasses.asdict(train_settings(config)), "precision": config.model.precision,
         "checkpointing": config.model.gradient_checkpointing, "model": plan.model.config.to_dict(),
         "reward_model": plan.reward_model.config.to_dict() if plan.reward_model else None,
@@ -250,7 +251,7 @@ def describe(config: Config, plan: Plan) -> dict[str, Any]:
             "batch": plan.batch_rows, "rows_per_gpu": w.rows, "prompt_length": w.prompt_length,
             "completion_length": w.completion_length, "group_size": config.rollout.samples_per_prompt,
             "minibatches": config.optim.minibatches, "micro_batch_size": config.optim.micro_batch_size,
-            "logprob_batch_size": config.rollout.logprob_batch_size,
+            "logprob_batch_size": logprob_rows(config, plan.world_size), "logprob_chunk": config.model.logprob_chunk,
             "reward_model": plan.reward_model.name if plan.reward_model else None,
             "rollout_engine": ({"reserve": plan.reserve, "mode": plan.engine, "device": plan.device,
                                 "bytes": round(plan.reserve * device_bytes(plan.device))} if plan.reserve else None),

@@ -32,7 +32,7 @@ from torch.distributed._tools.common_utils import get_untyped_storages
 from torch.distributed._tools.mem_tracker import _TOTAL_KEY, _RefType
 
 from harness.algorithms.batch import RolloutBatch, TrainSettings
-from harness.algorithms.logprobs import autocast
+from harness.algorithms.logprobs import autocast, logprob_rows
 from harness.estimate.fake_generation import Workload, fake_sample
 from harness.measure.live_tensors import CATEGORIES, LiveTensors, _Category, _LeanTracker, retag_fsdp_buffers
 from harness.measure.probes import Probes, model_state_bytes
@@ -217,7 +217,7 @@ def reward_scores(reward_model, batch: RolloutBatch, settings: TrainSettings) ->
     """A learned reward model's score `[B]` of each full sequence, in no-grad micro-batches."""
     with autocast(reward_model, settings.autocast_dtype):
         return torch.cat([reward_model(input_ids=part.input_ids, attention_mask=part.attention_mask).logits[:, 0]
-                          for part in batch.split(settings.logprob_batch_size)]).float()
+                          for part in batch.split(logprob_rows(settings, batch.size))]).float()
 
 
 def simulated_rollout(policy, reference, reward_model, settings: TrainSettings, workload: Workload, meter,
@@ -306,7 +306,7 @@ def fake_step(config, algo: str, policy_config, reward_config, workload: Workloa
                          getattr(policy_config, "pad_token_id", None) or 0)
             with meter.step(True):
                 batch = simulated_rollout(policy, reference, reward_model, settings, workload, meter, sampling, token_ids,
-                                          algorithm.needs_sampler_logps)
+                                          algorithm.needs.sampler_logps)
                 learn(algorithm, batch, meter)
                 del batch
     return FakeStep(phases=meter.tracked_peaks, model_state=state, seconds=time.perf_counter() - started)

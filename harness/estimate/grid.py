@@ -10,14 +10,14 @@ cells that share an arm's configuration (GRPO has no critic pass; the engine is 
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import Any
 from collections.abc import Callable
 
 from harness import UserError
 from harness.config.load import copy_config
-from harness.config.schema import Config, DEVICE_MEMORY_GIB
+from harness.config.choices import DEVICE_MEMORY_GIB
+from harness.config.schema import Config
 from harness.estimate.estimator import arm_figures, describe, notes, plan_estimate, run_arm, spread_over_gpus
 from harness.results.headline import arm_pair
 from harness.results.io import write_json
@@ -37,8 +37,8 @@ def kl_options(config: Config, algo: str, on: bool) -> dict[str, float]:
     configured = {name: config.algorithms.get(algo, {}).get(name) for name in fields}
     if any(configured.values()):
         return {}
-    defaults = {f.name: f.default for f in dataclasses.fields(get_algorithm(algo).Config)}
-    return {name: defaults[name] for name in fields}
+    defaults = get_algorithm(algo).Config.model_fields
+    return {name: defaults[name].default for name in fields}
 
 
 def cell_config(config: Config, algos: list[str], cell: dict[str, str], reserve: float) -> Config:
@@ -46,7 +46,7 @@ def cell_config(config: Config, algos: list[str], cell: dict[str, str], reserve:
     out = copy_config(config)
     for algo in algos:
         out.algorithms[algo] = {**out.algorithms.get(algo, {}), **kl_options(config, algo, cell["kl"] == "on")}
-        if any(f.name == "critic_pass" for f in dataclasses.fields(_options_class(algo))):
+        if "critic_pass" in _options_class(algo).model_fields:
             out.algorithms[algo] = {**out.algorithms.get(algo, {}), "critic_pass": cell["critic_pass"]}
     out.model.gradient_checkpointing = cell["checkpointing"] == "on"
     out.estimate.reward_model = cell["reward_model"]
@@ -132,10 +132,7 @@ def config_cell(config: Config, algos: list[str], use_cache: bool = True,
 # ---------------------------------------------------------------- the comparison report's "At scale"
 
 def at_scale_models(config: Config) -> list[str]:
-    text = config.estimate.at_scale.strip()
-    if text.lower() in ("", "none", "off", "false"):
-        return []
-    return [name.strip() for name in text.split(",") if name.strip()]
+    return list(config.estimate.at_scale)
 
 
 def at_scale_config(config: Config, model: str) -> Config:

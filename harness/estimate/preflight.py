@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any
 from harness import UserError
 from harness.config.arm_kinds import algorithm_of, check_kind_options
 from harness.config.checks import check_task
-from harness.config.derive import algorithm_options, make_task
+from harness.config.derive import algorithm_options, logprob_rows, make_task, train_settings
 from harness.results.trackers import check_trackers
+from harness.results.units import GIB
 
 if TYPE_CHECKING:
     from harness.config.schema import Config
 
-GIB = 1 << 30
 # (bytes per weight, per activation) of each model.precision: bf16-mixed keeps fp32 weights, computes in bf16
 PRECISION_BYTES = {"fp32": (4, 4), "bf16-mixed": (4, 2), "bf16": (2, 2)}
 
@@ -131,16 +131,18 @@ def check_run_memory(config: Config, options: list, task) -> None:
     # the tiny model's vocabulary: the task's characters and pad, eos, unk, or model.vocab_pad_to rows
     vocab = max(len(set(task.alphabet)) + 3, config.model.vocab_pad_to)
     shape = model_shape(config.model.name, (config.model.hidden_size, config.model.num_layers), vocab)
-    batch = config.rollout.batch_size
-    check_memory(shape, config.model.precision, config.run.device, trained, frozen, batch,
-                 config.rollout.logprob_batch_size or batch, prompt_tokens, config.rollout.max_new_tokens)
+    batch, rows = config.rollout.batch_size, logprob_rows(config)
+    if config.model.logprob_chunk:  # the LM head's logits a chunk of positions at a time: about that many rows' worth
+        rows = min(rows, max(1, config.model.logprob_chunk // config.rollout.max_new_tokens))
+    check_memory(shape, config.model.precision, config.run.device, trained, frozen, batch, rows, prompt_tokens,
+                 config.rollout.max_new_tokens)
 
 
 def check_model_cache(config: Config, task) -> None:
     """The tiny model is built into the cache on first use: the cache must then be writable."""
     from harness.results.io import check_writable
     from harness.train.models import cache_dir, tiny_folder
-    if config.model.name == "tiny" and not (tiny_folder(config.model, task) / "config.json").exists():
+    if config.model.name == "tiny" and not (tiny_folder(config.model, task, config.run.seed) / "config.json").exists():
         check_writable(cache_dir(), "the model cache ($HARNESS_CACHE)")
 
 
@@ -160,7 +162,24 @@ def check_setup(config: Config, algos: list[str] = ()) -> None:
                         "transformers (rollout.backend=hf) on every device")
     task = make_task(config)
     check_model_cache(config, task)
+    check_chunked_head(config)
     check_algorithms_fit(config, algos, task)
+
+
+def check_chunked_head(config: Config) -> None:
+    """model.logprob_chunk on a model that scales its logits after the LM head: one line (where its config.json
+    is here to read; the arm refuses it at its first log-prob pass otherwise)."""
+    if not config.model.logprob_chunk or config.model.name == "tiny":
+        return
+    from harness.algorithms.chunked_head import chunked_head_refusal
+    try:
+        from transformers import AutoConfig
+        model_config = AutoConfig.from_pretrained(config.model.name, local_files_only=True)
+    except Exception:  # not downloaded yet: the arm checks the model it loads
+        return
+    refusal = chunked_head_refusal(model_config)
+    if refusal:
+        raise UserError(refusal)
 
 
 def check_algorithms_fit(config: Config, algos, task=None) -> None:
@@ -170,7 +189,7 @@ def check_algorithms_fit(config: Config, algos, task=None) -> None:
     options = []
     for algo in algos:
         options.append(algorithm_options(config, algo))
-        needed = get_algorithm(algorithm_of(algo)).min_group_size(options[-1])
+        needed = get_algorithm(algorithm_of(algo)).declare_needs(options[-1], train_settings(config)).min_group_size
         if config.rollout.samples_per_prompt < needed:
             raise UserError(f"{algo} compares completions within a group: rollout.samples_per_prompt="
                             f"{config.rollout.samples_per_prompt} needs to be at least {needed}")

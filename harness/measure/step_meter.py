@@ -1,5 +1,5 @@
 """The measurement of one arm's steps: phase seconds and CUDA peaks on every step, live-tensor peaks
-on the tracked steps, FLOPs, and the step record written to steps.jsonl.
+on the tracked steps, and FLOPs (the step record they go into: harness.results.step_record).
 
 Live tensors are tracked on the second step and every `run.memory_every` steps after (from the
 second step on every optimizer holds its state: the first step is not the steady state). The
@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager, nullcontext
-from typing import Any
 
 import torch
 
-from harness.measure.live_tensors import LiveTensors, step_peak
-from harness.measure.probes import Probes, model_flops, peak_flops
+from harness.measure.live_tensors import LiveTensors
+from harness.measure.probes import Probes, model_flops
 
 
 def is_tracked_step(step: int, every: int, total_steps: int) -> bool:
@@ -74,45 +73,6 @@ def step_flops(model_sizes: dict[str, int], sequence_tokens: int, epochs: int, h
     forward += model_flops(critic, sequence_tokens, backward=False)
     training = sum(model_flops(size, sequence_tokens * epochs, backward=True) for size in (policy, critic) if size)
     return forward + training
-
-
-def step_record(step: int, state, rollout, stats: dict[str, float], times: dict[str, float], step_time: float,
-                flops: float, device_name: str | None, precision: str, state_bytes: dict[str, dict[str, int]],
-                live_peaks: dict[str, dict[str, int]], measured: dict[str, float]) -> dict[str, Any]:
-    """One line of steps.jsonl (keys documented in the README)."""
-    rewards = rollout.rewards  # every completion sampled this step
-    totals = torch.tensor([r.total for r in rewards])
-    trained = rollout.batch
-    sequence_tokens = int(trained.attention_mask.sum().item()) if trained is not None else 0
-    record: dict[str, Any] = {
-        "step": step, "completions": state.completions, "tokens": state.tokens,
-        "reward/mean": totals.mean().item(), "reward/std": totals.std().item() if len(totals) > 1 else 0.0,
-        "reward/accuracy": sum(r.solved for r in rewards) / len(rewards),
-        "reward/correct": sum(r.correct for r in rewards) / len(rewards),
-        "reward/format": sum(r.format for r in rewards) / len(rewards),
-        "completion/len_mean": rollout.generated_tokens / rollout.sampled,
-        "time/step": step_time,
-        "tput/gen_tokens_per_s": rollout.generated_tokens / max(times.get("generate", 0.0), 1e-9),
-        "tput/train_tokens_per_s": sequence_tokens / max(times.get("policy_update", times.get("joint_update", 0.0)), 1e-9),
-        "tput/samples_per_s": rollout.sampled / step_time,
-        "flops/step": flops,
-    }
-    peak = peak_flops(device_name, precision)
-    if peak:
-        record["flops/mfu"] = flops / step_time / peak
-    record.update({f"loss/{k}": v for k, v in stats.items()})
-    record.update({f"time/{k}": v for k, v in times.items()})
-    for model, row in state_bytes.items():
-        for category, value in row.items():
-            record[f"mem/model_state/{model}/{category}"] = value
-    if live_peaks:
-        record["mem/tracked"] = True
-        for phase, peak_row in live_peaks.items():
-            for category, value in peak_row.items():
-                record[f"mem/live/{phase}/{category}"] = value
-        record["mem/live/peak"], record["mem/live/peak_phase"] = step_peak(live_peaks)
-    record.update(measured)
-    return record
 
 
 def to_floats(stats: dict[str, torch.Tensor | float]) -> dict[str, float]:

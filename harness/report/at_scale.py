@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-GIB = 2 ** 30
+from harness.results.units import GIB
 
 
 def describe_cell(cell: dict[str, Any], axes: list[str]) -> str:

@@ -8,33 +8,13 @@ from typing import Any
 from harness import UserError
 from harness.report.data import HEALTH_METRICS, Arm, Comparison, get
 from harness.report.stats import Estimate, mean_ci
+from harness.results.units import fmt
 
-MIB = 1024 * 1024
 UNIT = (0.0, 1.0)  # an accuracy's interval is clipped to what an accuracy can be
 LM_EVAL_METRICS = ["pass@1", "maj@k", "pass@k"]
 
 
 # ---------------------------------------------------------------- formatting
-
-def fmt(value: Any, unit: str = "") -> str:
-    if value is None:
-        return "—"
-    if unit == "MiB":
-        return f"{value / MIB:,.3f}" if abs(value) < 10 * MIB else f"{value / MIB:,.1f}"
-    if unit == "%":
-        return f"{100 * value:.1f}%"
-    if unit == "pts":
-        return f"{100 * value:+.1f} pts"
-    if unit == "ratio":
-        return f"{value:.3f}"
-    if unit == "count":
-        return f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.1f}"
-    if isinstance(value, float):
-        if value != 0 and abs(value) < 0.01:
-            return f"{value:.2e}"
-        return f"{value:,.3f}" if abs(value) < 10 else f"{value:,.1f}" if abs(value) < 1000 else f"{value:,.0f}"
-    return f"{value:,}" if isinstance(value, int) else str(value)
-
 
 def fmt_interval(estimate: Estimate, unit: str = "") -> str:
     """'[lo, hi]', or why there is no interval; differences in accuracy ('pts') in signed points."""
@@ -80,11 +60,11 @@ def rank_section(cmp: Comparison) -> list[dict[str, Any]]:
     """Memory per rank of the arms that ran across processes (measured live-tensor peak, arithmetic model state)."""
     rows = []
     for arm in cmp.arms:
-        live = get(arm.summary, "mem", "live", "per_rank") or []
-        state = get(arm.summary, "mem", "arithmetic", "per_rank") or []
+        live = arm.summary.mem.live.per_rank or []
+        state = arm.summary.mem.arithmetic.per_rank or []
         for rank, peak in enumerate(live):
             models = state[rank] if rank < len(state) else {}
-            rows.append({"label": arm.label, "world": arm.summary.get("world_size"), "rank": rank,
+            rows.append({"label": arm.label, "world": arm.summary.world_size, "rank": rank,
                          "peak": fmt(peak.get("peak"), "MiB"),
                          "state": fmt(sum(row.get("total", 0) for row in models.values()), "MiB")})
     return rows
@@ -104,7 +84,7 @@ def accuracy_section(cmp: Comparison) -> dict[str, Any]:
         base, final = figure_values(arms, "acc_base"), figure_values(arms, "acc_final")
         change = [a.row["acc_final"] - a.row["acc_base"] for a in arms
                   if a.row.get("acc_final") is not None and a.row.get("acc_base") is not None]
-        n_eval = {get(a.summary, "eval", "final", "n") for a in arms} - {None}
+        n_eval = {a.summary.eval.final.n for a in arms if a.summary.eval.final} - {None}
         rows.append({"algo": algo, "seeds": len(arms), "base": cell(mean_ci(base, bounds=UNIT), "%"),
                      "final": cell(mean_ci(final, bounds=UNIT), "%"), "change": cell(mean_ci(change), "pts"),
                      "n": ", ".join(str(n) for n in sorted(n_eval)) or "—"})
@@ -118,7 +98,7 @@ def lm_eval_section(cmp: Comparison) -> dict[str, Any]:
     for algo in cmp.names:
         arms = cmp.ok_arms(algo)
         for when in ("base", "final"):
-            scores = [s for s in (get(a.summary, "eval", "lm_eval", when) for a in arms) if isinstance(s, dict)]
+            scores = [s for s in (getattr(a.summary.eval.lm_eval, when) for a in arms) if isinstance(s, dict)]
             ks |= {s.get("k") for s in scores} - {None}
             n |= {s.get("n") for s in scores} - {None}
             rows.append({"algo": algo, "when": "before" if when == "base" else "after", "scored": len(scores),
@@ -278,7 +258,7 @@ def arms_section(cmp: Comparison) -> list[dict[str, Any]]:
 def kl_words(cmp: Comparison) -> str:
     """The comparison's KL setting (--kl, --kl-coef) in words; native for one made before it was saved."""
     from harness.config.kl import KLSetting
-    saved = cmp.plan.get("kl") if isinstance(cmp.plan.get("kl"), dict) else {}
+    saved = cmp.plan.kl or {}
     try:
         return KLSetting(saved.get("mode") or "native", saved.get("coef")).words()
     except UserError:
@@ -286,9 +266,9 @@ def kl_words(cmp: Comparison) -> str:
 
 
 def method_section(cmp: Comparison) -> dict[str, Any]:
-    budget = cmp.plan.get("budget") or {}
-    return {"fairness": cmp.plan.get("fairness") or [], "budget": budget, "config": config_section(cmp),
+    plan = cmp.plan
+    return {"fairness": plan.fairness or [], "budget": plan.budget, "config": config_section(cmp),
             "arms": arms_section(cmp), "kl": kl_words(cmp), "baseline": cmp.baseline,
             "cross_checks": cross_check_section(cmp),
-            "environment": environment_section(cmp), "config_hash": cmp.plan.get("config_hash"),
-            "preset": cmp.plan.get("preset"), "task": cmp.plan.get("task"), "model": cmp.plan.get("model")}
+            "environment": environment_section(cmp), "config_hash": plan.config_hash,
+            "preset": plan.preset, "task": plan.task, "model": plan.model}

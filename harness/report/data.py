@@ -19,6 +19,7 @@ from harness.config.load import read_yaml
 from harness.results.headline import get_path as get
 from harness.results.headline import arm_pair_of, default_baseline, headline
 from harness.results.io import describe_bad_lines, read_json_object, read_jsonl
+from harness.results.records import ArmEntry, ComparisonPlan, Summary
 
 # (steps.jsonl key, label) of the training-health panels; the last three belong to one algorithm each.
 HEALTH_METRICS = [
@@ -50,7 +51,7 @@ class Arm:
     algo: str  # the algorithm it trains
     seed: int
     dir: Path
-    summary: dict[str, Any]
+    summary: Summary
     steps: pd.DataFrame
     env: dict[str, Any]
     config: dict[str, Any]
@@ -68,7 +69,7 @@ class Arm:
 
     @property
     def status(self) -> str:
-        return self.summary.get("status") or "unknown"
+        return self.summary.status or "unknown"
 
     @property
     def ok(self) -> bool:
@@ -76,12 +77,12 @@ class Arm:
 
     @property
     def error(self) -> str | None:
-        return self.summary.get("error")
+        return self.summary.error
 
     @property
     def time_basis(self) -> str:
         """train_s when the arm recorded its evaluation time apart (time/eval, time.train_s), else wall_s."""
-        return "train_s" if get(self.summary, "time", "train_s") is not None else "wall_s"
+        return "train_s" if self.summary.time.train_s is not None else "wall_s"
 
     def eval_curve(self) -> pd.DataFrame:
         """Held-out accuracy against completions and time: start, every eval row, end.
@@ -90,7 +91,7 @@ class Arm:
         minus the `time/eval` seconds logged so far), and equals `wall` for older arms that did not record them.
         """
         points = []
-        base = get(self.summary, "eval", "base", "accuracy")
+        base = self.row.get("acc_base")
         if base is not None:
             points.append({"completions": 0, "wall": 0.0, "train": 0.0, "accuracy": base})
         if len(self.steps) and "wall" in self.steps:
@@ -100,15 +101,15 @@ class Arm:
                 for index, r in self.steps.dropna(subset=["eval/accuracy"]).iterrows():
                     points.append({"completions": r.get("completions"), "wall": r.get("wall"),
                                    "train": float(train.loc[index]), "accuracy": r["eval/accuracy"]})
-        final = get(self.summary, "eval", "final", "accuracy")
+        final = self.row.get("acc_final")
         if final is not None:
-            completions = get(self.summary, "budget", "used", "completions")
+            completions = self.summary.budget.used.completions
             if completions is None and len(self.steps):
                 completions = self.steps["completions"].iloc[-1]
-            wall = self.summary.get("wall_s")
+            wall = self.summary.wall_s
             if wall is None and len(self.steps):
                 wall = self.steps["wall"].iloc[-1]
-            train = get(self.summary, "time", "train_s")
+            train = self.summary.time.train_s
             if not points or points[-1]["completions"] != completions or points[-1]["accuracy"] != final:
                 points.append({"completions": completions, "wall": wall, "train": wall if train is None else train,
                                "accuracy": final})
@@ -119,18 +120,17 @@ class Arm:
 class Comparison:
     dir: Path
     name: str
-    plan: dict[str, Any]
+    plan: ComparisonPlan
     config: dict[str, Any]
     arms: list[Arm]
 
     @property
     def specs(self) -> list[dict[str, Any]]:
         """Each arm's name, algorithm and overrides, in the comparison's order."""
-        saved = self.plan.get("arm_specs")
-        if isinstance(saved, list) and all(isinstance(s, dict) and s.get("name") for s in saved):
-            return [{"name": s["name"], "algo": s.get("algo") or s["name"], "overrides": s.get("overrides") or {}}
-                    for s in saved]
-        names = self.plan.get("algos") or list(dict.fromkeys(a.name for a in self.arms))
+        saved = self.plan.arm_specs
+        if saved and all(s.name for s in saved):
+            return [{"name": s.name, "algo": s.algo or s.name, "overrides": s.overrides or {}} for s in saved]
+        names = self.plan.algos or list(dict.fromkeys(a.name for a in self.arms))
         return [{"name": n, "algo": n, "overrides": {}} for n in names]
 
     @property
@@ -149,12 +149,12 @@ class Comparison:
 
     @property
     def seeds(self) -> list[int]:
-        return list(self.plan.get("seeds") or sorted({a.seed for a in self.arms}))
+        return list(self.plan.seeds or sorted({a.seed for a in self.arms}))
 
     @property
     def baseline(self) -> str | None:
         """The arm every ratio is taken against: as saved, else the first PPO arm, else the first."""
-        saved = self.plan.get("baseline")
+        saved = self.plan.baseline
         return saved if saved in self.names else default_baseline(self.arm_algos)
 
     @property
@@ -178,25 +178,27 @@ class Comparison:
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def load_arm(comparison_dir: Path, entry: dict[str, Any]) -> Arm:
-    arm_dir = comparison_dir / entry["dir"]
-    summary = _read_object(arm_dir / "summary.json")
-    if summary is None:
+def load_arm(comparison_dir: Path, entry: ArmEntry) -> Arm:
+    arm_dir = comparison_dir / entry.dir
+    data = _read_object(arm_dir / "summary.json")
+    if data is None:
         reason = "not started: no summary.json" if not arm_dir.exists() else "no summary.json"
-        summary = {"status": "missing", "error": reason}
-    summary.setdefault("algo", entry.get("algo"))
-    summary.setdefault("arm", entry.get("arm") or summary.get("algo"))
-    summary.setdefault("seed", entry.get("seed"))
+        data = {"status": "missing", "error": reason}
+    summary = Summary.read(data)
+    summary.algo = summary.algo or entry.algo
+    summary.arm = summary.arm or entry.arm or summary.algo
+    summary.seed = summary.seed if summary.seed is not None else entry.seed
     bad_lines: list[int] = []
     rows = [row for row in read_jsonl(arm_dir / "steps.jsonl", bad_lines) if isinstance(row.get("step"), int)]
     steps = pd.DataFrame(rows)
     if not steps.empty:
         steps = steps.sort_values("step", kind="stable").reset_index(drop=True) if "step" in steps else steps
-    algo = entry.get("algo") or summary.get("algo")
-    return Arm(name=entry.get("arm") or summary.get("arm") or algo, algo=algo,
-               seed=entry.get("seed", summary.get("seed")), dir=arm_dir, summary=summary, steps=steps,
-               env=_read_object(arm_dir / "env.json") or {}, config=_read_yaml(arm_dir / "config.yaml") or {},
-               row=headline(summary), bad_lines=bad_lines, overrides=entry.get("overrides") or {})
+    algo = entry.algo or summary.algo
+    return Arm(name=entry.arm or summary.arm or algo, algo=algo,
+               seed=entry.seed if entry.seed is not None else summary.seed, dir=arm_dir, summary=summary,
+               steps=steps, env=_read_object(arm_dir / "env.json") or {},
+               config=_read_yaml(arm_dir / "config.yaml") or {}, row=headline(summary), bad_lines=bad_lines,
+               overrides=entry.overrides or {})
 
 
 def load_comparison(comparison_dir: Path | str) -> Comparison:
@@ -204,17 +206,13 @@ def load_comparison(comparison_dir: Path | str) -> Comparison:
     if not (comparison_dir / "comparison.json").exists():
         raise UserError(f"{comparison_dir} holds no comparison.json: not a comparison folder "
                         "(make one with 'harness compare')")
-    plan = read_json_object(comparison_dir / "comparison.json", {"arms": list})
-    if not all(isinstance(arm, dict) and isinstance(arm.get("dir"), str) and arm["dir"] for arm in plan["arms"]):
-        raise UserError(f"{comparison_dir / 'comparison.json'} is damaged: an entry of 'arms' has no folder ('dir')")
+    plan = ComparisonPlan.load(comparison_dir / "comparison.json")
     config = _read_yaml(comparison_dir / "config.yaml") or {}
     # What the page names in its title: from the plan, else the resolved config, else a dash.
-    plan.setdefault("task", get(config, "task", "name") or "—")
-    plan.setdefault("preset", config.get("preset") or "—")
-    plan.setdefault("model", get(config, "model", "name") or "—")
-    budget = plan.get("budget") if isinstance(plan.get("budget"), dict) else {}
-    plan["budget"] = {"unit": budget.get("unit") or get(config, "budget", "unit") or "—",
-                      "total": budget.get("total") or get(config, "budget", "total") or "—"}
-    plan.setdefault("arms", [])
-    arms = [load_arm(comparison_dir, entry) for entry in plan["arms"]]
+    plan.task = plan.task or get(config, "task", "name") or "—"
+    plan.preset = plan.preset or config.get("preset") or "—"
+    plan.model = plan.model or get(config, "model", "name") or "—"
+    plan.budget.unit = plan.budget.unit or get(config, "budget", "unit") or "—"
+    plan.budget.total = plan.budget.total or get(config, "budget", "total")
+    arms = [load_arm(comparison_dir, entry) for entry in plan.arms]
     return Comparison(dir=comparison_dir, name=comparison_dir.resolve().name, plan=plan, config=config, arms=arms)

@@ -20,11 +20,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from harness.report.data import HEALTH_METRICS, Arm, Comparison, get  # noqa: E402
+from harness.report.data import HEALTH_METRICS, Arm, Comparison  # noqa: E402
 from harness.report.stats import mean_ci, t_quantile  # noqa: E402
 from harness.results.headline import PHASES  # noqa: E402
+from harness.results.units import MIB  # noqa: E402
 
-MIB = 1024 * 1024
 WIDTH = 7.2  # inches: the A4 text width at the report's margins
 DPI = 150
 ALGO_COLORS = {"grpo": "#1f77b4", "ppo": "#d95f02"}
@@ -171,7 +171,7 @@ def live_memory_frame(cmp: Comparison) -> pd.DataFrame:
     for arm in cmp.arms:
         if not arm.ok:
             continue
-        for phase, peak in (get(arm.summary, "mem", "live", "phases") or {}).items():
+        for phase, peak in (arm.summary.mem.live.phases or {}).items():
             for category, value in peak.items():
                 if category != "total":
                     rows.append({"algo": arm.name, "seed": arm.seed, "phase": phase, "category": category,
@@ -232,8 +232,7 @@ def fig_memory(cmp: Comparison) -> str:
         left.legend(legend.values(), legend.keys(), fontsize=6, frameon=False, loc="upper left", ncol=3)
         left.set_ylim(top=left.get_ylim()[1] * 1.35)
     if measured.empty:
-        reasons = sorted({str(get(a.summary, "mem", "measured", "gpu")) for a in cmp.arms
-                          if isinstance(get(a.summary, "mem", "measured", "gpu"), str)})
+        reasons = sorted({a.summary.mem.measured.gpu for a in cmp.arms if a.summary.mem.measured.gpu})
         right.text(0.5, 0.5, "not measured" + ("\n" + "\n".join(reasons) if reasons else ""),
                    ha="center", va="center", transform=right.transAxes, color="#777", fontsize=8)
         right.set_axis_off()

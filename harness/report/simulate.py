@@ -39,38 +39,39 @@ def per_prompt_differences(rng: np.random.Generator, design: Design, truth: floa
     return (rng.random((c, s, p)) < top).astype(np.float64) - (rng.random((c, s, p)) < bottom)
 
 
-def reported_bounds(per_prompt: np.ndarray, level: float = LEVEL) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(lo, hi, bootstrap_chosen) of the interval the verdict reports: the tighter of paired t and bootstrap."""
-    _, t_lo, t_hi = paired_t_bounds(per_prompt.mean(-1), level)
-    _, b_lo, b_hi = bootstrap_bounds(per_prompt, level)
-    chosen = (b_hi - b_lo) < (t_hi - t_lo)
-    return np.where(chosen, b_lo, t_lo), np.where(chosen, b_hi, t_hi), chosen
+def reported_bounds(per_prompt: np.ndarray, method: str = "paired_t",
+                    level: float = LEVEL) -> tuple[np.ndarray, np.ndarray]:
+    """(lo, hi) of the interval the verdict reports: the one the plan names (paired t or bootstrap)."""
+    if method == "bootstrap":
+        _, lo, hi = bootstrap_bounds(per_prompt, level)
+    else:
+        _, lo, hi = paired_t_bounds(per_prompt.mean(-1), level)
+    return lo, hi
 
 
 def quality_test(design: Design, truth: float, margin: float, comparisons: int = 200,
-                 seed: int = 0) -> dict[str, float]:
+                 seed: int = 0, method: str = "paired_t") -> dict[str, float]:
     """Shares of simulated comparisons read not worse / worse / inconclusive at `margin`, and coverage."""
     rng = np.random.default_rng(seed)
-    lo, hi, chosen = reported_bounds(per_prompt_differences(rng, design, truth, comparisons))
+    lo, hi = reported_bounds(per_prompt_differences(rng, design, truth, comparisons), method)
     not_worse, worse = lo > -margin, hi < -margin
-    return {"truth": truth, "comparisons": comparisons, "not_worse": float(not_worse.mean()),
+    return {"truth": truth, "comparisons": comparisons, "method": method, "not_worse": float(not_worse.mean()),
             "worse": float(worse.mean()), "inconclusive": float((~not_worse & ~worse).mean()),
-            "coverage": float(((lo <= truth) & (truth <= hi)).mean()), "bootstrap_chosen": float(chosen.mean()),
-            "mean_width": float((hi - lo).mean())}
+            "coverage": float(((lo <= truth) & (truth <= hi)).mean()), "mean_width": float((hi - lo).mean())}
 
 
-def detection_rate(design: Design, truth: float, comparisons: int, seed: int = 0) -> float:
+def detection_rate(design: Design, truth: float, comparisons: int, seed: int = 0, method: str = "paired_t") -> float:
     """Share of simulated comparisons whose reported interval excludes zero."""
     rng = np.random.default_rng(seed)
-    lo, hi, _ = reported_bounds(per_prompt_differences(rng, design, truth, comparisons))
+    lo, hi = reported_bounds(per_prompt_differences(rng, design, truth, comparisons), method)
     return float(((lo > 0) | (hi < 0)).mean())
 
 
 def simulated_detectable_difference(design: Design, guess: float, power: float = 0.8, comparisons: int = 400,
-                                    seed: int = 0) -> float:
+                                    seed: int = 0, method: str = "paired_t") -> float:
     """The true difference detected with `power`, interpolated on a grid of truths around `guess`."""
     truths = guess * np.array([0.4, 0.6, 0.8, 0.9, 1.0, 1.1, 1.2, 1.4, 1.7, 2.0])
-    rates = np.array([detection_rate(design, -t, comparisons, seed + i) for i, t in enumerate(truths)])
+    rates = np.array([detection_rate(design, -t, comparisons, seed + i, method) for i, t in enumerate(truths)])
     rates = np.maximum.accumulate(rates)  # power rises with the gap: smooth out simulation noise
     if rates[-1] < power:
         return float("inf")

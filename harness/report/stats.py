@@ -6,8 +6,14 @@
   scale, mean × exp(± t se(log mean)) with se(log mean) = s / (√n mean) (delta method), so that no
   bound goes below zero. GRPO/PPO ratios: the same on the log of the ratio of means, Welch df.
 - Quality: GRPO − PPO final accuracy, paired (arms with the same seed share the warm start, the eval
-  prompts and the first rollout). Two intervals: a paired t over the per-seed differences, and a
-  two-way bootstrap over prompts × seeds; the tighter is reported, its method named.
+  prompts and the first rollout). The plan names one interval method before the run (INTERVAL_METHODS):
+  a paired t over the per-seed differences, or a two-way bootstrap over prompts × seeds.
+- Resources to a target quality: GRPO/PPO paired by seed, the geometric mean of the per-seed ratios
+  with a paired t on their logs (the ratio of geometric means of a paired design, as bioequivalence
+  reads a ratio: Schuirmann 1987, J. Pharmacokinet. Biopharm. 15:657). A seed where an arm never
+  reached the target is right-censored at its budget (type I censoring) and kept: its ratio is a
+  bound (at least budget/PPO's figure when GRPO never reached it, at most GRPO's figure/budget when
+  PPO never did), and the row is then read as a one-sided bound.
 - Non-inferiority at margin δ: "not worse" only when the interval's lower bound lies above −δ,
   "worse" when its upper bound lies below −δ, "inconclusive" otherwise.
 - The plan: the minimum detectable difference of a paired t at the planned seeds and eval size.
@@ -26,7 +32,7 @@ import numpy as np
 from scipy import optimize, stats
 
 LEVEL = 0.95
-MEASURED, ARITHMETIC = "measured", "arithmetic"
+MEASURED, ARITHMETIC, ESTIMATED = "measured", "arithmetic", "estimated"
 
 
 def t_quantile(df: float | np.ndarray, level: float = LEVEL):
@@ -44,7 +50,9 @@ class Estimate:
     n: int = 0
     note: str | None = None  # why there is no interval, or what the figure is
     method: str | None = None  # how the interval was had
-    kind: str = MEASURED  # measured | arithmetic
+    kind: str = MEASURED  # measured | arithmetic | estimated (fake tensors, harness estimate)
+    deterministic: bool = False  # the same on every seed by construction: read by its value, no interval
+    bound: str | None = None  # AT_LEAST | AT_MOST: censored seeds make the figure a one-sided bound
 
     @property
     def has_interval(self) -> bool:
@@ -126,6 +134,8 @@ def arithmetic_ratio(top: Sequence[float | None], bottom: Sequence[float | None]
 
 PAIRED_T = "paired t over seeds"
 BOOTSTRAP = "two-way bootstrap over prompts × seeds"
+# The quality interval the plan names before the run (verdict.interval), by key.
+INTERVAL_METHODS = {"paired_t": PAIRED_T, "bootstrap": BOOTSTRAP}
 
 
 def paired_t_bounds(differences: np.ndarray, level: float = LEVEL) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -170,12 +180,16 @@ def bootstrap_bounds(per_prompt: np.ndarray, level: float = LEVEL) -> tuple[np.n
 
 def paired_difference(top: dict[int, float], bottom: dict[int, float],
                       top_prompts: dict[int, Sequence[int]] | None = None,
-                      bottom_prompts: dict[int, Sequence[int]] | None = None) -> dict[str, Estimate]:
+                      bottom_prompts: dict[int, Sequence[int]] | None = None,
+                      method: str = "paired_t") -> dict[str, Estimate]:
     """GRPO − PPO final accuracy over the seeds both arms finished: {'paired_t', 'bootstrap', 'reported'}.
 
     `top`/`bottom` map seed -> accuracy; `*_prompts` map seed -> per-prompt solved flags (the same
-    prompts in the same order in every arm). The reported interval is the tighter of the two.
+    prompts in the same order in every arm). The reported interval is the one `method` names (a key of
+    INTERVAL_METHODS, fixed by the plan before the run), never the tighter of the two after the fact.
     """
+    if method not in INTERVAL_METHODS:
+        raise ValueError(f"unknown interval method {method!r}; valid: {', '.join(INTERVAL_METHODS)}")
     seeds = sorted(set(top) & set(bottom))
     if not seeds:
         blank = Estimate(None, note="no seed finished in both arms")
@@ -207,10 +221,94 @@ def paired_difference(top: dict[int, float], bottom: dict[int, float],
                                 "in every seed")
         else:
             boot = Estimate(mean, n=len(seeds), note="not available: the arms' per-prompt results differ in length")
-    reported = paired
-    if boot.has_interval and (not paired.has_interval or boot.hi - boot.lo < paired.hi - paired.lo):
-        reported = boot
-    return {"paired_t": paired, "bootstrap": boot, "reported": reported}
+    return {"paired_t": paired, "bootstrap": boot, "reported": paired if method == "paired_t" else boot}
+
+
+# ---------------------------------------------------------------- resources to a target, censored at the budget
+
+EXACT, AT_LEAST, AT_MOST, UNKNOWN = "exact", "at least", "at most", "unknown"
+
+
+@dataclass(frozen=True)
+class ToTarget:
+    """What one arm of one seed spent until it reached the target: `value` when `reached`, else its whole
+    budget (it never reached the target: right-censored at the budget)."""
+
+    value: float
+    reached: bool
+
+
+def seed_ratio(top: ToTarget, bottom: ToTarget) -> tuple[float, str]:
+    """top/bottom of one seed and what it is: EXACT; AT_LEAST when top never reached the target (it would
+    have needed more than its budget); AT_MOST when bottom never did; UNKNOWN when neither did.
+
+    >>> seed_ratio(ToTarget(40, True), ToTarget(80, True)), seed_ratio(ToTarget(100, False), ToTarget(80, True))
+    ((0.5, 'exact'), (1.25, 'at least'))
+    """
+    kind = {(True, True): EXACT, (False, True): AT_LEAST, (True, False): AT_MOST, (False, False): UNKNOWN}
+    return top.value / bottom.value, kind[(top.reached, bottom.reached)]
+
+
+def paired_ratio(ratios: Sequence[float], deterministic: bool = False) -> Estimate:
+    """The geometric mean of per-seed ratios with a 95% paired t interval on their logs:
+    exp(mean(log r) ± t_{n-1} sd(log r) / √n). `deterministic` figures (the same on every seed by
+    construction) are read by their value, without an interval.
+    """
+    ratios = _clean(ratios)
+    if not ratios:
+        return Estimate(None, note="not measured")
+    if min(ratios) <= 0:
+        return Estimate(None, n=len(ratios), note="no log-ratio interval for non-positive figures")
+    logs = np.log(ratios)
+    value, n = float(np.exp(logs.mean())), len(ratios)
+    if deterministic:
+        return Estimate(value, n=n, deterministic=True, note="deterministic: the same on every seed, no interval")
+    if n < 2:
+        return Estimate(value, n=1, note="one seed (an interval needs ≥ 2)")
+    sd = float(logs.std(ddof=1))
+    if sd == 0:  # zero width would claim a certainty that n seeds cannot give
+        return Estimate(value, n=n, note=f"no spread over {n} seeds: no interval")
+    half = float(t_quantile(n - 1)) * sd / math.sqrt(n)
+    return Estimate(value, value * math.exp(-half), value * math.exp(half), n,
+                    method=f"paired by seed: geometric mean, t on the log ratios, {n - 1} df")
+
+
+def censored_paired_ratio(top: dict[int, ToTarget], bottom: dict[int, ToTarget],
+                          deterministic: bool = False) -> tuple[Estimate, dict[int, tuple[float, str]]]:
+    """GRPO/PPO paired by seed over the seeds both arms finished, censored seeds kept at their budget.
+
+    Returns (estimate, {seed: (ratio, kind)}). When every censored seed bounds the ratio the same way,
+    the estimate is that bound (`bound` AT_LEAST or AT_MOST: the per-seed bounds' geometric mean and
+    interval, read one-sided); a seed where neither arm reached the target, or bounds both ways, leave
+    no reading (mean None, the reason in `note`).
+    """
+    seeds = sorted(set(top) & set(bottom))
+    zero = [s for s in seeds if top[s].value <= 0 or bottom[s].value <= 0]
+    if zero:  # reached at the very start, or nothing recorded: no ratio to take
+        return Estimate(None, n=len(seeds), note=f"no ratio: a figure of zero in seed {zero[0]}"), {}
+    per_seed = {s: seed_ratio(top[s], bottom[s]) for s in seeds}
+    kinds = {kind for _, kind in per_seed.values()}
+    unpaired = sorted((set(top) | set(bottom)) - set(seeds))
+    dropped = f"; seeds {unpaired} left out: finished in one arm only" if unpaired else ""
+    if not seeds:
+        return Estimate(None, note="no seed finished in both arms"), per_seed
+    if UNKNOWN in kinds or {AT_LEAST, AT_MOST} <= kinds:
+        both = [str(s) for s in seeds if per_seed[s][1] == UNKNOWN]
+        why = (f"neither arm reached the target in seed{'s' * (len(both) > 1)} {', '.join(both)}"
+               if UNKNOWN in kinds else "censored both ways (a seed bounds the ratio from below, another from above)")
+        return Estimate(None, n=len(seeds), note=f"no ratio: {why}{dropped}"), per_seed
+    estimate = paired_ratio([r for r, _ in per_seed.values()], deterministic)
+    bound = next((k for k in (AT_LEAST, AT_MOST) if k in kinds), None)
+    if bound:
+        censored = [s for s in seeds if per_seed[s][1] == bound]
+        arm = "the numerator" if bound == AT_LEAST else "the denominator"
+        estimate.bound = bound
+        estimate.note = "; ".join(filter(None, [
+            estimate.note, f"a bound ({bound}): {arm} never reached the target in seed{'s' * (len(censored) > 1)} "
+                           f"{', '.join(map(str, censored))}, counted at its budget"]))
+    if dropped:
+        estimate.note = (estimate.note or "") + dropped
+    return estimate, per_seed
 
 
 # ---------------------------------------------------------------- readings
@@ -245,18 +343,24 @@ def width_in_words(difference: Estimate, margin: float) -> str:
     return f"the interval is {100 * width:.1f} points wide ({size})"
 
 
-def ratio_reading(estimate: Estimate, claim: float = 0.5, band: float = 0.1) -> str:
-    """reproduced (within claim ± band) | not reproduced (wholly outside) | inconclusive.
+def band_reading(estimate: Estimate, low: float, high: float) -> str:
+    """reproduced (within low–high) | not reproduced (wholly outside) | inconclusive.
 
-    An arithmetic figure has no interval: it is read by its value, which carries no sampling error.
+    Arithmetic, estimated and deterministic figures have no interval: they are read by their value, which
+    carries no sampling error. A one-sided bound (censored seeds) is read only in the direction it bounds: a
+    lower bound whose interval lies wholly above the band is not reproduced, and so is an upper bound
+    wholly below it; anything else about a bound is inconclusive (the truth lies further out).
     """
     if estimate.mean is None:
         return INCONCLUSIVE
-    low, high = claim - band, claim + band
-    if estimate.kind == ARITHMETIC:
+    if estimate.kind in (ARITHMETIC, ESTIMATED) or estimate.deterministic:
         return REPRODUCED if low <= estimate.mean <= high else NOT_REPRODUCED
     if not estimate.has_interval:
         return INCONCLUSIVE
+    if estimate.bound == AT_LEAST:
+        return NOT_REPRODUCED if estimate.lo > high else INCONCLUSIVE
+    if estimate.bound == AT_MOST:
+        return NOT_REPRODUCED if estimate.hi < low else INCONCLUSIVE
     if low <= estimate.lo and estimate.hi <= high:
         return REPRODUCED
     if estimate.hi < low or estimate.lo > high:
@@ -264,11 +368,29 @@ def ratio_reading(estimate: Estimate, claim: float = 0.5, band: float = 0.1) -> 
     return INCONCLUSIVE
 
 
-def verdict(memory_reading: str, quality_reading: str) -> str:
-    """The claim holds when the memory ratio reads as the claim and quality is not worse."""
-    if memory_reading == NOT_REPRODUCED or quality_reading == WORSE:
+def ratio_reading(estimate: Estimate, claim: float = 0.5, band: float = 0.1) -> str:
+    """band_reading against claim ± band."""
+    return band_reading(estimate, claim - band, claim + band)
+
+
+def completions_band(claim: float, band: Sequence[float]) -> tuple[float, float]:
+    """The band around 1 that completions to the target are read against: the claim's band, relative.
+
+    >>> completions_band(0.5, [0.4, 0.6])
+    (0.8, 1.2)
+    """
+    half = (band[1] - band[0]) / 2 / claim
+    return round(1 - half, 12), round(1 + half, 12)
+
+
+def claim_verdict(quality: str, compute: str, memory: str | None) -> str:
+    """The claim (about half the resources for the same quality) holds when quality is not worse and both
+    the compute and the memory reading are the claim; it fails when quality is worse or either resource
+    reads outside the band. Memory that could not be read (None) leaves the verdict inconclusive at best."""
+    memory = memory or INCONCLUSIVE
+    if quality == WORSE or NOT_REPRODUCED in (compute, memory):
         return NOT_REPRODUCED
-    if memory_reading == REPRODUCED and quality_reading == NOT_WORSE:
+    if quality == NOT_WORSE and compute == REPRODUCED and memory == REPRODUCED:
         return REPRODUCED
     return INCONCLUSIVE
 

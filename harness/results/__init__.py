@@ -1,1 +1,2 @@
-"""What runs write and readers read: headline figures, atomic io, exports, trackers, arm configs."""
+"""What runs write and readers read: typed records, headline figures, units and formatting, atomic io, exports,
+trackers, arm configs."""

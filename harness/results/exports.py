@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from harness.results.io import read_json, read_jsonl
+from harness.results.records import Summary
 
 FIRST_COLUMNS = ["arm", "algorithm", "seed", "status", "step"]
 
@@ -27,9 +28,9 @@ def steps_frame(comparison_dir: Path, arms: list[dict[str, Any]]) -> pd.DataFram
     rows = []
     for arm in arms:
         arm_dir = Path(comparison_dir) / arm["dir"]
-        summary = read_json(arm_dir / "summary.json") if (arm_dir / "summary.json").exists() else {}
+        summary = Summary.read(read_json(arm_dir / "summary.json") if (arm_dir / "summary.json").exists() else {})
         labels = {"arm": arm["dir"], "algorithm": arm["algo"], "seed": arm["seed"],
-                  "status": summary.get("status", "missing")}
+                  "status": summary.status or "missing"}
         rows += [{**labels, **row} for row in read_jsonl(arm_dir / "steps.jsonl")]
     frame = pd.DataFrame(rows)
     if frame.empty:

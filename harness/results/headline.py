@@ -1,6 +1,6 @@
-"""The contract between the writers of results (the runner) and their readers (terminal tables, the
-report, the CI gate): the headline figures of an arm's summary.json, their labels and units, which arm
-every ratio is taken against (the baseline) and which pair the verdict reads, and how figures are formatted.
+"""What the readers of results (terminal tables, the report, the CI gate) take from arms' summaries: one row
+of headline figures per arm (harness.results.records.FIGURES), which arm every ratio is taken against (the
+baseline), which pair the verdict reads, and the ratios.
 
 An arm is named (`arm`: grpo, ppo, ppo-n1, ...) and trains an algorithm (`algo`); summaries written before
 arms had names carry the algorithm only, which is then the arm's name."""
@@ -10,27 +10,14 @@ from __future__ import annotations
 from statistics import mean
 from typing import Any
 
-MIB = 1024 * 1024
+from harness.results.records import FIGURES, Summary
 
-# (key, label, unit) of every headline figure, in the order tables show them. Each label says whether
-# the figure is measured or arithmetic (follows from the model sizes).
-MEMORY_FIGURES = [
-    ("mem_live_peak", "measured: step peak of live tensors (max over phases)", "MiB"),
-    ("mem_model_state", "arithmetic: model state (params + grads + optimizer)", "MiB"),
-    ("mem_rss_net", "measured: RSS peak, net of start", "MiB"),
-    ("mem_cuda_allocated", "measured: CUDA allocated peak", "MiB"),
-    ("mem_cuda_reserved", "measured: CUDA reserved peak", "MiB"),
-    ("mem_nvml_used", "measured: NVML device memory peak", "MiB"),
-]
+# (key, label, unit) of every figure of the cost tables, in the order tables show them (harness.results.records.FIGURES).
+MEMORY_FIGURES = [(f.key, f.label, f.unit) for f in FIGURES if f.group == "memory"]
+TIME_FIGURES = [(f.key, f.label, f.unit) for f in FIGURES if f.group == "time"]
 # The phases of a step in the order they run; an arm records the ones it has.
 PHASES = ["generate", "score", "old_logprobs", "ref_logprobs", "values", "advantages", "policy_update",
           "critic_update", "joint_update"]
-TIME_FIGURES = [
-    ("time_per_step", "measured: time per step (tracked steps and evaluations left out)", "s"),
-    ("wall", "measured: training time for the budget (evaluations left out)", "s"),
-    ("samples_per_s", "samples / s", "1/s"),
-    ("gen_tokens_per_s", "generated tokens / s", "1/s"),
-]
 
 
 def get_path(data: Any, *path: str) -> Any:
@@ -42,46 +29,24 @@ def get_path(data: Any, *path: str) -> Any:
     return data
 
 
-def _max_or_none(values: Any) -> float | None:
-    if not isinstance(values, dict) or not values:
-        return None
-    return max(values.values())
+def as_summary(summary: Summary | dict[str, Any] | None) -> Summary:
+    return summary if isinstance(summary, Summary) else Summary.read(summary)
 
 
-def headline(summary: dict[str, Any]) -> dict[str, Any]:
-    """The figures of one arm that tables, ratios, the report and the CI gate use."""
-    models = get_path(summary, "mem", "arithmetic", "models") or {}
-    measured = get_path(summary, "mem", "measured") or {}
-    phases = get_path(summary, "mem", "live", "phases") or {}
-    # Training time leaves the periodic held-out evaluations out (time.train_s); older summaries have only
-    # the wall time, evaluations included: time_basis says which one the time figures use.
-    train_s = get_path(summary, "time", "train_s")
-    row = {
-        "arm": summary.get("arm") or summary.get("algo"), "algo": summary.get("algo"), "seed": summary.get("seed"),
-        "status": summary.get("status"),
-        "error": summary.get("error"), "steps": summary.get("steps"),
-        "completions": get_path(summary, "budget", "used", "completions"),
-        "acc_base": get_path(summary, "eval", "base", "accuracy"),
-        "acc_final": get_path(summary, "eval", "final", "accuracy"),
-        "mem_live_peak": get_path(summary, "mem", "live", "peak"),
-        "mem_live_peak_phase": get_path(summary, "mem", "live", "peak_phase"),
-        "mem_live_phases": {phase: row.get("total") for phase, row in phases.items()},
-        "mem_model_state": get_path(summary, "mem", "arithmetic", "model_state_total"),
-        "mem_rss_net": measured.get("rss_peak_net"),
-        "mem_cuda_allocated": _max_or_none(measured.get("cuda_allocated_peak")),
-        "mem_cuda_reserved": _max_or_none(measured.get("cuda_reserved_peak")),
-        "mem_nvml_used": get_path(measured, "nvml", "used_peak"),
-        "time_basis": "train_s" if train_s is not None else "wall_s",
-        "time_per_step": get_path(summary, "time", "per_step_s"),
-        "wall": train_s if train_s is not None else summary.get("wall_s"),
-        "eval_s": get_path(summary, "time", "eval_s"),
-        "samples_per_s": get_path(summary, "tput", "samples_per_s"),
-        "gen_tokens_per_s": get_path(summary, "tput", "gen_tokens_per_s"),
-        "phases_per_step": get_path(summary, "time", "phases_per_step_s") or {},
-        "models": models,
-        "lm_eval_base": get_path(summary, "eval", "lm_eval", "base"),
-        "lm_eval_final": get_path(summary, "eval", "lm_eval", "final"),
-    }
+def headline(summary: Summary | dict[str, Any]) -> dict[str, Any]:
+    """The figures of one arm that tables, ratios, the report and the CI gate use: every headline figure
+    (harness.results.records.FIGURES) by its key, beside the arm's name, status and the tables' details."""
+    summary = as_summary(summary)
+    phases = summary.mem.live.phases or {}
+    row = {"arm": summary.name, "algo": summary.algo, "seed": summary.seed, "status": summary.status,
+           "error": summary.error, **{figure.key: figure.read(summary) for figure in FIGURES},
+           "mem_live_phases": {phase: peak.get("total") for phase, peak in phases.items()},
+           # Training time leaves the periodic held-out evaluations out (time.train_s); older summaries have only
+           # the wall time, evaluations included: time_basis says which one the time figures use.
+           "time_basis": "train_s" if summary.time.train_s is not None else "wall_s",
+           "phases_per_step": summary.time.phases_per_step_s or {},
+           "models": summary.mem.arithmetic.models or {},
+           "lm_eval_base": summary.eval.lm_eval.base, "lm_eval_final": summary.eval.lm_eval.final}
     if row["acc_base"] is not None and row["acc_final"] is not None:
         row["acc_delta"] = row["acc_final"] - row["acc_base"]
     return row
@@ -116,7 +81,7 @@ def arm_pair_of(arms: dict[str, str] | list[str], baseline: str | None = None) -
     return next((name for name in others if arms[name] == "grpo"), others[0]), baseline
 
 
-def arm_rows(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def arm_rows(summaries: list[Summary | dict[str, Any] | None]) -> list[dict[str, Any]]:
     return [headline(s) for s in summaries if s]
 
 
@@ -140,7 +105,7 @@ def accuracy_difference(rows: list[dict[str, Any]], top: str, bottom: str) -> fl
     return mean(finals[top][s] - finals[bottom][s] for s in seeds) if seeds else None
 
 
-def ratio_rows(summaries: list[dict[str, Any]], arms: dict[str, str] | list[str],
+def ratio_rows(summaries: list[Summary | dict[str, Any] | None], arms: dict[str, str] | list[str],
                baseline: str | None = None) -> dict[str, Any]:
     """Every arm against the baseline: the ratio of seed means of every figure, and the paired difference in final
     accuracy; `numerator`/`denominator`/`figures` hold the verdict's pair (grpo/ppo when both ran)."""
@@ -156,14 +121,3 @@ def ratio_rows(summaries: list[dict[str, Any]], arms: dict[str, str] | list[str]
     return {"numerator": numerator, "denominator": denominator, "baseline": denominator,
             "figures": against[numerator]["figures"], "arms": against}
 
-
-def fmt(value: Any, unit: str) -> str:
-    if value is None:
-        return "—"
-    if unit == "MiB":
-        return f"{value / MIB:,.2f}"
-    if unit == "%":
-        return f"{value:.1%}"
-    if isinstance(value, float):
-        return f"{value:,.3f}" if abs(value) < 100 else f"{value:,.1f}"
-    return f"{value:,}"

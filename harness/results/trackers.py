@@ -26,13 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from harness import UserError
-from harness.config.schema import parse_report_to
 from harness.results.io import read_json, write_json
+from harness.results.records import Summary
+from harness.results.step_record import StepRecord
+from harness.results.units import GIB
 
 # tracker -> (module that must import, the pip extra that installs it)
 PACKAGES = {"trackio": ("trackio", "trackers"), "tensorboard": ("tensorboard", "trackers"),
             "wandb": ("wandb", "wandb"), "mlflow": ("mlflow", "mlflow")}
-GIB = 1024 ** 3
 
 # Our steps.jsonl key -> (TRL GRPOTrainer's name, verl's name) of the same figure; None where that
 # library logs no such figure. The README's metric table is this dict.
@@ -69,9 +70,9 @@ PEAK_ALIASES = {"mem/cuda_allocated_peak/": "perf/max_memory_allocated_gb",
 
 
 
-def check_trackers(text: str) -> None:
-    """Every tracker asked for imports here; else one line naming the pip extra that installs it."""
-    for name in parse_report_to(text):
+def check_trackers(names: list[str]) -> None:
+    """Every tracker asked for (run.report_to) imports here; else one line naming the pip extra that installs it."""
+    for name in names:
         module, extra = PACKAGES[name]
         if importlib.util.find_spec(module) is None:
             raise UserError(f"--report-to {name} needs the {module} package: pip install 'rl-harness[{extra}]'")
@@ -296,36 +297,36 @@ class ArmTrackers:
     def where(self) -> list[str]:
         return [run.where for run in self.runs.values()]
 
-    def log_step(self, record: dict[str, Any]) -> None:
+    def log_step(self, record: StepRecord) -> None:
         """Right after a step record is appended to steps.jsonl."""
-        self.last_step = int(record.get("step", self.last_step + 1))
-        metrics = tracked_metrics(record)
+        self.last_step = record.step if record.step is not None else self.last_step + 1
+        metrics = tracked_metrics(record.to_json())
         for name, run in list(self.runs.items()):
             self._guard(name, lambda run=run: run.log(metrics, self.last_step))
 
-    def finish(self, summary: dict[str, Any]) -> None:
+    def finish(self, summary: Summary) -> None:
         """Right after summary.json is written: the summary, the arm's files, and the runs closed."""
-        step = int(summary.get("steps") or self.last_step)
+        step = summary.steps or self.last_step
         files = [self.run_dir / f for f in ("config.yaml", "env.json", "summary.json", "steps.jsonl")
                  if (self.run_dir / f).exists()]
-        ok = summary.get("status") == "ok"
+        data = summary.to_json()
         for name, run in list(self.runs.items()):
-            self._guard(name, lambda run=run: (run.summary(summary, step), run.files(files, "run"), run.close(ok)))
+            self._guard(name, lambda run=run: (run.summary(data, step), run.files(files, "run"), run.close(summary.ok)))
         self.runs = {}
 
 
 def open_trackers(config, run_dir: Path) -> ArmTrackers:
     """The trackers `config.run.report_to` names, opened (or reopened on a resume) for the arm in run_dir."""
-    trackers = ArmTrackers(parse_report_to(config.run.report_to), run_dir, config.run.tracker_project,
+    trackers = ArmTrackers(list(config.run.report_to), run_dir, config.run.tracker_project,
                            config.run.results_dir)
     for line in trackers.where():
         print(f"tracking: {line}", flush=True)
     return trackers
 
 
-def attach_report(arm_dirs: list[Path], files: list[Path], report_to: str, project: str, results_dir: str) -> None:
-    """Reopen each arm's tracker runs and add the comparison's report files (figures, tables, HTML, PDF)."""
-    names = parse_report_to(report_to)
+def attach_report(arm_dirs: list[Path], files: list[Path], names: list[str], project: str, results_dir: str) -> None:
+    """Reopen each arm's tracker runs (`names`: run.report_to) and add the comparison's report files (figures,
+    tables, HTML, PDF)."""
     files = [Path(f) for f in files if f and Path(f).exists()]
     if not names or not files:
         return

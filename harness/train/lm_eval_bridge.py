@@ -308,3 +308,26 @@ def score_standard(model, tokenizer, names: Iterable[str], *, seed: int = 0, lim
                    for entry, metrics in output["results"].items()}
         out[name] = {"results": results, "seconds": round(time.perf_counter() - started, 3)}
     return out
+
+
+# ---------------------------------------------------------------- the base model's score, once per comparison
+
+BASE_SCORES = "base_lm_eval"  # the folder, inside a comparison or sweep folder, of its base models' scores
+GROUP_FILES = ("comparison.json", "sweep.json")  # what marks an arm's parent folder as a comparison or sweep
+
+
+def shared_base_score(run_dir: Path, config, model_path: str) -> Path | None:
+    """Where the base model's lm-eval score is shared among the arms of one comparison (or sweep):
+    `<folder>/base_lm_eval/<hash>.json`, or None for an arm run on its own. The hash is of what determines
+    the score: the model (the seed's warm start), the seed, k, lengths, sampling, precision and the task.
+    Both arms of a seed share the warm start, so the first to start scores it and the others read its file;
+    a comparison killed before the file was written scores it again on resume."""
+    from harness.config.schema import config_hash
+    folder = Path(run_dir).parent
+    if not any((folder / name).exists() for name in GROUP_FILES):
+        return None
+    run, rollout = config.run, config.rollout
+    settings = {"model": model_path, "seed": run.seed, "k": run.lm_eval_k, "tasks": list(run.eval_tasks),
+                "max_new_tokens": rollout.max_new_tokens, "temperature": rollout.temperature, "top_p": rollout.top_p,
+                "precision": config.model.precision, "task": config.task.model_dump(mode="json"), "split": run.eval_split}
+    return folder / BASE_SCORES / f"{config_hash(settings)}.json"

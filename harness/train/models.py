@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import json
 import os
 import shutil
@@ -102,11 +101,13 @@ def warm_start(model, tokenizer, task: Task, cfg: ModelConfig, seed: int, progre
     return losses
 
 
-def tiny_key(cfg: ModelConfig, task: Task) -> str:
+def tiny_key(cfg: ModelConfig, task: Task, seed: int = 0) -> str:
     fields = {k: getattr(cfg, k) for k in ("hidden_size", "num_layers", "num_heads", "warm_start_steps",
                                            "warm_start_batch", "warm_start_lr", "vocab_pad_to")}
     if cfg.max_positions != TINY_POSITIONS:  # keyed only when changed: models cached before the field stay valid
         fields["max_positions"] = cfg.max_positions
+    if seed:  # seed 0 keeps the key it always had, so its cached warm start (and the CI gate's run) stay as they were
+        fields["warm_start_seed"] = seed
     # The warm-start pairs skip the held-out prompts, so the held-out splits are part of what shapes the weights;
     # a view that evaluates on the validation split (run.eval_split) warm-starts from the same weights.
     task = getattr(task, "whole_task", task)
@@ -116,9 +117,10 @@ def tiny_key(cfg: ModelConfig, task: Task) -> str:
                         "eval_size": len(task.eval_examples()), "validation_size": len(validation), "version": 2})
 
 
-def tiny_folder(cfg: ModelConfig, task: Task) -> Path:
-    """Where the warm-started tiny model of this config and task is cached (config.json inside once built)."""
-    return cache_dir() / f"tiny-{task.name}-{tiny_key(cfg, task)}"
+def tiny_folder(cfg: ModelConfig, task: Task, seed: int = 0) -> Path:
+    """Where the warm-started tiny model of this config, task and training seed is cached (config.json inside
+    once built)."""
+    return cache_dir() / f"tiny-{task.name}-{tiny_key(cfg, task, seed)}"
 
 
 # The padded model (vocab_pad_to) starts from the warm-started unpadded one; this many more supervised
@@ -136,31 +138,35 @@ def padding_mass(model, tokenizer, task: Task, rows: int = 64) -> float:
     return torch.softmax(logits.float(), -1)[:, len(tokenizer):].sum(-1).mean().item()
 
 
-def build_or_load_tiny(cfg: ModelConfig, task: Task, progress=None) -> Path:
-    """The cached warm-started tiny model's folder, built (atomically) when missing.
+def build_or_load_tiny(cfg: ModelConfig, task: Task, progress=None, seed: int = 0) -> Path:
+    """The cached warm-started tiny model's folder for training seed `seed`, built (atomically) when missing.
+
+    Each seed has its own warm start (its own initial weights, the same supervised pairs), so that the
+    intervals over seeds include the spread of the initial model; both arms of a seed share it. Seed 0's
+    is the one every seed used before.
 
     With `vocab_pad_to`, the unpadded model is built (or found) first, its embedding and LM head are
     padded to that many rows, and a short supervised pass teaches it to give the new rows no mass;
     the mass left on them is written to warm_start.json beside the weights.
     """
-    folder = tiny_folder(cfg, task)
+    folder = tiny_folder(cfg, task, seed)
     if (folder / "config.json").exists():
         return folder
     tokenizer = char_tokenizer(task.alphabet, cfg.max_positions)
-    notes: dict[str, float] = {}
+    notes: dict[str, float] = {"seed": seed}
     if cfg.vocab_pad_to > len(tokenizer):
-        unpadded = build_or_load_tiny(dataclasses.replace(cfg, vocab_pad_to=0), task, progress)
+        unpadded = build_or_load_tiny(cfg.model_copy(update={"vocab_pad_to": 0}), task, progress, seed)
         model = AutoModelForCausalLM.from_pretrained(unpadded)
-        torch.manual_seed(0)
+        torch.manual_seed(seed)
         model.resize_token_embeddings(cfg.vocab_pad_to, mean_resizing=False)
-        pad_cfg = dataclasses.replace(cfg, warm_start_steps=PAD_WARM_START_STEPS, warm_start_batch=PAD_WARM_START_BATCH)
+        pad_cfg = cfg.model_copy(update={"warm_start_steps": PAD_WARM_START_STEPS, "warm_start_batch": PAD_WARM_START_BATCH})
         notes["padding_mass_before"] = padding_mass(model, tokenizer, task)
-        warm_start(model, tokenizer, task, pad_cfg, seed=1, progress=progress)
+        warm_start(model, tokenizer, task, pad_cfg, seed=seed + 1, progress=progress)
         notes.update(padded_rows=cfg.vocab_pad_to - len(tokenizer), padding_mass_after=padding_mass(model, tokenizer, task))
     else:
-        torch.manual_seed(0)
+        torch.manual_seed(seed)  # the initial weights: the seed's own
         model = tiny_model(cfg, tokenizer)
-        warm_start(model, tokenizer, task, cfg, seed=0, progress=progress)
+        warm_start(model, tokenizer, task, cfg, seed=seed, progress=progress)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
     model.save_pretrained(staging)
@@ -174,7 +180,7 @@ def build_or_load_tiny(cfg: ModelConfig, task: Task, progress=None) -> Path:
 
 
 def prepare_model(config, open_progress=None) -> None:
-    """Build (or find) the shared warm-started tiny model once, before any arm starts its clock.
+    """Build (or find) the warm-started tiny model of config.run.seed once, before any arm starts its clock.
 
     `open_progress()`: a context manager that yields a `progress(phase, step, steps, stats)` callback, opened
     only when the model has to be built (a Hub model needs nothing here)."""
@@ -182,11 +188,11 @@ def prepare_model(config, open_progress=None) -> None:
         return
     from harness.config.derive import make_task
     task = make_task(config)
-    if (tiny_folder(config.model, task) / "config.json").exists():
+    if (tiny_folder(config.model, task, config.run.seed) / "config.json").exists():
         return
     with (open_progress or contextlib.nullcontext)() as progress:
         report = progress and (lambda step, steps, loss: progress("warm start", step, steps, {"loss": loss}))
-        build_or_load_tiny(config.model, task, progress=report)
+        build_or_load_tiny(config.model, task, progress=report, seed=config.run.seed)
 
 
 def check_device(device: str) -> None:
@@ -209,10 +215,11 @@ def check_model_name(name: str) -> None:
         raise UserError(f"model path '{name}' does not exist; use 'tiny' or a Hub name or local folder")
 
 
-def resolve_model_path(cfg: ModelConfig, task: Task, progress=None) -> str:
+def resolve_model_path(cfg: ModelConfig, task: Task, progress=None, seed: int = 0) -> str:
+    """The model's folder or Hub name; the tiny model's warm start of training seed `seed`, built when missing."""
     check_model_name(cfg.name)
     if cfg.name == "tiny":
-        return str(build_or_load_tiny(cfg, task, progress))
+        return str(build_or_load_tiny(cfg, task, progress, seed))
     path = Path(cfg.name).expanduser()
     return str(path) if path.exists() else cfg.name  # a local folder, else a Hub name
 

@@ -46,12 +46,17 @@ def use_chat_template(tokenizer, mode: str) -> None:
     tokenizer.harness_chat_template = mode == "auto" and bool(getattr(tokenizer, "chat_template", None))
 
 
-def encode_prompts(tokenizer, prompts: list[str], device) -> dict[str, torch.Tensor]:
+def encode_prompts(tokenizer, prompts: list[str], device, width: int = 0) -> dict[str, torch.Tensor]:
+    """Token ids and attention mask `[B, P]`, left-padded to the longest prompt, or to `width` when wider."""
     tokenizer.padding_side = "left"
     if getattr(tokenizer, "harness_chat_template", False):
         prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
                                                  add_generation_prompt=True) for p in prompts]
     encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    left = width - encoded["input_ids"].shape[1]
+    if left > 0:  # masked positions, as a shorter prompt's padding already is
+        encoded = {"input_ids": torch.nn.functional.pad(encoded["input_ids"], (left, 0), value=tokenizer.pad_token_id),
+                   "attention_mask": torch.nn.functional.pad(encoded["attention_mask"], (left, 0), value=0)}
     return {k: v.to(device) for k, v in encoded.items() if k in ("input_ids", "attention_mask")}
 
 
@@ -87,10 +92,11 @@ def sampling_config(tokenizer, max_new_tokens: int, temperature: float = 1.0, to
 @torch.no_grad()
 def sample(policy, tokenizer, prompts: list[str], max_new_tokens: int, temperature: float = 1.0,
            top_p: float = 1.0, greedy: bool = False, autocast_dtype=None,
-           synced: bool = False) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """(input_ids `[B, P + T]`, prompt attention_mask `[B, P]`, P): prompts, then sampled completions."""
+           synced: bool = False, prompt_width: int = 0) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(input_ids `[B, P + T]`, prompt attention_mask `[B, P]`, P): prompts (left-padded to at least
+    `prompt_width`), then sampled completions."""
     device = next(policy.parameters()).device
-    encoded = encode_prompts(tokenizer, prompts, device)
+    encoded = encode_prompts(tokenizer, prompts, device, prompt_width)
     config = sampling_config(tokenizer, max_new_tokens, temperature, top_p, greedy)
     hub_config = policy.generation_config
     policy.generation_config = GenerationConfig(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
@@ -104,16 +110,23 @@ def sample(policy, tokenizer, prompts: list[str], max_new_tokens: int, temperatu
 
 
 def generate(policy, reference, tokenizer, task: Task, examples: list[Example], cfg: RolloutConfig,
-             settings: TrainSettings | None = None, meter=None, sampler_logps: bool = True) -> Rollout:
+             settings: TrainSettings | None = None, meter=None, sampler_logps: bool = True,
+             pad_to: tuple[int, int] | None = None) -> Rollout:
     """Sample `samples_per_prompt` completions per example (grouped contiguously), score them, and
-    compute the sampler's (unless `sampler_logps` is off) and the reference's log-probs in no-grad micro-batches."""
+    compute the sampler's (unless `sampler_logps` is off) and the reference's log-probs in no-grad micro-batches.
+
+    `pad_to` (prompt tokens, completion tokens): prompts are left-padded to the first before sampling and the
+    scored batch is widened to both before any log-prob pass (pad_batch), so that what a live-tensor tracked
+    step measures does not depend on how long this step's prompts and completions happened to be. Padding is
+    masked: what is sampled, and every loss, is what it would be unpadded."""
     meter = meter or NoMeter()
     settings = settings or TrainSettings(temperature=cfg.temperature)
     group = [e for e in examples for _ in range(cfg.samples_per_prompt)]
     with meter.phase("generate"):
         input_ids, prompt_mask, prompt_length = sample(policy, tokenizer, [e.prompt for e in group],
                                                        cfg.max_new_tokens, cfg.temperature, cfg.top_p,
-                                                       autocast_dtype=settings.autocast_dtype, synced=distributed())
+                                                       autocast_dtype=settings.autocast_dtype, synced=distributed(),
+                                                       prompt_width=pad_to[0] if pad_to else 0)
     with meter.phase("score"):
         completion_ids = input_ids[:, prompt_length:]  # [B, T]
         mask, finished = completion_mask(completion_ids, tokenizer.eos_token_id)
@@ -122,6 +135,8 @@ def generate(policy, reference, tokenizer, task: Task, examples: list[Example], 
         batch = RolloutBatch(input_ids=input_ids, attention_mask=torch.cat([prompt_mask, mask.long()], dim=1),
                              completion_mask=mask, prompt_length=prompt_length, group_size=cfg.samples_per_prompt,
                              scores=torch.tensor([r.total for r in rewards], device=input_ids.device))
+        if pad_to is not None:  # completions to the full length (prompts were padded before sampling)
+            batch = pad_batch(batch, prompt_length, max(pad_to[1], mask.shape[1]), tokenizer.pad_token_id)
     logprob_passes(policy, reference, batch, settings, meter, sampler_logps)
     return Rollout(batch=batch, completions=texts, rewards=rewards)
 
@@ -159,31 +174,53 @@ def greedy_eval(policy, tokenizer, task: Task, examples: list[Example], max_new_
             "n": len(rewards), "per_prompt": [int(r.solved) for r in rewards]}
 
 
+PER_TOKEN = ("completion_mask", "old_logps", "ref_logps", "advantages", "values", "returns")  # [B, T] fields
+
+
+def pad_batch(batch: RolloutBatch, prompt: int, completion: int, pad_id: int) -> RolloutBatch:
+    """The batch widened to `prompt` prompt tokens (padded on the left) and `completion` completion tokens
+    (on the right). The new positions are masked out (pad ids, attention and completion masks 0), as the
+    padding of a shorter prompt or completion already is: position ids follow the attention mask, and every
+    loss and statistic reads completion tokens through the mask, so the training math is unchanged.
+
+    >>> b = RolloutBatch(input_ids=torch.tensor([[7, 8, 9]]), attention_mask=torch.ones(1, 3, dtype=torch.long),
+    ...                  completion_mask=torch.ones(1, 1), prompt_length=2, scores=torch.zeros(1), group_size=1)
+    >>> wide = pad_batch(b, 3, 2, pad_id=0)
+    >>> wide.input_ids.tolist(), wide.attention_mask.tolist(), wide.completion_mask.tolist(), wide.prompt_length
+    ([[0, 7, 8, 9, 0]], [[0, 1, 1, 1, 0]], [[1.0, 0.0]], 3)
+    """
+    left, right = prompt - batch.prompt_length, completion - batch.completion_mask.shape[1]
+    if left < 0 or right < 0:
+        raise ValueError(f"cannot pad a batch of {batch.prompt_length} + {batch.completion_mask.shape[1]} tokens "
+                         f"to {prompt} + {completion}")
+    if left == right == 0:
+        return batch
+    pad = torch.nn.functional.pad
+    fields = {"input_ids": pad(batch.input_ids, (left, right), value=pad_id),
+              "attention_mask": pad(batch.attention_mask, (left, right), value=0), "scores": batch.scores}
+    for name in PER_TOKEN:
+        if getattr(batch, name) is not None:
+            fields[name] = pad(getattr(batch, name), (0, right), value=0)
+    return RolloutBatch(**fields, prompt_length=prompt, group_size=batch.group_size, extras=dict(batch.extras))
+
+
 def concat_batches(batches: list[RolloutBatch], pad_id: int) -> RolloutBatch:
     """The rows of several rollout batches in one: prompts re-padded on the left, completions on the right."""
     if len(batches) == 1:
         return batches[0]
     prompt = max(b.prompt_length for b in batches)
     completion = max(b.completion_mask.shape[1] for b in batches)
-
-    def widen(b: RolloutBatch, tensor: torch.Tensor, fill, whole_sequence: bool) -> torch.Tensor:
-        left = prompt - b.prompt_length if whole_sequence else 0
-        right = completion - b.completion_mask.shape[1]
-        return torch.nn.functional.pad(tensor, (left, right), value=fill)
-
-    per_token = ("completion_mask", "old_logps", "ref_logps", "advantages", "values", "returns")
-    merged = {"input_ids": torch.cat([widen(b, b.input_ids, pad_id, True) for b in batches]),
-              "attention_mask": torch.cat([widen(b, b.attention_mask, 0, True) for b in batches]),
-              "scores": torch.cat([b.scores for b in batches])}
-    for name in per_token:
+    wide = [pad_batch(b, prompt, completion, pad_id) for b in batches]
+    merged = {name: torch.cat([getattr(b, name) for b in wide]) for name in ("input_ids", "attention_mask", "scores")}
+    for name in PER_TOKEN:
         if getattr(batches[0], name) is not None:
-            merged[name] = torch.cat([widen(b, getattr(b, name), 0, False) for b in batches])
+            merged[name] = torch.cat([getattr(b, name) for b in wide])
     return RolloutBatch(**merged, prompt_length=prompt, group_size=batches[0].group_size)
 
 
 def generate_with_spread(policy, reference, tokenizer, task: Task, prompts_for_round, groups: int,
                          max_rounds: int, cfg: RolloutConfig, settings: TrainSettings, meter=None,
-                         sampler_logps: bool = True) -> Rollout:
+                         sampler_logps: bool = True, pad_to: tuple[int, int] | None = None) -> Rollout:
     """DAPO's dynamic sampling: sample round after round (`prompts_for_round(r)` gives round r's prompts),
     keep the groups whose rewards are not all equal, until `groups` are kept or `max_rounds` ran.
 
@@ -194,7 +231,7 @@ def generate_with_spread(policy, reference, tokenizer, task: Task, prompts_for_r
     texts, rewards, sampled, tokens, count = [], [], 0, 0, 0
     for round_index in range(max_rounds):
         rollout = generate(policy, reference, tokenizer, task, prompts_for_round(round_index), cfg, settings, meter,
-                           sampler_logps)
+                           sampler_logps, pad_to)
         texts += rollout.completions
         rewards += rollout.rewards
         sampled += rollout.sampled

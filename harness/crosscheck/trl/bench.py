@@ -20,6 +20,7 @@ from typing import Any
 
 from harness import UserError
 from harness.results.io import read_json, read_jsonl, write_json, write_yaml
+from harness.results.records import Summary
 
 # One fixed workload (issue 14): 64 completions per step, G = 8, 4 new tokens, beta 0.04, one optimizer
 # step per rollout, evaluation and checkpoints off; live tensors tracked on the second step only (the
@@ -44,8 +45,8 @@ def trl_workloads(config) -> dict[str, Any]:
     return {"tiny": config, "realistic-vocab": realistic}
 
 
-def run_bench_arm(config, algo: str, run_dir: Path, profile: Path | None = None) -> dict[str, Any]:
-    """One arm in its own process, as `harness compare` runs it: (summary, steps); a failure raises.
+def run_bench_arm(config, algo: str, run_dir: Path, profile: Path | None = None) -> Summary:
+    """One arm in its own process, as `harness compare` runs it: its summary; a failure raises.
 
     With `profile`, the process runs under pyinstrument and its text report is written there.
     """
@@ -56,10 +57,10 @@ def run_bench_arm(config, algo: str, run_dir: Path, profile: Path | None = None)
         command = [sys.executable, "-m", "pyinstrument", "--renderer", "text", "-p", "flat=true",
                    "-p", "time=percent_of_total", "--outfile", str(profile), "-m", "harness", "run", "--run-dir", str(run_dir)]
     done = subprocess.run(command, capture_output=True, text=True)
-    summary = read_json(run_dir / "summary.json") if (run_dir / "summary.json").exists() else {}
-    if done.returncode != 0 or summary.get("status") != "ok":
+    summary = Summary.read(read_json(run_dir / "summary.json") if (run_dir / "summary.json").exists() else {})
+    if done.returncode != 0 or not summary.ok:
         tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise RuntimeError(f"bench arm {algo} failed: {summary.get('error') or tail[0]}")
+        raise RuntimeError(f"bench arm {algo} failed: {summary.error or tail[0]}")
     return summary
 
 
@@ -82,10 +83,9 @@ def phase_times(run_dir: Path) -> dict[str, list[float]]:
     return out
 
 
-def live_peak(summary: dict[str, Any]) -> int | None:
+def live_peak(summary: Summary) -> int | None:
     """The measured step peak of live tensors (summary mem.live.peak), where the arm recorded one."""
-    from harness.results.headline import get_path
-    return get_path(summary, "mem", "live", "peak")
+    return summary.mem.live.peak
 
 
 def bench_trl(config, repeats: int, workloads: list[str], echo=print, profile_dir: Path | None = None) -> dict[str, Any]:

@@ -94,9 +94,9 @@ def not_matched(config, options, micro: int, minibatch: int) -> list[str]:
     if config.optim.entropy_coef and options.aggregation != "token":
         notes.append("entropy bonus: TRL takes the token mean of each micro-batch's entropy; ours aggregates it "
                      f"like the loss ({options.aggregation})")
-    if (config.rollout.logprob_batch_size or config.rollout.batch_size) != micro:
+    if config.rollout.logprob_batch_size not in (0, micro):  # 0: our micro-batch too
         notes.append(f"no-grad log-prob passes: TRL runs them {micro} rows at a time (its micro-batch); ours "
-                     f"{config.rollout.logprob_batch_size or config.rollout.batch_size}")
+                     f"{config.rollout.logprob_batch_size}")
     if config.model.precision == "bf16-mixed":
         notes.append("bf16-mixed: TRL samples in fp32 (its autocast covers the loss only) and keeps the reference "
                      "in the policy's fp32 weights; ours samples under bf16 autocast and stores the reference in bf16")
