@@ -13,6 +13,12 @@ class Example:
     prompt: str  # compact text, e.g. "12+7-3="
     answer: str  # the generator's reference answer, e.g. "16"
     item: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)  # raw generator entry
+    target: str = ""  # the worked completion a supervised warm start trains on (a scratchpad); "": the answer
+
+    @property
+    def supervised_target(self) -> str:
+        """What the tiny model's warm start teaches it to write after the prompt (EOS follows)."""
+        return self.target or self.answer
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from typing import Any
 
 import reasoning_gym
 
+from harness.tasks import scratchpad
 from harness.tasks.base import Example, Reward
 
 TRAIN_SEED_OFFSET = 1_000_000_000  # far beyond any eval split's size: no seed + i can collide
@@ -63,6 +64,10 @@ class GymSpec:
     to_prompt: Callable[[dict[str, Any]], str]
     difficulty: Callable[[dict[str, Any]], str] = lambda item: "all"  # the level an item belongs to
     extract: Callable[[str], str | None] = extract_answer  # the answer in a completion; None: none given
+    target: Callable[[dict[str, Any]], str] | None = None  # the worked completion to warm-start on; None: the answer
+    # a pure reward function (completion, item, finished, format_weight) -> Reward; None: `extract` and
+    # `answer_pattern` for the format, the generator's own score_answer for correctness
+    score: Callable[[str, dict[str, Any], bool, float], Reward] | None = None
 
 
 def chain_sum_prompt(item: dict[str, Any]) -> str:
@@ -129,6 +134,22 @@ GYM_TASKS: dict[str, GymSpec] = {
         options={"min_word_len": 8, "max_word_len": 12},
         to_prompt=spell_backward_prompt,
         difficulty=spell_backward_difficulty,
+    ),
+    # Where a critic has work to do: three to six one-digit terms worked on a scratchpad, every partial sum
+    # written (15 to 55 completion tokens with EOS), one reward at the end for the final answer
+    # (tasks/scratchpad.py). Two-digit terms make 20 to 71 tokens but the 1M-parameter model learns them
+    # too slowly for a CPU warm start (0.5% greedy after 100 steps of 256, where one digit reaches 57%
+    # after 400 steps of 64).
+    "chain_sum_scratchpad": GymSpec(
+        generator="chain_sum",
+        alphabet=scratchpad.ALPHABET,
+        answer_pattern=scratchpad.NUMBER,
+        options={"min_terms": 3, "max_terms": 6, "min_digits": 1, "max_digits": 1},
+        to_prompt=chain_sum_prompt,
+        difficulty=scratchpad.terms_difficulty,
+        extract=scratchpad.final_answer,
+        target=scratchpad.scratchpad_target,
+        score=scratchpad.scratchpad_reward,
     ),
 }
 RG_PREFIX = "rg:"  # any reasoning-gym dataset by name, with its own question text and answer checker
@@ -199,7 +220,8 @@ class GymTask:
         self._train_chunks: dict[int, list[Example]] = {}
 
     def _example(self, item: dict[str, Any]) -> Example:
-        return Example(prompt=self.spec.to_prompt(item), answer=str(item["answer"]), item=item)
+        target = self.spec.target(item) if self.spec.target else ""
+        return Example(prompt=self.spec.to_prompt(item), answer=str(item["answer"]), item=item, target=target)
 
     def difficulty(self, example: Example) -> str:
         return self.spec.difficulty(example.item)
@@ -271,6 +293,8 @@ class GymTask:
 
     def reward(self, completion: str, example: Example, finished: bool = True) -> Reward:
         """Score one completion (text before EOS); `finished` says whether EOS was produced."""
+        if self.spec.score:
+            return self.spec.score(completion, example.item, finished, self.format_weight)
         answer = self.spec.extract(completion)
         well_formed = finished and answer is not None and re.fullmatch(self.spec.answer_pattern, answer) is not None
         answer = answer or ""

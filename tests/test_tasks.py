@@ -1,5 +1,7 @@
 """Offline reasoning-gym tasks: compact prompts, disjoint splits, and the pure reward."""
 
+import re
+
 import pytest
 
 from harness.tasks.base import Example
@@ -115,3 +117,154 @@ def test_a_preset_s_generator_options_stay_with_its_task(tmp_path):
     assert load_config("tiny", overrides=["task.name=chain_sum"]).task.options == {"min_digits": 2}
     load_task("spell_backward", eval_size=4, validation_size=2,
               options=load_config("tiny", overrides=["task.name=spell_backward"]).task.options)
+
+
+# ---------------------------------------------------------------- the scratchpad task
+
+def chain_item(expression: str) -> dict:
+    """A hand-written chain_sum item as reasoning-gym writes one."""
+    return {"answer": str(eval(expression)), "metadata": {"expression": expression,
+                                                         "num_terms": len(expression.split()) // 2 + 1}}
+
+
+@pytest.fixture(scope="module")
+def scratchpad_task():
+    return load_task("chain_sum_scratchpad", eval_size=400, validation_size=200)
+
+
+def test_the_scratchpad_writes_every_partial_sum_then_the_answer():
+    from harness.tasks.scratchpad import scratchpad
+    # 12+7 = 19; 19-30 = -11; -11+41 = 30
+    assert scratchpad("12 + 7 - 30 + 41") == "12+7=19;19-30=-11;-11+41=30;#30"
+    # 95-99 = -4; -4-87 = -91; -91-60 = -151; -151+10 = -141; -141-98 = -239: six terms, 52 characters
+    assert scratchpad("95 - 99 - 87 - 60 + 10 - 98") == "95-99=-4;-4-87=-91;-91-60=-151;-151+10=-141;-141-98=-239;#-239"
+    assert scratchpad("50 + -7 - -3") == "50+-7=43;43--3=46;#46"  # reasoning-gym's allow_negation
+
+
+def test_the_reward_reads_the_final_answer_alone_and_the_format_the_whole_scratchpad():
+    from harness.tasks.scratchpad import scratchpad_reward
+    item = chain_item("12 + 7 - 30 + 41")  # 30, three steps
+    cases = {  # completion (EOS produced) -> (format, correct)
+        "12+7=19;19-30=-11;-11+41=30;#30": (1.0, 1.0),  # worked and right
+        "12+7=19;19-30=-12;-12+41=29;#30": (1.0, 1.0),  # wrong steps, right answer: one reward at the end
+        "12+7=19;19-30=-11;-11+41=30;#31": (1.0, 0.0),  # right steps, wrong answer: nothing for the steps
+        "12+7=19;19-30=-11;-11+41=30;#030": (1.0, 1.0),  # the answer compared as a number, as reasoning-gym does
+        "12+7=19;19-30=-11;#30": (0.0, 1.0),  # a step missing: not the scratchpad's shape
+        "12+7=19;19-30=-11;-11+41=30;30": (0.0, 0.0),  # no '#': the whole completion is the answer
+        "30": (0.0, 1.0),  # the answer alone is right, but no scratchpad
+        "12+7=19;19-30=-11;-11+41=30;#130": (1.0, 0.0),  # contains 30: reasoning-gym's partial credit not given
+        "": (0.0, 0.0),
+    }
+    for completion, (form, correct) in cases.items():
+        reward = scratchpad_reward(completion, item, format_weight=0.1)
+        assert (reward.format, reward.correct) == (form, correct), completion
+        assert reward.total == pytest.approx(correct + 0.1 * form) and reward.solved == (correct == 1.0)
+    unfinished = scratchpad_reward("12+7=19;19-30=-11;-11+41=30;#30", item, finished=False)
+    assert (unfinished.format, unfinished.correct) == (0.0, 1.0)  # cut off before EOS: no format credit
+
+
+def test_scratchpad_examples_carry_their_worked_target_and_score_it_in_full(scratchpad_task):
+    for example in scratchpad_task.eval_examples()[:100]:
+        terms = example.item["metadata"]["num_terms"]
+        assert 3 <= terms <= 6 and example.prompt.endswith("=") and set(example.prompt) <= set(scratchpad_task.alphabet)
+        assert eval(example.prompt[:-1]) == int(example.answer)
+        assert example.target.endswith("#" + example.answer) and example.target.count(";") == terms - 1
+        assert example.supervised_target == example.target and set(example.target) <= set(scratchpad_task.alphabet)
+        # one-digit terms: 7 to 10 characters a step, "#", the answer and EOS: 15 (3 terms) to 51 (6 terms) tokens
+        assert 15 <= len(example.target) + 1 <= 51
+        reward = scratchpad_task.reward(example.target, example)
+        assert (reward.format, reward.correct, reward.total) == (1.0, 1.0, 1.1)
+    plain = load_task("chain_sum", eval_size=4, validation_size=0).eval_examples()[0]
+    assert plain.target == "" and plain.supervised_target == plain.answer  # the other tasks warm-start on answers
+
+
+def test_scratchpad_splits_are_disjoint_with_equal_shares_per_number_of_terms(scratchpad_task):
+    test, validation = scratchpad_task.eval_examples(), scratchpad_task.validation_examples()
+    test_prompts, validation_prompts = {e.prompt for e in test}, {e.prompt for e in validation}
+    assert len(test_prompts) == 400 and len(validation_prompts) == 200 and not test_prompts & validation_prompts
+    train = {e.prompt for step in range(20) for e in scratchpad_task.train_examples(step, 256)}
+    assert len(train) > 4000 and not train & (test_prompts | validation_prompts)
+    assert scratchpad_task.composition(test) == {f"{n} terms": 100 for n in (3, 4, 5, 6)}
+    assert scratchpad_task.composition(validation) == {f"{n} terms": 50 for n in (3, 4, 5, 6)}
+
+
+def scratchpad_config(*overrides):
+    from harness.config.load import load_config
+    return load_config("tiny", overrides=["task.name=chain_sum_scratchpad", "task.eval_size=40",
+                                          "task.validation_size=20", *overrides])
+
+
+FITS = ["rollout.max_new_tokens=52"]  # the longest worked answer of one-digit terms, 51 tokens with EOS, and one more
+TWO_DIGITS = ["task.options.min_digits=2", "task.options.max_digits=2"]  # 18-character prompts, answers up to 71 tokens
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ([], "rollout.max_new_tokens=6 cuts the worked answers"),
+    ([*FITS, "task.options.max_terms=2"], "max_terms must be >= min_terms"),
+    ([*FITS, "task.options.max_term=7"], "unknown option 'task.options.max_term'"),
+    ([*FITS, *TWO_DIGITS], "do not fit the tiny model's 64 positions"),
+    # the 60 two-digit examples' longest worked answer is 59 tokens with EOS: 56 new tokens fit 96 positions but cut it
+    (["model.max_positions=96", "rollout.max_new_tokens=56", *TWO_DIGITS], "rollout.max_new_tokens=56 cuts"),
+])
+def test_the_scratchpad_task_is_checked_before_a_run(overrides, message):
+    from harness import UserError
+    from harness.config.checks import check_task
+    with pytest.raises(UserError, match=re.escape(message)):
+        check_task(scratchpad_config(*overrides))
+
+
+def test_what_fits_the_raised_positions_passes_and_the_preset_fits():
+    from harness.config.checks import check_task
+    from harness.config.load import load_config
+    check_task(scratchpad_config(*FITS))
+    check_task(scratchpad_config("model.max_positions=96", "rollout.max_new_tokens=72", *TWO_DIGITS))
+    check_task(load_config("scratchpad"))
+    config = scratchpad_config(*FITS, "task.options.max_terms=4")
+    check_task(config)  # four terms at most: shorter answers
+    assert config.task.options == {"max_terms": 4}
+
+
+def test_max_positions_reaches_the_model_and_keys_the_cache_only_when_changed():
+    from harness.config.derive import make_task
+    from harness.config.load import load_config
+    from harness.train.models import char_tokenizer, tiny_key, tiny_model
+    smoke = load_config("smoke")
+    task = make_task(smoke)
+    # the key the smoke model was cached under before model.max_positions existed (and the CPU gate's baseline
+    # was measured on): a default of 64 must leave every cached model valid
+    assert tiny_key(smoke.model, task) == "fe7ef1b42b45"
+    wider = smoke.model.model_copy(update={"max_positions": 96})
+    assert tiny_key(wider, task) != "fe7ef1b42b45"
+    model = tiny_model(wider, char_tokenizer(task.alphabet, 96))
+    assert model.config.max_position_embeddings == 96
+    # rotary embeddings: more positions add no parameters
+    assert sum(p.numel() for p in model.parameters()) == \
+        sum(p.numel() for p in tiny_model(smoke.model, char_tokenizer(task.alphabet)).parameters())
+
+
+def test_harness_tasks_lists_the_scratchpad_task(capsys):
+    from harness.cli import main
+    assert main(["tasks"]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("chain_sum_scratchpad"))
+    assert "'chain_sum'" in line and "'min_terms': 3" in line and "'max_terms': 6" in line
+
+
+@pytest.mark.slow  # an arm in a subprocess: a warm start on scratchpads and three RL steps on the smoke-sized model
+def test_an_arm_trains_on_the_scratchpad_task_end_to_end(tmp_path):
+    import json
+
+    from conftest import harness
+    refused = harness("run", "--algo", "grpo", "--preset", "smoke", "--task", "chain_sum_scratchpad",
+                      "--out", str(tmp_path / "refused"))
+    assert refused.returncode == 2 and "rollout.max_new_tokens=5 cuts the worked answers" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "refused").exists()
+    out = tmp_path / "arm"
+    harness("run", "--algo", "grpo", "--preset", "smoke", "--task", "chain_sum_scratchpad",
+            "--set", "rollout.max_new_tokens=52", "--set", "run.lm_eval=false", "--out", str(out), check=True)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "ok" and summary["task"] == "chain_sum_scratchpad" and summary["steps"] == 3
+    steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
+    assert len(steps) == 3 and all(s["completions"] for s in steps)
+    # the warm start taught worked answers, not chain_sum's few tokens: completions run to tens of tokens
+    assert max(s["completion/len_mean"] for s in steps) > 10
+    assert all(0.0 <= s["reward/accuracy"] <= 1.0 and 0.0 <= s["reward/format"] <= 1.0 for s in steps)

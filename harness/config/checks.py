@@ -8,7 +8,7 @@ from typing import Any
 
 from harness import UserError
 from harness.config.derive import make_task
-from harness.config.schema import TINY_POSITIONS, Config
+from harness.config.schema import Config
 
 def check_task_options(config: Config) -> None:
     """A reasoning-gym task's options against the generator's own config dataclass: names, types, its validate()."""
@@ -61,15 +61,36 @@ def check_task(config: Config) -> None:
             raise UserError(f"unknown task '{config.task.name}'; valid: {', '.join(task_names())}, "
                             "rg:DATASET (any reasoning-gym dataset), or data:FILE.jsonl (your own prompts and answers)")
         check_task_options(config)
+        if config.model.name == "tiny":
+            task = make_task(config)
+            check_tiny_fit(config, task.eval_examples() + task.validation_examples())
         return
     task = make_task(config)
     task.check_reward_function()
     if config.model.name == "tiny":
-        examples = task.train + task.held_out
-        longest_prompt = max(len(e.prompt) for e in examples)
-        longest_pair = max(len(e.prompt) + len(e.answer) + 1 for e in examples)
-        if max(longest_prompt + config.rollout.max_new_tokens, longest_pair) > TINY_POSITIONS:
-            raise UserError(f"{config.task.name}: prompts of up to {longest_prompt} characters with answers and "
-                            f"rollout.max_new_tokens={config.rollout.max_new_tokens} do not fit the tiny model's "
-                            f"{TINY_POSITIONS} positions (one per character); use shorter examples or a Hub model (--model)")
+        check_tiny_fit(config, task.train + task.held_out)
+
+
+def check_tiny_fit(config: Config, examples) -> None:
+    """The tiny model has one position per character: a prompt with rollout.max_new_tokens, and a prompt with
+    the supervised target and EOS (the warm start), fit model.max_positions; the cap leaves room for the target."""
+    if not examples:
+        return
+    positions, new_tokens = config.model.max_positions, config.rollout.max_new_tokens
+    longest_prompt = max(len(e.prompt) for e in examples)
+    longest_target = max(len(e.supervised_target) + 1 for e in examples)  # EOS included
+    longest_pair = max(len(e.prompt) + len(e.supervised_target) + 1 for e in examples)
+    if max(longest_prompt + new_tokens, longest_pair) > positions:
+        raise UserError(f"{config.task.name}: prompts of up to {longest_prompt} characters with answers of up to "
+                        f"{longest_target} tokens and rollout.max_new_tokens={new_tokens} do not fit the tiny model's "
+                        f"{positions} positions (one per character); raise model.max_positions, use shorter examples "
+                        "or a Hub model (--model)")
+    if new_tokens < longest_target and is_worked(examples):
+        raise UserError(f"{config.task.name}: rollout.max_new_tokens={new_tokens} cuts the worked answers the tiny "
+                        f"model is warm-started to write, up to {longest_target} tokens with EOS; raise it")
+
+
+def is_worked(examples) -> bool:
+    """Whether the examples' supervised targets are more than their answers (a scratchpad)."""
+    return any(e.target for e in examples)
 

@@ -48,6 +48,8 @@ class ModelConfig(StrictModel):
                                                          "answer) pairs.")
     warm_start_batch: int = Field(256, ge=1, description="Tiny model: sequences per supervised step.")
     warm_start_lr: float = Field(2e-3, gt=0, description="Tiny model: AdamW learning rate of the warm start.")
+    max_positions: int = Field(TINY_POSITIONS, ge=1, description="Tiny model: context, one position per character "
+                                                                 "(rotary embeddings: no weights).")
     vocab_pad_to: int = Field(0, ge=0, description="Tiny model: pad the embedding and LM head to this many rows "
                                                    "(151936: Qwen2.5's); 0: none.")
     precision: Precision = Field("fp32", description="fp32, bf16-mixed (bf16 compute, fp32 weights and AdamW "

@@ -24,7 +24,7 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, GenerationConfig,
 
 from harness import UserError
 from harness.algorithms.logprobs import checkpointing_on
-from harness.config.schema import config_hash
+from harness.config.schema import TINY_POSITIONS, config_hash
 from harness.tasks.base import Task
 
 if TYPE_CHECKING:
@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
 # The dtype weights are stored in: bf16-mixed keeps fp32 master weights (and so fp32 AdamW state).
 WEIGHT_DTYPES = {"fp32": torch.float32, "bf16-mixed": torch.float32, "bf16": torch.bfloat16}
-TINY_POSITIONS = 64  # the tiny model's context: one position per character of prompt and completion
 
 
 def cache_dir() -> Path:
@@ -43,14 +42,14 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rl-harness"
 
 
-def char_tokenizer(alphabet: str) -> PreTrainedTokenizerFast:
-    """One token per character of `alphabet`, plus pad, eos and unk."""
+def char_tokenizer(alphabet: str, positions: int = TINY_POSITIONS) -> PreTrainedTokenizerFast:
+    """One token per character of `alphabet`, plus pad, eos and unk; `positions`: the model's context."""
     vocab = {token: i for i, token in enumerate([PAD, EOS, UNK, *sorted(set(alphabet))])}
     backend = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
     backend.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
     backend.decoder = decoders.Fuse()
     return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token=PAD, eos_token=EOS, unk_token=UNK,
-                                   padding_side="left", model_max_length=TINY_POSITIONS)
+                                   padding_side="left", model_max_length=positions)
 
 
 def tiny_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerFast) -> Qwen2ForCausalLM:
@@ -59,7 +58,7 @@ def tiny_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerFast) -> Qwen2For
     config = Qwen2Config(
         vocab_size=max(len(tokenizer), cfg.vocab_pad_to), hidden_size=cfg.hidden_size, intermediate_size=4 * cfg.hidden_size,
         num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
-        num_key_value_heads=cfg.num_heads, max_position_embeddings=TINY_POSITIONS, tie_word_embeddings=True,
+        num_key_value_heads=cfg.num_heads, max_position_embeddings=cfg.max_positions, tie_word_embeddings=True,
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
         bos_token_id=tokenizer.eos_token_id)
     return Qwen2ForCausalLM(config)
@@ -90,7 +89,7 @@ def warm_start(model, tokenizer, task: Task, cfg: ModelConfig, seed: int, progre
     for step in range(cfg.warm_start_steps):
         # Steps from 10 million on, far past any RL step: the warm start draws other items than the arms.
         examples = task.train_examples(10_000_000 + step, cfg.warm_start_batch)
-        batch = supervised_batch(tokenizer, [e.prompt for e in examples], [e.answer for e in examples])
+        batch = supervised_batch(tokenizer, [e.prompt for e in examples], [e.supervised_target for e in examples])
         loss = model(**batch).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -105,6 +104,8 @@ def warm_start(model, tokenizer, task: Task, cfg: ModelConfig, seed: int, progre
 def tiny_key(cfg: ModelConfig, task: Task, seed: int = 0) -> str:
     fields = {k: getattr(cfg, k) for k in ("hidden_size", "num_layers", "num_heads", "warm_start_steps",
                                            "warm_start_batch", "warm_start_lr", "vocab_pad_to")}
+    if cfg.max_positions != TINY_POSITIONS:  # keyed only when changed: models cached before the field stay valid
+        fields["max_positions"] = cfg.max_positions
     if seed:  # seed 0 keeps the key it always had, so its cached warm start (and the CI gate's run) stay as they were
         fields["warm_start_seed"] = seed
     # The warm-start pairs skip the held-out prompts, so the held-out splits are part of what shapes the weights;
@@ -131,7 +132,7 @@ PAD_WARM_START_STEPS, PAD_WARM_START_BATCH = 100, 32
 def padding_mass(model, tokenizer, task: Task, rows: int = 64) -> float:
     """Mean probability the model gives the rows past the tokenizer's vocabulary, at the first answer token."""
     examples = task.eval_examples()[:rows]
-    batch = supervised_batch(tokenizer, [e.prompt for e in examples], [e.answer for e in examples])
+    batch = supervised_batch(tokenizer, [e.prompt for e in examples], [e.supervised_target for e in examples])
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                    position_ids=batch["position_ids"]).logits[:, -1]
     return torch.softmax(logits.float(), -1)[:, len(tokenizer):].sum(-1).mean().item()
@@ -151,7 +152,7 @@ def build_or_load_tiny(cfg: ModelConfig, task: Task, progress=None, seed: int = 
     folder = tiny_folder(cfg, task, seed)
     if (folder / "config.json").exists():
         return folder
-    tokenizer = char_tokenizer(task.alphabet)
+    tokenizer = char_tokenizer(task.alphabet, cfg.max_positions)
     notes: dict[str, float] = {"seed": seed}
     if cfg.vocab_pad_to > len(tokenizer):
         unpadded = build_or_load_tiny(cfg.model_copy(update={"vocab_pad_to": 0}), task, progress, seed)

@@ -48,6 +48,9 @@ ANSWER_RULES: dict[str, AnswerRule] = {
     # reasoning-gym lowercases both sides and gives full credit only to an exact match.
     "spell_backward": AnswerRule(match={"ignore_case": True}),
     "spell_backward_long": AnswerRule(match={"ignore_case": True}),
+    # the final answer after the last '#' (tasks.scratchpad.final_answer), judged as chain_sum's
+    "chain_sum_scratchpad": AnswerRule(regex=r"(?s)^(?:.*#)?\s*(.*?)\s*$",
+                                       filters=({"function": "custom", "filter_fn": Function("metrics.numeric_answers")},)),
 }
 # rg:DATASET tasks ask for the answer between tags (tasks.gym.tagged_answer); lm-eval compares it exactly,
 # where the generator's own checker may accept other spellings: its pass@1 can be below the reward's accuracy.
