@@ -4,7 +4,6 @@ train, a resume restores them bit for bit, and the estimate equals the live tens
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
 import torch
@@ -141,3 +140,27 @@ def test_model_state_splits_frozen_base_adapters_and_value_head(tmp_path):
     assert shared["critic"]["frozen"] == 0 and separate["critic"]["frozen"] > 0
     assert shared["critic"]["adapters"] == separate["critic"]["adapters"] == separate["policy"]["adapters"]
     assert separate["critic"]["value_head"] == shared["critic"]["value_head"] == (32 + 1) * 4  # fp32 Linear(32, 1)
+
+
+ALL_ARMS = ["grpo", "ppo", "rloo", "dapo", "dr_grpo", "gspo", "reinforce_pp", "trl-grpo"]
+
+
+@pytest.mark.parametrize("algo", [pytest.param(a, marks=[] if a in ("grpo", "ppo") else [pytest.mark.slow])
+                                  for a in ALL_ARMS])
+def test_every_arm_trains_adapters_and_saves_them(tmp_path, algo):
+    import json
+
+    from conftest import harness
+    out = tmp_path / algo
+    harness("run", "--algo", algo, "--preset", "smoke", "--budget", "64", "--set", "model.lora.rank=4",
+            "--set", "run.lm_eval=false", "--out", str(out), check=True)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "ok" and summary["steps"] == 2
+    final = out / "final_model"
+    assert (final / "adapter_config.json").exists() and (final / "adapter_model.safetensors").exists()
+    assert not (final / "model.safetensors").exists()  # the adapters, not a copy of the base
+    rows = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
+    state = {k: v for k, v in rows[-1].items() if k.startswith("mem/model_state/policy/")}
+    assert state["mem/model_state/policy/adapters"] > 0 and state["mem/model_state/policy/frozen"] > 0
+    assert state["mem/model_state/policy/grads"] == state["mem/model_state/policy/adapters"]
+    assert not any(k.startswith("mem/model_state/reference/") for k in rows[-1])  # no reference copy
