@@ -164,3 +164,26 @@ def test_every_arm_trains_adapters_and_saves_them(tmp_path, algo):
     assert state["mem/model_state/policy/adapters"] > 0 and state["mem/model_state/policy/frozen"] > 0
     assert state["mem/model_state/policy/grads"] == state["mem/model_state/policy/adapters"]
     assert not any(k.startswith("mem/model_state/reference/") for k in rows[-1])  # no reference copy
+
+
+@pytest.mark.slow
+def test_fsdp2_on_two_processes_shards_the_frozen_base_and_trains_the_adapters(tmp_path):
+    import json
+
+    from conftest import harness
+    flags = ("--algo", "ppo", "--preset", "smoke", "--budget", "64", "--set", "model.lora.rank=4",
+             "--set", "run.lm_eval=false")
+    harness("run", *flags, "--out", str(tmp_path / "one"), check=True)
+    harness("run", *flags, "--nproc-per-node", "2", "--out", str(tmp_path / "two"), check=True)
+
+    def last(folder):
+        return json.loads((tmp_path / folder / "steps.jsonl").read_text().splitlines()[-1])
+    one, two = last("one"), last("two")
+    assert json.loads((tmp_path / "two" / "summary.json").read_text())["status"] == "ok"
+    for model in ("policy", "critic"):
+        key = f"mem/model_state/{model}/"
+        # each rank holds half of the frozen base and half of the adapters (FSDP2 shards both, dim 0 even here)
+        assert two[key + "frozen"] * 2 == one[key + "frozen"] > 0
+        assert two[key + "adapters"] * 2 == one[key + "adapters"] > 0
+        assert two[key + "grads"] == two[key + "adapters"] + two[key + "value_head"]
+    assert (tmp_path / "two" / "final_model" / "adapter_model.safetensors").exists()
