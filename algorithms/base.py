@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Literal, Protocol, get_args
 
 import torch
 
+from harness.algorithms.adapters import load_trained_state_dict, trained_parameters, trained_state_dict
 from harness.algorithms.batch import RolloutBatch, TrainSettings, sliced_minibatches
 from harness.algorithms.logprobs import autocast, completion_logps_and_entropy
 from harness.algorithms.ops import (AGGREGATIONS, StepStats, aggregate, all_sum, kl_k3, kl_loss_term,
@@ -127,9 +128,10 @@ class Algorithm:
         return {"policy": self.policy}
 
     def build_optimizers(self) -> None:
-        """AdamW over each trained model's parameters (again after sharding replaced them)."""
+        """AdamW over each trained model's trained parameters (again after sharding replaced them): all of them,
+        or a LoRA model's adapters."""
         s = self.settings
-        self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+        self.optimizer = torch.optim.AdamW(trained_parameters(self.policy), lr=s.lr, weight_decay=s.weight_decay)
 
     def shard_models(self, shard) -> None:
         """`shard(name, model)` every trained model in place (FSDP2), then optimizers over the shards."""
@@ -141,14 +143,15 @@ class Algorithm:
         return {"policy": self.optimizer}
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything resume needs: model weights, optimizer states, the update count (tensors and plain data)."""
-        return {"models": {k: m.state_dict() for k, m in self.trained_models().items()},
+        """Everything resume needs: model weights (under LoRA the adapters and value head; the frozen base is
+        the model's folder), optimizer states, the update count (tensors and plain data)."""
+        return {"models": {k: trained_state_dict(m) for k, m in self.trained_models().items()},
                 "optimizers": {k: o.state_dict() for k, o in self.optimizers().items()},
                 "updates": self.updates}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for name, model in self.trained_models().items():
-            model.load_state_dict(state["models"][name])
+            load_trained_state_dict(model, state["models"][name])
         for name, optimizer in self.optimizers().items():
             optimizer.load_state_dict(state["optimizers"][name])
         self.updates = state["updates"]
@@ -227,8 +230,9 @@ class Algorithm:
                     # data-parallel wrappers (FSDP, DDP) average gradients over the processes, and each
                     # process's loss is its share of the minibatch's: scaled back, the average is their sum
                     (loss * world_size()).backward()
-                for name, model in models.items():
-                    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+                for name, optimizer in zip(models, optimizers):  # each model's trained parameters only
+                    params = [p for group in optimizer.param_groups for p in group["params"]]
+                    grad_norm = torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
                     stats.add_per_minibatch("grad_norm" if name == "policy" else f"{name}_grad_norm", grad_norm)
                 for optimizer in optimizers:
                     optimizer.step()

@@ -11,13 +11,16 @@ backward through both (old TRL's PolicyAndValueWrapper).
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import replace
-
+from typing import Literal
 
 import torch
 from pydantic import Field
 from torch import nn
 
+from harness.algorithms.adapters import (CRITIC_ADAPTER, adapter_modules, adapter_on, is_lora, lora_settings,
+                                        strip_adapters, trained_parameters)
 from harness.algorithms.base import Algorithm, CriticPass, Needs
 from harness.algorithms.batch import RolloutBatch
 from harness.algorithms.logprobs import autocast, checkpointing_is_on, checkpointing_on, logprob_rows
@@ -25,7 +28,7 @@ from harness.algorithms.ops import (aggregate, clipped_surrogate, global_masked_
     ratio_stats, upcast)
 from harness.algorithms.options import StrictModel
 
-
+CriticBase = Literal["separate", "shared"]
 
 class PPOConfig(StrictModel):
     kl_coef: float = Field(0.05, ge=0, description="Per-token k1 KL penalty in the reward (TRL's former default).")
@@ -43,6 +46,9 @@ class PPOConfig(StrictModel):
                                                           "critic_warmup); they spend budget.")
     critic_warmup_head_only: bool = Field(False, description="During the warm-up train only the value head, not "
                                                              "the critic's body.")
+    critic_base: CriticBase = Field("separate", description="Under LoRA (model.lora.rank > 0): separate (the critic's "
+                                    "own frozen base, adapters, value head) or shared (a second adapter and a value "
+                                    "head on the policy's frozen base).")
 
 
 def token_rewards(scores, logps, ref_logps, kl_coef, mask):
@@ -106,29 +112,84 @@ def value_loss(values, old_values, returns, mask, vf_clip=0.2, denominator=None)
     return loss, {"value_loss": loss.detach(), "vf_clipfrac": clipfrac}
 
 
+def value_head(hidden_size: int, like: torch.Tensor) -> nn.Linear:
+    head = nn.Linear(hidden_size, 1)
+    nn.init.normal_(head.weight, std=1 / (hidden_size + 1))
+    nn.init.zeros_(head.bias)
+    return head.to(device=like.device, dtype=like.dtype)
+
+
+def values_of(decoder, head: nn.Linear, batch: RolloutBatch) -> torch.Tensor:
+    """Values `[B, T]` from a decoder and a value head: the state before each completion token."""
+    length = batch.completion_mask.shape[1]
+    position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
+    hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                     position_ids=position_ids, use_cache=False).last_hidden_state
+    hidden = hidden[:, -(length + 1):-1]  # [B, T, H] the states that predict each completion token
+    return upcast(head(hidden).squeeze(-1))
+
+
 class ValueModel(nn.Module):
-    """A decoder of the policy's architecture with a scalar head instead of the LM head."""
+    """A decoder of the policy's architecture with a scalar head instead of the LM head.
+
+    Under LoRA the decoder is its own frozen copy of the policy's base with adapters of the policy's LoRA
+    config (critic_base: separate): the value head and the adapters train."""
 
     def __init__(self, policy):
         super().__init__()
-        self.backbone = copy.deepcopy(policy.get_decoder())  # same size, initialized from the policy
-        self.backbone.requires_grad_(True)
+        if is_lora(policy):
+            from peft import get_peft_model
+            decoder = strip_adapters(copy.deepcopy(policy.get_base_model().get_decoder()))
+            settings = lora_settings(policy)  # its target modules by leaf name: the decoder has no `model.` prefix
+            settings = dataclasses.replace(copy.deepcopy(settings), task_type=None,
+                                           target_modules={name.split(".")[-1] for name in settings.target_modules})
+            self.backbone = get_peft_model(decoder, settings)
+        else:
+            self.backbone = copy.deepcopy(policy.get_decoder())  # same size, initialized from the policy
+            self.backbone.requires_grad_(True)
         if checkpointing_is_on(policy):
             checkpointing_on(self.backbone)
-        self.value_head = nn.Linear(policy.config.hidden_size, 1)
-        nn.init.normal_(self.value_head.weight, std=1 / (policy.config.hidden_size + 1))
-        nn.init.zeros_(self.value_head.bias)
-        self.value_head.to(device=next(self.backbone.parameters()).device,
-                           dtype=next(self.backbone.parameters()).dtype)
+        self.value_head = value_head(policy.config.hidden_size, next(self.backbone.parameters()))
+
+    def trained_parameters(self) -> list[nn.Parameter]:
+        return [*trained_parameters(self.backbone), *self.value_head.parameters()]
+
+    def body_parameters(self) -> list[nn.Parameter]:
+        return trained_parameters(self.backbone)
 
     def forward(self, batch: RolloutBatch) -> torch.Tensor:
-        """Values `[B, T]`: the state before each completion token."""
-        length = batch.completion_mask.shape[1]
-        position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
-        hidden = self.backbone(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                               position_ids=position_ids, use_cache=False).last_hidden_state
-        hidden = hidden[:, -(length + 1):-1]  # [B, T, H] the states that predict each completion token
-        return upcast(self.value_head(hidden).squeeze(-1))
+        return values_of(self.backbone, self.value_head, batch)
+
+
+class SharedBaseValueModel(nn.Module):
+    """The critic on the policy's own frozen base (critic_base: shared): a second adapter, switched on by name
+    for the critic's passes (multi-adapter peft), and a value head. Its modules are the adapter's and the head,
+    so its parameters and state are what it trains; the base is the policy's, held outside the module tree."""
+
+    def __init__(self, policy):
+        super().__init__()
+        if not is_lora(policy):
+            raise ValueError("algorithms.ppo.critic_base=shared needs LoRA (model.lora.rank > 0): the shared base "
+                             "is the policy's frozen base")
+        flags = [(p, p.requires_grad) for p in policy.parameters()]
+        policy.add_adapter(CRITIC_ADAPTER, copy.deepcopy(lora_settings(policy)))
+        for p, flag in flags:  # peft marks the inactive adapter untrainable; both adapters train here
+            p.requires_grad_(flag)
+        self.adapter = nn.ModuleList(adapter_modules(policy, CRITIC_ADAPTER))
+        self.adapter.requires_grad_(True)
+        self._policy = (policy,)  # not a submodule: the policy owns its base and is counted there
+        self.value_head = value_head(policy.config.hidden_size, next(policy.parameters()))
+
+    def trained_parameters(self) -> list[nn.Parameter]:
+        return list(self.parameters())
+
+    def body_parameters(self) -> list[nn.Parameter]:
+        return list(self.adapter.parameters())
+
+    def forward(self, batch: RolloutBatch) -> torch.Tensor:
+        policy = self._policy[0]
+        with adapter_on(policy, CRITIC_ADAPTER):
+            return values_of(policy.get_base_model().get_decoder(), self.value_head, batch)
 
 
 class PPO(Algorithm):
@@ -137,13 +198,13 @@ class PPO(Algorithm):
     KL_OPTIONS = {"loss": "kl_loss_coef", "reward": "kl_coef"}
 
     def __init__(self, policy, options, settings, seed=0):
-        self.critic = ValueModel(policy)
+        self.critic = SharedBaseValueModel(policy) if options.critic_base == "shared" else ValueModel(policy)
         super().__init__(policy, options, settings, seed)
 
     def build_optimizers(self) -> None:
         super().build_optimizers()
         s = self.settings
-        self.critic_optimizer = torch.optim.AdamW(self.critic.parameters(), lr=self.options.critic_lr or s.lr,
+        self.critic_optimizer = torch.optim.AdamW(trained_parameters(self.critic), lr=self.options.critic_lr or s.lr,
                                                   weight_decay=s.weight_decay)
 
     @classmethod
@@ -153,7 +214,8 @@ class PPO(Algorithm):
     def policy_frozen(self) -> bool:
         """During the critic's warm-up the policy does not move; with head_only, neither does the critic's body."""
         warming = self.updates < self.options.critic_warmup_steps
-        self.critic.backbone.requires_grad_(not (warming and self.options.critic_warmup_head_only))
+        for param in self.critic.body_parameters():
+            param.requires_grad_(not (warming and self.options.critic_warmup_head_only))
         return warming
 
     def trained_models(self) -> dict[str, nn.Module]:

@@ -37,6 +37,21 @@ Names = comma_list("")  # run.eval_tasks: saved as '' when empty
 NamesOrNone = comma_list("none")  # saved as 'none' when empty
 
 
+class LoraSettings(StrictModel):
+    where = "model.lora."
+    rank: int = Field(0, ge=0, description="LoRA rank (peft); 0: full fine-tuning. With a rank the policy (and the "
+                                           "critic) train adapters on a frozen base, and the reference is that base.")
+    alpha: float = Field(32.0, gt=0, description="LoRA alpha: the adapters' output is scaled by alpha / rank "
+                                                 "(verl's lora_alpha).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapters' input.")
+    target_modules: str = Field("all-linear", description="Layers that get adapters: all-linear (every linear layer "
+                                                          "but the LM head, as verl) or comma-separated module names.")
+
+    @property
+    def enabled(self) -> bool:
+        return self.rank > 0
+
+
 class ModelConfig(StrictModel):
     where = "model."
     name: str = Field("tiny", description='"tiny" builds the embedded model; anything else is a Hub name or a '
@@ -58,6 +73,7 @@ class ModelConfig(StrictModel):
                                                             "checkpointing).")
     logprob_chunk: int = Field(0, ge=0, description="The LM head in chunks of this many positions for log-probs, "
                                                     "recomputed in backward; 0: off.")
+    lora: LoraSettings = Field(default_factory=LoraSettings, description="LoRA adapters (pip install -e '.[lora]').")
 
 
 class TaskConfig(StrictModel):
@@ -349,6 +365,10 @@ def check_agreement(config: Config) -> None:
     if model.name == "tiny" and (model.hidden_size % model.num_heads or (model.hidden_size // model.num_heads) % 2):
         raise UserError(f"model.hidden_size={model.hidden_size} must split into model.num_heads={model.num_heads} "
                         f"heads of an even width (rotary embeddings rotate pairs)")
+    critic_base = config.algorithms.get("ppo", {}).get("critic_base", "separate")
+    if critic_base == "shared" and not model.lora.enabled:
+        raise UserError("algorithms.ppo.critic_base=shared puts the critic on the policy's frozen LoRA base; set "
+                        "model.lora.rank > 0, or use critic_base=separate")
     if not config.run.results_dir.strip():
         raise UserError("run.results_dir is empty; give a folder")
 

@@ -31,6 +31,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.distributed._tools.common_utils import get_untyped_storages
 from torch.distributed._tools.mem_tracker import _TOTAL_KEY, _RefType
 
+from harness.algorithms.adapters import shares_policy
 from harness.algorithms.batch import RolloutBatch, TrainSettings
 from harness.algorithms.logprobs import autocast, logprob_rows
 from harness.estimate.fake_generation import Workload, fake_sample
@@ -39,6 +40,7 @@ from harness.measure.probes import Probes, model_state_bytes
 from harness.measure.step_meter import StepMeter
 from harness.train.arm import arm_models, learn, rank_settings
 from harness.train.distributed import model_sharding, shard
+from harness.train.lora import with_lora
 from harness.train.models import WEIGHT_DTYPES, enable_gradient_checkpointing
 from harness.train.rollout import completion_mask, logprob_passes
 
@@ -399,9 +401,10 @@ def steady_state(algorithm, foreach: bool) -> None:
     for optimizer in algorithm.optimizers().values():
         for group in optimizer.param_groups:
             group["foreach"] = foreach  # torch picks foreach for CUDA tensors, the per-tensor loop on the CPU
-    for model in algorithm.trained_models().values():
-        for param in model.parameters():
-            param.grad = torch.zeros_like(param)
+    for optimizer in algorithm.optimizers().values():  # what each optimizer trains (under LoRA: the adapters)
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                param.grad = torch.zeros_like(param)
     for optimizer in algorithm.optimizers().values():
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -492,12 +495,14 @@ def fake_step(config, algo: str, policy_config, reward_config, workload: Workloa
     precision = config.model.precision
     compute_dtype = torch.float32 if precision == "fp32" else torch.bfloat16
     with fake_ranks(world_size) as mesh:
-        policy = meta_policy(policy_config, precision, config.model.gradient_checkpointing, name)
+        policy = with_lora(meta_policy(policy_config, precision, config.model.gradient_checkpointing, name),
+                           config.model.lora)  # LoRA: adapters on the meta base, as the arm wraps its policy
         # one GPU of `world_size`: its share of the step's sampling slices, as the arm's own process holds it
         settings = rank_settings(config, world_size, 0)
         algorithm, reference = arm_models(config, algo, policy, settings)
         reward_model = meta_reward_model(reward_config, compute_dtype) if reward_config is not None else None
-        frozen = {k: m for k, m in (("reference", reference), ("reward_model", reward_model)) if m is not None}
+        frozen = {k: m for k, m in (("reference", reference), ("reward_model", reward_model))
+                  if m is not None and not shares_policy(m)}  # under LoRA the reference is the policy's base
         if mesh is not None:
             shard_arm(algorithm, frozen, config.run, precision, mesh)
         trained, optimizers = algorithm.trained_models(), algorithm.optimizers()

@@ -147,6 +147,14 @@ def by_category(snapshot: dict, names: dict[str, str] = CATEGORIES) -> dict[str,
     return out
 
 
+class _NoHook:
+    """Stands for the gradient hooks of a frozen parameter (a LoRA base): torch refuses a hook on a tensor
+    that needs no gradient, and MemTracker would install one on every parameter of a trained model."""
+
+    def remove(self) -> None:
+        pass
+
+
 class LiveTensors:
     """Per-phase peaks of the live tensors of one arm.
 
@@ -168,6 +176,9 @@ class LiveTensors:
         self.step_peaks = {}
         self._tracker.__enter__()
         for model in self._trained:  # gradients are tracked from hooks as they are made; exit removes the hooks
+            for param in model.parameters():
+                if not param.requires_grad:
+                    self._tracker._param_to_grad_hook_handles.setdefault(param, (_NoHook(), _NoHook()))
             self._tracker._track_module_params_and_buffers(model, install_grad_hooks=True)
         for optimizer in self._optimizers:  # state made on an untracked step is alive on this one
             self._tracker._track_optimizer_states(_Category.OPT, optimizer)

@@ -53,12 +53,38 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
 
 def model_state_bytes(trained: dict[str, torch.nn.Module], optimizers: dict[str, torch.optim.Optimizer],
                       frozen: dict[str, torch.nn.Module]) -> dict[str, dict[str, int]]:
-    """{model: {params, grads, optimizer, total}} for trained and frozen (reference) models."""
+    """{model: {params, grads, optimizer, total}} for trained and frozen (reference) models.
+
+    Under LoRA each trained model's params split into `frozen` (its base), `adapters` and `value_head`, and
+    only the trained ones have gradients and optimizer state. Each parameter is counted once, in the model
+    that trains it (the shared critic's adapter lives in the policy's modules, and is the critic's), else in
+    the first model that holds it (a base shared by the policy and the critic is the policy's)."""
+    from harness.algorithms.adapters import adapter_modules, trained_parameters, tuner_layers
+    owner: dict[int, str] = {}
+    for name, model in trained.items():
+        owner.update({id(p): name for p in trained_parameters(model)})
+    adapters = {id(p) for model in trained.values() for layer in tuner_layers(model)
+                for adapter in layer._all_available_adapter_names()
+                for module in adapter_modules(layer, adapter) for p in module.parameters()}
     out: dict[str, dict[str, int]] = {}
     for name, model in trained.items():
-        row = {"params": parameter_bytes(model), "grads": gradient_bytes(model),
+        split = {"frozen": 0, "adapters": 0, "value_head": 0, "other": 0}
+        grads, own = 0, {id(p) for p in trained_parameters(model)}
+        for param_name, p in model.named_parameters():
+            if owner.setdefault(id(p), name) != name:
+                continue  # another model's: trained there, or a base counted with the model that holds it first
+            size = tensor_bytes(p)
+            if id(p) not in own or not p.requires_grad:
+                split["frozen" if id(p) not in adapters else "adapters"] += size
+                continue
+            grads += size
+            kind = "adapters" if id(p) in adapters else "value_head" if "value_head" in param_name else "other"
+            split[kind] += size
+        row = {"params": sum(split.values()), "grads": grads,
                "optimizer": optimizer_state_bytes(optimizers[name]) if name in optimizers else 0}
-        out[name] = {**row, "total": sum(row.values())}
+        if split["adapters"]:  # the LoRA breakdown of params (kept out of the total: params already hold it)
+            row.update({k: split[k] for k in ("frozen", "adapters", "value_head")})
+        out[name] = {**row, "total": row["params"] + row["grads"] + row["optimizer"]}
     for name, model in frozen.items():
         size = parameter_bytes(model)
         out[name] = {"params": size, "grads": 0, "optimizer": 0, "total": size}

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from harness.algorithms import get_algorithm
+from harness.algorithms.adapters import AdaptersOff, is_lora, shares_policy
 from harness.algorithms.batch import TrainSettings
 from harness.algorithms.ops import all_sum
 from harness.config.derive import algorithm_options, train_settings
@@ -32,6 +33,7 @@ from harness.results.step_record import StepRecord
 from harness.train import distributed as ranks_
 from harness.train.arm_interface import Progress, StepLog
 from harness.train.checkpoint import RunState, load_checkpoint, save_checkpoint
+from harness.train.lora import with_lora
 from harness.train.models import WEIGHT_DTYPES, frozen_copy, load_policy
 from harness.train.policy_arm import PolicyArm, seed_everything, step_seed
 from harness.train.rollout import Rollout, concat_batches, encode_prompts, generate, generate_with_spread, greedy_eval
@@ -65,8 +67,11 @@ def rank_settings(config: Config, world: int, rank: int) -> TrainSettings:
 
 def arm_models(config: Config, algo: str, policy: torch.nn.Module, settings: TrainSettings):
     """(algorithm, reference): what an arm trains `policy` with, built from the config. `harness estimate`
-    builds the same objects around a policy on the meta device."""
+    builds the same objects around a policy on the meta device. Under LoRA (`policy` a peft model) the
+    reference is the policy's base with its adapters off, not a copy."""
     algorithm = get_algorithm(algo)(policy, algorithm_options(config, algo), settings, seed=config.run.seed)
+    if is_lora(policy):
+        return algorithm, AdaptersOff(policy) if algorithm.needs.reference else None
     # A frozen reference is stored in the compute dtype: bf16 under bf16-mixed (2 bytes per parameter).
     reference_dtype = torch.bfloat16 if config.model.precision != "fp32" else WEIGHT_DTYPES["fp32"]
     reference = frozen_copy(policy, reference_dtype) if algorithm.needs.reference else None
@@ -104,6 +109,7 @@ class Arm(PolicyArm):
     def __init__(self, config: Config, algo: str, run_dir: Path, progress: Progress | None = None):
         super().__init__(config, algo, run_dir, progress, distributed=True,
                          gradient_checkpointing=config.model.gradient_checkpointing)
+        self.policy = with_lora(self.policy, config.model.lora)
         self.settings = rank_settings(config, self.ranks.world, self.ranks.rank)
         self.algorithm, self.reference = arm_models(config, algo, self.policy, self.settings)
         self.model_sizes = {name: sum(p.numel() for p in model.parameters())
@@ -129,12 +135,13 @@ class Arm(PolicyArm):
             return
         precision, run = self.config.model.precision, self.config.run
         self.algorithm.shard_models(lambda name, model: ranks_.shard(model, precision, **ranks_.model_sharding(run, name)))
-        if self.reference is not None:
+        if self.reference is not None and not shares_policy(self.reference):
             ranks_.shard(self.reference, precision, **ranks_.model_sharding(run, "reference"))
         self.sharded = True
 
     def frozen_models(self) -> dict[str, torch.nn.Module]:
-        return {"reference": self.reference} if self.reference is not None else {}
+        """Models that are held but not trained: the reference, unless it is the policy's base (LoRA)."""
+        return {"reference": self.reference} if self.reference is not None and not shares_policy(self.reference) else {}
 
     def state_bytes(self) -> dict[str, dict[str, int]]:
         """Arithmetic: bytes of parameters, gradients and optimizer state this process holds of each model."""

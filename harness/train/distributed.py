@@ -55,7 +55,10 @@ def rank_device(device: str, ranks: Ranks) -> str:
 
 
 def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The transformer blocks of a Hugging Face causal LM, of its decoder, or of a critic's backbone."""
+    """The transformer blocks of a Hugging Face causal LM, of its decoder, or of a critic's backbone (under LoRA:
+    of the peft model's base, adapters inside the blocks, sharded with them)."""
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
     for owner in (model, getattr(model, "model", None), getattr(model, "backbone", None)):
         layers = getattr(owner, "layers", None) if owner is not None else None
         if layers is not None:
@@ -86,7 +89,8 @@ def shard(model: torch.nn.Module, precision: str, offload: bool = False, mesh=No
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     for layer in decoder_layers(model):
         fully_shard(layer, **kwargs)
-    fully_shard(model, **kwargs)
+    # a peft model's root is its base: generate() and the adapters-off reference run the base's forward
+    fully_shard(model.get_base_model() if hasattr(model, "get_base_model") else model, **kwargs)
     return model
 
 

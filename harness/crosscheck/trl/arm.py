@@ -39,6 +39,7 @@ from harness.results.io import write_yaml
 from harness.results.step_record import StepRecord
 from harness.train.arm_interface import Diverged, Progress, StepLog
 from harness.train.checkpoint import RunState
+from harness.train.lora import peft_config
 from harness.train.policy_arm import PolicyArm, seed_everything, step_seed
 from harness.train.rollout import Rollout
 
@@ -121,8 +122,11 @@ class TRLArm(PolicyArm):
         """TRL's trainer to the budget; our callback makes each step's record and stops it."""
         callback = self.callback = HarnessCallback(self, state, probes, log)
         args = GRPOConfig(output_dir=str(self.run_dir / "trl"), **self.settings.grpo_config)
+        lora = self.config.model.lora  # the same adapters as our arms: TRL wraps the policy and its reference is the base
         trainer = ProbedGRPOTrainer(model=self.policy, reward_funcs=self.reward, args=args,
-                                    train_dataset=self.dataset, processing_class=self.tokenizer, callbacks=[callback])
+                                    train_dataset=self.dataset, processing_class=self.tokenizer, callbacks=[callback],
+                                    peft_config=peft_config(lora) if lora.enabled else None)
+        self.policy = trainer.model  # under LoRA the peft model TRL trains: evaluated and saved as adapters
         trainer.remove_callback(PrinterCallback)  # our progress bar and steps.jsonl say what it would print
         trainer.meter = callback.meter
         trainer.eos_token_ids = [self.tokenizer.eos_token_id]  # our sampler stops at the tokenizer's EOS only

@@ -1,0 +1,189 @@
+"""LoRA (peft) in both arms: the reference is the base with adapters off, only adapters (and the value head)
+train, a resume restores them bit for bit, and the estimate equals the live tensors a real CPU run measures."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+pytest.importorskip("peft")
+
+from harness.algorithms.adapters import AdaptersOff, adapter_parameters, trained_parameters  # noqa: E402
+from harness.config.load import load_config  # noqa: E402
+from harness.measure.probes import Probes  # noqa: E402
+from harness.measure.step_meter import StepMeter  # noqa: E402
+from harness.train.arm import Arm  # noqa: E402
+from harness.train.checkpoint import RunState, load_checkpoint, save_checkpoint  # noqa: E402
+from harness.train.lora import with_lora  # noqa: E402
+
+ARMS = [("grpo", "separate"), ("ppo", "separate"), ("ppo", "shared")]
+
+
+def lora_config(tmp_path, base="separate", *extra):
+    # GRPO with a KL term in the loss, so that its reference (the base with adapters off) is used
+    return load_config("smoke", overrides=["model.lora.rank=4", f"algorithms.ppo.critic_base={base}",
+                                           "algorithms.grpo.beta=0.04", f"run.results_dir={tmp_path}", *extra])
+
+
+def one_step(arm: Arm, state: RunState | None = None) -> RunState:
+    state = state or RunState()
+    probes = Probes("cpu", enabled=False)
+    arm.train_step(state, StepMeter(probes, None), probes)
+    return state
+
+
+def test_adapters_off_gives_the_base_model_s_logits_exactly(tmp_path):
+    arm = Arm(lora_config(tmp_path, "separate", "rollout.batch_size=8"), "grpo", tmp_path / "run")
+    base = copy.deepcopy(arm.policy.get_base_model())
+    from harness.algorithms.adapters import strip_adapters
+    strip_adapters(base)  # the same weights, no adapter layers at all
+    for p in adapter_parameters(arm.policy, "default"):  # adapters that change the output (B starts at zero)
+        torch.nn.init.normal_(p, std=0.5)
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    with torch.no_grad():
+        expected = base(input_ids=ids).logits
+        off = AdaptersOff(arm.policy)(input_ids=ids).logits
+        on = arm.policy(input_ids=ids).logits
+    assert torch.equal(off, expected)
+    assert not torch.allclose(on, expected)
+    assert all(p.requires_grad for p in trained_parameters(arm.policy))  # switching adapters off kept the flags
+
+
+def test_no_reference_copy_is_built(tmp_path):
+    arm = Arm(lora_config(tmp_path), "grpo", tmp_path / "run")
+    assert isinstance(arm.reference, AdaptersOff) and arm.frozen_models() == {}
+    assert "reference" not in arm.state_bytes()
+
+
+@pytest.mark.parametrize("algo,base", ARMS)
+def test_only_adapters_and_the_value_head_get_gradients(tmp_path, algo, base):
+    arm = Arm(lora_config(tmp_path, base), algo, tmp_path / "run")
+    models = arm.algorithm.trained_models()
+    every = {f"{m}:{n}": p for m, model in models.items() for n, p in model.named_parameters()}
+    before = {k: p.detach().clone() for k, p in every.items()}
+    trained = {id(p) for model in models.values() for p in trained_parameters(model)}
+    grads = {}
+    hooks = [p.register_hook(lambda g, k=k: grads.__setitem__(k, True)) for k, p in every.items() if p.requires_grad]
+    one_step(arm)
+    for hook in hooks:
+        hook.remove()
+    changed = {k for k, p in every.items() if not torch.equal(p, before[k])}
+    assert grads and changed
+    assert all(id(every[k]) in trained for k in grads), sorted(k for k in grads if id(every[k]) not in trained)[:3]
+    assert all(id(every[k]) in trained for k in changed)
+    assert all("lora_" in k or "value_head" in k or k.startswith("critic:adapter.") for k in changed)
+    # every frozen base weight is bit for bit what it was
+    assert all(torch.equal(p, before[k]) for k, p in every.items() if id(p) not in trained)
+    if algo == "ppo":
+        assert any("value_head" in k for k in changed)
+        critic_adapter = "critic" if base == "shared" else "default"
+        assert any(f".{critic_adapter}." in k or k.startswith("critic:adapter.") for k in changed if k.startswith(
+            "critic:") or f".{critic_adapter}." in k)
+
+
+@pytest.mark.parametrize("algo,base", ARMS[1:])
+def test_resume_restores_adapters_bit_for_bit(tmp_path, algo, base):
+    config = lora_config(tmp_path, base)
+    arm = Arm(config, algo, tmp_path / "run")
+    state = one_step(arm)
+    path = tmp_path / "state.pt"
+    save_checkpoint(path, state, arm.algorithm)
+    saved = torch.load(path, weights_only=True)["algorithm"]["models"]
+    # only what trains is saved: adapters and value head, never the frozen base
+    assert all("lora_" in k or "value_head" in k or k.startswith("adapter.") for m in saved.values() for k in m)
+    expected = {m: {k: v.clone() for k, v in s.items()} for m, s in arm.algorithm.state_dict()["models"].items()}
+    fresh = Arm(config, algo, tmp_path / "run2")
+    loaded = load_checkpoint(path, fresh.algorithm)
+    assert loaded.step == state.step == 1
+    got = fresh.algorithm.state_dict()["models"]
+    assert got.keys() == expected.keys()
+    for model in expected:
+        assert got[model].keys() == expected[model].keys()
+        assert all(torch.equal(got[model][k], expected[model][k]) for k in expected[model]), model
+    # and the resumed arm steps on: the same next step as the arm that saved it
+    one_step(arm, state)
+    one_step(fresh, loaded)
+    after, resumed = arm.algorithm.state_dict()["models"], fresh.algorithm.state_dict()["models"]
+    assert all(torch.equal(after[m][k], resumed[m][k]) for m in after for k in after[m])
+
+
+def test_shared_critic_base_without_lora_is_one_line(tmp_path):
+    from harness import UserError
+    with pytest.raises(UserError, match="critic_base=shared puts the critic on the policy's frozen LoRA base"):
+        load_config("smoke", overrides=["algorithms.ppo.critic_base=shared"])
+
+
+def test_lora_off_leaves_the_model_as_it_is():
+    from harness.config.schema import LoraSettings
+    model = torch.nn.Linear(2, 2)
+    assert with_lora(model, LoraSettings()) is model
+
+
+@pytest.mark.parametrize("algo,base", ARMS)
+def test_estimate_equals_measured_under_lora(algo, base, tmp_path):
+    from test_estimate import assert_estimate_matches, estimated_step, measured_step
+    config = lora_config(tmp_path, base, "rollout.batch_size=8")
+    measured, shapes = measured_step(config, algo)
+    assert_estimate_matches(measured, estimated_step(config, algo, shapes))
+
+
+def test_model_state_splits_frozen_base_adapters_and_value_head(tmp_path):
+    separate = Arm(lora_config(tmp_path, "separate"), "ppo", tmp_path / "a").state_bytes()
+    shared = Arm(lora_config(tmp_path, "shared"), "ppo", tmp_path / "b").state_bytes()
+    for rows in (separate, shared):
+        for row in rows.values():
+            assert row["params"] == row["frozen"] + row["adapters"] + row["value_head"]
+            assert row["grads"] == row["adapters"] + row["value_head"]  # gradients of what trains only
+    # the shared critic holds no base of its own: its frozen bytes are the policy's
+    assert shared["critic"]["frozen"] == 0 and separate["critic"]["frozen"] > 0
+    assert shared["critic"]["adapters"] == separate["critic"]["adapters"] == separate["policy"]["adapters"]
+    assert separate["critic"]["value_head"] == shared["critic"]["value_head"] == (32 + 1) * 4  # fp32 Linear(32, 1)
+
+
+ALL_ARMS = ["grpo", "ppo", "rloo", "dapo", "dr_grpo", "gspo", "reinforce_pp", "trl-grpo"]
+
+
+@pytest.mark.parametrize("algo", [pytest.param(a, marks=[] if a in ("grpo", "ppo") else [pytest.mark.slow])
+                                  for a in ALL_ARMS])
+def test_every_arm_trains_adapters_and_saves_them(tmp_path, algo):
+    import json
+
+    from conftest import harness
+    out = tmp_path / algo
+    harness("run", "--algo", algo, "--preset", "smoke", "--budget", "64", "--set", "model.lora.rank=4",
+            "--set", "run.lm_eval=false", "--out", str(out), check=True)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "ok" and summary["steps"] == 2
+    final = out / "final_model"
+    assert (final / "adapter_config.json").exists() and (final / "adapter_model.safetensors").exists()
+    assert not (final / "model.safetensors").exists()  # the adapters, not a copy of the base
+    rows = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
+    state = {k: v for k, v in rows[-1].items() if k.startswith("mem/model_state/policy/")}
+    assert state["mem/model_state/policy/adapters"] > 0 and state["mem/model_state/policy/frozen"] > 0
+    assert state["mem/model_state/policy/grads"] == state["mem/model_state/policy/adapters"]
+    assert not any(k.startswith("mem/model_state/reference/") for k in rows[-1])  # no reference copy
+
+
+@pytest.mark.slow
+def test_fsdp2_on_two_processes_shards_the_frozen_base_and_trains_the_adapters(tmp_path):
+    import json
+
+    from conftest import harness
+    flags = ("--algo", "ppo", "--preset", "smoke", "--budget", "64", "--set", "model.lora.rank=4",
+             "--set", "run.lm_eval=false")
+    harness("run", *flags, "--out", str(tmp_path / "one"), check=True)
+    harness("run", *flags, "--nproc-per-node", "2", "--out", str(tmp_path / "two"), check=True)
+
+    def last(folder):
+        return json.loads((tmp_path / folder / "steps.jsonl").read_text().splitlines()[-1])
+    one, two = last("one"), last("two")
+    assert json.loads((tmp_path / "two" / "summary.json").read_text())["status"] == "ok"
+    for model in ("policy", "critic"):
+        key = f"mem/model_state/{model}/"
+        # each rank holds half of the frozen base and half of the adapters (FSDP2 shards both, dim 0 even here)
+        assert two[key + "frozen"] * 2 == one[key + "frozen"] > 0
+        assert two[key + "adapters"] * 2 == one[key + "adapters"] > 0
+        assert two[key + "grads"] == two[key + "adapters"] + two[key + "value_head"]
+    assert (tmp_path / "two" / "final_model" / "adapter_model.safetensors").exists()
