@@ -113,3 +113,17 @@ def run_cli(*args, timeout: float = 120) -> subprocess.CompletedProcess:
 
 SLOW_COMPARE = ("compare", "--algos", "grpo,ppo", "--preset", "smoke", "--no-report", "--set", "run.lm_eval=false")
 
+
+
+def planned_comparison(folder: Path, monkeypatch) -> Path:
+    """A comparison folder as `harness compare` plans it (comparison.json, configs, inputs), its arms not yet
+    run; resuming it runs each arm as a child that prints one line (nothing is trained)."""
+    from harness.commands import compare
+    from harness.config.load import load_config
+    with monkeypatch.context() as patch:
+        patch.setattr(compare, "run_arms", lambda *args, **kwargs: 0)
+        compare.compare(load_config("smoke", overrides=["run.lm_eval=false"]), ["grpo", "ppo"], [0], out=folder,
+                        report=False)
+    monkeypatch.setattr(compare, "prepare_model", lambda config: None)
+    monkeypatch.setattr(compare, "arm_command", lambda arm_dir, resume: [sys.executable, "-c", "print('arm ran')"])
+    return folder

@@ -5,16 +5,17 @@ from __future__ import annotations
 import errno
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import harness
-from fault_helpers import (assert_one_line, leftovers, run_main, summary)
+from fault_helpers import GRPO, PPO, assert_one_line, leftovers, planned_comparison, run_main, summary
 
 
 # ---------------------------------------------------------------- 8. I/O faults and damaged files
-
 
 def test_8_a_read_only_output_folder(read_only_dir, capsys):
     code, _, err = run_main(capsys, "compare", "--preset", "smoke", "--out", read_only_dir / "cmp")
@@ -132,3 +133,96 @@ def test_9_result_files_take_the_umask(tmp_path, umask, mode, folder_mode):
     assert (tmp_path / "summary.json").stat().st_mode & 0o777 == mode
     assert (tmp_path / "state.pt").stat().st_mode & 0o777 == mode
     assert (tmp_path / "model").stat().st_mode & 0o777 == folder_mode
+
+
+# ---------------------------------------------------------------- 26 lower: a full disk, recorded and named
+
+def fails_for(names: tuple[str, ...]):
+    """os.fsync that reports a full disk for files whose name holds one of `names` (it names no file, as write() does)."""
+    real = os.fsync
+
+    def fsync(fd):
+        if any(name in os.readlink(f"/proc/self/fd/{fd}") for name in names):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd)
+    return fsync
+
+
+def test_26_lower_a_full_disk_early_in_an_arm_is_recorded_naming_the_file(tmp_path, monkeypatch):
+    from harness.config.load import load_config
+    from harness.results.io import append_jsonl
+    from harness.train import runner
+    run_dir = tmp_path / "run"
+
+    class WritesAStep:
+        def __init__(self, *args):
+            pass
+
+        def train(self, **kwargs):
+            append_jsonl(run_dir / "steps.jsonl", {"step": 1, "completions": 32, "tokens": 96})
+    monkeypatch.setattr(runner, "arm_class", lambda algo: WritesAStep)
+    monkeypatch.setattr(os, "fsync", fails_for(("steps.jsonl", "error.txt")))
+    record = runner.run_arm(load_config("smoke", overrides=["run.lm_eval=false"]), "grpo", run_dir)
+    assert record["status"] == "failed"
+    # the row reached the file, its flush to the disk did not: step 2 is the one that would have run next
+    assert record["error"] == (f"failed at step 2: OSError: [Errno 28] No space left on device: "
+                               f"'{run_dir / 'steps.jsonl'}'")
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "failed"  # not left at running
+
+
+def test_26_lower_an_arm_whose_outcome_cannot_be_recorded_does_not_stop_the_next(tmp_path, monkeypatch, capsys):
+    from harness.commands import compare
+    out = planned_comparison(tmp_path / "cmp", monkeypatch)
+    started = tmp_path / "started"
+    monkeypatch.setattr(compare, "arm_command", lambda arm_dir, resume: [
+        sys.executable, "-c", f"open({str(started)!r}, 'a').write({arm_dir.name!r} + '\\n')"])
+    real, calls = compare.record_outcome, []
+
+    def full_once(arm_dir, *args):
+        calls.append(arm_dir)
+        if len(calls) == 1:
+            raise OSError(errno.ENOSPC, "No space left on device", str(arm_dir / "summary.json"))
+        return real(arm_dir, *args)
+    monkeypatch.setattr(compare, "record_outcome", full_once)
+    code, _, err = run_main(capsys, "compare", "--resume", out, "--no-report")
+    assert code == 1, err
+    assert started.read_text().split() == [GRPO, PPO]  # the next arm ran
+    assert (f"warning: arm grpo s0 ended with status 0 and its outcome could not be recorded: "
+            f"{out / GRPO / 'summary.json'}: No space left on device") in err
+
+
+def test_26_lower_a_checkpoint_cut_short_by_a_full_disk_names_the_disk_not_torch(small_disk):
+    from harness.results.io import atomic_write_with
+    disk = small_disk("256k")
+    path = disk / "checkpoint" / "state.pt"
+    with pytest.raises(OSError) as failure:
+        atomic_write_with(path, lambda handle: torch.save({"weights": torch.zeros(1 << 18)}, handle))  # 1 MiB
+    assert failure.value.errno == errno.ENOSPC and failure.value.filename == str(path)
+    assert not leftovers(disk)
+
+
+# ---------------------------------------------------------------- 26 lower: every result file takes the umask
+
+def test_26_lower_the_steps_table_and_a_saved_models_files_take_the_umask(tmp_path):
+    from harness.results.exports import write_steps_table
+    from harness.results.io import atomic_folder
+    previous = os.umask(0o022)
+    try:
+        (tmp_path / GRPO).mkdir()
+        (tmp_path / GRPO / "steps.jsonl").write_text('{"step": 1}\n')
+        table = write_steps_table(tmp_path, [{"dir": GRPO, "algo": "grpo", "seed": 0}])
+        with atomic_folder(tmp_path / "final_model") as staging:
+            fd = os.open(staging / "model.safetensors", os.O_WRONLY | os.O_CREAT, 0o600)  # as safetensors creates it
+            os.close(fd)
+    finally:
+        os.umask(previous)
+    assert table.stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "final_model" / "model.safetensors").stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.slow
+def test_26_lower_a_finished_arms_model_takes_the_umask(smoke_comparison):
+    out = smoke_comparison[0]
+    assert os.umask(os.umask(0)) == 0o022  # the umask the session's comparison ran under
+    for path in [out / "steps.parquet", *(out / GRPO / "final_model").iterdir()]:
+        assert path.stat().st_mode & 0o777 == 0o644, path

@@ -7,7 +7,7 @@ import json
 import pytest
 import yaml
 
-from fault_helpers import (BASELINE, GRPO, PPO, assert_one_line, run_main, snapshot, summary)
+from fault_helpers import BASELINE, GRPO, PPO, assert_one_line, run_main, snapshot, summary
 
 
 # ---------------------------------------------------------------- 4. the memory gate
@@ -131,3 +131,49 @@ def test_10_a_bad_line_in_steps_is_skipped_counted_and_said(finished, tmp_path, 
     code, _, err = run_main(capsys, "report", finished, "--out", tmp_path, "--no-pdf")
     assert code == 0 and f"{steps}: 1 unreadable line skipped (2)" in err
     assert "1 unreadable line skipped (2)" in (tmp_path / "finished.html").read_text()
+
+
+# ---------------------------------------------------------------- 26.9 a baseline figure that is no number
+
+@pytest.mark.slow
+@pytest.mark.parametrize("edit, message", [
+    (lambda mem: mem["live"].update(peak="1987592"), "step peak of live tensors (max over phases) of grpo s0 is "
+                                                     "'1987592', not a number of bytes"),
+    (lambda mem: mem["live"]["phases"]["generate"].update(total=-1), "live tensors: generate of grpo s0 is -1, not a "
+                                                                     "number of bytes"),
+    (lambda mem: mem["live"].update(phases="x"), "the memory figures of grpo s0 are not in the form harness writes"),
+])
+def test_26_9_a_baseline_whose_figure_is_not_a_number(finished, tmp_path, capsys, edit, message):
+    data = json.loads(BASELINE.read_text())
+    edit(data["arms"][0]["mem"])
+    path = tmp_path / "baseline.json"
+    path.write_text(json.dumps(data))
+    code, out, err = run_main(capsys, "check", finished, "--baseline", path)
+    assert_one_line(code, err, f"baseline {path} is damaged: ")
+    assert message in err and "nothing regressed" not in out
+
+
+# ---------------------------------------------------------------- 26 lower: NaN in steps.jsonl
+
+def test_26_lower_a_non_finite_figure_is_written_as_json_and_read_back(tmp_path):
+    import math
+
+    import pandas as pd
+
+    from harness.results.exports import steps_frame
+    from harness.results.io import append_jsonl, read_jsonl, rewrite_jsonl
+    steps = tmp_path / GRPO / "steps.jsonl"
+    steps.parent.mkdir()
+    append_jsonl(steps, {"step": 1, "loss/loss": 0.5, "loss/approx_kl": 0.0})
+    append_jsonl(steps, {"step": 2, "loss/loss": float("nan"), "loss/approx_kl": float("inf")})
+
+    def strict(token):
+        raise ValueError(f"bare {token} in steps.jsonl")
+    lines = [json.loads(line, parse_constant=strict) for line in steps.read_text().splitlines()]  # plain JSON
+    assert lines[1]["loss/loss"] is None and lines[1]["nonfinite"] == {"loss/loss": "nan", "loss/approx_kl": "inf"}
+    read = read_jsonl(steps)  # what resume, the report, the exports and the trackers read
+    assert math.isnan(read[1]["loss/loss"]) and read[1]["loss/approx_kl"] == math.inf and "nonfinite" not in read[1]
+    rewrite_jsonl(steps, read)  # a resume rewrites the rows it keeps: still plain JSON, still NaN on reading
+    assert [json.loads(line, parse_constant=strict) for line in steps.read_text().splitlines()] == lines
+    frame = steps_frame(tmp_path, [{"dir": GRPO, "algo": "grpo", "seed": 0}])
+    assert pd.isna(frame["loss/loss"][1]) and frame["loss/approx_kl"][1] == math.inf

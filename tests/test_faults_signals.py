@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
 
 from conftest import harness, wait_for_steps
-from fault_helpers import (GRPO, PPO, SLOW_COMPARE, arm_process, leftovers, rows,
-                           start, stop, summary)
+from fault_helpers import GRPO, PPO, SLOW_COMPARE, arm_process, leftovers, rows, start, stop, summary
 
 
 # ---------------------------------------------------------------- 2. an arm killed by a signal
@@ -130,3 +132,36 @@ def test_6_a_stop_that_torch_turned_into_another_error_is_still_an_interruption(
     record = summary(tmp_path / "run")
     assert record["status"] == "interrupted" and record["error"] == "interrupted by SIGTERM after step 0"
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handlers are put back
+
+
+# ---------------------------------------------------------------- 26.3 a killed rank still ends in a verdict
+
+def rank_process(parent: subprocess.Popen, arm_dir: Path, rank: int) -> psutil.Process:
+    """The rank `rank` process of the torchrun job an arm of `parent` runs."""
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        for child in psutil.Process(parent.pid).children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if str(arm_dir) in " ".join(child.cmdline()) and child.environ().get("RANK") == str(rank):
+                    return child
+        time.sleep(0.1)
+    raise AssertionError(f"no rank {rank} for {arm_dir}")
+
+
+@pytest.mark.slow
+def test_26_3_a_killed_rank_ends_in_a_printed_verdict_and_a_report(tmp_path):
+    out = tmp_path / "cmp"
+    process = start("compare", "--algos", "grpo,ppo", "--preset", "smoke", "--set", "run.lm_eval=false",
+                    "--nproc-per-node", "2", "--budget", "192", "--out", str(out))
+    try:
+        wait_for_steps(out / GRPO / "steps.jsonl", 2, process, timeout=600)
+        rank_process(process, out / GRPO, 1).kill()  # gloo's error on rank 0 names a source path in brackets
+        stdout, stderr = process.communicate(timeout=1200)
+    finally:
+        stop(process)
+    assert process.returncode == 1, stderr
+    assert "Traceback" not in stderr and "MarkupError" not in stderr, stderr
+    grpo = summary(out / GRPO)
+    assert grpo["status"] == "failed" and "rank 1 of 2 died with exit code -9" in grpo["error"]
+    assert "Verdict:" in stdout and f"report: {out / 'report.html'}" in stdout
+    assert summary(out / PPO)["status"] == "ok" and (out / "report.html").exists()
