@@ -129,13 +129,14 @@ class ValueModel(nn.Module):
                            dtype=next(self.backbone.parameters()).dtype)
 
     def forward(self, batch: RolloutBatch) -> torch.Tensor:
-        """Values `[B, T]`: the state before each completion token."""
+        """Values `[B, T, 1]`: the state before each completion token. Callers squeeze the last dimension: a
+        view returned from an FSDP2 root is a tensor whose pre-backward hook an in-place op would drop."""
         length = batch.completion_mask.shape[1]
         position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
         hidden = self.backbone(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                position_ids=position_ids, use_cache=False).last_hidden_state
         hidden = hidden[:, -(length + 1):-1]  # [B, T, H] the states that predict each completion token
-        return upcast(self.value_head(hidden).squeeze(-1))
+        return upcast(self.value_head(hidden))
 
 
 class PPO(Algorithm):
@@ -178,7 +179,7 @@ class PPO(Algorithm):
     def compute_values(self, batch: RolloutBatch) -> None:
         self.critic.eval()
         with autocast(self.critic, self.settings.autocast_dtype):
-            values = torch.cat([self.critic(part) for part in batch.split(self.settings.logprob_batch_size)])
+            values = torch.cat([self.critic(part).squeeze(-1) for part in batch.split(self.settings.logprob_batch_size)])
         batch.values = values * batch.completion_mask  # [B, T]
 
     @torch.no_grad()
@@ -195,5 +196,5 @@ class PPO(Algorithm):
                                denominator)
 
     def critic_loss(self, mb: RolloutBatch, denominator):
-        return value_loss(self.critic(mb), mb.values, mb.returns, mb.completion_mask, self.options.vf_clip,
+        return value_loss(self.critic(mb).squeeze(-1), mb.values, mb.returns, mb.completion_mask, self.options.vf_clip,
                           denominator)

@@ -173,12 +173,6 @@ def test_26_9_eval_of_a_model_folder_with_damaged_weights(tmp_path, capsys):
     assert (set(os.listdir(tmp_path)), set(os.listdir("/tmp"))) == before  # no scores folder made for nothing
 
 
-def test_26_9_a_device_this_torch_cannot_use(tmp_path, capsys):
-    code, _, err = run_main(capsys, "compare", "--preset", "smoke", "--device", "cuda", "--results-dir", tmp_path / "r")
-    assert_one_line(code, err, "--device cuda asked for, but no CUDA GPU is visible here; use --device cpu")
-    assert not (tmp_path / "r").exists()
-
-
 @pytest.mark.parametrize("field, value", [("hidden_size", -64), ("num_hidden_layers", 0), ("vocab_size", 1.5),
                                           ("num_attention_heads", True)])
 def test_26_9_a_model_config_with_a_size_that_is_no_size(tmp_path, capsys, field, value):

@@ -26,9 +26,14 @@ from harness.config.load import _merge, copy_config, nest, parse_override, parse
 from harness.config.schema import Config, validate
 
 ARM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+MAX_ARM_NAME = 64  # it names folders (TASK__NAME__sSEED, a sweep's NAME.pN): well inside a file name's 255 bytes
 SPEC_FORM = "NAME=ALGO[:section.field=value...]"
-# What every arm of a comparison shares (the fairness rules): set it for all arms with --set instead.
-SHARED_FIELDS = ("budget.", "task.", "model.name", "run.seed", "run.results_dir", "run.eval_split", "verdict.",
+# What every arm of a comparison shares (the fairness rules): set it for all arms with --set instead. The
+# model section defines "the same model" (name, sizes, vocabulary, warm start) and its precision, which
+# DESIGN.md holds equal too; gradient checkpointing alone is a stack choice an arm may make for itself.
+SHARED_FIELDS = ("budget.", "task.", "model.name", "model.hidden_size", "model.num_layers", "model.num_heads",
+                 "model.warm_start_steps", "model.warm_start_batch", "model.warm_start_lr", "model.vocab_pad_to",
+                 "model.precision", "run.seed", "run.device", "run.results_dir", "run.eval_split", "verdict.",
                  "estimate.")
 
 
@@ -80,8 +85,12 @@ def parse_arm_spec(text: str) -> ArmSpec:
 
 
 def check_name(spec: ArmSpec, text: str) -> ArmSpec:
+    shown = text if len(text) <= 80 else text[:77] + "..."
+    if len(spec.name) > MAX_ARM_NAME:
+        raise UserError(f"arm name in '{shown}' has {len(spec.name)} characters; at most {MAX_ARM_NAME} (it names "
+                        "the arm's folders)")
     if not ARM_NAME.match(spec.name) or "__" in spec.name:
-        raise UserError(f"arm name '{spec.name}' in '{text}' must be letters, digits, '.', '+', '-' or single '_' "
+        raise UserError(f"arm name '{spec.name}' in '{shown}' must be letters, digits, '.', '+', '-' or single '_' "
                         "(it names the arm's folders)")
     return spec
 
@@ -123,7 +132,10 @@ def flatten_dotted(key: str, value: Any) -> dict[str, Any]:
 
 
 def check_arm_list(specs: list[ArmSpec]) -> list[ArmSpec]:
-    """Known algorithms, distinct names, and no override of what every arm shares."""
+    """Names that make folder names, known algorithms, distinct names, and no override of what every arm shares
+    (a list read back from a file is checked the same way as one given on the command line)."""
+    for spec in specs:
+        check_name(spec, str(spec.name))
     try:
         check_arm_kinds([spec.algo for spec in specs])
     except ValueError as err:

@@ -13,6 +13,7 @@ finish), 2 bad input (a missing file, a baseline of another preset or device).
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from harness.config.load import config_from_dict, read_yaml
 from harness.results.arm_config import ARM_KEYS
 from harness.results.headline import MEMORY_FIGURES, PHASES, headline
 from harness.results.io import check_writable, read_json, read_json_object, refuse_if_being_written, write_json
+from harness.results.safe_io import arm_folders
 
 EXIT_OK, EXIT_REGRESSED = 0, 1
 BASELINE_FORMAT = 2
@@ -33,7 +35,8 @@ GATED_KINDS = {"exact"}  # always gated; "gpu" too when both sides ran on the sa
 MODEL_CATEGORIES = ("params", "grads", "optimizer")
 # Config fields that cannot change a footprint: where results go; seeds are matched arm by arm.
 # estimate.*: settings of harness estimate, not of the run
-CONFIG_IGNORED = {"derived", *ARM_KEYS, "run.seed", "run.results_dir", "estimate"}
+# task.reward_timeout: a limit on the user's code, which changes no figure
+CONFIG_IGNORED = {"derived", *ARM_KEYS, "run.seed", "run.results_dir", "estimate", "task.reward_timeout"}
 
 
 # ---------------------------------------------------------------- what was measured
@@ -66,9 +69,7 @@ def load_folder(path: str | Path) -> Measured:
         raise UserError(f"{folder} does not exist or is not a folder; give a run or comparison folder")
     if (folder / "comparison.json").exists():
         plan = read_json_object(folder / "comparison.json", {"arms": list})
-        if not all(isinstance(arm, dict) and isinstance(arm.get("dir"), str) and arm["dir"] for arm in plan["arms"]):
-            raise UserError(f"{folder / 'comparison.json'} is damaged: an entry of 'arms' has no folder ('dir')")
-        arm_dirs = [folder / arm["dir"] for arm in plan["arms"]]
+        arm_dirs = arm_folders(folder, plan)
     elif (folder / "summary.json").exists():
         arm_dirs = [folder]
     else:
@@ -183,6 +184,19 @@ def missing_gated(mem: dict[str, Any], kinds: set[str]) -> list[str]:
     return [label.strip() for _, label, kind, value in arm_figures(mem) if kind in kinds and value is None]
 
 
+def refuse_non_numbers(arm: dict[str, Any]) -> None:
+    """One line (UserError) when an arm's memory figures are not numbers of bytes (a file edited or damaged)."""
+    try:
+        figures = arm_figures(arm["mem"])
+    except (AttributeError, TypeError, KeyError, ValueError) as err:
+        raise UserError(f"{arm['source']} is damaged: the memory figures of {arm['algo']} s{arm['seed']} are not "
+                        f"in the form harness writes ({type(err).__name__}: {err})") from None
+    for _, label, _, value in figures:
+        if value is not None and (type(value) not in (int, float) or not math.isfinite(value) or value < 0):
+            raise UserError(f"{arm['source']} is damaged: {label.strip()} of {arm['algo']} s{arm['seed']} is "
+                            f"{value!r}, not a number of bytes")
+
+
 def refuse_missing(arm: dict[str, Any], kinds: set[str], fix: str) -> None:
     lost = missing_gated(arm["mem"], kinds)
     if lost:
@@ -229,8 +243,8 @@ def parse_tolerance(text: str, flag: str) -> float:
         value = float(text.strip().rstrip("%")) / 100
     except ValueError:
         raise UserError(f"{flag} '{text}' is not a percentage, e.g. {flag} 5%") from None
-    if value < 0:
-        raise UserError(f"{flag} must not be negative, got '{text}'")
+    if not math.isfinite(value) or value < 0:  # nan compares false with everything: it would pass every figure
+        raise UserError(f"{flag} must be a finite percentage of 0 or more, got '{text}'")
     return value
 
 
@@ -274,6 +288,8 @@ def check(folder: str, baseline_path: str, gpu_tolerance: float, exact_tolerance
     if differences and strict_config:
         raise UserError(f"config differs from the baseline's ({base.config_hash} -> {now.config_hash}): "
                         f"{'; '.join(differences)}")
+    for arm in [*base.arms, *(a for a in now.arms if a["status"] == "ok")]:
+        refuse_non_numbers(arm)
     base_arms = {arm_key(a): a for a in base.arms}
     missing = arm_names([a for a in now.arms if arm_key(a) not in base_arms])
     if missing:

@@ -115,7 +115,7 @@ def make_console():
 def render(result: dict[str, Any], console=None) -> None:
     console = console or make_console()
     for line in setup_lines(result["setup"]):
-        console.print(line)
+        console.print(line, markup=False)  # model names and paths are the user's: never markup
     for algo, arm in result["arms"].items():
         console.print(arm_table(algo, arm, result["setup"]["world_size"]))
         took = "from the cache" if arm["cached"] else f"fake step in {arm['seconds']:.0f} s"
@@ -129,15 +129,16 @@ def render(result: dict[str, Any], console=None) -> None:
     console.print(fit_table(result))
     console.print(state_table(result))
     for line in result["notes"]:
-        console.print(f"note: {line}")
+        console.print(f"note: {line}", markup=False)
 
 
 def render_grid(result: dict[str, Any], console=None) -> None:
+    from rich.markup import escape
     from rich.table import Table
     console = console or make_console()
     top, bottom = result["pair"]
     for line in setup_lines(result["setup"], grid=True):
-        console.print(line)
+        console.print(line, markup=False)
     table = Table(title=f"Sensitivity grid: estimated step peak per GPU (GiB) and {top.upper()}/{bottom.upper()}")
     for axis in result["axes"]:
         table.add_column(axis.replace("_", " "))
@@ -145,7 +146,7 @@ def render_grid(result: dict[str, Any], console=None) -> None:
         table.add_column(f"{algo.upper()} peak (phase)", justify="right")
     table.add_column("ratio", justify="right", style="bold")
     for cell in result["cells"]:
-        table.add_row(*(cell[a] for a in result["axes"]),
+        table.add_row(*(escape(str(cell[a])) for a in result["axes"]),
                       *(f"{cell['peaks'][a] / GIB:,.2f} ({cell['peak_phases'][a]})" for a in (top, bottom)),
                       f"{cell['ratio']:.3f}")
     console.print(table)
@@ -153,13 +154,13 @@ def render_grid(result: dict[str, Any], console=None) -> None:
     describe = lambda cell: ", ".join(f"{a.replace('_', ' ')} {cell[a]}" for a in result["axes"])  # noqa: E731
     console.print(f"[bold]{top.upper()}/{bottom.upper()} step peak ratio (estimated): {low:.3f} to {high:.3f}[/bold] "
                   f"over {len(result['cells'])} configurations")
-    console.print(f"  lowest {low:.3f}: {describe(result['lowest'])}")
-    console.print(f"  highest {high:.3f}: {describe(result['highest'])}")
+    console.print(f"  lowest {low:.3f}: {describe(result['lowest'])}", markup=False)
+    console.print(f"  highest {high:.3f}: {describe(result['highest'])}", markup=False)
     steps = result["fake_steps"]
     console.print(f"grid: {steps['computed']} fake steps computed, {steps['reused']} reused from the cache, "
                   f"{result['seconds']:.0f} s")
     for line in result["notes"]:
-        console.print(f"note: {line}")
+        console.print(f"note: {line}", markup=False)
 
 
 def progress_line(done: int, total: int, what: str) -> None:

@@ -181,8 +181,15 @@ def simulation_lines(plan: dict[str, Any], comparisons: int = 200) -> list[str]:
     return lines
 
 
-def plan_command(config: Config, seeds: int, algos: list[str], simulate: bool = False) -> int:
-    plan = make_plan(config, seeds, algos)
+def plan_command(config: Config, seeds: int, arms: list, simulate: bool = False) -> int:
+    """`harness plan`: the plan of a comparison of these arms (specs or --algos items, as compare takes them)."""
+    from harness.commands.arm_specs import ArmSpec, arm_config, check_arm_list, check_baseline, parse_arm_spec
+    from harness.results.headline import arm_pair_of
+    specs = check_arm_list([a if isinstance(a, ArmSpec) else parse_arm_spec(a) for a in arms])
+    for spec in specs:
+        arm_config(config, spec)  # each arm's overrides checked, as compare checks them
+    pair = arm_pair_of({s.name: s.algo for s in specs}, check_baseline(specs, None))
+    plan = make_plan(config, seeds, list(pair) if pair else [s.name for s in specs])
     print("\n".join(analysis_plan_lines(plan)))
     if simulate:
         print("\n".join(simulation_lines(plan)))

@@ -49,6 +49,7 @@ class TaskConfig:
     reward: str = "math"  # data tasks: math (math-verify), exact, or a TRL-style reward function module:function
     eval_file: str = ""  # data tasks: held-out examples from this file (else a seeded cut of eval_size)
     chat_template: str = "auto"  # auto: prompts go through the tokenizer's chat template when it has one; none
+    reward_timeout: float = 60.0  # data tasks: seconds a reward function call may take before the arm fails
 
     @property
     def label(self) -> str:
@@ -227,7 +228,7 @@ FIELD_RANGES = {  # 0 means "off" or "all" where a field's comment says so
     "model.warm_start_steps": NON_NEGATIVE, "model.warm_start_batch": AT_LEAST_1, "model.warm_start_lr": POSITIVE,
     "model.vocab_pad_to": NON_NEGATIVE,
     "task.eval_size": AT_LEAST_1, "task.validation_size": NON_NEGATIVE, "task.seed": NON_NEGATIVE,
-    "task.format_weight": NON_NEGATIVE,
+    "task.format_weight": NON_NEGATIVE, "task.reward_timeout": POSITIVE,
     "rollout.batch_size": AT_LEAST_1, "rollout.samples_per_prompt": AT_LEAST_1, "rollout.temperature": POSITIVE,
     "rollout.top_p": PROBABILITY, "rollout.max_new_tokens": AT_LEAST_1, "rollout.logprob_batch_size": NON_NEGATIVE,
     "rollout.slices": NON_NEGATIVE,

@@ -19,6 +19,7 @@ from harness.config.load import read_yaml
 from harness.results.headline import get_path as get
 from harness.results.headline import arm_pair_of, default_baseline, headline
 from harness.results.io import describe_bad_lines, read_json_object, read_jsonl
+from harness.results.safe_io import arm_folders
 
 # (steps.jsonl key, label) of the training-health panels; the last three belong to one algorithm each.
 HEALTH_METRICS = [
@@ -205,8 +206,7 @@ def load_comparison(comparison_dir: Path | str) -> Comparison:
         raise UserError(f"{comparison_dir} holds no comparison.json: not a comparison folder "
                         "(make one with 'harness compare')")
     plan = read_json_object(comparison_dir / "comparison.json", {"arms": list})
-    if not all(isinstance(arm, dict) and isinstance(arm.get("dir"), str) and arm["dir"] for arm in plan["arms"]):
-        raise UserError(f"{comparison_dir / 'comparison.json'} is damaged: an entry of 'arms' has no folder ('dir')")
+    arm_folders(comparison_dir, plan)  # every entry names a folder inside the comparison
     config = _read_yaml(comparison_dir / "config.yaml") or {}
     # What the page names in its title: from the plan, else the resolved config, else a dash.
     plan.setdefault("task", get(config, "task", "name") or "—")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from harness.config.schema import Config
 from harness.measure.live_tensors import LiveTensors
 from harness.measure.probes import Probes, model_state_bytes
 from harness.measure.step_meter import StepMeter, is_tracked_step, non_finite, step_flops, step_record, to_floats
-from harness.results.io import append_jsonl, checkpoint_file, read_jsonl, rewrite_jsonl
+from harness.results.io import append_jsonl, atomic_folder, checkpoint_file, read_jsonl, rewrite_jsonl
 from harness.train import distributed as ranks_
 from harness.train.checkpoint import RunState, load_checkpoint, save_checkpoint
 from harness.train.models import WEIGHT_DTYPES, check_device, frozen_copy, load_policy, resolve_model_path
@@ -168,13 +167,9 @@ class Arm:
         """The trained policy and its tokenizer as a Hugging Face folder (for `harness eval`, lm_eval)."""
         weights = ranks_.full_state_dict(self.policy, self.ranks) if self.sharded else None
         if self.ranks.main:
-            folder = self.run_dir / "final_model"
-            staging = self.run_dir / ".final_model.tmp"
-            shutil.rmtree(staging, ignore_errors=True)
-            self.policy.save_pretrained(staging, state_dict=weights)
-            self.tokenizer.save_pretrained(staging)
-            shutil.rmtree(folder, ignore_errors=True)
-            os.replace(staging, folder)
+            with atomic_folder(self.run_dir / "final_model") as staging:  # whole, and its files take the umask
+                self.policy.save_pretrained(staging, state_dict=weights)
+                self.tokenizer.save_pretrained(staging)
         ranks_.barrier(self.ranks)
 
     # ------------------------------------------------------------ evaluation

@@ -14,7 +14,6 @@ evaluation, the budget) and a trainer subclass in `harness.crosscheck.trl.traine
 from __future__ import annotations
 
 import dataclasses
-import os
 import shutil
 import time
 import warnings
@@ -38,7 +37,7 @@ from harness.crosscheck.trl.trainer import ProbedGRPOTrainer, TaskReward, TRLMet
 from harness.measure.live_tensors import LiveTensors
 from harness.measure.probes import Probes, model_flops, model_state_bytes
 from harness.measure.step_meter import StepMeter, is_tracked_step, non_finite, step_record, to_floats
-from harness.results.io import append_jsonl, write_yaml
+from harness.results.io import append_jsonl, atomic_folder, write_yaml
 from harness.train.arm import Diverged, seed_everything, step_seed
 from harness.train.checkpoint import RunState
 from harness.train.models import check_device, load_policy, resolve_model_path
@@ -159,12 +158,9 @@ class TRLArm:
             self.policy.train(training)
 
     def save_final_model(self) -> None:
-        folder, staging = self.run_dir / "final_model", self.run_dir / ".final_model.tmp"
-        shutil.rmtree(staging, ignore_errors=True)
-        self.policy.save_pretrained(staging)
-        self.tokenizer.save_pretrained(staging)
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(staging, folder)
+        with atomic_folder(self.run_dir / "final_model") as staging:  # whole, and its files take the umask
+            self.policy.save_pretrained(staging)
+            self.tokenizer.save_pretrained(staging)
 
     def train(self, resume: bool = False, probes_enabled: bool = True) -> dict[str, Any]:
         """Train to the budget. TRL's arm keeps no checkpoint of its own: `resume` trains it again from the start."""
