@@ -155,7 +155,16 @@ def test_26_3_a_killed_rank_ends_in_a_printed_verdict_and_a_report(tmp_path):
                     "--nproc-per-node", "2", "--budget", "192", "--out", str(out))
     try:
         wait_for_steps(out / GRPO / "steps.jsonl", 2, process, timeout=600)
-        rank_process(process, out / GRPO, 1).kill()  # gloo's error on rank 0 names a source path in brackets
+        rank_one = rank_process(process, out / GRPO, 1)
+        agent = rank_one.parent()  # torchrun's agent, held still so that rank 0 meets the dead peer in gloo
+        agent.suspend()            # first: its error names gloo's source file in brackets, '[/...pair.cc:NNN]'
+        try:
+            rank_one.kill()
+            deadline = time.time() + 180
+            while time.time() < deadline and summary(out / GRPO).get("status") == "running":
+                time.sleep(0.2)
+        finally:
+            agent.resume()
         stdout, stderr = process.communicate(timeout=1200)
     finally:
         stop(process)
@@ -163,5 +172,6 @@ def test_26_3_a_killed_rank_ends_in_a_printed_verdict_and_a_report(tmp_path):
     assert "Traceback" not in stderr and "MarkupError" not in stderr, stderr
     grpo = summary(out / GRPO)
     assert grpo["status"] == "failed" and "rank 1 of 2 died with exit code -9" in grpo["error"]
+    assert "(rank 0 saw: failed at step" in grpo["error"], grpo["error"]  # gloo's own words, markup to rich
     assert "Verdict:" in stdout and f"report: {out / 'report.html'}" in stdout
     assert summary(out / PPO)["status"] == "ok" and (out / "report.html").exists()
