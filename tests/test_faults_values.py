@@ -184,6 +184,25 @@ def test_26_9_a_model_config_with_a_size_that_is_no_size(tmp_path, capsys, field
     assert_one_line(code, err, f"{path}: {field} must be a whole number of at least 1, got {value!r}")
 
 
+@pytest.mark.parametrize("layers, warned", [(80, True), (2, False)])
+def test_26_lower_an_estimate_of_a_deep_model_says_up_front_that_it_takes_minutes(tmp_path, capsys, monkeypatch,
+                                                                                  layers, warned):
+    from harness import UserError
+    from harness.estimate import estimator
+
+    def stop(*args, **kwargs):  # the fake step itself (minutes for 80 layers) is not what this row checks
+        raise UserError("stopped before the fake step")
+    monkeypatch.setattr(estimator, "run_arm", stop)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"model_type": "qwen2", "hidden_size": 64, "num_hidden_layers": layers,
+                                "num_attention_heads": 2, "num_key_value_heads": 2, "intermediate_size": 128,
+                                "vocab_size": 16}))
+    code, _, err = run_main(capsys, "estimate", "--model", path, "--no-cache")
+    assert code == 2 and "stopped before the fake step" in err, err
+    said = f"({layers} decoder layers, each run on fake tensors: minutes on a laptop CPU, cached after)"
+    assert (said in err.splitlines()[0]) is warned, err  # the line printed before the step starts
+
+
 @pytest.mark.parametrize("value", ["abc", "-1", "nan"])
 def test_26_9_a_progress_interval_that_is_not_seconds(tmp_path, capsys, monkeypatch, value):
     monkeypatch.setenv("HARNESS_PROGRESS_SECONDS", value)
