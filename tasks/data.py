@@ -225,6 +225,8 @@ def call_reward_function(function, name: str, completions: list[str], examples: 
         if not isinstance(values, Iterable):
             raise RewardFunctionError(f"reward function {name} must return a list of floats, "
                                       f"got {type(values).__name__}: {str(values)[:80]}")
+        if isinstance(values, (str, bytes)):  # refused below, by its own type, not as a list of characters
+            return values
         return list(values)  # a generator's values are computed here, under the same limit
     try:
         values = call_with_limit(call, timeout)
