@@ -120,13 +120,15 @@ def value_head(hidden_size: int, like: torch.Tensor) -> nn.Linear:
 
 
 def values_of(decoder, head: nn.Linear, batch: RolloutBatch) -> torch.Tensor:
-    """Values `[B, T]` from a decoder and a value head: the state before each completion token."""
+    """Values `[B, T, 1]` from a decoder and a value head: the state before each completion token. Callers
+    squeeze the last dimension: a view returned from an FSDP2 root is a tensor whose pre-backward hook an
+    in-place op would drop."""
     length = batch.completion_mask.shape[1]
     position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
     hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                      position_ids=position_ids, use_cache=False).last_hidden_state
     hidden = hidden[:, -(length + 1):-1]  # [B, T, H] the states that predict each completion token
-    return upcast(head(hidden).squeeze(-1))
+    return upcast(head(hidden))
 
 
 class ValueModel(nn.Module):
@@ -228,7 +230,7 @@ class PPO(Algorithm):
     def compute_values(self, batch: RolloutBatch) -> None:
         self.critic.eval()
         with autocast(self.critic, self.settings.autocast_dtype):
-            values = torch.cat([self.critic(part) for part in batch.split(logprob_rows(self.settings, batch.size))])
+            values = torch.cat([self.critic(part).squeeze(-1) for part in batch.split(logprob_rows(self.settings, batch.size))])
         batch.values = values * batch.completion_mask  # [B, T]
 
     @torch.no_grad()
@@ -245,5 +247,5 @@ class PPO(Algorithm):
                                denominator)
 
     def critic_loss(self, mb: RolloutBatch, denominator):
-        return value_loss(self.critic(mb), mb.values, mb.returns, mb.completion_mask, self.options.vf_clip,
+        return value_loss(self.critic(mb).squeeze(-1), mb.values, mb.returns, mb.completion_mask, self.options.vf_clip,
                           denominator)

@@ -92,6 +92,17 @@ def refuse_flags_with(args: argparse.Namespace, flags: tuple[str, ...], what: st
         raise UserError(f"{what}; drop {', '.join(given)} (to change them, start a new run)")
 
 
+def refuse_force_without_resume(args: argparse.Namespace) -> None:
+    if getattr(args, "force_resume", False):
+        raise UserError("--force-resume goes with --resume: it continues a run whose inputs changed since it started")
+
+
+def add_force_resume_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--force-resume", action="store_true",
+                        help="with --resume: continue even though a data file, reward module, model or the config "
+                             "changed since the run started (recorded in inputs.json)")
+
+
 def parse_algos(text: str) -> list[str]:
     from harness.config.arm_kinds import check_arm_kinds
     algos = [a.strip() for a in text.split(",") if a.strip()]
@@ -148,7 +159,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.resume:
         refuse_flags_with(args, ("algos", "seeds", "seed", "out", "baseline", "kl", "kl_coef", "devices_per_arm", *CONFIG_FLAGS),
                           f"--resume continues {args.resume} with the config, algorithms and seeds it was started with")
-        return compare.resume(args.resume, report=not args.no_report)
+        return compare.resume(args.resume, report=not args.no_report, force=args.force_resume)
+    refuse_force_without_resume(args)
     arms = arm_specs_from_args(args)
     kl = kl_from_args(args)
     if args.devices_per_arm is not None:
@@ -175,17 +187,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         refuse_flags_with(args, ("algos", "grid", "seeds", "seed", "out", "baseline", "kl", "kl_coef", "compare_seeds",
                                  *(["no_compare"] if args.no_compare else []), *CONFIG_FLAGS),
                           f"--resume continues {args.resume} with the grid, arms and seeds it was started with")
-        return sweep.resume_sweep(args.resume, report=not args.no_report)
+        return sweep.resume_sweep(args.resume, report=not args.no_report, force=args.force_resume)
+    refuse_force_without_resume(args)
     arms = arm_specs_from_args(args)
     kl = kl_from_args(args)
     grid = sweep.parse_grid(args.grid or [])
     point_budget, args.budget = args.budget, None  # --budget: per point; the comparison keeps the config's
     config = config_from_args(args)
-    if (args.seeds or 1) < 1 or (args.compare_seeds is not None and args.compare_seeds < 1):
+    if (args.seeds is not None and args.seeds < 1) or (args.compare_seeds is not None and args.compare_seeds < 1):
         raise UserError("--seeds and --compare-seeds must be at least 1")
-    return sweep.sweep(config, arms, grid, seeds=args.seeds or 1, out=args.out, budget=point_budget, kl=kl,
-                       baseline=args.baseline, compare_after=not args.no_compare, compare_seeds=args.compare_seeds,
-                       first_seed=args.seed or 0, report=not args.no_report)
+    return sweep.sweep(config, arms, grid, seeds=1 if args.seeds is None else args.seeds, out=args.out,
+                       budget=point_budget, kl=kl, baseline=args.baseline, compare_after=not args.no_compare,
+                       compare_seeds=args.compare_seeds, first_seed=args.seed or 0, report=not args.no_report,
+                       yes=args.yes)
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -225,7 +239,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.run_dir:
         refuse_flags_with(args, ("algo", "out", *CONFIG_FLAGS),
                           f"--run-dir trains {args.run_dir} with the config saved in it")
-        return run.run_folder(args.run_dir, resume=args.resume, probes=not args.no_probes)
+        if not args.resume:
+            refuse_force_without_resume(args)
+        return run.run_folder(args.run_dir, resume=args.resume, probes=not args.no_probes,
+                              force_resume=args.force_resume)
+    refuse_force_without_resume(args)
     if args.resume:
         raise UserError("--resume needs --run-dir: the folder of the run to continue")
     if not args.algo:
@@ -366,6 +384,7 @@ def build_parser() -> Parser:
     compare.add_argument("--seed", type=int, help="first seed (default 0)")
     compare.add_argument("--out", help="comparison folder (default: results/compare__TASK__TIME)")
     compare.add_argument("--resume", metavar="DIR", help="finish an interrupted comparison folder")
+    add_force_resume_flag(compare)
     compare.add_argument("--parallel-arms", action="store_const", const="true",
                          help="on a machine with several GPUs: arms (and seeds) at once, each on its own GPUs")
     compare.add_argument("--devices-per-arm", type=int, metavar="K",
@@ -389,7 +408,10 @@ def build_parser() -> Parser:
     sweep.add_argument("--no-compare", action="store_true", help="stop after the choice")
     sweep.add_argument("--out", help="sweep folder (default: results/sweep__TASK__TIME)")
     sweep.add_argument("--resume", metavar="DIR", help="finish an interrupted sweep folder (finished points are kept)")
+    add_force_resume_flag(sweep)
     sweep.add_argument("--no-report", action="store_true", help="skip the comparison's HTML/PDF report")
+    sweep.add_argument("--yes", action="store_true", help="start a sweep of more than 64 point runs (it says what "
+                                                          "it would cost without this)")
     add_arm_flags(sweep)
     add_config_flags(sweep)
     sweep.set_defaults(func=cmd_sweep)
@@ -440,6 +462,7 @@ def build_parser() -> Parser:
     run.add_argument("--out", help="run folder (default: results/TASK__ALGO__sSEED__TIME)")
     run.add_argument("--run-dir", help="an existing run folder: train from its config.yaml")
     run.add_argument("--resume", action="store_true", help="with --run-dir: continue from its checkpoint")
+    add_force_resume_flag(run)
     add_probe_flag(run)
     add_config_flags(run)
     run.set_defaults(func=cmd_run)
@@ -588,6 +611,8 @@ def main(argv: list[str] | None = None) -> int:
         if not getattr(args, "func", None):
             parser.print_help()
             return EXIT_USAGE
+        from harness.commands.terminal import progress_seconds
+        progress_seconds()  # a bad $HARNESS_PROGRESS_SECONDS is one line before anything starts
         return args.func(args)
     except UserError as err:
         print(f"harness: error: {err}", file=sys.stderr)

@@ -27,14 +27,16 @@ import os
 import random
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from harness import UserError
 from harness.tasks.base import Example, Reward
+from harness.tasks.reward_guard import RewardExit, RewardTimeout, call_with_limit
 
 DATA_PREFIX = "data:"
+REWARD_TIMEOUT = 60.0  # seconds a reward function call may take (task.reward_timeout)
 FILE_KINDS = {".jsonl": "jsonl", ".json": "json", ".parquet": "parquet"}
 CHECKS = ("math", "exact")  # the answer checks that need no reward function
 TRL_RESERVED = ("prompt", "completion", "completion_ids")  # columns TRL does not pass as keywords
@@ -82,28 +84,39 @@ def read_rows(source: str, split: str = "train", subset: str | None = None) -> l
 def read_file(path: Path, kind: str) -> list[dict[str, Any]]:
     if kind == "parquet":
         try:
+            import pyarrow
             import pyarrow.parquet
         except ImportError:
             raise UserError(f"reading {path} needs pyarrow: pip install pyarrow") from None
-        return pyarrow.parquet.read_table(path).to_pylist()
-    text = path.read_text()
-    if kind == "json":
         try:
+            return pyarrow.parquet.read_table(path).to_pylist()
+        except (pyarrow.ArrowException, OSError) as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise UserError(f"{path} is not a readable Parquet file: {first}") from None
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path} is not UTF-8 text (byte {err.start}); save it as UTF-8") from None
+    try:
+        if kind == "json":
             rows = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise UserError(f"{path} is not valid JSON: {err.msg} at line {err.lineno}") from None
-        rows = rows.get("data", rows) if isinstance(rows, dict) else rows  # {"data": [...]} as `datasets` reads it
-    else:
-        rows = []
-        for number, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise UserError(f"{path} line {number} is not valid JSON: {err.msg}") from None
+            rows = rows.get("data", rows) if isinstance(rows, dict) else rows  # {"data": [...]} as `datasets` reads it
+        else:
+            rows = [json_line(path, number, line) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path} is not valid JSON: {err.msg} at line {err.lineno}") from None
+    except RecursionError:
+        raise UserError(f"{path} is nested too deeply to be examples: give one flat JSON object per example") from None
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise UserError(f"{path} must hold one JSON object per example")
     return rows
+
+
+def json_line(path: Path, number: int, line: str) -> Any:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path} line {number} is not valid JSON: {err.msg}") from None
 
 
 def read_saved_dataset(path: Path, split: str) -> list[dict[str, Any]]:
@@ -162,8 +175,9 @@ def fingerprint(examples: list[Example]) -> str:
 
 # ---------------------------------------------------------------- rewards
 
-def load_reward_function(spec: str) -> Callable[..., Any]:
-    """`module:function` (importable from the working folder) or `path/to/file.py:function`."""
+def load_reward_function(spec: str, timeout: float = REWARD_TIMEOUT) -> Callable[..., Any]:
+    """`module:function` (importable from the working folder) or `path/to/file.py:function`; its import runs
+    under the same time limit as each call, and may not end the process."""
     module_name, _, function_name = spec.rpartition(":")
     if not module_name or not function_name:
         raise UserError(f"--reward '{spec}' must be math, exact, module:function or file.py:function")
@@ -174,13 +188,15 @@ def load_reward_function(spec: str) -> Callable[..., Any]:
                 raise UserError(f"reward file '{module_name}' does not exist")
             loader = importlib.util.spec_from_file_location(f"harness_reward_{path.stem}", path)
             module = importlib.util.module_from_spec(loader)
-            loader.loader.exec_module(module)
+            call_with_limit(lambda: loader.loader.exec_module(module), timeout)
         else:
             if os.getcwd() not in sys.path:
                 sys.path.insert(0, os.getcwd())
-            module = importlib.import_module(module_name)
+            module = call_with_limit(lambda: importlib.import_module(module_name), timeout)
     except UserError:
         raise
+    except (RewardTimeout, RewardExit) as err:
+        raise UserError(f"importing reward module '{module_name}' {err}") from None
     except Exception as err:  # an import error or one raised while the module runs
         raise UserError(f"cannot import reward module '{module_name}': {type(err).__name__}: {err}") from None
     function = getattr(module, function_name, None)
@@ -198,10 +214,26 @@ def reward_columns(examples: list[Example]) -> dict[str, list[Any]]:
     return columns
 
 
-def call_reward_function(function, name: str, completions: list[str], examples: list[Example]) -> list[float]:
-    """The function's rewards for `completions`; RewardFunctionError, in one line naming it, if unusable."""
+def call_reward_function(function, name: str, completions: list[str], examples: list[Example],
+                         timeout: float = REWARD_TIMEOUT) -> list[float]:
+    """The function's rewards for `completions`; RewardFunctionError, in one line naming it, if unusable,
+    too slow (`timeout` seconds), or when it tries to end the process (sys.exit, KeyboardInterrupt)."""
+    columns = reward_columns(examples)
+
+    def call() -> list[Any]:
+        values = function(completions=list(completions), **columns)
+        if not isinstance(values, Iterable):
+            raise RewardFunctionError(f"reward function {name} must return a list of floats, "
+                                      f"got {type(values).__name__}: {str(values)[:80]}")
+        if isinstance(values, (str, bytes)):  # refused below, by its own type, not as a list of characters
+            return values
+        return list(values)  # a generator's values are computed here, under the same limit
     try:
-        values = function(completions=list(completions), **reward_columns(examples))
+        values = call_with_limit(call, timeout)
+    except RewardFunctionError:
+        raise
+    except (RewardTimeout, RewardExit) as err:
+        raise RewardFunctionError(f"reward function {name} {err}") from None
     except Exception as err:
         raise RewardFunctionError(f"reward function {name} raised {type(err).__name__}: {err}") from None
     try:
@@ -236,7 +268,7 @@ class DataTask:
 
     def __init__(self, name: str, *, prompt_key: str = "prompt", answer_key: str = "answer", eval_file: str = "",
                  eval_size: int = 200, seed: int = 0, reward: str = "math", format_weight: float = 0.1,
-                 options: dict[str, Any] | None = None):
+                 options: dict[str, Any] | None = None, reward_timeout: float = REWARD_TIMEOUT):
         source = name[len(DATA_PREFIX):]
         options = dict(options or {})
         split, subset = options.get("split", "train"), options.get("subset")
@@ -267,7 +299,8 @@ class DataTask:
         self.format_weight = format_weight
         self.reward_spec = reward or "math"
         self.check = self.reward_spec if self.reward_spec in CHECKS else None
-        self.reward_function = None if self.check else load_reward_function(self.reward_spec)
+        self.reward_timeout = reward_timeout
+        self.reward_function = None if self.check else load_reward_function(self.reward_spec, reward_timeout)
         text = "".join(e.prompt + e.answer for e in self.train + self.held_out)
         self.alphabet = "".join(sorted(set(text)))
         # What shapes a warm-started tiny model (its cache key) and what the lm-eval YAMLs record.
@@ -301,7 +334,8 @@ class DataTask:
         if self.reward_function is None:
             correct = self.correct(completion, example)
             return Reward(format=format_score, correct=correct, total=correct + self.format_weight * format_score)
-        (value,) = call_reward_function(self.reward_function, self.reward_spec, [completion], [example])
+        (value,) = call_reward_function(self.reward_function, self.reward_spec, [completion], [example],
+                                        self.reward_timeout)
         return Reward(format=format_score, correct=value, total=value)
 
     def check_reward_function(self) -> None:
@@ -310,7 +344,8 @@ class DataTask:
             return
         examples = self.held_out[:3]
         try:
-            call_reward_function(self.reward_function, self.reward_spec, [e.answer for e in examples], examples)
+            call_reward_function(self.reward_function, self.reward_spec, [e.answer for e in examples], examples,
+                                 self.reward_timeout)
         except RewardFunctionError as err:
             raise UserError(str(err)) from None
 

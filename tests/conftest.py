@@ -3,6 +3,7 @@ the smoke model per module, a tiny random policy, the CLI (in this process and a
 readers of what a run writes. Tests import the helpers (`from conftest import harness, read_rows`)."""
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -124,3 +125,49 @@ def small_policy(hidden_size: int = 16, num_layers: int = 2, dtype=None):
     tokenizer = char_tokenizer("0123456789+-=")
     model = tiny_model(ModelConfig(hidden_size=hidden_size, num_layers=num_layers, num_heads=2), tokenizer)
     return model.to(dtype or torch.float64)
+# ---------------------------------------------------------------- the fault matrix's fixtures
+
+@pytest.fixture
+def finished(smoke_comparison, tmp_path) -> Path:
+    """A private copy of the session's finished smoke comparison (models and checkpoints left out)."""
+    out = tmp_path / "finished"
+    shutil.copytree(smoke_comparison[0], out, ignore=shutil.ignore_patterns("final_model", "lm_eval"))
+    return out
+
+
+@pytest.fixture(scope="session")
+def smoke_baseline(smoke_comparison, tmp_path_factory) -> Path:
+    """A baseline written from the session's smoke comparison: the gate rows compare like with like."""
+    from harness.cli import main
+    path = tmp_path_factory.mktemp("faults-baseline") / "smoke.json"
+    assert main(["baseline", str(smoke_comparison[0]), "--out", str(path)]) == 0
+    return path
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A filesystem of its own (tmpfs, for root) that a test can fill or make read-only."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+
+    def make(size: str, read_only: bool = False) -> Path:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True)
+        if done.returncode:
+            pytest.skip("needs a tmpfs mount (root)")
+        if read_only:
+            subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+        return mount
+    yield make
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path, small_disk):
+    if os.geteuid() != 0:
+        folder = tmp_path / "read-only"
+        folder.mkdir()
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+    else:
+        yield small_disk("1m", read_only=True)

@@ -107,7 +107,7 @@ def test_the_separate_critic_pass_is_the_value_loss_alone():
     for index in minibatch_indices(batch.size, settings.minibatches, generator):
         mb = batch.select(index)
         optimizer.zero_grad()
-        loss, _ = value_loss(critic(mb), mb.values, mb.returns, mb.completion_mask, 0.2)
+        loss, _ = value_loss(critic(mb).squeeze(-1), mb.values, mb.returns, mb.completion_mask, 0.2)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(critic.parameters(), settings.max_grad_norm)
         optimizer.step()

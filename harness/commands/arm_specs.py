@@ -31,6 +31,7 @@ from harness.config.load import copy_config, flatten_dotted, parse_override, wit
 from harness.config.schema import Config
 
 ARM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+MAX_ARM_NAME = 64  # it names folders (TASK__NAME__sSEED, a sweep's NAME.pN): well inside a file name's 255 bytes
 SPEC_FORM = "NAME=ALGO[:section.field=value...]"
 VARIANT_SOURCE = "your --algos variant"
 
@@ -148,8 +149,12 @@ def parse_arm_spec(text: str) -> ArmSpec:
 
 
 def check_name(spec: ArmSpec, text: str) -> ArmSpec:
+    shown = text if len(text) <= 80 else text[:77] + "..."
+    if len(spec.name) > MAX_ARM_NAME:
+        raise UserError(f"arm name in '{shown}' has {len(spec.name)} characters; at most {MAX_ARM_NAME} (it names "
+                        "the arm's folders)")
     if not ARM_NAME.match(spec.name) or "__" in spec.name:
-        raise UserError(f"arm name '{spec.name}' in '{text}' must be letters, digits, '.', '+', '-' or single '_' "
+        raise UserError(f"arm name '{spec.name}' in '{shown}' must be letters, digits, '.', '+', '-' or single '_' "
                         "(it names the arm's folders)")
     return spec
 
@@ -182,8 +187,11 @@ def arms_from_yaml(section: Any, where: str) -> list[ArmSpec]:
 
 
 def check_arm_list(specs: list[ArmSpec]) -> list[ArmSpec]:
-    """Known algorithms, distinct names, and no override of what every arm shares
-    (harness.config.arm_settings.SHARED_FIELDS)."""
+    """Names that make folder names, known algorithms, distinct names, and no override of what every arm shares
+    (harness.config.arm_settings.SHARED_FIELDS; a list read back from a file is checked as one given on the
+    command line)."""
+    for spec in specs:
+        check_name(spec, str(spec.name))
     try:
         check_arm_kinds([spec.algo for spec in specs])
     except ValueError as err:

@@ -13,6 +13,7 @@ finish), 2 bad input (a missing file, a baseline of another preset or device).
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,8 @@ GATED_KINDS = {"exact"}  # always gated; "gpu" too when both sides ran on the sa
 MODEL_CATEGORIES = ("params", "grads", "optimizer")
 # Config fields that cannot change a footprint: where results go; seeds are matched arm by arm.
 # estimate.*: settings of harness estimate, not of the run
-CONFIG_IGNORED = {"derived", *ARM_KEYS, "run.seed", "run.results_dir", "estimate"}
+# task.reward_timeout: a limit on the user's code, which changes no figure
+CONFIG_IGNORED = {"derived", *ARM_KEYS, "run.seed", "run.results_dir", "estimate", "task.reward_timeout"}
 
 
 # ---------------------------------------------------------------- what was measured
@@ -180,6 +182,19 @@ def missing_gated(mem: Memory, kinds: set[str]) -> list[str]:
     return [label.strip() for _, label, kind, value in arm_figures(mem) if kind in kinds and value is None]
 
 
+def refuse_non_numbers(arm: dict[str, Any]) -> None:
+    """One line (UserError) when an arm's memory figures are not numbers of bytes (a file edited or damaged)."""
+    try:
+        figures = arm_figures(arm["mem"])
+    except (AttributeError, TypeError, KeyError, ValueError) as err:
+        raise UserError(f"{arm['source']} is damaged: the memory figures of {arm['algo']} s{arm['seed']} are not "
+                        f"in the form harness writes ({type(err).__name__}: {err})") from None
+    for _, label, _, value in figures:
+        if value is not None and (type(value) not in (int, float) or not math.isfinite(value) or value < 0):
+            raise UserError(f"{arm['source']} is damaged: {label.strip()} of {arm['algo']} s{arm['seed']} is "
+                            f"{value!r}, not a number of bytes")
+
+
 def refuse_missing(arm: dict[str, Any], kinds: set[str], fix: str) -> None:
     lost = missing_gated(arm["mem"], kinds)
     if lost:
@@ -226,8 +241,8 @@ def parse_tolerance(text: str, flag: str) -> float:
         value = float(text.strip().rstrip("%")) / 100
     except ValueError:
         raise UserError(f"{flag} '{text}' is not a percentage, e.g. {flag} 5%") from None
-    if value < 0:
-        raise UserError(f"{flag} must not be negative, got '{text}'")
+    if not math.isfinite(value) or value < 0:  # nan compares false with everything: it would pass every figure
+        raise UserError(f"{flag} must be a finite percentage of 0 or more, got '{text}'")
     return value
 
 
@@ -271,6 +286,8 @@ def check(folder: str, baseline_path: str, gpu_tolerance: float, exact_tolerance
     if differences and strict_config:
         raise UserError(f"config differs from the baseline's ({base.config_hash} -> {now.config_hash}): "
                         f"{'; '.join(differences)}")
+    for arm in [*base.arms, *(a for a in now.arms if a["status"] == "ok")]:
+        refuse_non_numbers(arm)
     base_arms = {arm_key(a): a for a in base.arms}
     missing = arm_names([a for a in now.arms if arm_key(a) not in base_arms])
     if missing:

@@ -33,10 +33,12 @@ from harness.results.headline import arm_pair_of, arm_rows, ratio_rows
 from harness.results.io import (FolderLock, checkpoint_file, command_line, output_folder, read_json_object,
                         refuse_if_being_written, remove_temporaries, write_json, write_yaml)
 from harness.results.records import ComparisonPlan
+from harness.results.safe_io import refuse_link
 from harness.results.trackers import attach_report
 from harness.train import distributed as ranks_
+from harness.train.inputs import INPUTS_FILE, check_inputs, record_inputs
 from harness.train.runner import _partial_state as partial_state  # the steps a stopped arm wrote
-from harness.train.runner import ArmResult, load_summary, run_name, summarize, write_summary
+from harness.train.runner import ArmResult, finished_ok, load_summary, run_name, summarize, write_summary
 from harness.train.supervise import Supervisor, death_of
 
 FAIRNESS = [
@@ -149,6 +151,7 @@ def compare(config: Config, arms: list[ArmSpec | str], seeds: list[int], out: Pa
             budget={"unit": config.budget.unit, "total": config.budget.total},
             config_hash=config.hash(), fairness=fairness_lines(config, specs, kl), plan=analysis_plan,
             arms=[{k: a[k] for k in ("arm", "algo", "overrides", "seed", "dir")} for a in planned]).to_json())
+        record_inputs(comparison_dir, config)
         for arm in planned:
             write_arm_config(comparison_dir / arm["dir"], arm)
         print("\n".join(plan_lines(config, specs, seeds, comparison_dir, config.run.report_to,
@@ -174,7 +177,9 @@ def read_plan(comparison_dir: Path) -> tuple[Config, list[ArmSpec], list[int], s
         specs = check_arm_list([ArmSpec.from_dict(e) for e in entries])
         kl = KLSetting(**(plan.get("kl") or {}))
         baseline = check_baseline(specs, plan.get("baseline"))
-    except (UserError, ValueError, TypeError, KeyError, AttributeError):  # not arm names, or not entries at all
+    except UserError as err:  # a name that is no folder name, an unknown algorithm, a shared field overridden
+        raise UserError(f"{path} is damaged: {err}") from None
+    except (ValueError, TypeError, KeyError, AttributeError):  # not entries at all
         specs = []
     if not specs:
         raise UserError(f"{path} is damaged: 'algos' {plan['algos']!r} are not algorithm names")
@@ -187,8 +192,9 @@ def read_plan(comparison_dir: Path) -> tuple[Config, list[ArmSpec], list[int], s
     return config, specs, plan["seeds"], baseline, kl
 
 
-def resume(comparison_dir: Path | str, report: bool = True) -> int:
-    """Finish an interrupted comparison: finished arms are kept, the others resume from their checkpoints."""
+def resume(comparison_dir: Path | str, report: bool = True, force: bool = False) -> int:
+    """Finish an interrupted comparison: finished arms are kept, the others resume from their checkpoints,
+    once the inputs are found unchanged since it started (or `force` says to go on: recorded)."""
     comparison_dir = Path(comparison_dir)
     if not (comparison_dir / "comparison.json").exists():
         raise UserError(f"{comparison_dir} holds no comparison.json: not a comparison folder")
@@ -197,10 +203,23 @@ def resume(comparison_dir: Path | str, report: bool = True) -> int:
         check_setup(config, [])
         planned = plan_arms(config, specs, seeds, kl)
         check_arms(config, planned)
+        check_resumable(comparison_dir, config, planned, force)
         saved_plan = read_json_object(comparison_dir / "comparison.json").get("plan")
         if saved_plan:
             print("\n".join(analysis_plan_lines(saved_plan)))
         return run_arms(comparison_dir, config, specs, seeds, planned, resume=True, report=report, baseline=baseline)
+
+
+def check_resumable(folder: Path, config: Config, arms: list[dict[str, Any]], force: bool) -> None:
+    """The inputs of the comparison and of each arm it will resume, unchanged since they started (one line
+    otherwise); with `force`, the override recorded in each. Arm folders must be folders, never links."""
+    for arm in arms:
+        refuse_link(folder / arm["dir"])
+    check_inputs(folder, config, force)
+    for arm in arms:
+        arm_dir = folder / arm["dir"]
+        if (arm_dir / INPUTS_FILE).exists() and not finished_ok(arm_dir):
+            check_inputs(arm_dir, arm["config"], force)
 
 
 def run_arms(comparison_dir: Path, config: Config, specs: list[ArmSpec], seeds: list[int],
@@ -212,7 +231,8 @@ def run_arms(comparison_dir: Path, config: Config, specs: list[ArmSpec], seeds: 
     out-of-memory killer's SIGKILL) is recorded as `killed`, and the other arms go on.
     """
     refuse_if_being_written(*(comparison_dir / arm["dir"] for arm in arms))
-    remove_temporaries(comparison_dir)
+    for folder in (comparison_dir, *(comparison_dir / arm["dir"] / sub for arm in arms for sub in ("", "checkpoint"))):
+        remove_temporaries(folder)  # what killed writers left; this process holds the folder now
     baseline = baseline or check_baseline(specs, None)
     names = {s.name: s.algo for s in specs}
     with Supervisor().forwarding_signals() as supervisor:
@@ -257,8 +277,12 @@ def run_each_arm(folder: Path, arms: list[dict[str, Any]], resume: bool, supervi
     for arm in pending:
         arm_dir = folder / arm["dir"]
         code, last_line = supervisor.run(arm_command(arm_dir, resume), arm_dir / "arm.log")
-        record_outcome(arm_dir, arm, code, last_line, supervisor.stopped_by)
-        label_summary(arm_dir, arm)
+        try:
+            record_outcome(arm_dir, arm, code, last_line, supervisor.stopped_by)
+            label_summary(arm_dir, arm)
+        except OSError as err:  # a full disk: say so, and let the next arm try
+            print(f"warning: arm {arm['arm']} s{arm['seed']} ended with status {code} and its outcome could not be "
+                  f"recorded: {err.filename or arm_dir}: {err.strerror or err}", file=sys.stderr)
         if supervisor.stopped_by:  # the user's own Ctrl-C, or SIGTERM to this process: stop here
             raise Interrupted(supervisor.stopped_by, hint=hint)
 

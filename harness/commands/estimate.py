@@ -175,14 +175,14 @@ def render(result: dict[str, Any], console=None) -> None:
     same_setup = all(arm["setup"] == result["setup"] for arm in arms.values())
     if same_setup:
         for line in setup_lines(result["setup"]):
-            console.print(line)
+            console.print(line, markup=False)  # model names and paths are the user's: never markup
     for algo, arm in arms.items():
         if arm.get("recipe"):
             recipe = arm["recipe"]
             console.print(f"[bold]{algo.upper()}[/bold]: recipe {recipe['name']}, from {recipe['source']}", highlight=False)
         if not same_setup:
             for line in setup_lines(arm["setup"]):
-                console.print(f"  {line}")
+                console.print(f"  {line}", markup=False)
         console.print(arm_table(algo, arm, arm["setup"]["world_size"]))
         if "critic" in arm.get("groups", {}):
             console.print(arm_table(algo, {**arm["groups"]["critic"]}, arm["setup"]["world_size"],
@@ -203,7 +203,7 @@ def render(result: dict[str, Any], console=None) -> None:
     for line in result.get("warnings", []):
         console.print(f"[bold red]warning:[/bold red] {line}")
     for line in result["notes"]:
-        console.print(f"note: {line}")
+        console.print(f"note: {line}", markup=False)
 
 
 def render_fit(fit: dict[str, Any], console=None) -> None:
@@ -229,11 +229,12 @@ def render_fit(fit: dict[str, Any], console=None) -> None:
 
 
 def render_grid(result: dict[str, Any], console=None) -> None:
+    from rich.markup import escape
     from rich.table import Table
     console = console or make_console()
     top, bottom = result["pair"]
     for line in setup_lines(result["setup"], grid=True):
-        console.print(line)
+        console.print(line, markup=False)
     table = Table(title=f"Sensitivity grid: estimated step peak per GPU (GiB) and {top.upper()}/{bottom.upper()}")
     for axis in result["axes"]:
         table.add_column(axis.replace("_", " "))
@@ -241,7 +242,7 @@ def render_grid(result: dict[str, Any], console=None) -> None:
         table.add_column(f"{algo.upper()} peak (phase)", justify="right")
     table.add_column("ratio", justify="right", style="bold")
     for cell in result["cells"]:
-        table.add_row(*(cell[a] for a in result["axes"]),
+        table.add_row(*(escape(str(cell[a])) for a in result["axes"]),
                       *(f"{cell['peaks'][a] / GIB:,.2f} ({cell['peak_phases'][a]})" for a in (top, bottom)),
                       f"{cell['ratio']:.3f}")
     console.print(table)
@@ -249,13 +250,13 @@ def render_grid(result: dict[str, Any], console=None) -> None:
     describe = lambda cell: ", ".join(f"{a.replace('_', ' ')} {cell[a]}" for a in result["axes"])  # noqa: E731
     console.print(f"[bold]{top.upper()}/{bottom.upper()} step peak ratio (estimated): {low:.3f} to {high:.3f}[/bold] "
                   f"over {len(result['cells'])} configurations")
-    console.print(f"  lowest {low:.3f}: {describe(result['lowest'])}")
-    console.print(f"  highest {high:.3f}: {describe(result['highest'])}")
+    console.print(f"  lowest {low:.3f}: {describe(result['lowest'])}", markup=False)
+    console.print(f"  highest {high:.3f}: {describe(result['highest'])}", markup=False)
     steps = result["fake_steps"]
     console.print(f"grid: {steps['computed']} fake steps computed, {steps['reused']} reused from the cache, "
                   f"{result['seconds']:.0f} s")
     for line in result["notes"]:
-        console.print(f"note: {line}")
+        console.print(f"note: {line}", markup=False)
 
 
 def progress_line(done: int, total: int, what: str) -> None:

@@ -71,12 +71,14 @@ def evaluate(target: Path | str, tasks: str | None = None, k: int = DEFAULT_K, l
     max_new_tokens = max_new_tokens or rollout.max_new_tokens
     quiet_libraries()
     check_device(device)
-    out = Path(out) if out else (target / "lm_eval" if config else
-                                 Path(tempfile.mkdtemp(prefix=f"harness-eval-{model_dir.name}-")))
-    check_writable(out, "eval output folder")
+    out = Path(out) if out else (target / "lm_eval" if config else None)
+    if out is not None:
+        check_writable(out, "eval output folder")
     # a run folder has one writer at a time: not while its arm trains, not two evals at once
     with FolderLock(target, command_line()) if config else contextlib.nullcontext():
         model, tokenizer = load_policy(str(model_dir), config.model.precision if config else "fp32", device)
+        if out is None:  # a model folder's scores: a new temporary folder, once the model loaded
+            out = Path(tempfile.mkdtemp(prefix=f"harness-eval-{model_dir.name}-"))
         use_chat_template(tokenizer, task_cfg.chat_template)
         # The run's own task keeps its options; every task its eval size and data seed.
         local_tasks = [load_task(name, eval_size=task_cfg.eval_size, seed=task_cfg.seed,

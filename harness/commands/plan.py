@@ -231,8 +231,9 @@ def plan_command(config: Config, seeds: int, arms, simulate: bool = False, basel
     specs = check_arm_list([parse_arm_spec(a) if isinstance(a, str) else a for a in arms])
     pair = arm_pair_of({s.name: s.algo for s in specs}, check_baseline(specs, baseline))
     plan = make_plan(config, seeds, list(pair) if pair else [s.name for s in specs])
+    arm_lines = arms_plan_lines(config, specs, kl)  # each arm's overrides checked before anything is printed
     print("\n".join(analysis_plan_lines(plan)))
-    print("\n".join(arms_plan_lines(config, specs, kl)))
+    print("\n".join(arm_lines))
     if simulate:
         print("\n".join(simulation_lines(plan)))
     return 0

@@ -8,6 +8,7 @@ from pathlib import Path
 from harness import UserError
 from harness.report import build_report
 from harness.results.io import FolderLock, check_writable, command_line, read_json_object, refuse_if_being_written
+from harness.results.safe_io import arm_folders
 
 
 def report(comparison_dir: Path | str, out: Path | str | None = None, target: float | None = None,
@@ -18,8 +19,7 @@ def report(comparison_dir: Path | str, out: Path | str | None = None, target: fl
     if target is not None and not 0 <= target <= 1:
         raise UserError(f"--target is an accuracy between 0 and 1, not {target}")
     plan = read_json_object(comparison_dir / "comparison.json", {"arms": list})
-    refuse_if_being_written(comparison_dir, *(comparison_dir / arm["dir"] for arm in plan["arms"]
-                                              if isinstance(arm, dict) and isinstance(arm.get("dir"), str)))
+    refuse_if_being_written(comparison_dir, *arm_folders(comparison_dir, plan))
     check_writable(out or comparison_dir, "report folder")
     # the report goes into the comparison folder unless --out says elsewhere: then this is its writer
     inside = out is None or Path(out).resolve() == comparison_dir.resolve()

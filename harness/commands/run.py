@@ -19,9 +19,11 @@ from harness.config.derive import algorithm_options
 from harness.config.schema import Config
 from harness.estimate.preflight import check_setup
 from harness.results.arm_config import arm_config_dict, read_arm_config
-from harness.results.io import (FolderLock, command_line, output_folder, describe_bad_lines, read_json_object,
-                        read_jsonl, remove_temporaries, write_yaml)
+from harness.results.io import (FolderLock, checkpoint_file, command_line, output_folder, describe_bad_lines,
+                                read_json_object, read_jsonl, remove_temporaries, write_yaml)
 from harness.train import distributed as ranks_
+from harness.train.checkpoint import read_payload
+from harness.train.inputs import check_inputs
 from harness.train.runner import _partial_state as partial_state  # the steps a stopped arm wrote
 from harness.train.runner import ArmResult, finished_ok, record_launch_failure, run_arm, run_name, summarize, write_summary
 from harness.train.supervise import Supervisor, stop_on_signals
@@ -83,16 +85,21 @@ def last_error_line(launcher_log: str) -> str:
     return (errors or lines or ["the log is empty"])[-1]
 
 
-def run_folder(run_dir: Path | str, resume: bool = False, probes: bool = True) -> int:
-    """Train the arm a folder's config.yaml describes; with `resume`, from its checkpoint."""
+def run_folder(run_dir: Path | str, resume: bool = False, probes: bool = True, force_resume: bool = False) -> int:
+    """Train the arm a folder's config.yaml describes; with `resume`, from its checkpoint, once its inputs
+    are found unchanged (or `force_resume` says to go on)."""
     run_dir = Path(run_dir)
     config, algo, name = read_arm_config(run_dir)
     check_setup(config, [algo])
     if ranks_.from_env().active:  # a rank of a torchrun job: its launcher holds the folder
         return _train(config, algo, run_dir, resume=resume, probes=probes, name=name)
     with FolderLock(run_dir, command_line()):
+        if resume:
+            check_inputs(run_dir, config, force=force_resume)
         if config.world_size > 1:  # not yet a rank of the job: start it
             ranks_.check_launch(config)
+            if resume and checkpoint_file(run_dir).exists():  # refused here, before a rank writes anything
+                read_payload(checkpoint_file(run_dir), config.world_size)
             return launch(run_dir, config, resume)
         return _train(config, algo, run_dir, resume=resume, probes=probes, name=name)
 

@@ -14,6 +14,7 @@ per arm is the highest mean validation accuracy over the sweep's seeds; ties go 
 from __future__ import annotations
 
 import itertools
+import math
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from harness.report.sweep import SWEEP_FILE
 from harness.results.io import (FolderLock, command_line, output_folder, read_json_object, refuse_if_being_written,
                         remove_temporaries, write_json, write_yaml)
 from harness.results.records import EvalScores, Summary
+from harness.train.inputs import record_inputs
 from harness.train.runner import load_summary
 from harness.train.supervise import Supervisor
 
@@ -52,6 +54,45 @@ def parse_grid(items: list[str]) -> dict[str, list[Any]]:
     if not grid:
         raise UserError("harness sweep needs at least one --grid section.field=v1,v2,...")
     return grid
+
+
+MAX_POINTS_UNASKED = 64  # point runs a sweep starts without --yes
+
+
+def check_grid_applies(specs: list[ArmSpec], grid: dict[str, list[Any]]) -> None:
+    """Every algorithms.NAME.* field of the grid applies to an arm (else it would be silently ignored)."""
+    for key in grid:
+        if key.startswith("algorithms.") and not any(key in fields_for(spec, grid) for spec in specs):
+            raise UserError(f"--grid {key} applies to no arm: none runs {key.split('.')[1]} (arms: "
+                            f"{', '.join(f'{s.name}={s.algo}' for s in specs)})")
+
+
+def point_count(specs: list[ArmSpec], grid: dict[str, list[Any]], seeds: int) -> int:
+    """Point runs of the sweep: each arm's grid (the fields that apply to it) times the seeds."""
+    return seeds * sum(math.prod(len(grid[key]) for key in fields_for(spec, grid)) for spec in specs)
+
+
+def expected_time(config: Config, runs: int) -> str:
+    """The sweep's time from earlier finished arms of the same preset, model and task in results_dir (wall
+    seconds per step, evaluations included), or a sentence saying there are none."""
+    folder = Path(config.run.results_dir)
+    per_step = []
+    for path in [*folder.glob("*/summary.json"), *folder.glob("*/*/summary.json")]:
+        try:
+            summary = read_json_object(path)
+        except UserError:
+            continue
+        same = all(summary.get(k) == v for k, v in (("preset", config.preset), ("model", config.model.name),
+                                                     ("task", config.task.name), ("status", "ok")))
+        if same and isinstance(summary.get("steps"), int) and summary["steps"] and summary.get("wall_s"):
+            per_step.append(summary["wall_s"] / summary["steps"])
+    steps = runs * config.total_steps()
+    if not per_step:
+        return (f"{steps} training steps in all; no finished run of preset {config.preset} with this model and task "
+                f"in {folder} to time them by")
+    from harness.commands.terminal import duration
+    seconds = steps * sum(per_step) / len(per_step)
+    return f"{steps} training steps in all, about {duration(seconds)} (from {len(per_step)} finished runs in {folder})"
 
 
 def fields_for(spec: ArmSpec, grid: dict[str, list[Any]]) -> list[str]:
@@ -90,13 +131,19 @@ def plan_points(config: Config, specs: list[ArmSpec], grid: dict[str, list[Any]]
 def sweep(config: Config, arms: list[ArmSpec | str], grid: dict[str, list[Any]], seeds: int = 1,
           out: Path | str | None = None, budget: int | None = None, kl: KLSetting | None = None,
           baseline: str | None = None, compare_after: bool = True, compare_seeds: int | None = None,
-          first_seed: int = 0, report: bool = True) -> int:
-    """Run the grid, pick each arm's best point on validation accuracy, then compare the best on fresh seeds."""
+          first_seed: int = 0, report: bool = True, yes: bool = False) -> int:
+    """Run the grid, pick each arm's best point on validation accuracy, then compare the best on fresh seeds.
+    Above MAX_POINTS_UNASKED point runs it starts only with `yes`, having said what it would cost."""
     specs = compare_.as_specs(arms)
     kl = kl or KLSetting()
     baseline = check_baseline(specs, baseline)
     if seeds < 1:
         raise UserError("--seeds must be at least 1 per point")
+    check_grid_applies(specs, grid)
+    runs = point_count(specs, grid, seeds)
+    cost = f"{runs} point runs, {expected_time(sweep_config(config, budget), runs)}"
+    if runs > MAX_POINTS_UNASKED and not yes:
+        raise UserError(f"this sweep has {cost}; add --yes to start it, or narrow the grid")
     compare_seeds = compare_seeds or config.verdict.seeds
     sweep_seeds = list(range(first_seed, first_seed + seeds))
     for seed in sweep_seeds + [first_seed + seeds + compare_seeds - 1]:
@@ -120,10 +167,12 @@ def sweep(config: Config, arms: list[ArmSpec | str], grid: dict[str, list[Any]],
                 "points": [point_entry(p) for p in points]}
         write_json(sweep_dir / SWEEP_FILE, plan)
         write_yaml(sweep_dir / "points_config.yaml", points_config.to_dict())
+        record_inputs(sweep_dir, points_config)
         print(f"sweep: {len(points)} point runs = {len(points) // len(sweep_seeds)} points x {len(sweep_seeds)} "
               f"seed{'s' * (len(sweep_seeds) != 1)}, {points_config.budget.total} {points_config.budget.unit} each, "
               f"selected on the validation split ({config.task.validation_size} prompts); folder {sweep_dir}",
               flush=True)
+        print(f"expected: {cost}", flush=True)
         return run_sweep(sweep_dir, config, points_config, specs, points, plan, resume=False, report=report)
 
 
@@ -131,7 +180,7 @@ def point_entry(point: dict[str, Any]) -> dict[str, Any]:
     return {k: point[k] for k in ("arm", "base_arm", "algo", "point", "setting", "overrides", "seed", "dir")}
 
 
-def resume_sweep(sweep_dir: Path | str, report: bool = True) -> int:
+def resume_sweep(sweep_dir: Path | str, report: bool = True, force: bool = False) -> int:
     """Finish a sweep: finished points are kept, the others resume; then the choice and the comparison."""
     sweep_dir = Path(sweep_dir)
     if not (sweep_dir / SWEEP_FILE).exists():
@@ -146,6 +195,7 @@ def resume_sweep(sweep_dir: Path | str, report: bool = True) -> int:
         except (KeyError, TypeError, AttributeError) as err:
             raise UserError(f"{sweep_dir / SWEEP_FILE} is damaged ({type(err).__name__}: {err})") from None
         points = plan_points(points_config, specs, plan["grid"], plan["seeds"], kl)
+        compare_.check_resumable(sweep_dir, points_config, points, force)
         return run_sweep(sweep_dir, config, points_config, specs, points, plan, resume=True, report=report)
 
 
@@ -214,6 +264,7 @@ def choose(specs: list[ArmSpec], results: list[dict[str, Any]]) -> dict[str, Any
 
 def print_sweep(grid: dict[str, list[Any]], results: list[dict[str, Any]], choice: dict[str, Any]) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
     table = Table(title="Sweep: greedy accuracy on the validation split (mean over the sweep's seeds)")
     table.add_column("arm")
@@ -224,7 +275,7 @@ def print_sweep(grid: dict[str, list[Any]], results: list[dict[str, Any]], choic
     for r in results:
         chosen = (choice.get(r["arm"]) or {}).get("point") == r["point"]
         accuracy = r["validation_accuracy"]
-        table.add_row(r["arm"] + (" (best)" if chosen else ""), *(str(r["setting"].get(k, "—")) for k in grid),
+        table.add_row(r["arm"] + (" (best)" if chosen else ""), *(escape(str(r["setting"].get(k, "—"))) for k in grid),
                       "—" if accuracy is None else f"{accuracy:.1%}", r["status"],
                       style="bold" if chosen else None)
     Console().print(table)

@@ -29,6 +29,21 @@ def timestamp() -> str:
 PROGRESS_SECONDS = 5.0  # a plain progress line per phase at most this often ($HARNESS_PROGRESS_SECONDS)
 
 
+def progress_seconds() -> float:
+    """$HARNESS_PROGRESS_SECONDS (default PROGRESS_SECONDS); one line (UserError) when it is not seconds."""
+    from harness import UserError
+    text = os.environ.get("HARNESS_PROGRESS_SECONDS")
+    if text is None:
+        return PROGRESS_SECONDS
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise UserError(f"HARNESS_PROGRESS_SECONDS={text!r} must be seconds between progress lines, 0 or more")
+    return value
+
+
 class PlainProgress:
     """Progress for a log file or a CI console: a plain line per phase every few seconds, and at its end.
 
@@ -37,7 +52,7 @@ class PlainProgress:
 
     def __init__(self, label: str, every: float | None = None, stream=None):
         self.label = label
-        self.every = float(os.environ.get("HARNESS_PROGRESS_SECONDS", PROGRESS_SECONDS)) if every is None else every
+        self.every = progress_seconds() if every is None else every
         self.stream = stream or sys.stdout
         self.started: dict[str, float] = {}  # phase -> when it began (the previous update of any phase)
         self.printed: dict[str, float] = {}  # phase -> when its last line was printed
@@ -96,15 +111,16 @@ class ArmProgress:
 def print_arm(summary: Summary, run_dir, name: str | None = None) -> None:
     """One arm's outcome in a line, and where its folder is; `name`: the arm's (default its algorithm)."""
     from rich.console import Console
+    from rich.markup import escape
     console = Console()
-    label = f"{name or summary.algo} s{summary.seed}"
-    if not summary.ok:
-        console.print(f"[red]{label}: {summary.status}: {summary.error}[/red]")
+    label = escape(f"{name or summary.algo} s{summary.seed}")
+    if not summary.ok:  # an error's text is anyone's (a reward function's, gloo's '[/path]'): escaped
+        console.print(f"[red]{label}: {escape(str(summary.status))}: {escape(str(summary.error))}[/red]")
     else:
         base, final = summary.eval.base.accuracy, summary.eval.final.accuracy
         console.print(f"{label}: accuracy {fmt(base, '%')} -> {fmt(final, '%')} in "
                       f"{summary.steps} steps, {summary.wall_s:.1f} s")
-    console.print(f"results: {run_dir}")
+    console.print(f"results: {run_dir}", markup=False)
 
 
 def render_terminal(summaries: list[Summary | None], arms: dict[str, str] | list[str], console=None,
@@ -112,6 +128,7 @@ def render_terminal(summaries: list[Summary | None], arms: dict[str, str] | list
     """The comparison's tables: what each arm bought, lm-eval, memory by model, cost per arm with the verdict
     pair's ratio, and (more than two arms) every arm against the baseline."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
     console = console or Console()
     rows = arm_rows(summaries)
@@ -121,7 +138,7 @@ def render_terminal(summaries: list[Summary | None], arms: dict[str, str] | list
     for column in ("arm", "status", "steps", "completions", "wall s", "acc start", "acc end", "change"):
         table.add_column(column, justify="right" if column not in ("arm", "status") else "left")
     for r in rows:
-        status = r["status"] if r["status"] == "ok" else f"[red]{r['status']}[/red]: {r['error']}"
+        status = r["status"] if r["status"] == "ok" else f"[red]{escape(str(r['status']))}[/red]: {escape(str(r['error']))}"
         table.add_row(f"{r['arm']} s{r['seed']}", status, fmt(r["steps"]), fmt(r["completions"]),
                      fmt(r["wall"], "s"), fmt(r["acc_base"], "%"), fmt(r["acc_final"], "%"),
                      fmt(r.get("acc_delta"), "%"))
@@ -172,7 +189,7 @@ def render_terminal(summaries: list[Summary | None], arms: dict[str, str] | list
         console.print(baseline_table(ratios))
     gpu_notes = {s.mem.measured.gpu for s in summaries if s and s.mem.measured.gpu}
     for note in sorted(gpu_notes):
-        console.print(f"GPU figures: {note}")
+        console.print(f"GPU figures: {note}", markup=False)
 
 
 BASELINE_COLUMNS = [("mem_live_peak", "live peak"), ("mem_model_state", "model state (arith.)"),

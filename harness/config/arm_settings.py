@@ -24,8 +24,13 @@ from harness.algorithms.options import StrictModel
 
 SECTION = "arm_settings"
 # What every arm of a comparison shares (the fairness rules): set it for all arms with --set instead.
-SHARED_FIELDS = ("budget.", "task.", "model.name", "run.seed", "run.results_dir", "run.eval_split", "verdict.",
-                 "estimate.")
+# The model section defines "the same model" (name, sizes, vocabulary, warm start) and its precision, which
+# DESIGN.md holds equal too; gradient checkpointing, the chunked log-prob and LoRA are stack choices an arm may
+# make for itself.
+SHARED_FIELDS = ("budget.", "task.", "model.name", "model.hidden_size", "model.num_layers", "model.num_heads",
+                 "model.warm_start_steps", "model.warm_start_batch", "model.warm_start_lr", "model.max_positions",
+                 "model.vocab_pad_to", "model.precision", "run.seed", "run.device", "run.results_dir",
+                 "run.eval_split", "verdict.", "estimate.")
 
 
 def is_shared(key: str) -> bool:

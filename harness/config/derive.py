@@ -36,7 +36,8 @@ def make_task(config: Config):
     if is_data_task(task.name):
         loaded = load_data_task(task.name, prompt_key=task.prompt_key, answer_key=task.answer_key,
                                 eval_file=task.eval_file, eval_size=task.eval_size, seed=task.seed,
-                                reward=task.reward, format_weight=task.format_weight, options=task.options)
+                                reward=task.reward, format_weight=task.format_weight, options=task.options,
+                                reward_timeout=task.reward_timeout)
     else:
         from harness.tasks.gym import load_task
         loaded = load_task(task.name, eval_size=task.eval_size, seed=task.seed, format_weight=task.format_weight,

@@ -96,6 +96,8 @@ class TaskConfig(StrictModel):
                                            "eval_size).")
     chat_template: ChatTemplate = Field("auto", description="auto: prompts go through the tokenizer's chat template "
                                                             "when it has one; none: never.")
+    reward_timeout: float = Field(60.0, gt=0, description="Data tasks: seconds a reward function call may take "
+                                                          "before the arm fails.")
 
     @property
     def label(self) -> str:

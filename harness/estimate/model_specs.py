@@ -49,22 +49,37 @@ def config_from_dict(facts: dict[str, Any], where: str):
     model_type = facts.get("model_type")
     if not model_type:
         raise UserError(f"{where} has no model_type: not a transformers config.json")
+    check_sizes(facts, where)
     try:
         config = AutoConfig.for_model(model_type, **{k: v for k, v in facts.items() if k != "model_type"})
-    except (ValueError, KeyError, TypeError) as err:
+    except Exception as err:  # ValueError, TypeError, huggingface_hub's strict validation of a field's type, ...
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"{where}: transformers cannot build model_type '{model_type}' ({first[:160]}); "
                         "give a config.json of a causal language model transformers knows") from None
     return causal_lm(config, where)
 
 
+# The sizes of a config.json that shape tensors: each a whole number of at least 1 where it is given.
+DIMENSIONS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size",
+              "vocab_size", "head_dim", "max_position_embeddings")
+
+
 def causal_lm(config, where: str):
-    """`config` if transformers has a causal language model for its type; one line otherwise."""
+    """`config` if transformers has a causal language model for its type and its sizes are sizes; one line otherwise."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
     if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         raise UserError(f"{where}: transformers has no causal language model for model_type '{config.model_type}'; "
                         "give the config of a causal language model")
+    check_sizes({name: getattr(config, name, None) for name in DIMENSIONS}, where)
     return config
+
+
+def check_sizes(facts: dict[str, Any], where: str) -> None:
+    """Each size of DIMENSIONS that `facts` gives, a whole number of at least 1 (one line otherwise)."""
+    for name in DIMENSIONS:
+        value = facts.get(name)
+        if value is not None and (type(value) is not int or value < 1):
+            raise UserError(f"{where}: {name} must be a whole number of at least 1, got {value!r}")
 
 
 def read_config_file(path: Path):

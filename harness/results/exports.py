@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from harness.results.io import read_json, read_jsonl
+from harness.results.io import new_file_mode, read_json, read_jsonl
 from harness.results.records import Summary
 
 FIRST_COLUMNS = ["arm", "algorithm", "seed", "status", "step"]
@@ -59,6 +59,7 @@ def write_steps_table(comparison_dir: Path | str, arms: list[dict[str, Any]]) ->
             frame.to_parquet(tmp, index=False)
         else:
             frame.to_csv(tmp, index=False)
+        os.chmod(tmp, new_file_mode())  # mkstemp gives 0600; result files take the umask
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import itertools
 import json
+import math
 import os
 import shutil
 import sys
@@ -23,6 +24,7 @@ from collections.abc import Iterator
 import yaml
 
 from harness import UserError
+from harness.results.safe_io import check_inside, open_append, open_no_follow, writing_inside
 
 TEMP_SUFFIX = ".tmp"  # what the atomic writers leave behind only when killed mid-write
 LOCK_NAME = ".lock"
@@ -52,22 +54,48 @@ def atomic_file(path: Path | str, mode: str = "w") -> Iterator[IO]:
 
         with atomic_file(run_dir / "checkpoint" / "state.pt", "wb") as handle:
             torch.save(state, handle)
+
+    A write that fails (a full disk) is raised as its OSError naming `path`, also when the writer turned
+    it into an error of its own (torch.save says "unexpected pos").
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    check_inside(path)  # the rename below replaces a link at `path`; a linked folder above it is refused
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    handle = None
     try:
         os.fchmod(fd, new_file_mode())
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as raw:
+            handle = _KeepsWriteError(raw)
             yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
+            raw.flush()
+            os.fsync(raw.fileno())
         os.replace(tmp, path)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)  # a full disk or a kill leaves no partial file behind
-        if isinstance(err, OSError) and err.filename is None:
-            err.filename = str(path)  # a failed write() names no file: name the one being written
+        failed = handle.error if handle is not None and handle.error is not None else err
+        if isinstance(failed, OSError) and failed.filename is None:
+            failed.filename = str(path)  # a failed write() names no file: name the one being written
+        if failed is not err and isinstance(err, Exception):
+            raise failed from None
         raise
+
+
+class _KeepsWriteError:
+    """A file handle that keeps the OSError of a failed write (the writer may replace it with its own error)."""
+
+    def __init__(self, handle: IO):
+        self.handle, self.error = handle, None
+
+    def write(self, data):
+        try:
+            return self.handle.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def __getattr__(self, name: str):
+        return getattr(self.handle, name)
 
 
 def atomic_write_with(path: Path | str, write) -> None:
@@ -95,12 +123,14 @@ def atomic_folder(path: Path | str) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    check_inside(path)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent))
     try:
         staging.chmod(0o777 & ~current_umask())  # mkdtemp gives 0700
         yield staging
         for file in staging.rglob("*"):  # on disk before the rename makes them visible
-            if file.is_file():
+            if file.is_file() and not file.is_symlink():
+                file.chmod(new_file_mode())  # safetensors creates its file 0600; result files take the umask
                 with open(file, "rb") as handle:
                     os.fsync(handle.fileno())
         if path.exists():  # swapped in two renames; a kill between them leaves the old folder beside it
@@ -116,11 +146,32 @@ def atomic_folder(path: Path | str) -> Iterator[Path]:
         raise
 
 
+def keep_files(folder: Path | str, names: tuple[str, ...]) -> dict[Path, bytes | None]:
+    """The bytes of each of `names` in `folder` (None: absent), for put_back."""
+    kept: dict[Path, bytes | None] = {}
+    for name in names:
+        path = Path(folder) / name
+        kept[path] = path.read_bytes() if path.is_file() and not path.is_symlink() else None
+    return kept
+
+
+def put_back(kept: dict[Path, bytes | None]) -> None:
+    """Each file as keep_files found it: a refused start leaves the folder's records as they were."""
+    for path, data in kept.items():
+        if data is None:
+            path.unlink(missing_ok=True)
+        elif not path.is_file() or path.read_bytes() != data:
+            atomic_write_bytes(path, data)
+
+
 def remove_temporaries(folder: Path | str) -> list[Path]:
     """Delete what killed atomic writers left in `folder` (not below it); only its writer may call this."""
     removed = []
     for item in Path(folder).glob(f".*{TEMP_SUFFIX}"):
-        shutil.rmtree(item, ignore_errors=True) if item.is_dir() else item.unlink(missing_ok=True)
+        if item.is_dir() and not item.is_symlink():
+            shutil.rmtree(item, ignore_errors=True)
+        else:
+            item.unlink(missing_ok=True)  # a link is removed, never followed
         removed.append(item)
     return removed
 
@@ -222,7 +273,7 @@ def read_jsonl(path: Path | str, bad_lines: list[int] | None = None) -> list[dic
             except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
                 row = None
             if isinstance(row, dict):
-                rows.append(row)
+                rows.append(_restore_non_finite(row))
             elif line.strip() and bad_lines is not None:
                 bad_lines.append(number)
     return rows
@@ -236,14 +287,44 @@ def describe_bad_lines(path: Path | str, bad_lines: list[int]) -> str:
 
 
 def append_jsonl(path: Path, row: dict[str, Any]) -> None:
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(row, sort_keys=True) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+    try:
+        with open_append(path) as handle:
+            handle.write(jsonl_line(row))
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as err:
+        if err.filename is None:
+            err.filename = str(path)  # a failed write() names no file
+        raise
 
 
 def rewrite_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    atomic_write_text(path, "".join(jsonl_line(r) for r in rows))
+
+
+NON_FINITE_KEY = "nonfinite"  # a row's {key: "nan" | "inf" | "-inf"}: the figures written as null
+
+
+def jsonl_line(row: dict[str, Any]) -> str:
+    """One line of JSON (never a bare NaN token): a non-finite figure is written as null, and its key and
+    value go into the row's "nonfinite" object, which read_jsonl reads back.
+
+    >>> jsonl_line({"step": 3, "loss/kl": float("nan")})
+    '{"loss/kl": null, "nonfinite": {"loss/kl": "nan"}, "step": 3}\\n'
+    """
+    flagged = {k: str(v) for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)}
+    if flagged:
+        row = {**row, **dict.fromkeys(flagged), NON_FINITE_KEY: flagged}
+    return json.dumps(row, sort_keys=True, allow_nan=False) + "\n"
+
+
+def _restore_non_finite(row: dict[str, Any]) -> dict[str, Any]:
+    flagged = row.pop(NON_FINITE_KEY, None)
+    if isinstance(flagged, dict):
+        for key, value in flagged.items():
+            if value in ("nan", "inf", "-inf") and row.get(key) is None:
+                row[key] = float(value)
+    return row
 
 
 # ---------------------------------------------------------------- one writer per folder
@@ -261,7 +342,7 @@ class FolderLock:
 
     def __enter__(self) -> FolderLock:
         self.folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, new_file_mode())
+        fd = open_no_follow(self.folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, new_file_mode())
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -272,10 +353,13 @@ class FolderLock:
         os.write(fd, json.dumps({"pid": os.getpid(), "command": self.command,
                                  "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
         self.fd = fd
+        self.inside = writing_inside(self.folder)  # every write below the folder stays inside it
+        self.inside.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
         if self.fd is not None:
+            self.inside.__exit__(None, None, None)
             os.close(self.fd)  # closing releases the lock; the file stays (unlinking it would race)
             self.fd = None
 
@@ -293,7 +377,7 @@ def folder_writer(folder: Path | str) -> str | None:
     """Who holds `folder`'s lock ('process 123 (...)'), or None when nobody is writing it."""
     path = Path(folder) / LOCK_NAME
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)  # a link or a FIFO planted there: no writer
     except OSError:
         return None
     try:

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WrapValidator
 
-from harness import UserError
 from harness.results.io import read_json_object
+from harness.results.safe_io import arm_folders
 
 T = TypeVar("T")
 Number = int | float  # kept as written: an int stays an int
@@ -291,6 +292,5 @@ class ComparisonPlan(Record):
     def load(cls, path) -> ComparisonPlan:
         """The comparison.json at `path`; one line when it is damaged (not JSON, no list of arm folders)."""
         data = read_json_object(path, {"arms": list})
-        if not all(isinstance(arm, dict) and isinstance(arm.get("dir"), str) and arm["dir"] for arm in data["arms"]):
-            raise UserError(f"{path} is damaged: an entry of 'arms' has no folder ('dir')")
+        arm_folders(Path(path).parent, data)  # each arm's folder one bounded path component inside it
         return cls.model_validate(data)

@@ -4,7 +4,8 @@ A checkpoint holds tensors and plain containers only, so `torch.load(..., weight
 it: a crafted file cannot run code on resume. Anything else is refused with one line. Under torchrun
 the models and optimizers are saved sharded by `torch.distributed.checkpoint` (each rank writes its
 shards into `state.pt.dcp/`), and each rank's random generators beside them; resume needs the same
-number of processes.
+number of processes, and reads the shards' metadata without unpickling anything but torch's own classes
+(harness.train.dcp_safe).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import numpy as np
 import torch
 
 from harness import UserError
-from harness.results.io import atomic_write_with
+from harness.results.io import TEMP_SUFFIX, atomic_write_with
+from harness.train import dcp_safe
 
 FORMAT = 2
 
@@ -79,7 +81,7 @@ def save_sharded(path: Path, state: RunState, algorithm, ranks) -> None:
 
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
-    folder, staging = Path(f"{path}.dcp"), Path(f"{path}.dcp.tmp")
+    folder, staging = Path(f"{path}.dcp"), path.with_name(f".{path.name}.dcp{TEMP_SUFFIX}")  # removed on start if left
     if ranks.main:
         shutil.rmtree(staging, ignore_errors=True)
     dist.barrier()
@@ -102,28 +104,44 @@ def load_refusal(err: Exception) -> str:
     return named[0].rstrip(".") if named else (lines[0].split(". ")[0] if lines else type(err).__name__)
 
 
-def load_checkpoint(path: Path, algorithm, ranks=None) -> RunState:
-    """Restore the algorithm and the generators; the run state to carry on from."""
+def read_payload(path: Path, world: int = 1) -> dict[str, Any]:
+    """state.pt read weights only, of this format and this many processes; with `world` > 1, the shards'
+    `.metadata` read safely too (harness.train.dcp_safe). One line (UserError) for anything else."""
     try:
         payload = torch.load(path, weights_only=True, map_location="cpu")
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
         raise UserError(f"checkpoint {path} cannot be loaded safely (weights only): {load_refusal(err)}; "
-                        "delete the checkpoint folder to start the arm afresh") from None
+                        f"{AFRESH}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise UserError(f"checkpoint {path} is not a checkpoint of this harness version (format {FORMAT}); "
-                        "delete the checkpoint folder to start the arm afresh")
-    world = ranks.world if ranks is not None else 1
+        raise UserError(f"checkpoint {path} is not a checkpoint of this harness version (format {FORMAT}); {AFRESH}")
     if payload.get("sharded", 1) != world:
         raise UserError(f"checkpoint {path} was saved by {payload.get('sharded', 1)} processes and this run has "
                         f"{world}: resume with the same --nproc-per-node")
     if world > 1:
-        import torch.distributed.checkpoint as dcp
+        metadata = Path(f"{path}.dcp") / dcp_safe.METADATA_FILE
+        try:
+            dcp_safe.read_metadata(metadata)
+        except dcp_safe.RefusedGlobal as err:
+            raise UserError(f"checkpoint {metadata} cannot be loaded safely: {err}; {AFRESH}") from None
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, OSError) as err:
+            raise UserError(f"checkpoint {metadata} is damaged ({type(err).__name__}: {err}); {AFRESH}") from None
+    return payload
+
+
+AFRESH = "delete the checkpoint folder to start the arm afresh"
+
+
+def load_checkpoint(path: Path, algorithm, ranks=None) -> RunState:
+    """Restore the algorithm and the generators; the run state to carry on from."""
+    world = ranks.world if ranks is not None else 1
+    payload = read_payload(path, world)
+    if world > 1:
         from torch.distributed.checkpoint.state_dict import _init_optim_state
         for optimizer in algorithm.optimizers().values():
             # a fresh optimizer holds no state yet, so the template would load none: a zero-lr step makes it
             _init_optim_state(optimizer)
         shards = {"algorithm": algorithm.state_dict()}
-        dcp.load(shards, checkpoint_id=f"{path}.dcp")
+        dcp_safe.load(shards, f"{path}.dcp")
         algorithm.load_state_dict(shards["algorithm"])
         set_rng_state(torch.load(Path(f"{path}.dcp") / f"rng-{ranks.rank}.pt", weights_only=True))
     else:

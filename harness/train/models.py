@@ -234,7 +234,7 @@ def load_policy(path: str, precision: str = "fp32", device: str = "cpu", gradien
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=WEIGHT_DTYPES[precision])
-    except OSError as err:
+    except Exception as err:  # a missing file (OSError), damaged weights (safetensors' error), a bad config.json, ...
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"cannot load model '{path}': {first}") from None
     tokenizer.padding_side = "left"

@@ -8,9 +8,7 @@ made, in `close_step`, the one place a step record (harness.results.step_record.
 
 from __future__ import annotations
 
-import os
 import random
-import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from harness.config.schema import Config
 from harness.measure.live_tensors import step_peak
 from harness.measure.probes import Probes, peak_flops
 from harness.measure.step_meter import non_finite
+from harness.results.io import atomic_folder
 from harness.results.step_record import StepRecord
 from harness.train import distributed as ranks_
 from harness.train.arm_interface import ArmRunner, Progress
@@ -137,13 +136,9 @@ class PolicyArm(ArmRunner):
         """The trained policy and its tokenizer as a Hugging Face folder (for `harness eval`, lm_eval)."""
         weights = self.final_weights()
         if self.ranks.main:
-            folder = self.run_dir / "final_model"
-            staging = self.run_dir / ".final_model.tmp"
-            shutil.rmtree(staging, ignore_errors=True)
-            self.policy.save_pretrained(staging, state_dict=weights)
-            self.tokenizer.save_pretrained(staging)
-            shutil.rmtree(folder, ignore_errors=True)
-            os.replace(staging, folder)
+            with atomic_folder(self.run_dir / "final_model") as staging:  # whole, and its files take the umask
+                self.policy.save_pretrained(staging, state_dict=weights)
+                self.tokenizer.save_pretrained(staging)
         ranks_.barrier(self.ranks)
 
     # ------------------------------------------------------------ steps

@@ -8,6 +8,7 @@ touch another's figures.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import subprocess
@@ -26,7 +27,8 @@ from harness.config.schema import Config
 from harness.measure.live_tensors import step_peak
 from harness.measure.probes import Probes
 from harness.results.arm_config import arm_config_dict
-from harness.results.io import append_jsonl, read_json_object, read_jsonl, write_json, write_yaml
+from harness.results.io import (append_jsonl, atomic_write_text, keep_files, put_back, read_json_object, read_jsonl,
+                                write_json, write_yaml)
 from harness.results.records import (ArithmeticMemory, Budget, BudgetUsed, Evals, LiveMemory, LmEvals, MeasuredMemory,
                                      Memory, Summary, Throughput, Times)
 from harness.results.step_record import StepRecord
@@ -34,6 +36,10 @@ from harness.results.trackers import open_trackers
 from harness.train import distributed as ranks_
 from harness.train.arm_interface import ArmRunner, Diverged, Progress
 from harness.train.checkpoint import RunState
+from harness.train.inputs import INPUTS_FILE, record_inputs
+
+
+RECORDS = ("config.yaml", "env.json", "summary.json", INPUTS_FILE)  # what run_arm writes before the arm starts
 
 
 def run_name(config: Config, algo: str) -> str:
@@ -178,6 +184,7 @@ def run_arm(config: Config, algo: str, run_dir: Path, resume: bool = False, prog
     """
     run_dir = Path(run_dir)
     main = ranks_.from_env().main
+    recorded = keep_files(run_dir, RECORDS) if main else {}  # put back as they were if the start is refused
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         resolved = arm_config_dict(config, algo, name)
@@ -186,6 +193,8 @@ def run_arm(config: Config, algo: str, run_dir: Path, resume: bool = False, prog
         write_yaml(run_dir / "config.yaml", resolved)
         write_json(run_dir / "env.json", {**environment(config.run.device), "world_size": config.world_size})
         write_summary(run_dir, Summary(algo=algo, seed=config.run.seed, status="running"))
+        if not resume:  # a resume checked them (harness.commands.run.run_folder)
+            record_inputs(run_dir, config)
     trackers = open_trackers(config, run_dir) if main else None
     try:
         arm = arm_class(algo)(config, algo, run_dir, progress)
@@ -194,7 +203,7 @@ def run_arm(config: Config, algo: str, run_dir: Path, resume: bool = False, prog
         summary = summarize(config, algo, train_arm(arm, log, resume, probes_enabled))
     except UserError:
         if main:
-            (run_dir / "summary.json").unlink(missing_ok=True)
+            put_back(recorded)
         raise
     except Diverged as err:
         summary = summarize(config, algo, ArmResult(_partial_state(run_dir)), "diverged", str(err))
@@ -203,7 +212,8 @@ def run_arm(config: Config, algo: str, run_dir: Path, resume: bool = False, prog
                             f"out of memory at step {_last_step(run_dir) + 1}: {str(err).splitlines()[0]}")
     except Exception as err:  # recorded, so that the other arms of a comparison go on
         if main:  # the whole traceback beside the one-line error, for whoever has to find the cause
-            (run_dir / "error.txt").write_text(traceback.format_exc())
+            with contextlib.suppress(OSError, UserError):  # a full disk: the summary below says what failed
+                atomic_write_text(run_dir / "error.txt", traceback.format_exc())
         last = _last_step(run_dir)
         where = f"at step {last + 1}" if last or (run_dir / "steps.jsonl").exists() else "before the first step"
         summary = summarize(config, algo, ArmResult(_partial_state(run_dir)), "failed",

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO
 
 from harness import Interrupted
+from harness.results.safe_io import open_append
 
 SUPERVISOR_ENV = "HARNESS_SUPERVISOR_PID"  # the parent's PID, in the environment of a child it supervises
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -206,7 +207,7 @@ class _Child:
 
     @classmethod
     def start(cls, command: list[str], log: Path, env: dict[str, str], echo: bool, interactive: bool) -> _Child:
-        log_file = open(log, "ab")  # noqa: SIM115 (open while the child runs; finish() closes it)
+        log_file = open_append(log, binary=True)  # open while the child runs (finish() closes it); never a link
         log_file.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n".encode())
         log_file.flush()
         sys.stdout.flush()  # this process's lines before the child's
