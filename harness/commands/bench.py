@@ -38,8 +38,8 @@ def bench_probes(config, algo: str, repeats: int, echo=print) -> dict[str, float
             for enabled in order:
                 run_dir = Path(scratch) / f"{repeat}-{'on' if enabled else 'off'}"
                 summary = run_arm(config, algo, run_dir, probes_enabled=enabled)
-                if summary["status"] != "ok":
-                    raise RuntimeError(f"bench arm failed: {summary['error']}")
+                if not summary.ok:
+                    raise RuntimeError(f"bench arm failed: {summary.error}")
                 times[enabled] += step_times(run_dir)
                 echo(f"  repeat {repeat + 1}/{repeats} probes {'on ' if enabled else 'off'}: "
                      f"median step {statistics.median(step_times(run_dir)) * 1000:.1f} ms")
