@@ -124,6 +124,6 @@ def planned_comparison(folder: Path, monkeypatch) -> Path:
         patch.setattr(compare, "run_arms", lambda *args, **kwargs: 0)
         compare.compare(load_config("smoke", overrides=["run.lm_eval=false"]), ["grpo", "ppo"], [0], out=folder,
                         report=False)
-    monkeypatch.setattr(compare, "prepare_model", lambda config: None)
+    monkeypatch.setattr(compare, "prepare_model", lambda *args: None)
     monkeypatch.setattr(compare, "arm_command", lambda arm_dir, resume: [sys.executable, "-c", "print('arm ran')"])
     return folder

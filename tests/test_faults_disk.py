@@ -154,18 +154,19 @@ def test_26_lower_a_full_disk_early_in_an_arm_is_recorded_naming_the_file(tmp_pa
     from harness.train import runner
     run_dir = tmp_path / "run"
 
-    class WritesAStep:
+    class Unbuilt:  # the arm: nothing to build, its training below
         def __init__(self, *args):
             pass
 
-        def train(self, **kwargs):
-            append_jsonl(run_dir / "steps.jsonl", {"step": 1, "completions": 32, "tokens": 96})
-    monkeypatch.setattr(runner, "arm_class", lambda algo: WritesAStep)
+    def writes_a_step(arm, log, resume, probes_enabled):
+        append_jsonl(run_dir / "steps.jsonl", {"step": 1, "completions": 32, "tokens": 96})
+    monkeypatch.setattr(runner, "arm_class", lambda algo: Unbuilt)
+    monkeypatch.setattr(runner, "train_arm", writes_a_step)
     monkeypatch.setattr(os, "fsync", fails_for(("steps.jsonl", "error.txt")))
     record = runner.run_arm(load_config("smoke", overrides=["run.lm_eval=false"]), "grpo", run_dir)
-    assert record["status"] == "failed"
+    assert record.status == "failed"
     # the row reached the file, its flush to the disk did not: step 2 is the one that would have run next
-    assert record["error"] == (f"failed at step 2: OSError: [Errno 28] No space left on device: "
+    assert record.error == (f"failed at step 2: OSError: [Errno 28] No space left on device: "
                                f"'{run_dir / 'steps.jsonl'}'")
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "failed"  # not left at running
 

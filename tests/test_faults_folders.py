@@ -160,7 +160,7 @@ def test_26_2_error_txt_and_steps_are_never_written_through_a_link(tmp_path, mon
         raise RuntimeError("the arm broke")
     monkeypatch.setattr(runner, "arm_class", lambda algo: breaks)
     record = runner.run_arm(load_config("smoke", overrides=["run.lm_eval=false"]), "grpo", run_dir)
-    assert record["status"] == "failed" and record["error"] == "failed at step 1: RuntimeError: the arm broke"
+    assert record.status == "failed" and record.error == "failed at step 1: RuntimeError: the arm broke"
     assert "RuntimeError: the arm broke" in (run_dir / "error.txt").read_text()  # a file of its own now
     assert not (run_dir / "error.txt").is_symlink() and victim.read_text() == "the victim's own bytes\n"
     with pytest.raises(UserError, match="steps.jsonl is a symbolic link"):

@@ -114,6 +114,7 @@ def test_6_a_stop_that_torch_turned_into_another_error_is_still_an_interruption(
     from harness.commands import run
     from harness.config.load import load_config
     from harness.results.io import write_json
+    from harness.results.records import Summary
 
     def runner_inside_torch(config, algo, run_dir, **kwargs):
         try:
@@ -123,7 +124,7 @@ def test_6_a_stop_that_torch_turned_into_another_error_is_still_an_interruption(
             wrapped = RuntimeError(f"in a dispatch mode: {err}")
         failed = {"algo": algo, "status": "failed", "error": f"failed at step 1: RuntimeError: {wrapped}"}
         write_json(run_dir / "summary.json", failed)
-        return failed
+        return Summary.read(failed)
     monkeypatch.setattr(run, "run_arm", runner_inside_torch)
     config = load_config("smoke", overrides=["run.lm_eval=false"])
     with pytest.raises(Interrupted) as stop:

@@ -131,9 +131,10 @@ def test_26_3_an_arm_error_with_markup_is_printed_as_it_is(capsys):
     from rich.console import Console
 
     from harness.commands.terminal import print_arm, render_terminal
+    from harness.results.records import Summary
     failed = {"algo": "grpo", "seed": 0, "status": "failed", "error": f"failed at step 2: {MARKUP}", "steps": 1}
-    print_arm(failed, Path("run"))
-    render_terminal([failed], ["grpo"], console=Console(width=300))
+    print_arm(Summary.read(failed), Path("run"))
+    render_terminal([Summary.read(failed)], ["grpo"], console=Console(width=300))
     out = " ".join(capsys.readouterr().out.split())  # lines wrapped at the console's width, joined
     assert out.count(MARKUP) == 2
 
