@@ -96,7 +96,8 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["compare", "--algos", "grpo,a2c"], "unknown algorithm 'a2c'; valid: dapo, dr_grpo, grpo, gspo, ppo, reinforce_pp, rloo"),
     (["run", "--algo", "dpo"], "unknown algorithm 'dpo'; valid: dapo, dr_grpo, grpo, gspo, ppo, reinforce_pp, rloo"),
-    (["compare", "--task", "sudoku"], "unknown task 'sudoku'; valid: chain_sum, chain_sum_scratchpad, spell_backward, spell_backward_long"),
+    (["compare", "--task", "sudoku"],
+     "unknown task 'sudoku'; valid: chain_sum, chain_sum_scratchpad, spell_backward, spell_backward_long"),
     (["compare", "--task", "rg:nonesuch"], "unknown reasoning-gym dataset 'nonesuch'; valid: ab, acre,"),
     (["compare", "--preset", "huge"], "unknown preset 'huge'; valid:"),
     (["compare", "--set", "rollout.batch_size=30"], "rollout.batch_size=30 is not divisible by the group size"),
@@ -198,5 +199,6 @@ def test_tasks_lists_the_offline_tasks_and_reasoning_gym_by_name(capsys):
     code = main(["tasks"])
     out = capsys.readouterr().out
     names = [line.split()[0] for line in out.splitlines()]
-    assert code == 0 and names == ["chain_sum", "chain_sum_scratchpad", "spell_backward", "spell_backward_long", "rg:NAME", "data:FILE"]
+    assert code == 0 and names == ["chain_sum", "chain_sum_scratchpad", "spell_backward", "spell_backward_long",
+                                   "rg:NAME", "data:FILE"]
     assert "basic_arithmetic" in out  # the rg: line names reasoning-gym's datasets
