@@ -155,7 +155,8 @@ def test_every_arm_trains_adapters_and_saves_them(tmp_path, algo):
     harness("run", "--algo", algo, "--preset", "smoke", "--budget", "64", "--set", "model.lora.rank=4",
             "--set", "run.lm_eval=false", "--out", str(out), check=True)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["status"] == "ok" and summary["steps"] == 2
+    # DAPO's dynamic sampling spends budget on its extra generation rounds: 64 completions may be one step
+    assert summary["status"] == "ok" and (1 <= summary["steps"] <= 2 if algo == "dapo" else summary["steps"] == 2)
     final = out / "final_model"
     assert (final / "adapter_config.json").exists() and (final / "adapter_model.safetensors").exists()
     assert not (final / "model.safetensors").exists()  # the adapters, not a copy of the base

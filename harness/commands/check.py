@@ -117,6 +117,26 @@ def baseline_dict(measured: Measured) -> dict[str, Any]:
             "arms": [{"algo": arm["algo"], "seed": arm["seed"], "mem": arm["mem"].to_json()} for arm in measured.arms]}
 
 
+def leaves(data: Any, prefix: str = "") -> dict[str, Any]:
+    """A JSON tree's leaves by dotted path."""
+    if isinstance(data, dict):
+        return {k: v for key, value in data.items() for k, v in leaves(value, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): data}
+
+
+def read_memory(arm: dict[str, Any], path: Path) -> Memory:
+    """A baseline arm's memory figures, read as written: the typed record reads leniently (a number in a string
+    as the number, a section that is not an object as empty), so a leaf it would change is one line."""
+    memory = Memory.read(arm["mem"])
+    kept = leaves(memory.to_json())
+    for where, value in leaves(arm["mem"]).items():
+        if where not in kept or type(kept[where]) is not type(value) or kept[where] != value:
+            raise UserError(f"baseline {path} is damaged: the memory figures of {arm['algo']} s{arm['seed']} are "
+                            f"not in the form harness writes (mem.{where} is {value!r}); write it again with "
+                            "'harness baseline'")
+    return memory
+
+
 def load_baseline(path: str | Path) -> Measured:
     path = Path(path)
     if not path.exists():
@@ -132,7 +152,7 @@ def load_baseline(path: str | Path) -> Measured:
                             f"write it again with 'harness baseline'")
     return Measured(source=str(path), preset=data["preset"], config=data["config"], config_hash=data["config_hash"],
                     device=data["device"], device_name=data.get("device_name"), versions=data.get("versions") or {},
-                    arms=[{**arm, "mem": Memory.read(arm["mem"]), "status": "ok", "error": None,
+                    arms=[{**arm, "mem": read_memory(arm, path), "status": "ok", "error": None,
                            "source": f"baseline {path}"} for arm in data["arms"]],
                     machine=data.get("machine") or {})
 
