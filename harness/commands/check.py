@@ -117,19 +117,12 @@ def baseline_dict(measured: Measured) -> dict[str, Any]:
             "arms": [{"algo": arm["algo"], "seed": arm["seed"], "mem": arm["mem"].to_json()} for arm in measured.arms]}
 
 
-def leaves(data: Any, prefix: str = "") -> dict[str, Any]:
-    """A JSON tree's leaves by dotted path."""
-    if isinstance(data, dict):
-        return {k: v for key, value in data.items() for k, v in leaves(value, f"{prefix}{key}.").items()}
-    return {prefix.rstrip("."): data}
-
-
 def read_memory(arm: dict[str, Any], path: Path) -> Memory:
     """A baseline arm's memory figures, read as written: the typed record reads leniently (a number in a string
     as the number, a section that is not an object as empty), so a leaf it would change is one line."""
     memory = Memory.read(arm["mem"])
-    kept = leaves(memory.to_json())
-    for where, value in leaves(arm["mem"]).items():
+    kept = _flatten(memory.to_json())
+    for where, value in _flatten(arm["mem"]).items():
         if where not in kept or type(kept[where]) is not type(value) or kept[where] != value:
             raise UserError(f"baseline {path} is damaged: the memory figures of {arm['algo']} s{arm['seed']} are "
                             f"not in the form harness writes (mem.{where} is {value!r}); write it again with "
