@@ -182,8 +182,11 @@ def test_pdf_has_pages_and_the_verdict(pdf_report):
     assert pages > 1
     text = subprocess.run(["pdftotext", str(pdf_report["pdf_path"]), "-"], capture_output=True, text=True, check=True).stdout
     assert pdf_report["verdict"]["reading"].upper() in text
-    # pdftotext joins a word broken at its hyphen across lines ("held-" / "out" -> "heldout"): compare without them
-    assert plain(pdf_report["verdict"]["sentence"]).replace("-", "") in plain(text).replace("-", "")
+    # the PDF breaks lines after a hyphen or a slash ("held-" / "out" joins to "heldout", "Qwen/" / "Qwen2.5"
+    # gains a space): compare the letters alone, without hyphens or white space
+    def letters(t: str) -> str:
+        return re.sub(r"[\s-]", "", t)
+    assert letters(pdf_report["verdict"]["sentence"]) in letters(text)
 
 
 @pytest.mark.slow  # PDF
