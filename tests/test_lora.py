@@ -188,3 +188,33 @@ def test_fsdp2_on_two_processes_shards_the_frozen_base_and_trains_the_adapters(t
         assert two[key + "adapters"] * 2 == one[key + "adapters"] > 0
         assert two[key + "grads"] == two[key + "adapters"] + two[key + "value_head"]
     assert (tmp_path / "two" / "final_model" / "adapter_model.safetensors").exists()
+
+
+@pytest.mark.parametrize("base", ["separate", "shared"])
+def test_the_report_says_what_each_arm_trains_and_which_critic_base_ran(tmp_path, base):
+    from harness.config.derive import algorithm_options
+    from harness.report.content import weights_text
+    from harness.results.arm_config import arm_config_dict
+
+    def resolved(config, algo):  # what run_arm writes to config.yaml
+        data = arm_config_dict(config, algo, algo)
+        data["derived"]["algorithm_options"] = algorithm_options(config, algo).model_dump()
+        return data
+    config = lora_config(tmp_path, base)
+    assert weights_text(resolved(config, "grpo"), "grpo") == (
+        "LoRA adapters, rank 4, alpha 32.0, on all-linear; the reference is the policy's base with its adapters off")
+    critic = {"separate": "adapters and a value head on its own frozen copy of the base",
+              "shared": "a second adapter and a value head on the policy's frozen base"}[base]
+    assert weights_text(resolved(config, "ppo"), "ppo").endswith(f"; critic ({base}): {critic}")
+    full = load_config("smoke")
+    assert weights_text(resolved(full, "ppo"), "ppo") == "every weight (full fine-tuning)"
+
+
+def test_the_estimate_cache_tells_lora_from_full_fine_tuning():
+    from harness.estimate.estimator import cache_key, plan_estimate
+    full = load_config("smoke")
+    keys = {cache_key(config, "ppo", plan_estimate(config))
+            for config in (full, load_config("smoke", overrides=["model.lora.rank=4"]),
+                           load_config("smoke", overrides=["model.lora.rank=8"]),
+                           load_config("smoke", overrides=["model.lora.rank=4", "algorithms.ppo.critic_base=shared"]))}
+    assert len(keys) == 4  # a cached full fine-tuning step is never read back as a LoRA one, nor one rank as another

@@ -58,7 +58,8 @@ CATEGORIES = [("params", "params", "parameters (and buffers) of every model"),
 ENGINE_MODULES = ("harness.estimate.fake_step", "harness.estimate.fake_generation", "harness.estimate.estimator",
                   "harness.measure.live_tensors", "harness.measure.step_meter", "harness.train.arm",
                   "harness.train.distributed", "harness.train.rollout", "harness.train.models", "harness.algorithms.base",
-                  "harness.algorithms.batch", "harness.algorithms.ops", "harness.algorithms.logprobs")
+                  "harness.algorithms.batch", "harness.algorithms.ops", "harness.algorithms.logprobs",
+                  "harness.algorithms.adapters", "harness.train.lora")
 
 
 @dataclass
@@ -168,6 +169,7 @@ def cache_key(config: Config, algo: str, plan: Plan) -> str:
         "algo": algo, "options": algorithm_options(config, algo).model_dump(),
         "settings": dataclasses.asdict(train_settings(config)), "precision": config.model.precision,
         "checkpointing": config.model.gradient_checkpointing, "model": plan.model.config.to_dict(),
+        "lora": config.model.lora.model_dump(),
         "reward_model": plan.reward_model.config.to_dict() if plan.reward_model else None,
         "workload": dataclasses.asdict(plan.workload), "world_size": plan.world_size,
         "sampling": [config.rollout.temperature, config.rollout.top_p], "cuda_optimizer": plan.cuda_optimizer,

@@ -236,8 +236,30 @@ def warmup_completions(arm: Arm) -> tuple[int, int]:
     return int(frozen.sum()), int(spent[frozen].sum())
 
 
+CRITIC_BASE_WORDS = {
+    "separate": "adapters and a value head on its own frozen copy of the base",
+    "shared": "a second adapter and a value head on the policy's frozen base",
+}
+
+
+def weights_text(config: dict[str, Any], algo: str) -> str:
+    """What an arm trains, from its resolved config: every weight, or LoRA adapters on a frozen base (and, for
+    PPO, which base its critic's adapters sit on: the report says which critic mode it measured)."""
+    from harness.config.arm_kinds import algorithm_of
+    lora = get(config, "model", "lora") or {}
+    if not lora.get("rank"):
+        return "every weight (full fine-tuning)"
+    text = (f"LoRA adapters, rank {lora['rank']}, alpha {lora.get('alpha')}, on {lora.get('target_modules')}; "
+            "the reference is the policy's base with its adapters off")
+    if algorithm_of(algo) == "ppo":
+        base = (get(config, "derived", "algorithm_options") or {}).get("critic_base", "separate")
+        text += f"; critic ({base}): {CRITIC_BASE_WORDS.get(base, base)}"
+    return text
+
+
 def arms_section(cmp: Comparison) -> list[dict[str, Any]]:
-    """Each arm: its algorithm, overrides, prompts per step, and what its critic's warm-up spent of the budget."""
+    """Each arm: its algorithm, overrides, prompts per step, what it trains (every weight or LoRA adapters, and
+    its critic's base) and what its critic's warm-up spent of the budget."""
     rows = []
     for spec in cmp.specs:
         arms = cmp.arms_of(spec["name"])
@@ -251,7 +273,8 @@ def arms_section(cmp: Comparison) -> list[dict[str, Any]]:
         rows.append({"name": spec["name"], "algo": spec["algo"], "baseline": spec["name"] == cmp.baseline,
                      "overrides": settings_text(spec),
                      "prompts": get(config, "derived", "prompts_per_step"),
-                     "group": get(config, "rollout", "samples_per_prompt"), "warmup": warmup})
+                     "group": get(config, "rollout", "samples_per_prompt"), "warmup": warmup,
+                     "weights": weights_text(config, spec["algo"]) if config else "—"})
     return rows
 
 
