@@ -190,8 +190,39 @@ class SharedBaseValueModel(nn.Module):
 
     def forward(self, batch: RolloutBatch) -> torch.Tensor:
         policy = self._policy[0]
+        root = policy.get_base_model()
         with adapter_on(policy, CRITIC_ADAPTER):
-            return values_of(policy.get_base_model().get_decoder(), self.value_head, batch)
+            if not is_fsdp(root):
+                return values_of(root.get_decoder(), self.value_head, batch)
+            return fsdp_root_values(root, self.value_head, batch)
+
+    def fsdp_units(self) -> list[nn.Module]:
+        """What FSDP2 shards of this critic: its value head. Its adapter lives in the policy's decoder layers and
+        is sharded with them (the policy is sharded after the adapter is added)."""
+        return [self.value_head]
+
+
+def is_fsdp(module: nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+    return isinstance(module, FSDPModule)
+
+
+def fsdp_root_values(root: nn.Module, head: nn.Linear, batch: RolloutBatch) -> torch.Tensor:
+    """`values_of` through an FSDP2 root (the shared critic under torchrun): the decoder is called through the
+    root, so that FSDP2 gathers the root's parameters (embedding, final norm) as it does for the policy, with the
+    LM head on the last position only; the values then carry a zero multiple of those logits, so that backward
+    runs the root's pre-backward hook and gathers the final norm's weight again before its gradient is taken."""
+    length = batch.completion_mask.shape[1]
+    position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
+    states = []
+    hook = root.get_decoder().register_forward_hook(lambda module, args, out: states.append(out.last_hidden_state))
+    try:
+        out = root(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=position_ids,
+                   use_cache=False, logits_to_keep=1)
+    finally:
+        hook.remove()
+    hidden = states[0][:, -(length + 1):-1]
+    return upcast(head(hidden)) + 0.0 * out.logits.float().sum()
 
 
 class PPO(Algorithm):
@@ -225,6 +256,13 @@ class PPO(Algorithm):
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"policy": self.optimizer, "critic": self.critic_optimizer}
+
+    def shard_models(self, shard) -> None:
+        """FSDP2 over the policy, then over the critic's own units (the shared critic: its value head alone)."""
+        shard("policy", self.policy)
+        for unit in getattr(self.critic, "fsdp_units", lambda: [self.critic])():
+            shard("critic", unit)
+        self.build_optimizers()
 
     @torch.no_grad()
     def compute_values(self, batch: RolloutBatch) -> None:

@@ -218,3 +218,32 @@ def test_the_estimate_cache_tells_lora_from_full_fine_tuning():
                            load_config("smoke", overrides=["model.lora.rank=8"]),
                            load_config("smoke", overrides=["model.lora.rank=4", "algorithms.ppo.critic_base=shared"]))}
     assert len(keys) == 4  # a cached full fine-tuning step is never read back as a LoRA one, nor one rank as another
+
+
+@pytest.mark.slow
+def test_the_shared_critic_base_on_two_processes_trains_what_one_process_does(tmp_path):
+    import json
+
+    from safetensors.torch import load_file
+
+    from conftest import harness
+    flags = ("--algo", "ppo", "--preset", "smoke", "--budget", "64", "--set", "model.lora.rank=4",
+             "--set", "algorithms.ppo.critic_base=shared", "--set", "run.lm_eval=false")
+    # the same 2 sampling slices in one process and one per process in two
+    harness("run", *flags, "--set", "rollout.slices=2", "--out", str(tmp_path / "one"), check=True)
+    harness("run", *flags, "--nproc-per-node", "2", "--out", str(tmp_path / "two"), check=True)
+
+    def rows(folder):
+        return [json.loads(line) for line in (tmp_path / folder / "steps.jsonl").read_text().splitlines()]
+    for a, b in zip(rows("one"), rows("two")):
+        assert a["reward/mean"] == b["reward/mean"]  # the same samples
+        for key in ("loss/policy_loss", "loss/value_loss", "loss/grad_norm", "loss/critic_grad_norm"):
+            assert b[key] == pytest.approx(a[key], abs=1e-5), key
+        # the critic's adapter is sharded with the policy's layers: each rank holds half of it
+        assert b["mem/model_state/critic/adapters"] * 2 == a["mem/model_state/critic/adapters"] > 0
+        assert b["mem/model_state/critic/frozen"] == a["mem/model_state/critic/frozen"] == 0  # the policy's base
+    for part in ("", "critic/"):
+        one, two = (load_file(tmp_path / f / "final_model" / part / "adapter_model.safetensors") for f in ("one", "two"))
+        assert one.keys() == two.keys() and one
+        for name, weight in one.items():
+            torch.testing.assert_close(two[name], weight, atol=1e-5, rtol=0, msg=name)

@@ -87,7 +87,8 @@ def shard(model: torch.nn.Module, precision: str, offload: bool = False, mesh=No
                               "mesh": mesh, "reshard_after_forward": sharding == "full"}
     if precision == "bf16-mixed":
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-    for layer in decoder_layers(model):
+    # a lone module (the shared critic's value head) is one unit; a model is its decoder layers, then the root
+    for layer in decoder_layers(model) if any(True for _ in model.children()) else []:
         fully_shard(layer, **kwargs)
     # a peft model's root is its base: generate() and the adapters-off reference run the base's forward
     fully_shard(model.get_base_model() if hasattr(model, "get_base_model") else model, **kwargs)
