@@ -148,8 +148,12 @@ def test_the_estimate_of_zero2_and_offload_is_what_a_rank_measures(algo, stack, 
         assert estimated["total"] == pytest.approx(measured, rel=0.01), (phase, estimated, measured)
 
 
-@pytest.mark.parametrize("algo", ["grpo", "ppo"])
-def test_the_estimate_at_world_size_two_is_what_a_rank_measures(algo, tmp_path):
+LORA_SHARED = ["model.lora.rank=4", "algorithms.ppo.critic_base=shared"]
+
+
+@pytest.mark.parametrize("algo, overrides", [("grpo", []), ("ppo", []), ("ppo", LORA_SHARED)],
+                         ids=["grpo", "ppo", "ppo-lora-shared"])
+def test_the_estimate_at_world_size_two_is_what_a_rank_measures(algo, overrides, tmp_path):
     """`harness estimate --world-size 2` against the live-tensor peaks rank 0 of a 2-process arm records in
     its steady-state steps (the first has no AdamW moments yet): every phase within 1% of the measured
     total, and rank 0's trained model state to the byte (rank 1 holds less of an unevenly split tensor:
@@ -158,12 +162,16 @@ def test_the_estimate_at_world_size_two_is_what_a_rank_measures(algo, tmp_path):
 
     A phase is compared with its lowest steady-state peak: a rank's peak sometimes holds one decoder
     layer's FSDP2 buffers more (about 65 kB here; seen in old_logprobs and advantages, on either rank, in
-    some runs and not others), freed later than FSDP2's own references are dropped."""
+    some runs and not others), freed later than FSDP2's own references are dropped.
+
+    Under LoRA with the critic on the policy's base, the critic's adapter is sharded with the policy's layers
+    and its passes run through the policy's root: the estimate follows the same code."""
     from harness.estimate.estimator import estimate
-    harness("run", "--algo", algo, *FLAGS, "--nproc-per-node", "2", "--out", str(tmp_path / "two"), check=True)
+    harness("run", "--algo", algo, *FLAGS, "--nproc-per-node", "2", "--out", str(tmp_path / "two"),
+            *(flag for o in overrides for flag in ("--set", o)), check=True)
     steady = read_rows(tmp_path / "two" / "steps.jsonl")[1:]
     mem = read_summary(tmp_path / "two")["mem"]
-    config = load_config("smoke", overrides=["estimate.world_size=2"])
+    config = load_config("smoke", overrides=["estimate.world_size=2", *overrides])
     arm = estimate(config, [algo], cuda_optimizer=False, use_cache=False)["arms"][algo]  # the CPU's AdamW path
     assert len(steady) == 2 and set(arm["phases"]) == set(mem["live"]["per_rank"][0]["phases"])
     for phase, estimated in arm["phases"].items():
