@@ -196,6 +196,10 @@ class SharedBaseValueModel(nn.Module):
                 return values_of(root.get_decoder(), self.value_head, batch)
             return fsdp_root_values(root, self.value_head, batch)
 
+    def shared_body(self) -> nn.Module:
+        """The decoder its passes run (the policy's, with this critic's adapter on): what its FLOPs count."""
+        return self._policy[0].get_base_model().get_decoder()
+
     def fsdp_units(self) -> list[nn.Module]:
         """What FSDP2 shards of this critic: its value head. Its adapter lives in the policy's decoder layers and
         is sharded with them (the policy is sharded after the adapter is added)."""

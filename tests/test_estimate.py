@@ -561,6 +561,24 @@ def test_matmul_sizes_of_qwen_7b_by_hand():
     assert parameter_count(config) == QWEN_7B
     assert sizes["policy"].head == embedding and sizes["policy"].body == QWEN_7B - 2 * embedding
     assert sizes["critic"].body == sizes["policy"].body and sizes["critic"].head == 3_584 + 1
+    # LoRA rank 64 on every linear layer but the LM head: rank x (in + out) per layer of each of the 28
+    # blocks: q 3584+3584, k 3584+512, v 3584+512, o 3584+3584, gate and up 3584+18944, down 18944+3584
+    lora = model_sizes(config, has_critic=True, lora=load_config("smoke", overrides=["model.lora.rank=64"]).model.lora)
+    adapters = 64 * 28 * (7_168 + 4_096 + 4_096 + 7_168 + 3 * 22_528)  # 161,480,704
+    for model in ("policy", "critic"):
+        assert lora[model].frozen_body == sizes["policy"].body and lora[model].body == sizes["policy"].body + adapters
+    assert lora["policy"].frozen_head == embedding and lora["critic"].frozen_head == 0  # the value head trains
+
+
+def test_a_frozen_lora_base_skips_its_weight_gradients_by_hand():
+    from harness.measure.flops import MatmulSizes, phase_flops
+    # a body of 10 of which 8 are frozen (a base under 2 adapter parameters), a frozen head of 2
+    sizes = {"policy": MatmulSizes(body=10, head=2, frozen_body=8, frozen_head=2)}
+    flops = phase_flops(sizes, sequence_tokens=100, completion_tokens=40, epochs=1, checkpointing=False,
+                        phases=["ref_logprobs", "policy_update"])
+    # forward 2 x (10 x 100 + 2 x 40) = 2160; backward: the inputs' gradients 2160 again, the weights' only
+    # for the 2 trained: 2 x 2 x 100 = 400; 2160 + 2160 + 400 = 4720 (full fine-tuning: 3 x 2160 = 6480)
+    assert flops["ref_logprobs"] == 2160 and flops["policy_update"] == 4720
 
 
 def test_generation_roofline_by_hand():

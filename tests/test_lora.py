@@ -247,3 +247,16 @@ def test_the_shared_critic_base_on_two_processes_trains_what_one_process_does(tm
         assert one.keys() == two.keys() and one
         for name, weight in one.items():
             torch.testing.assert_close(two[name], weight, atol=1e-5, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("base", ["separate", "shared"])
+def test_a_run_and_the_estimate_count_the_same_lora_matmuls(tmp_path, base):
+    """FLOPs are arithmetic on matmul sizes: a real arm's (peft on its models) and the estimate's (peft on a
+    meta model) agree, the frozen base apart from the adapters, for the policy and for either critic."""
+    from harness.estimate.compute import model_sizes
+    from harness.estimate.model_specs import resolve_model
+    config = lora_config(tmp_path, base)
+    arm = Arm(config, "ppo", tmp_path / "run")
+    estimated = model_sizes(resolve_model("tiny", config).config, has_critic=True, lora=config.model.lora)
+    assert arm.matmul_sizes == estimated
+    assert 0 < estimated["policy"].frozen_body < estimated["policy"].body

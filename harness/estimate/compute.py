@@ -1,7 +1,8 @@
 """Compute at scale, arithmetic: FLOPs per phase of one step and a roofline GPU time on a named GPU.
 
 FLOPs follow from the models' matmul sizes and the step's tokens (`harness.measure.flops.phase_flops`:
-2 N per token forward, 6 N with backward, the body's forward again under activation checkpointing, every
+2 N per token forward, 6 N with backward (4 N where the weights are a frozen LoRA base), the body's forward
+again under activation checkpointing, every
 row at full length as the memory estimate takes it). Time is a roofline bound, a lower bound of what a real
 step takes:
 
@@ -30,8 +31,9 @@ from harness.measure.flops import MatmulSizes, matmul_sizes, phase_flops
 
 
 @functools.cache
-def _policy(model_json: str) -> tuple[MatmulSizes, int, int]:
-    """(matmul sizes, all parameters, hidden size) of a config's causal LM, built on the meta device."""
+def _policy(model_json: str, lora_json: str = "") -> tuple[MatmulSizes, int, int]:
+    """(matmul sizes, all parameters, hidden size) of a config's causal LM, built on the meta device, with the
+    LoRA adapters of `lora_json` (a LoraSettings dump; empty: none) on its frozen base."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -39,16 +41,23 @@ def _policy(model_json: str) -> tuple[MatmulSizes, int, int]:
     config = AutoConfig.for_model(facts.pop("model_type"), **facts)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
-    return matmul_sizes(model), sum(p.numel() for p in model.parameters()), config.get_text_config().hidden_size
+        count = sum(p.numel() for p in model.parameters())
+        if lora_json:
+            from harness.config.schema import LoraSettings
+            from harness.train.lora import with_lora
+            model = with_lora(model, LoraSettings(**json.loads(lora_json)))
+    return matmul_sizes(model), count, config.get_text_config().hidden_size
 
 
-def model_sizes(model_config, has_critic: bool, reward_config=None) -> dict[str, MatmulSizes]:
+def model_sizes(model_config, has_critic: bool, reward_config=None, lora=None) -> dict[str, MatmulSizes]:
     """{"policy", "critic", "reward_model": MatmulSizes} of an arm: the critic and a reward model are a
-    decoder with a scalar head (the critic the policy's decoder)."""
-    policy, _, hidden = _policy(model_config.to_json_string(use_diff=False))
+    decoder with a scalar head (the critic the policy's decoder: under LoRA its frozen base and adapters as
+    large as the policy's, whichever base they sit on). `lora`: the arm's model.lora (None or rank 0: off)."""
+    lora_json = json.dumps(lora.model_dump(), sort_keys=True) if lora is not None and lora.enabled else ""
+    policy, _, hidden = _policy(model_config.to_json_string(use_diff=False), lora_json)
     out = {"policy": policy}
     if has_critic:
-        out["critic"] = MatmulSizes(body=policy.body, head=hidden + 1)
+        out["critic"] = MatmulSizes(body=policy.body, head=hidden + 1, frozen_body=policy.frozen_body)
     if reward_config is not None:
         body, _, width = _policy(reward_config.to_json_string(use_diff=False))
         out["reward_model"] = MatmulSizes(body=body.body, head=width + 1)
@@ -96,7 +105,7 @@ def step_compute(config, plan, has_critic: bool, phases: list[str], gpus: dict[s
     rows = plan.batch_rows
     sequence, completion = rows * (w.prompt_length + w.completion_length), rows * w.completion_length
     reward_config = plan.reward_model.config if plan.reward_model else None
-    sizes = model_sizes(plan.model.config, has_critic, reward_config)
+    sizes = model_sizes(plan.model.config, has_critic, reward_config, config.model.lora)
     flops = phase_flops(sizes, sequence, completion, config.optim.epochs, config.model.gradient_checkpointing, phases)
     precision, mfu = config.model.precision, config.estimate.mfu
     peak = device.peak(precision)

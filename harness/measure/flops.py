@@ -4,8 +4,10 @@ A phase's FLOPs follow from the models' matmul sizes and the tokens it processes
 2 N per token forward, 6 N with backward; attention's own score FLOPs are left out, a few percent at
 1-2k tokens): the decoder's body runs on every token of a sequence, the LM head on completion positions
 only (the log-prob passes keep those logits; generation computes one position's logits per new token),
-and activation checkpointing recomputes the body's forward in backward. A critic and a learned reward
-model have a scalar head. The same function counts a real run's step and an estimate's.
+and activation checkpointing recomputes the body's forward in backward. Backward is two matmuls per
+weight, one for the input's gradient and one for the weight's: a frozen weight (a LoRA base) skips the
+second, so a LoRA update costs about 4 N per token, not 6 N. A critic and a learned reward model have a
+scalar head. The same function counts a real run's step and an estimate's.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import time
 from dataclasses import dataclass
 
 import torch
+
+from harness.algorithms.adapters import trained_parameters
 
 # Which model runs in which phase, forward only (1) or forward and backward (3: backward is twice forward).
 PHASE_PASSES = {"generate": [("policy", 1)], "score": [("reward_model", 1)], "old_logprobs": [("policy", 1)],
@@ -28,16 +32,29 @@ class MatmulSizes:
 
     body: int
     head: int  # the LM head (on completion positions), or a scalar value or score head
+    frozen_body: int = 0  # of `body`, the parameters that get no gradient (a LoRA base)
+    frozen_head: int = 0  # of `head`, likewise
 
 
 def matmul_sizes(model: torch.nn.Module) -> MatmulSizes:
-    """A causal LM's, a critic's or a reward model's matmul sizes (meta, fake, real or sharded models alike)."""
-    embeddings = {id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
+    """A causal LM's, a critic's or a reward model's matmul sizes (meta, fake, real or sharded models alike).
+    A critic on the policy's LoRA base (`shared_body()`) runs that base: its body is the policy's decoder."""
+    shared = getattr(model, "shared_body", None)
+    body_model = shared() if callable(shared) else model
+    embeddings = {id(p) for m in body_model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
     head = next((getattr(model, name) for name in ("lm_head", "score", "value_head", "v_head")
                  if isinstance(getattr(model, name, None), torch.nn.Module)), None)
-    head_params = {id(p): p.numel() for p in head.parameters()} if head is not None else {}
-    body = sum(p.numel() for p in model.parameters() if id(p) not in embeddings and id(p) not in head_params)
-    return MatmulSizes(body=body, head=sum(head_params.values()))
+    if head is None and hasattr(model, "get_output_embeddings"):  # a peft model: its base's LM head
+        head = model.get_output_embeddings()
+    head_params = {id(p): p for p in head.parameters()} if head is not None else {}
+    # the frozen base and the model's own trained parameters: a second adapter on the same base (the shared
+    # critic's on the policy's, or the policy's under the critic) is switched off in this model's passes
+    own = {id(p) for p in trained_parameters(model)}
+    body = [p for p in body_model.parameters() if id(p) not in embeddings and id(p) not in head_params
+            and (not p.requires_grad or id(p) in own)]
+    return MatmulSizes(body=sum(p.numel() for p in body), head=sum(p.numel() for p in head_params.values()),
+                       frozen_body=sum(p.numel() for p in body if not p.requires_grad),
+                       frozen_head=sum(p.numel() for p in head_params.values() if not p.requires_grad))
 
 
 def phase_flops(sizes: dict[str, MatmulSizes], sequence_tokens: int, completion_tokens: int, epochs: int,
@@ -58,8 +75,13 @@ def phase_flops(sizes: dict[str, MatmulSizes], sequence_tokens: int, completion_
             size, repeat = sizes[model], epochs if phase in TRAINED_PHASES else 1
             head_tokens = completion_tokens if model == "policy" else sequence_tokens
             forward = 2 * (size.body * sequence_tokens + size.head * head_tokens)
-            recompute = 2 * size.body * sequence_tokens if passes == 3 and checkpointing else 0
-            total += (passes * forward + recompute) * repeat
+            if passes == 3:  # forward, the inputs' gradients (as much again), the trained weights' gradients
+                weight_grads = 2 * ((size.body - size.frozen_body) * sequence_tokens
+                                    + (size.head - size.frozen_head) * head_tokens)
+                recompute = 2 * size.body * sequence_tokens if checkpointing else 0
+                total += (2 * forward + weight_grads + recompute) * repeat
+            else:
+                total += forward * repeat
         if present:  # a rule-based reward scores without a model: no FLOPs counted, no phase
             out[phase] = total
     return out
