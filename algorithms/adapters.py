@@ -100,14 +100,19 @@ def adapters_off(model: nn.Module):
 
 
 @contextmanager
-def adapter_on(model: nn.Module, adapter: str):
-    """`adapter` active instead of the current one (multi-adapter peft's `set_adapter`), trainable flags kept."""
-    previous = model.active_adapter
+def adapter_on(model: nn.Module, adapter: str, training: bool | None = None):
+    """`adapter` active instead of the current one (multi-adapter peft's `set_adapter`), trainable flags kept.
+    `training`: the model's mode meanwhile (the critic's, whose passes run the policy's modules: activation
+    checkpointing and adapter dropout act in training mode only), put back after."""
+    previous, was_training = model.active_adapter, model.training
     with _grad_flags_kept(model):
         model.set_adapter(adapter)
+    if training is not None:
+        model.train(training)
     try:
         yield model
     finally:
+        model.train(was_training)
         with _grad_flags_kept(model):
             model.set_adapter(previous)
 

@@ -191,7 +191,7 @@ class SharedBaseValueModel(nn.Module):
     def forward(self, batch: RolloutBatch) -> torch.Tensor:
         policy = self._policy[0]
         root = policy.get_base_model()
-        with adapter_on(policy, CRITIC_ADAPTER):
+        with adapter_on(policy, CRITIC_ADAPTER, training=self.training):
             if not is_fsdp(root):
                 return values_of(root.get_decoder(), self.value_head, batch)
             return fsdp_root_values(root, self.value_head, batch)

@@ -260,3 +260,25 @@ def test_a_run_and_the_estimate_count_the_same_lora_matmuls(tmp_path, base):
     estimated = model_sizes(resolve_model("tiny", config).config, has_critic=True, lora=config.model.lora)
     assert arm.matmul_sizes == estimated
     assert 0 < estimated["policy"].frozen_body < estimated["policy"].body
+
+
+def test_the_shared_critic_runs_the_policy_s_layers_in_its_own_mode(tmp_path):
+    """The shared critic's passes run the policy's modules: in the critic's update they must be in training
+    mode (activation checkpointing and adapter dropout act only there; without it a 7B critic update kept
+    145 GiB of activations a GPU), in the value pass in eval mode, and the policy's own mode comes back."""
+    from harness.algorithms.batch import RolloutBatch
+    arm = Arm(lora_config(tmp_path, "shared", "model.gradient_checkpointing=true"), "ppo", tmp_path / "run")
+    critic, policy = arm.algorithm.critic, arm.policy
+    seen = []
+    layer = policy.get_base_model().get_decoder().layers[0]
+    layer.register_forward_pre_hook(lambda module, args: seen.append(module.training))
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    batch = RolloutBatch(input_ids=ids, attention_mask=torch.ones_like(ids), completion_mask=torch.ones(1, 2),
+                         prompt_length=4, scores=torch.zeros(1), group_size=1)
+    policy.eval()
+    for training in (True, False):
+        critic.train(training)
+        seen.clear()
+        critic(batch)
+        assert seen and set(seen) == {training}
+        assert policy.training is False  # put back
