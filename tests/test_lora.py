@@ -167,29 +167,6 @@ def test_every_arm_trains_adapters_and_saves_them(tmp_path, algo):
     assert not any(k.startswith("mem/model_state/reference/") for k in rows[-1])  # no reference copy
 
 
-@pytest.mark.slow
-def test_fsdp2_on_two_processes_shards_the_frozen_base_and_trains_the_adapters(tmp_path):
-    import json
-
-    from conftest import harness
-    flags = ("--algo", "ppo", "--preset", "smoke", "--budget", "64", "--set", "model.lora.rank=4",
-             "--set", "run.lm_eval=false")
-    harness("run", *flags, "--out", str(tmp_path / "one"), check=True)
-    harness("run", *flags, "--nproc-per-node", "2", "--out", str(tmp_path / "two"), check=True)
-
-    def last(folder):
-        return json.loads((tmp_path / folder / "steps.jsonl").read_text().splitlines()[-1])
-    one, two = last("one"), last("two")
-    assert json.loads((tmp_path / "two" / "summary.json").read_text())["status"] == "ok"
-    for model in ("policy", "critic"):
-        key = f"mem/model_state/{model}/"
-        # each rank holds half of the frozen base and half of the adapters (FSDP2 shards both, dim 0 even here)
-        assert two[key + "frozen"] * 2 == one[key + "frozen"] > 0
-        assert two[key + "adapters"] * 2 == one[key + "adapters"] > 0
-        assert two[key + "grads"] == two[key + "adapters"] + two[key + "value_head"]
-    assert (tmp_path / "two" / "final_model" / "adapter_model.safetensors").exists()
-
-
 @pytest.mark.parametrize("base", ["separate", "shared"])
 def test_the_report_says_what_each_arm_trains_and_which_critic_base_ran(tmp_path, base):
     from harness.config.derive import algorithm_options
@@ -221,28 +198,38 @@ def test_the_estimate_cache_tells_lora_from_full_fine_tuning():
 
 
 @pytest.mark.slow
-def test_the_shared_critic_base_on_two_processes_trains_what_one_process_does(tmp_path):
+@pytest.mark.parametrize("base", ["separate", "shared"])
+def test_fsdp2_on_two_processes_trains_the_adapters_as_one_process_does(tmp_path, base):
+    """Two processes (FSDP2, gloo) against one with the same 2 sampling slices: the same samples, losses and
+    final adapters; each rank holds half of every frozen base and of every adapter. With the critic on the
+    policy's base, its adapter is sharded with the policy's layers and it has no base of its own."""
     import json
 
     from safetensors.torch import load_file
 
     from conftest import harness
     flags = ("--algo", "ppo", "--preset", "smoke", "--budget", "64", "--set", "model.lora.rank=4",
-             "--set", "algorithms.ppo.critic_base=shared", "--set", "run.lm_eval=false")
-    # the same 2 sampling slices in one process and one per process in two
+             "--set", f"algorithms.ppo.critic_base={base}", "--set", "run.lm_eval=false")
     harness("run", *flags, "--set", "rollout.slices=2", "--out", str(tmp_path / "one"), check=True)
     harness("run", *flags, "--nproc-per-node", "2", "--out", str(tmp_path / "two"), check=True)
+    assert json.loads((tmp_path / "two" / "summary.json").read_text())["status"] == "ok"
 
     def rows(folder):
         return [json.loads(line) for line in (tmp_path / folder / "steps.jsonl").read_text().splitlines()]
-    for a, b in zip(rows("one"), rows("two")):
-        assert a["reward/mean"] == b["reward/mean"]  # the same samples
+    for one, two in zip(rows("one"), rows("two")):
+        assert one["reward/mean"] == two["reward/mean"]  # the same samples
         for key in ("loss/policy_loss", "loss/value_loss", "loss/grad_norm", "loss/critic_grad_norm"):
-            assert b[key] == pytest.approx(a[key], abs=1e-5), key
-        # the critic's adapter is sharded with the policy's layers: each rank holds half of it
-        assert b["mem/model_state/critic/adapters"] * 2 == a["mem/model_state/critic/adapters"] > 0
-        assert b["mem/model_state/critic/frozen"] == a["mem/model_state/critic/frozen"] == 0  # the policy's base
-    for part in ("", "critic/"):
+            assert two[key] == pytest.approx(one[key], abs=1e-5), key
+        for model in ("policy", "critic"):
+            key = f"mem/model_state/{model}/"
+            # FSDP2 shards every tensor on dim 0 (even here): each rank holds half
+            assert two[key + "adapters"] * 2 == one[key + "adapters"] > 0
+            assert two[key + "frozen"] * 2 == one[key + "frozen"]
+            assert two[key + "grads"] == two[key + "adapters"] + two[key + "value_head"]
+        assert one["mem/model_state/policy/frozen"] > 0
+        assert (one["mem/model_state/critic/frozen"] == 0) == (base == "shared")  # the shared critic has no base
+    # peft saves every adapter of the policy: the shared critic's in critic/ beside the policy's
+    for part in ("", "critic/") if base == "shared" else ("",):
         one, two = (load_file(tmp_path / f / "final_model" / part / "adapter_model.safetensors") for f in ("one", "two"))
         assert one.keys() == two.keys() and one
         for name, weight in one.items():
