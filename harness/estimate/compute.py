@@ -2,9 +2,8 @@
 
 FLOPs follow from the models' matmul sizes and the step's tokens (`harness.measure.flops.phase_flops`:
 2 N per token forward, 6 N with backward (4 N where the weights are a frozen LoRA base), the body's forward
-again under activation checkpointing, every
-row at full length as the memory estimate takes it). Time is a roofline bound, a lower bound of what a real
-step takes:
+again under activation checkpointing, every row at full length as the memory estimate takes it). Time is a
+roofline bound, a lower bound of what a real step takes:
 
 - forward and training phases: FLOPs / (GPUs x the GPU's dense peak x MFU), MFU defaulting to 0.35 from
   torchtitan's published FSDP figures (docs/performance.md at 15569716e373: Llama 3.1 8B on 8 H100s,
