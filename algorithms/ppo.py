@@ -127,8 +127,12 @@ def values_of(decoder, head: nn.Linear, batch: RolloutBatch) -> torch.Tensor:
     position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
     hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                      position_ids=position_ids, use_cache=False).last_hidden_state
-    hidden = hidden[:, -(length + 1):-1]  # [B, T, H] the states that predict each completion token
-    return upcast(head(hidden))
+    return completion_values(hidden, head, length)
+
+
+def completion_values(hidden: torch.Tensor, head: nn.Linear, length: int) -> torch.Tensor:
+    """The value head on the `[B, T, H]` states that predict each of the last `length` (completion) tokens."""
+    return upcast(head(hidden[:, -(length + 1):-1]))
 
 
 class ValueModel(nn.Module):
@@ -225,8 +229,7 @@ def fsdp_root_values(root: nn.Module, head: nn.Linear, batch: RolloutBatch) -> t
                    use_cache=False, logits_to_keep=1)
     finally:
         hook.remove()
-    hidden = states[0][:, -(length + 1):-1]
-    return upcast(head(hidden)) + 0.0 * out.logits.float().sum()
+    return completion_values(states[0], head, length) + 0.0 * out.logits.float().sum()
 
 
 class PPO(Algorithm):
