@@ -14,8 +14,9 @@ import torch
 from harness.algorithms.base import NoMeter
 from harness.config.derive import make_task, train_settings
 from harness.config.load import load_config
+from harness import UserError
 from harness.train.models import (build_or_load_tiny, char_tokenizer, load_policy, tiny_key,
-                                  tiny_model, warm_start)
+                                  tiny_model, validation_accuracy, warm_start)
 from harness.train.rollout import generate, pad_batch
 
 
@@ -110,7 +111,7 @@ def test_each_seed_has_its_own_warm_start_and_seed_0s_is_unchanged():
     task = make_task(config)
     # the cache keys seed 0 had before warm starts were per seed (smoke and the default tiny preset)
     assert tiny_key(config.model, task, 0) == "fe7ef1b42b45"
-    tiny = load_config("tiny")
+    tiny = load_config("tiny", overrides=["model.warm_start_until=null"])  # the preset's stopping rule came later
     assert tiny_key(tiny.model, make_task(tiny), 0) == "8ebca7a7044e"
     assert tiny_key(config.model, task, 1) != tiny_key(config.model, task, 0)
     folders = {seed: build_or_load_tiny(config.model, task, seed=seed) for seed in (0, 1)}
@@ -124,6 +125,48 @@ def test_each_seed_has_its_own_warm_start_and_seed_0s_is_unchanged():
         assert torch.equal(weights[0][name], tensor), name
     assert any(not torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
     assert json.loads((folders[1] / "warm_start.json").read_text())["seed"] == 1
+
+
+def test_the_warm_start_reads_validation_every_ten_steps_past_its_minimum_and_stops_at_the_first_yes():
+    config = load_config("smoke", overrides=["model.warm_start_until=0.5", "model.warm_start_max_steps=100"])
+    task = make_task(config)
+    tokenizer = char_tokenizer(task.alphabet)
+
+    def run(answers):
+        asked = []
+
+        def accurate_enough():
+            asked.append(len(asked))
+            return answers(len(asked))
+        torch.manual_seed(0)
+        losses = warm_start(tiny_model(config.model, tokenizer), tokenizer, task, config.model, 0,
+                            accurate_enough=accurate_enough)
+        return len(losses), len(asked)
+    # warm_start_steps is 20: asked at steps 20, 30 and 40, yes the third time
+    assert run(lambda calls: calls == 3) == (40, 3)
+    # never yes: asked at 20, 30, ..., 100 (9 times), and stopped at warm_start_max_steps
+    assert run(lambda calls: False) == (100, 9)
+
+
+def test_a_warm_start_with_a_target_records_what_it_reached_under_its_own_key(monkeypatch, tmp_path):
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
+    plain = load_config("smoke")
+    config = load_config("smoke", overrides=["model.warm_start_until=0.99", "model.warm_start_max_steps=40"])
+    task = make_task(config)
+    assert tiny_key(config.model, task, 0) != tiny_key(plain.model, task, 0) == "fe7ef1b42b45"
+    folder = build_or_load_tiny(config.model, task, seed=0)
+    notes = json.loads((folder / "warm_start.json").read_text())
+    # the smoke model cannot reach 99% in 40 steps: three checks (20, 30, 40), then the maximum
+    assert notes["steps"] == 40 and len(notes["validation_checks"]) == 3 and notes["reached"] is False
+    policy, tokenizer = load_policy(str(folder))
+    assert notes["validation_accuracy"] == validation_accuracy(policy, tokenizer, task)  # the saved model's
+
+
+def test_a_warm_start_target_needs_room_and_a_validation_split():
+    with pytest.raises(UserError, match="warm_start_max_steps=10 is below model.warm_start_steps=20"):
+        load_config("smoke", overrides=["model.warm_start_until=0.2", "model.warm_start_max_steps=10"])
+    with pytest.raises(UserError, match="task.validation_size is 0"):
+        load_config("smoke", overrides=["model.warm_start_until=0.2", "task.validation_size=0"])
 
 
 # ---------------------------------------------------------------- the base model's lm-eval score

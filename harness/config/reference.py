@@ -4,6 +4,7 @@ type, default, bounds or choices and description, for `harness config` and for t
 from __future__ import annotations
 
 import importlib
+import types
 import typing
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -69,8 +70,12 @@ def number(value: float) -> str:
 def field_row(section: str, name: str, field: FieldInfo, value: Any = UNSET) -> FieldRow:
     kind = field.annotation
     origin = typing.get_origin(kind)
+    optional = origin in (typing.Union, types.UnionType) and type(None) in typing.get_args(kind)
+    if optional:  # `float | None`: the type and null
+        kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
+        origin = typing.get_origin(kind)
     type_name = ("choice" if origin is Literal else "list[str]" if origin is list else "mapping" if origin is dict
-                 else kind.__name__)
+                 else kind.__name__) + (" or null" if optional else "")
     bounds = {key: getattr(meta, key) for meta in field.metadata for key in ("gt", "ge", "lt", "le")
               if getattr(meta, key, None) is not None}
     return FieldRow(section, name, type_name, field.get_default(call_default_factory=True), bounds,
@@ -143,7 +148,9 @@ def cross_check_lines() -> list[str]:
 
 
 def value_text(value: Any) -> str:
-    """A default as --set writes it: true, 0.0001, fp32, a,b; '' for empty text; none for an empty list."""
+    """A default as --set writes it: true, 0.0001, fp32, a,b, null; '' for empty text; none for an empty list."""
+    if value is None:
+        return "null"
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, list):

@@ -63,6 +63,11 @@ class ModelConfig(StrictModel):
                                                          "answer) pairs.")
     warm_start_batch: int = Field(256, ge=1, description="Tiny model: sequences per supervised step.")
     warm_start_lr: float = Field(2e-3, gt=0, description="Tiny model: AdamW learning rate of the warm start.")
+    warm_start_until: float | None = Field(None, gt=0, le=1, description="Tiny model: after warm_start_steps, go "
+                                           "on 10 steps at a time until greedy accuracy on the validation split "
+                                           "reaches this (up to warm_start_max_steps), so that every seed starts "
+                                           "from a comparable model; null: stop at warm_start_steps.")
+    warm_start_max_steps: int = Field(600, ge=1, description="Tiny model: where warm_start_until gives up.")
     max_positions: int = Field(TINY_POSITIONS, ge=1, description="Tiny model: context, one position per character "
                                                                  "(rotary embeddings: no weights).")
     vocab_pad_to: int = Field(0, ge=0, description="Tiny model: pad the embedding and LM head to this many rows "
@@ -367,6 +372,12 @@ def check_agreement(config: Config) -> None:
     if model.name == "tiny" and (model.hidden_size % model.num_heads or (model.hidden_size // model.num_heads) % 2):
         raise UserError(f"model.hidden_size={model.hidden_size} must split into model.num_heads={model.num_heads} "
                         f"heads of an even width (rotary embeddings rotate pairs)")
+    if model.warm_start_until is not None and model.warm_start_max_steps < model.warm_start_steps:
+        raise UserError(f"model.warm_start_max_steps={model.warm_start_max_steps} is below model.warm_start_steps="
+                        f"{model.warm_start_steps}: warm_start_until trains past warm_start_steps, up to the maximum")
+    if model.warm_start_until is not None and config.task.validation_size < 1:
+        raise UserError("model.warm_start_until reads accuracy on the validation split, but task.validation_size is "
+                        "0; give the task a validation split, or drop warm_start_until")
     critic_base = config.algorithms.get("ppo", {}).get("critic_base", "separate")
     if critic_base == "shared" and not model.lora.enabled:
         raise UserError("algorithms.ppo.critic_base=shared puts the critic on the policy's frozen LoRA base; set "

@@ -80,13 +80,22 @@ def supervised_batch(tokenizer, prompts: list[str], answers: list[str]) -> dict[
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "position_ids": position_ids}
 
 
-def warm_start(model, tokenizer, task: Task, cfg: ModelConfig, seed: int, progress=None) -> list[float]:
-    """A short supervised pass on generated pairs, stopped early so that RL has room to improve."""
+# How often (in supervised steps) the warm start reads validation accuracy once past warm_start_steps.
+WARM_START_CHECK_EVERY = 10
+
+
+def warm_start(model, tokenizer, task: Task, cfg: ModelConfig, seed: int, progress=None, accurate_enough=None
+               ) -> list[float]:
+    """A short supervised pass on generated pairs, stopped early so that RL has room to improve.
+
+    `accurate_enough()`: asked at warm_start_steps and every WARM_START_CHECK_EVERY steps after, up to
+    warm_start_max_steps; the pass stops at the first yes (without it, at warm_start_steps)."""
     torch.manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.warm_start_lr)
+    most = cfg.warm_start_steps if accurate_enough is None else max(cfg.warm_start_steps, cfg.warm_start_max_steps)
     losses = []
     model.train()
-    for step in range(cfg.warm_start_steps):
+    for step in range(most):
         # Steps from 10 million on, far past any RL step: the warm start draws other items than the arms.
         examples = task.train_examples(10_000_000 + step, cfg.warm_start_batch)
         batch = supervised_batch(tokenizer, [e.prompt for e in examples], [e.supervised_target for e in examples])
@@ -96,14 +105,48 @@ def warm_start(model, tokenizer, task: Task, cfg: ModelConfig, seed: int, progre
         optimizer.step()
         losses.append(loss.item())
         if progress:
-            progress(step + 1, cfg.warm_start_steps, loss.item())
+            progress(step + 1, most, loss.item())
+        past = step + 1 - cfg.warm_start_steps
+        if accurate_enough is not None and past >= 0 and past % WARM_START_CHECK_EVERY == 0:
+            model.eval()
+            if accurate_enough():
+                break
+            model.train()
     model.eval()
     return losses
+
+
+def validation_accuracy(model, tokenizer, task: Task) -> float:
+    """Greedy accuracy on the task's validation split (the answer's length plus EOS as the token limit)."""
+    from harness.train.rollout import greedy_eval
+    examples = getattr(task, "whole_task", task).validation_examples()
+    if not examples:
+        raise UserError(f"model.warm_start_until reads the validation split, and task {task.name} has none")
+    longest = max(len(tokenizer.encode(e.supervised_target)) for e in examples) + 1
+    return greedy_eval(model, tokenizer, task, examples, longest)["accuracy"]
+
+
+def supervised_warm_start(model, tokenizer, task: Task, cfg: ModelConfig, seed: int, progress=None) -> dict:
+    """The warm start with its stopping rule (cfg.warm_start_until), and what it did: steps and, under the rule,
+    the validation accuracy at each check."""
+    if cfg.warm_start_until is None:
+        return {"steps": len(warm_start(model, tokenizer, task, cfg, seed, progress))}
+    checks: list[float] = []
+
+    def accurate_enough() -> bool:
+        checks.append(validation_accuracy(model, tokenizer, task))
+        return checks[-1] >= cfg.warm_start_until
+
+    steps = len(warm_start(model, tokenizer, task, cfg, seed, progress, accurate_enough))
+    return {"steps": steps, "validation_accuracy": checks[-1], "reached": checks[-1] >= cfg.warm_start_until,
+            "validation_checks": checks}
 
 
 def tiny_key(cfg: ModelConfig, task: Task, seed: int = 0) -> str:
     fields = {k: getattr(cfg, k) for k in ("hidden_size", "num_layers", "num_heads", "warm_start_steps",
                                            "warm_start_batch", "warm_start_lr", "vocab_pad_to")}
+    if cfg.warm_start_until is not None:  # keyed only when set, as max_positions below
+        fields.update(warm_start_until=cfg.warm_start_until, warm_start_max_steps=cfg.warm_start_max_steps)
     if cfg.max_positions != TINY_POSITIONS:  # keyed only when changed: models cached before the field stay valid
         fields["max_positions"] = cfg.max_positions
     if seed:  # seed 0 keeps the key it always had, so its cached warm start (and the CI gate's run) stay as they were
@@ -153,20 +196,21 @@ def build_or_load_tiny(cfg: ModelConfig, task: Task, progress=None, seed: int = 
     if (folder / "config.json").exists():
         return folder
     tokenizer = char_tokenizer(task.alphabet, cfg.max_positions)
-    notes: dict[str, float] = {"seed": seed}
+    notes: dict[str, object] = {"seed": seed}
     if cfg.vocab_pad_to > len(tokenizer):
         unpadded = build_or_load_tiny(cfg.model_copy(update={"vocab_pad_to": 0}), task, progress, seed)
         model = AutoModelForCausalLM.from_pretrained(unpadded)
         torch.manual_seed(seed)
         model.resize_token_embeddings(cfg.vocab_pad_to, mean_resizing=False)
-        pad_cfg = cfg.model_copy(update={"warm_start_steps": PAD_WARM_START_STEPS, "warm_start_batch": PAD_WARM_START_BATCH})
+        pad_cfg = cfg.model_copy(update={"warm_start_steps": PAD_WARM_START_STEPS, "warm_start_batch": PAD_WARM_START_BATCH,
+                                         "warm_start_until": None})
         notes["padding_mass_before"] = padding_mass(model, tokenizer, task)
         warm_start(model, tokenizer, task, pad_cfg, seed=seed + 1, progress=progress)
         notes.update(padded_rows=cfg.vocab_pad_to - len(tokenizer), padding_mass_after=padding_mass(model, tokenizer, task))
     else:
         torch.manual_seed(seed)  # the initial weights: the seed's own
         model = tiny_model(cfg, tokenizer)
-        warm_start(model, tokenizer, task, cfg, seed=seed, progress=progress)
+        notes.update(supervised_warm_start(model, tokenizer, task, cfg, seed=seed, progress=progress))
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
     model.save_pretrained(staging)
