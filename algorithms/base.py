@@ -26,6 +26,12 @@ CriticPass = Literal["separate", "joint"]  # separate: the critic in its own pas
 CRITIC_PASSES = get_args(CriticPass)
 
 
+def micro_batches(minibatch: RolloutBatch, rows: int) -> list[RolloutBatch]:
+    """The micro-batches a minibatch's gradients accumulate over (views of its rows; the estimate's fake step
+    runs the first two of them, see `harness.estimate.fake_step.repeated_minibatches_skipped`)."""
+    return minibatch.split(rows)
+
+
 class Meter(Protocol):
     """The harness's measurement hooks: a context per phase (time, live tensors, allocator peaks)."""
 
@@ -215,7 +221,7 @@ class Algorithm:
                 token_denominator = all_sum(loss_denominator(mb.completion_mask, "token", settings.max_new_tokens))
                 for optimizer in optimizers:
                     optimizer.zero_grad(set_to_none=True)
-                for micro in mb.split(settings.micro_batch_size):
+                for micro in micro_batches(mb, settings.micro_batch_size):
                     tokens = micro.completion_mask.sum()
                     terms = []
                     with autocast(self.policy, settings.autocast_dtype):
@@ -248,7 +254,9 @@ class Algorithm:
         settings, needs = self.settings, self.needs
         logps, entropy = completion_logps_and_entropy(self.policy, micro, settings)
         if micro.old_logps is None:  # one optimizer step per rollout: the policy is the sampler (ratio 1)
-            micro.old_logps = logps.detach()
+            # on a copy of the micro-batch: written onto it, every micro-batch's log-probs would stay alive
+            # (the minibatch's list holds them) until the minibatch ends
+            micro = dataclasses.replace(micro, old_logps=logps.detach())
         loss, policy_stats = self.policy_loss(logps, micro, denominator)
         mask = micro.completion_mask
         if needs.kl_loss_coef and micro.ref_logps is not None:

@@ -498,18 +498,21 @@ def test_per_gpu_groups_by_hand():
 
 
 def test_the_fake_step_s_shortcuts_keep_every_peak():
-    """Replayed no-grad passes (log-probs, values, a reward model's scores) and the minibatches and epochs left
-    out give the same peaks, to the byte."""
+    """Replayed no-grad passes (log-probs, values, a reward model's scores) and the minibatches, epochs and
+    micro-batches left out give the same peaks, to the byte."""
     from harness.estimate.fake_generation import Workload
     from harness.estimate.fake_step import fake_step
     from harness.estimate.model_specs import resolve_model
-    config = load_config("smoke", overrides=["rollout.batch_size=64", "optim.minibatches=4", "optim.micro_batch_size=4",
-                                             "rollout.logprob_batch_size=4", "optim.epochs=2"])
-    spec, workload = resolve_model("tiny", config).config, Workload(64, 6, 5, 4)
-    for algo in ("grpo", "ppo"):
-        full = fake_step(config, algo, spec, spec, workload, foreach=False, shortcuts=False)
-        short = fake_step(config, algo, spec, spec, workload, foreach=False, shortcuts=True)
-        assert short.phases == full.phases, algo
+    shared = ["rollout.batch_size=64", "optim.micro_batch_size=4", "rollout.logprob_batch_size=4"]
+    # 4 minibatches of 4 micro-batches, 2 epochs; and one minibatch of 16 micro-batches, as DeepSeekMath's single
+    # update runs (no sampler log-probs: each micro-batch's own log-probs stand in for them)
+    for layout in (["optim.minibatches=4", "optim.epochs=2"], ["optim.minibatches=1", "optim.epochs=1"]):
+        config = load_config("smoke", overrides=shared + layout)
+        spec, workload = resolve_model("tiny", config).config, Workload(64, 6, 5, 4)
+        for algo in ("grpo", "ppo"):
+            full = fake_step(config, algo, spec, spec, workload, foreach=False, shortcuts=False)
+            short = fake_step(config, algo, spec, spec, workload, foreach=False, shortcuts=True)
+            assert short.phases == full.phases, (algo, layout)
 
 
 def test_frozen_roots_are_resharded_after_forward_and_grad_optim_keeps_them_gathered():

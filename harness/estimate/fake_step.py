@@ -304,24 +304,29 @@ class _FirstOf(list):
 
 @contextmanager
 def repeated_minibatches_skipped():
-    """The update loop's minibatches beyond the second, and its epochs beyond the first, left out of a fake step.
+    """The update loop's minibatches beyond the second, its epochs beyond the first, and each minibatch's
+    micro-batches beyond the second, left out of a fake step.
 
     Every minibatch of an update starts from the same state (no gradients: the loop frees them before each),
     runs micro-batches of the same shapes and ends with an optimizer step over the same tensors; the second
     is the steady one (the first's state may still be warming up, e.g. FSDP's). Minibatch indices are made as
-    the real loop makes them, so the rows they hold are counted."""
+    the real loop makes them, so the rows they hold are counted. Within a minibatch, the first micro-batch's
+    backward makes the gradients and the second's adds to them; the third and later start where the second
+    started (a micro-batch leaves nothing behind but its statistics, summed in place of the last) and do
+    what it did. A micro-batch is a view of the minibatch's rows: the ones left out held no bytes of their own."""
     import harness.algorithms.base as base
-    original = base.sliced_minibatches
+    originals = base.sliced_minibatches, base.micro_batches
 
     def first_two(*args, **kwargs):
-        parts = original(*args, **kwargs)
+        parts = originals[0](*args, **kwargs)
         epoch = kwargs.get("epoch", args[6] if len(args) > 6 else 0)
         return _FirstOf(parts, 0 if epoch else 2)
     base.sliced_minibatches = first_two
+    base.micro_batches = lambda minibatch, rows: originals[1](minibatch, rows)[:2]
     try:
         yield
     finally:
-        base.sliced_minibatches = original
+        base.sliced_minibatches, base.micro_batches = originals
 
 
 # ---------------------------------------------------------------- building the arm on fake tensors
