@@ -193,6 +193,13 @@ def test_plan_prints_the_minimum_detectable_difference_without_running(tmp_path,
     assert "quality: two-way bootstrap over prompts × seeds (verdict.interval" in capsys.readouterr().out
     assert main(["plan", "--preset", "smoke", "--set", "verdict.interval=tighter"]) == 2
     assert "verdict.interval" in capsys.readouterr().err
+    # how the start is made: smoke stops at its steps; tiny goes on until 20% on validation
+    assert main(["plan", "--preset", "smoke"]) == 0
+    assert "start     the tiny model, warm-started per seed (its own initial weights): 20 supervised steps of 64; " \
+           "cached" in capsys.readouterr().out
+    assert main(["plan", "--preset", "tiny"]) == 0
+    assert ("300 supervised steps of 256, then 10 at a time until 20% greedy on the validation split (at most 600)"
+            in capsys.readouterr().out)
 
 
 def test_tasks_lists_the_offline_tasks_and_reasoning_gym_by_name(capsys):

@@ -107,7 +107,7 @@ def make_plan(config: Config, seeds: int, algos: list[str] | tuple[str, ...] = (
     interval = INTERVAL_METHODS[v.interval]
     c_low, c_high = completions_band(v.claim, [low, high])
     return {
-        "version": PLAN_VERSION, "level": LEVEL, "algos": list(algos), "seeds": seeds,
+        "version": PLAN_VERSION, "level": LEVEL, "algos": list(algos), "seeds": seeds, "start": start_text(config),
         "primary": [
             {"key": "quality", "figure": f"final greedy held-out accuracy, {top} − {bottom}, paired by seed",
              "test": f"non-inferiority at δ = {100 * v.margin:.1f} points (not worse when the 95% lower bound > −δ; "
@@ -133,6 +133,17 @@ def make_plan(config: Config, seeds: int, algos: list[str] | tuple[str, ...] = (
         "spread": spread, "power": v.power, "mdd": None if math.isinf(mdd) else mdd,
         "seeds_needed": seeds_needed(spread["pair_sd"], v.margin, LEVEL, v.power),
     }
+
+
+def start_text(config) -> str:
+    """How the model both arms of a seed start from is made: '' for a Hub model or a local one."""
+    model = config.model
+    if model.name != "tiny":
+        return ""
+    rule = (f", then 10 at a time until {100 * model.warm_start_until:g}% greedy on the validation split (at most "
+            f"{model.warm_start_max_steps})" if model.warm_start_until is not None else "")
+    return (f"the tiny model, warm-started per seed (its own initial weights): {model.warm_start_steps} supervised "
+            f"steps of {model.warm_start_batch}{rule}; cached")
 
 
 def target_text(target: dict[str, Any]) -> str:
@@ -167,6 +178,7 @@ def analysis_plan_lines(plan: dict[str, Any]) -> list[str]:
         f"  {'eval':9s} {plan['eval']['prompts']:,} {distinct}test prompts{short} ({composition}); "
         f"{plan['eval']['validation']:,} validation prompts for tuning, disjoint from test and training",
         f"  {'seeds':9s} {seeds} per algorithm; arms with the same seed are paired",
+        *([f"  {'start':9s} {plan['start']}"] if plan.get("start") else []),
         f"  {'spread':9s} SD of one seed's GRPO − PPO accuracy: {100 * spread['pair_sd']:.1f} points; {spread['note']}",
     ]
     power = f"{100 * plan['power']:.0f}% power, 95% interval, paired t with {seeds - 1} df"
