@@ -16,7 +16,7 @@ from typing import Any
 
 from harness import UserError
 from harness.config.derive import make_task
-from harness.config.schema import Config
+from harness.config.schema import WARM_START_CHECK_EVERY, Config
 from harness.estimate.preflight import check_setup
 from harness.report.stats import (INTERVAL_METHODS, LEVEL, completions_band, detectable_difference, pair_sd,
                                   seeds_needed)
@@ -140,8 +140,8 @@ def start_text(config) -> str:
     model = config.model
     if model.name != "tiny":
         return ""
-    rule = (f", then 10 at a time until {100 * model.warm_start_until:g}% greedy on the validation split (at most "
-            f"{model.warm_start_max_steps})" if model.warm_start_until is not None else "")
+    rule = (f", then {WARM_START_CHECK_EVERY} at a time until {100 * model.warm_start_until:g}% greedy on the "
+            f"validation split (at most {model.warm_start_max_steps})" if model.warm_start_until is not None else "")
     return (f"the tiny model, warm-started per seed (its own initial weights): {model.warm_start_steps} supervised "
             f"steps of {model.warm_start_batch}{rule}; cached")
 

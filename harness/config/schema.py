@@ -52,6 +52,10 @@ class LoraSettings(StrictModel):
         return self.rank > 0
 
 
+# How often (in supervised steps) the tiny model's warm start reads validation accuracy past warm_start_steps.
+WARM_START_CHECK_EVERY = 10
+
+
 class ModelConfig(StrictModel):
     where = "model."
     name: str = Field("tiny", description='"tiny" builds the embedded model; anything else is a Hub name or a '
@@ -63,10 +67,10 @@ class ModelConfig(StrictModel):
                                                          "answer) pairs.")
     warm_start_batch: int = Field(256, ge=1, description="Tiny model: sequences per supervised step.")
     warm_start_lr: float = Field(2e-3, gt=0, description="Tiny model: AdamW learning rate of the warm start.")
-    warm_start_until: float | None = Field(None, gt=0, le=1, description="Tiny model: after warm_start_steps, go "
-                                           "on 10 steps at a time until greedy accuracy on the validation split "
-                                           "reaches this (up to warm_start_max_steps), so that every seed starts "
-                                           "from a comparable model; null: stop at warm_start_steps.")
+    warm_start_until: float | None = Field(None, gt=0, le=1, description=(
+        f"Tiny model: after warm_start_steps, go on {WARM_START_CHECK_EVERY} steps at a time until greedy accuracy on "
+        "the validation split reaches this (up to warm_start_max_steps), so that every seed starts from a comparable "
+        "model; null: stop at warm_start_steps."))
     warm_start_max_steps: int = Field(600, ge=1, description="Tiny model: where warm_start_until gives up.")
     max_positions: int = Field(TINY_POSITIONS, ge=1, description="Tiny model: context, one position per character "
                                                                  "(rotary embeddings: no weights).")

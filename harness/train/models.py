@@ -24,7 +24,7 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, GenerationConfig,
 
 from harness import UserError
 from harness.algorithms.logprobs import checkpointing_on
-from harness.config.schema import TINY_POSITIONS, config_hash
+from harness.config.schema import TINY_POSITIONS, WARM_START_CHECK_EVERY, config_hash
 from harness.tasks.base import Task
 
 if TYPE_CHECKING:
@@ -78,10 +78,6 @@ def supervised_batch(tokenizer, prompts: list[str], answers: list[str]) -> dict[
         labels[i, width - len(a):] = torch.tensor(a)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "position_ids": position_ids}
-
-
-# How often (in supervised steps) the warm start reads validation accuracy once past warm_start_steps.
-WARM_START_CHECK_EVERY = 10
 
 
 def warm_start(model, tokenizer, task: Task, cfg: ModelConfig, seed: int, progress=None, accurate_enough=None
