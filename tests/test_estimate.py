@@ -21,7 +21,8 @@ MODEL_STATE = ("params", "grads", "optimizer")
 
 def measured_step(config, algo):
     """A real arm's second step on the CPU under LiveTensors: {phase: peak by category}, and the step's
-    shapes (rows, prompt length, completion length: generate stops once every completion has ended)."""
+    shapes (rows, prompt length, completion length, and the tokens generate ran: it stops once every
+    completion has ended, and a tracked step's ids are then widened to the full length)."""
     import harness.train.arm as runner
     from harness.measure.live_tensors import LiveTensors
     from harness.measure.probes import Probes
@@ -33,7 +34,9 @@ def measured_step(config, algo):
     def spy(*args, **kwargs):
         rollout = real_generate(*args, **kwargs)
         batch = rollout.batch
-        shapes.update(rows=batch.size, prompt=batch.prompt_length, completion=batch.completion_mask.shape[1])
+        # what generate ran: the longest completion (its mask holds the tokens up to and including EOS)
+        shapes.update(rows=batch.size, prompt=batch.prompt_length, completion=batch.completion_mask.shape[1],
+                      sampled=int(batch.completion_mask.sum(1).max()))
         return rollout
 
     runner.generate = spy
@@ -54,7 +57,8 @@ def estimated_step(config, algo, shapes):
     from harness.estimate.fake_generation import Workload
     from harness.estimate.fake_step import fake_step
     from harness.estimate.model_specs import resolve_model
-    workload = Workload(shapes["rows"], shapes["prompt"], shapes["completion"], config.rollout.samples_per_prompt)
+    workload = Workload(shapes["rows"], shapes["prompt"], shapes["completion"], config.rollout.samples_per_prompt,
+                        sampled_length=shapes.get("sampled", 0))
     # the CPU's optimizer path (per tensor), as the real run on the CPU takes it
     return fake_step(config, algo, resolve_model("tiny", config).config, None, workload, foreach=False).phases
 

@@ -25,6 +25,9 @@ class Workload:
     prompt_length: int  # P, every prompt at full length
     completion_length: int  # T, every completion at full length
     group_size: int  # completions per prompt, grouped contiguously
+    # the new tokens generate ran before every row had ended (0: all T); the ids are then widened to T, as a
+    # fixed-shape step's rollout widens them (rollout.generate)
+    sampled_length: int = 0
 
 
 def generation_setup(policy, prompt_ids: torch.Tensor, new_tokens: int, sampling: dict[str, Any],
@@ -135,9 +138,12 @@ def fast_forward(kwargs: dict[str, Any], cache, input_ids: torch.Tensor, tokens:
 
 def fake_sample(policy, workload: Workload, sampling: dict[str, Any], token_ids: tuple[int, int],
                 autocast_dtype=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids `[B, P + T]`, prompt attention_mask `[B, P]`), as `rollout.sample` returns them."""
+    """(input_ids `[B, P + T]`, prompt attention_mask `[B, P]`), as `rollout.generate`'s generate phase leaves
+    them: sampled, then widened to T when sampling stopped early."""
     prompt_ids = torch.empty(workload.rows, workload.prompt_length, dtype=torch.long)  # what encode_prompts makes
     prompt_mask = torch.ones(workload.rows, workload.prompt_length, dtype=torch.long)
-    input_ids = simulated_sample(policy, prompt_ids, prompt_mask, workload.completion_length, sampling, token_ids,
-                                 autocast_dtype)
+    sampled = workload.sampled_length or workload.completion_length
+    input_ids = simulated_sample(policy, prompt_ids, prompt_mask, sampled, sampling, token_ids, autocast_dtype)
+    if sampled < workload.completion_length:
+        input_ids = torch.nn.functional.pad(input_ids, (0, workload.completion_length - sampled), value=token_ids[1])
     return input_ids, prompt_mask
