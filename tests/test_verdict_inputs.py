@@ -159,7 +159,7 @@ def test_a_warm_start_with_a_target_records_what_it_reached_under_its_own_key(mo
     # the smoke model cannot reach 99% in 40 steps: three checks (20, 30, 40), then the maximum
     assert notes["steps"] == 40 and len(notes["validation_checks"]) == 3 and notes["reached"] is False
     policy, tokenizer = load_policy(str(folder))
-    assert notes["validation_accuracy"] == validation_accuracy(policy, tokenizer, task)  # the saved model's
+    assert notes["validation_accuracy"] == validation_accuracy(policy, tokenizer, task)()  # the saved model's
 
 
 def test_a_warm_start_target_needs_room_and_a_validation_split():

@@ -9,6 +9,7 @@ hash of everything that determines its weights.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 import copy
 import json
 import os
@@ -112,14 +113,15 @@ def warm_start(model, tokenizer, task: Task, cfg: ModelConfig, seed: int, progre
     return losses
 
 
-def validation_accuracy(model, tokenizer, task: Task) -> float:
-    """Greedy accuracy on the task's validation split (the answer's length plus EOS as the token limit)."""
+def validation_accuracy(model, tokenizer, task: Task) -> Callable[[], float]:
+    """A reader of greedy accuracy on the task's validation split (the longest answer plus EOS as the token
+    limit), its prompts and limit made once for every check."""
     from harness.train.rollout import greedy_eval
     examples = getattr(task, "whole_task", task).validation_examples()
     if not examples:
         raise UserError(f"model.warm_start_until reads the validation split, and task {task.name} has none")
     longest = max(len(tokenizer.encode(e.supervised_target)) for e in examples) + 1
-    return greedy_eval(model, tokenizer, task, examples, longest)["accuracy"]
+    return lambda: greedy_eval(model, tokenizer, task, examples, longest)["accuracy"]
 
 
 def supervised_warm_start(model, tokenizer, task: Task, cfg: ModelConfig, seed: int, progress=None) -> dict:
@@ -127,10 +129,10 @@ def supervised_warm_start(model, tokenizer, task: Task, cfg: ModelConfig, seed: 
     the validation accuracy at each check."""
     if cfg.warm_start_until is None:
         return {"steps": len(warm_start(model, tokenizer, task, cfg, seed, progress))}
-    checks: list[float] = []
+    accuracy, checks = validation_accuracy(model, tokenizer, task), []
 
     def accurate_enough() -> bool:
-        checks.append(validation_accuracy(model, tokenizer, task))
+        checks.append(accuracy())
         return checks[-1] >= cfg.warm_start_until
 
     steps = len(warm_start(model, tokenizer, task, cfg, seed, progress, accurate_enough))
