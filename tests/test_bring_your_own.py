@@ -132,13 +132,3 @@ def test_a_reward_function_that_breaks_during_training_is_the_arms_recorded_fail
     assert "RewardFunctionError: reward function rewards:only_batches raised RuntimeError: cannot score one " \
            "completion" in summary["error"]
     assert "Traceback" not in result.stderr
-
-
-def test_a_warm_start_target_on_a_data_task_is_refused_before_anything_is_written(tmp_path):
-    write_task(tmp_path)
-    result = harness("plan", "--preset", "smoke", "--task", "data:sums.jsonl", "--prompt-key", "question",
-                     "--reward", "rewards:correct", "--set", "model.warm_start_until=0.2", cwd=tmp_path)
-    assert result.returncode == 2
-    assert "model.warm_start_until reads accuracy on the validation split" in result.stderr
-    assert "Traceback" not in result.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["rewards.py", "sums.jsonl"]

@@ -200,6 +200,8 @@ def test_plan_prints_the_minimum_detectable_difference_without_running(tmp_path,
     assert main(["plan", "--preset", "tiny"]) == 0
     assert ("300 supervised steps of 256, then 10 at a time until 20% greedy on the validation split (at most 600)"
             in capsys.readouterr().out)
+    assert main(["plan", "--preset", "tiny", "--set", "task.validation_size=0"]) == 0
+    assert "(model.warm_start_until=0.2 is off: the task has no validation split)" in capsys.readouterr().out
 
 
 def test_tasks_lists_the_offline_tasks_and_reasoning_gym_by_name(capsys):

@@ -162,11 +162,14 @@ def test_a_warm_start_with_a_target_records_what_it_reached_under_its_own_key(mo
     assert notes["validation_accuracy"] == validation_accuracy(policy, tokenizer, task)()  # the saved model's
 
 
-def test_a_warm_start_target_needs_room_and_a_validation_split():
+def test_a_warm_start_target_needs_room_and_is_off_without_a_validation_split(monkeypatch, tmp_path):
     with pytest.raises(UserError, match="warm_start_max_steps=10 is below model.warm_start_steps=20"):
         load_config("smoke", overrides=["model.warm_start_until=0.2", "model.warm_start_max_steps=10"])
-    with pytest.raises(UserError, match="task.validation_size is 0"):
-        load_config("smoke", overrides=["model.warm_start_until=0.2", "task.validation_size=0"])
+    # no split to read (validation_size 0, as a data task has none): the plain warm start, said so
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
+    config = load_config("smoke", overrides=["model.warm_start_until=0.2", "task.validation_size=0"])
+    notes = json.loads((build_or_load_tiny(config.model, make_task(config)) / "warm_start.json").read_text())
+    assert notes == {"seed": 0, "steps": 20, "rule": "off: the task has no validation split"}
 
 
 # ---------------------------------------------------------------- the base model's lm-eval score

@@ -107,7 +107,8 @@ def make_plan(config: Config, seeds: int, algos: list[str] | tuple[str, ...] = (
     interval = INTERVAL_METHODS[v.interval]
     c_low, c_high = completions_band(v.claim, [low, high])
     return {
-        "version": PLAN_VERSION, "level": LEVEL, "algos": list(algos), "seeds": seeds, "start": start_text(config),
+        "version": PLAN_VERSION, "level": LEVEL, "algos": list(algos), "seeds": seeds,
+        "start": start_text(config, len(validation)),
         "primary": [
             {"key": "quality", "figure": f"final greedy held-out accuracy, {top} − {bottom}, paired by seed",
              "test": f"non-inferiority at δ = {100 * v.margin:.1f} points (not worse when the 95% lower bound > −δ; "
@@ -135,13 +136,15 @@ def make_plan(config: Config, seeds: int, algos: list[str] | tuple[str, ...] = (
     }
 
 
-def start_text(config) -> str:
+def start_text(config, validation_prompts: int) -> str:
     """How the model both arms of a seed start from is made: '' for a Hub model or a local one."""
     model = config.model
     if model.name != "tiny":
         return ""
     rule = (f", then {WARM_START_CHECK_EVERY} at a time until {100 * model.warm_start_until:g}% greedy on the "
             f"validation split (at most {model.warm_start_max_steps})" if model.warm_start_until is not None else "")
+    if rule and not validation_prompts:
+        rule = f" (model.warm_start_until={model.warm_start_until:g} is off: the task has no validation split)"
     return (f"the tiny model, warm-started per seed (its own initial weights): {model.warm_start_steps} supervised "
             f"steps of {model.warm_start_batch}{rule}; cached")
 

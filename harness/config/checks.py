@@ -50,9 +50,6 @@ def check_task(config: Config) -> None:
         raise UserError(f"run.eval_split=validation: task {config.task.name} has no validation split "
                         f"({'data tasks have none yet' if is_data_task(config.task.name) else 'task.validation_size is 0'}); "
                         "tune on a built-in task, or evaluate on the test split")
-    if config.model.name == "tiny" and config.model.warm_start_until is not None and is_data_task(config.task.name):
-        raise UserError(f"model.warm_start_until reads accuracy on the validation split, and task {config.task.name} "
-                        "has none (data tasks have none yet); drop warm_start_until, or use a built-in task")
     if is_rg_task(config.task.name):
         if config.task.name[len(RG_PREFIX):] not in rg_names():
             raise UserError(f"unknown reasoning-gym dataset '{config.task.name[len(RG_PREFIX):]}'; "

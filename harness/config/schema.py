@@ -379,9 +379,6 @@ def check_agreement(config: Config) -> None:
     if model.warm_start_until is not None and model.warm_start_max_steps < model.warm_start_steps:
         raise UserError(f"model.warm_start_max_steps={model.warm_start_max_steps} is below model.warm_start_steps="
                         f"{model.warm_start_steps}: warm_start_until trains past warm_start_steps, up to the maximum")
-    if model.warm_start_until is not None and config.task.validation_size < 1:
-        raise UserError("model.warm_start_until reads accuracy on the validation split, but task.validation_size is "
-                        "0; give the task a validation split, or drop warm_start_until")
     critic_base = config.algorithms.get("ppo", {}).get("critic_base", "separate")
     if critic_base == "shared" and not model.lora.enabled:
         raise UserError("algorithms.ppo.critic_base=shared puts the critic on the policy's frozen LoRA base; set "

@@ -113,22 +113,26 @@ def warm_start(model, tokenizer, task: Task, cfg: ModelConfig, seed: int, progre
     return losses
 
 
+def validation_examples(task: Task) -> list:
+    """The task's validation split ([] for a data task, or validation_size 0)."""
+    return getattr(getattr(task, "whole_task", task), "validation_examples", list)()
+
+
 def validation_accuracy(model, tokenizer, task: Task) -> Callable[[], float]:
     """A reader of greedy accuracy on the task's validation split (the longest answer plus EOS as the token
     limit), its prompts and limit made once for every check."""
     from harness.train.rollout import greedy_eval
-    examples = getattr(task, "whole_task", task).validation_examples()
-    if not examples:
-        raise UserError(f"model.warm_start_until reads the validation split, and task {task.name} has none")
+    examples = validation_examples(task)
     longest = max(len(tokenizer.encode(e.supervised_target)) for e in examples) + 1
     return lambda: greedy_eval(model, tokenizer, task, examples, longest)["accuracy"]
 
 
 def supervised_warm_start(model, tokenizer, task: Task, cfg: ModelConfig, seed: int, progress=None) -> dict:
     """The warm start with its stopping rule (cfg.warm_start_until), and what it did: steps and, under the rule,
-    the validation accuracy at each check."""
-    if cfg.warm_start_until is None:
-        return {"steps": len(warm_start(model, tokenizer, task, cfg, seed, progress))}
+    the validation accuracy at each check. A task without a validation split stops at warm_start_steps."""
+    if cfg.warm_start_until is None or not validation_examples(task):  # no split to read: the plain warm start
+        return {"steps": len(warm_start(model, tokenizer, task, cfg, seed, progress)),
+                **({} if cfg.warm_start_until is None else {"rule": "off: the task has no validation split"})}
     accuracy, checks = validation_accuracy(model, tokenizer, task), []
 
     def accurate_enough() -> bool:
