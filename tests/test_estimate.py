@@ -362,6 +362,27 @@ def test_compare_writes_the_at_scale_estimate_and_the_report_shows_it(tmp_path):
     assert "This machine: MFU per phase" in page and "policy_update" in page
 
 
+def test_a_lora_comparison_estimates_the_published_setup_with_its_adapters():
+    """The at-scale memory row answers the comparison's question: under LoRA, GRPO against PPO with adapters,
+    so the recipe's arms get the comparison's rank, alpha and critic base over the recipe's fields; a full
+    fine-tuning comparison leaves the recipe as published."""
+    from harness.estimate.at_scale import adapter_overrides, adapter_words, recipe_arm_configs
+    assert adapter_overrides(load_config("tiny")) == []
+    lora = load_config("tiny-lora", overrides=["algorithms.ppo.critic_base=shared"])
+    overrides = adapter_overrides(lora)
+    assert overrides == ["model.lora.rank=8", "model.lora.alpha=16.0", "model.lora.dropout=0.0",
+                         "model.lora.target_modules=all-linear", "algorithms.ppo.critic_base=shared"]
+    assert adapter_words(overrides) == ("with this comparison's LoRA (rank 8, alpha 16.0, critic base shared) in "
+                                        "place of its full fine-tuning")
+    _, published = recipe_arm_configs("verl-qwen2-7b-gsm8k")
+    _, adapted = recipe_arm_configs("verl-qwen2-7b-gsm8k", overrides)
+    assert {algo: c.model.lora.rank for algo, c in published.items()} == {"grpo": 0, "ppo": 0}
+    assert {algo: c.model.lora.rank for algo, c in adapted.items()} == {"grpo": 8, "ppo": 8}
+    assert adapted["ppo"].algorithms["ppo"]["critic_base"] == "shared"
+    # everything else is the published setup's
+    assert adapted["grpo"].rollout == published["grpo"].rollout and adapted["ppo"].optim == published["ppo"].optim
+
+
 @pytest.mark.parametrize("preset", preset_names())
 def test_every_shipped_preset_passes_the_at_scale_check(preset):
     """A default comparison must not stop at its own "At scale" section: the verl pair resolves and fits its

@@ -612,14 +612,15 @@ def test_a_deterministic_figure_gets_no_interval(tmp_path):
         .has_interval
 
 
-def write_recipe_pair(folder: Path, ratio: float = 0.55) -> None:
-    """at_scale.json with a recipe pair, as `harness estimate --recipe A,B` reports one."""
+def write_recipe_pair(folder: Path, ratio: float = 0.55, words: str = "") -> None:
+    """at_scale.json with a recipe pair, as `harness estimate --recipe A,B` reports one (`words`: how
+    harness.estimate.at_scale.recipe_estimate records the comparison's adapters over it)."""
     data = json.loads((folder / "at_scale.json").read_text())
     recipe = {"name": "verl-qwen2-7b-gsm8k"}  # by name, as harness.estimate.at_scale.write_at_scale writes them
     data["recipes"] = {"verl-qwen2-7b-gsm8k": {
         "ratio": {"peak": {"value": ratio, "numerator": "grpo", "denominator": "ppo"}},
         "arms": {"grpo": {"peak": 40 * 2 ** 30, "recipe": recipe}, "ppo": {"peak": 40 / ratio * 2 ** 30, "recipe": recipe}},
-        "setup": {"world_size": 8}, "recipe": recipe}}
+        "setup": {"world_size": 8}, "recipe": {**recipe, **({"words": words} if words else {})}}}
     (folder / "at_scale.json").write_text(json.dumps(data))
 
 
@@ -640,6 +641,13 @@ def test_the_named_at_scale_pair_is_read_when_this_machine_is_activation_bound(t
     assert "per-GPU step peak at scale (estimated, verl-qwen2-7b-gsm8k" in html
     write_recipe_pair(folder, 0.82)
     assert verdict_section(load_comparison(folder))["memory"]["reading"] == NOT_REPRODUCED
+    # a LoRA comparison's recipe, estimated with its adapters: the row says so
+    write_recipe_pair(folder, 0.82, words="with this comparison's LoRA (rank 8, alpha 16.0) in place of its full "
+                                          "fine-tuning")
+    scale = {r["key"]: r for r in verdict_section(load_comparison(folder))["rows"]}["memory_at_scale"]
+    assert scale["label"] == ("per-GPU step peak at scale (estimated, verl-qwen2-7b-gsm8k with this comparison's "
+                              "LoRA (rank 8, alpha 16.0) in place of its full fine-tuning, per GPU of 8 (harness "
+                              "estimate on fake tensors))")
 
 
 def test_no_positive_figure_gets_a_negative_bound(tmp_path):

@@ -53,10 +53,33 @@ def at_scale_config(config: Config, model: str) -> Config:
     return spread_over_gpus(out)
 
 
-def recipe_arm_configs(name: str) -> tuple[Any, dict[str, Config]]:
+def recipe_arm_configs(name: str, overrides: list[str] | None = None) -> tuple[Any, dict[str, Config]]:
     from harness.estimate.recipes import load_recipe, recipe_configs
     recipe = load_recipe(name)
-    return recipe, recipe_configs([recipe], RECIPE_BASE_PRESET)
+    return recipe, recipe_configs([recipe], RECIPE_BASE_PRESET, overrides=overrides)
+
+
+def adapter_overrides(config: Config) -> list[str]:
+    """The comparison's LoRA adapters (and PPO's critic base) as --set lines over a recipe: a LoRA comparison's
+    memory question is GRPO against PPO with adapters, so the published setup is estimated with them; a full
+    fine-tuning comparison adds nothing."""
+    lora = config.model.lora
+    if not lora.enabled:
+        return []
+    fields = [f"model.lora.{name}={getattr(lora, name)}" for name in ("rank", "alpha", "dropout", "target_modules")]
+    critic_base = config.algorithms.get("ppo", {}).get("critic_base")
+    return fields + ([f"algorithms.ppo.critic_base={critic_base}"] if critic_base else [])
+
+
+def adapter_words(overrides: list[str]) -> str:
+    """How a recipe's estimate differs from the published setup, for the report's labels ('' when it does not)."""
+    values = dict(line.split("=", 1) for line in overrides)
+    if "model.lora.rank" not in values:
+        return ""
+    words = f"with this comparison's LoRA (rank {values['model.lora.rank']}, alpha {values['model.lora.alpha']}"
+    if "algorithms.ppo.critic_base" in values:
+        words += f", critic base {values['algorithms.ppo.critic_base']}"
+    return words + ") in place of its full fine-tuning"
 
 
 def check_at_scale(config: Config) -> None:
@@ -64,7 +87,7 @@ def check_at_scale(config: Config) -> None:
     from harness.estimate.estimator import plan_estimate
     try:
         for name in at_scale_recipes(config):
-            _, configs = recipe_arm_configs(name)
+            _, configs = recipe_arm_configs(name, adapter_overrides(config))
             for arm_config in configs.values():
                 from harness.estimate.estimator import spread_over_gpus
                 plan_estimate(spread_over_gpus(arm_config))
@@ -74,14 +97,17 @@ def check_at_scale(config: Config) -> None:
         raise UserError(f"estimate.at_scale: {err} (estimate.at_scale=none turns the At scale section off)") from None
 
 
-def recipe_estimate(name: str, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """`harness estimate --recipe NAME` for the report: every arm, its phases per GPU, fit, GPUs, FLOPs and time."""
+def recipe_estimate(name: str, progress: Callable[[str], None] | None = None,
+                    overrides: list[str] | None = None) -> dict[str, Any]:
+    """`harness estimate --recipe NAME [--set ...]` for the report: every arm, its phases per GPU, fit, GPUs, FLOPs
+    and time; `overrides` (adapter_overrides) go over the recipe's fields and are recorded beside its name."""
     from harness.estimate.estimator import estimate_arms
-    recipe, configs = recipe_arm_configs(name)
+    recipe, configs = recipe_arm_configs(name, overrides)
     sources = {algo: {"name": recipe.name, "title": recipe.title, "source": recipe.source_line(algo)}
                for algo in configs}
     result = estimate_arms(configs, progress=progress, recipes=sources)
-    return {**result, "recipe": {"name": recipe.name, "title": recipe.title}}
+    adapted = {"overrides": list(overrides), "words": adapter_words(overrides)} if overrides else {}
+    return {**result, "recipe": {"name": recipe.name, "title": recipe.title, **adapted}}
 
 
 def this_machine(config: Config) -> dict[str, Any]:
@@ -107,7 +133,7 @@ def write_at_scale(config: Config, algos: list[str], path: Path, progress=None,
     out: dict[str, Any] = {"kind": "at_scale", "world_size": config.estimate.at_scale_world_size, "recipes": {},
                            "models": {}, "warnings": []}
     for name in recipes:
-        out["recipes"][name] = recipe_estimate(name, progress=line)
+        out["recipes"][name] = recipe_estimate(name, progress=line, overrides=adapter_overrides(config))
     if arm_pair(algos):
         estimate_models = estimate_grid if config.estimate.at_scale_grid else config_cell
         for model in models:

@@ -95,7 +95,9 @@ def recipe_block(name: str, result: dict[str, Any]) -> dict[str, Any]:
                  row("GPU-seconds per step", "arithmetic", [f"{arms[a]['compute']['gpu_seconds']:,.0f}" for a in algos],
                      "gpu_seconds")]
     pair = ratios.get("peak")
-    return {"name": name, "title": result.get("recipe", {}).get("title", name), "algos": algos,
+    recipe = result.get("recipe", {})
+    title = recipe.get("title", name) + (f", {recipe['words']}" if recipe.get("words") else "")
+    return {"name": name, "title": title, "algos": algos,
             "sources": [f"{a.upper()}: {arms[a].get('recipe', {}).get('source', '—')}" for a in algos],
             "setups": [f"{a.upper()}: {setup_text(arms[a]['setup'])}" for a in algos],
             "by_phase": by_phase, "rows": rows,
@@ -161,7 +163,8 @@ def summary_lines(data: dict[str, Any]) -> list[str]:
                  if ratios.get(key)]
         arms = result["arms"]
         peaks = ", ".join(f"{a.upper()} {arm['peak'] / GIB:,.1f} GiB per GPU on {arm['gpus']}" for a, arm in arms.items())
-        lines.append(f"{name}: {peaks}" + (f"; GRPO/PPO {', '.join(parts)}" if parts else ""))
+        adapted = (result.get("recipe") or {}).get("words")
+        lines.append(f"{name}{' ' + adapted if adapted else ''}: {peaks}" + (f"; GRPO/PPO {', '.join(parts)}" if parts else ""))
     for model, grid in data.get("models", {}).items():
         low, high = grid["ratio_range"]
         lines.append(f"{model} (this comparison's config) {'/'.join(grid['pair'])} from {low:.3f} to {high:.3f}")

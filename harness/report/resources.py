@@ -248,6 +248,7 @@ def recipe_pairs(data: dict[str, Any]) -> list[dict[str, Any]]:
         if len(pair) == 2 and isinstance(ratio, (int, float)) and ratio > 0 and all(names):
             pairs.append({"names": [str(n) for n in names], "pair": pair, "top": peaks.get(pair[0]),
                           "bottom": peaks.get(pair[1]), "ratio": float(ratio),
+                          "adapted": str((entry.get("recipe") or {}).get("words") or ""),
                           "world_size": entry.get("world_size") or (entry.get("setup") or {}).get("world_size")})
     return pairs
 
@@ -275,7 +276,8 @@ def at_scale_memory(comparison_dir: Path, algos: tuple[str, str]) -> dict[str, A
         return {"estimate": Estimate(None, note=why, kind=ESTIMATED), "names": [], "why_not": why}
     first = pairs[0]
     gpus = f", per GPU of {first['world_size']}" if first.get("world_size") else ", per GPU"
-    note = f"estimated, {' + '.join(first['names'])}{gpus} (harness estimate on fake tensors)"
+    adapted = f" {first['adapted']}" if first.get("adapted") else ""
+    note = f"estimated, {' + '.join(first['names'])}{adapted}{gpus} (harness estimate on fake tensors)"
     if len(pairs) > 1:
         note += f"; {len(pairs) - 1} more pair{'s' * (len(pairs) > 2)} in At scale"
     return {"estimate": Estimate(first["ratio"], n=1, note=note, kind=ESTIMATED), "names": first["names"],
