@@ -134,3 +134,20 @@ def test_the_expected_time_comes_from_each_arms_start_point():
     assert expected_time_line(plan, starts) == ("expected time: per point grpo 8 min 0 s (start 20.6%), ppo 10 min "
                                                 "0 s (start failed): at most 4 h 36 min for 12 points per arm and "
                                                 "the curves")
+
+
+def test_the_tune_warm_starts_the_model_of_its_own_seed(tmp_path, monkeypatch):
+    """Before any point's clock starts, the tune builds the warm start its points train from (seed 1000), not
+    the comparison's seed 0, which no point uses."""
+    from harness.commands import compare, tune
+
+    class Built(Exception):
+        pass
+
+    def record(config, seeds=None):
+        raise Built(seeds)
+
+    monkeypatch.setattr(compare, "prepare_model", record)
+    with pytest.raises(Built) as built:
+        tune.run_tune(tmp_path, load_config("smoke"), load_config("smoke"), [], {"seed": 1000, "arms": {}}, False)
+    assert built.value.args == ([1000],)

@@ -280,7 +280,7 @@ def run_tune(tune_dir: Path, config: Config, base: Config, specs: list[ArmSpec],
     remove_temporaries(tune_dir)
     results: dict[str, Any] = dict(plan.get("arms") or {})
     with Supervisor().forwarding_signals() as supervisor:
-        compare_.prepare_model(base)
+        compare_.prepare_model(base, [plan["seed"]])  # the points' own warm start, not the comparison's seed 0
         starts = {spec.name: PointRunner(tune_dir, base, spec, {**plan, "arms": {}}, supervisor, resume)
                   for spec in specs}
         for spec in specs:  # each arm's start first: its time per point makes the expected time
