@@ -192,7 +192,7 @@ def test_world_size_two_halves_each_gpu_s_model_state():
 
 
 def test_per_gpu_figures_and_the_rollout_engine_by_hand():
-    from harness.estimate.estimator import per_gpu, with_engine
+    from harness.estimate.gpu_figures import per_gpu, with_engine
     raw = {"phases": {"generate": {"params": 50, "grads": 20, "optimizer": 40, "kv_cache": 30, "fsdp_buffers": 10,
                                    "total": 150},
                       "advantages": {"params": 50, "grads": 20, "optimizer": 40, "rollout": 6, "total": 116},
@@ -509,7 +509,7 @@ def test_a_recipe_pair_with_the_critic_and_the_engine_on_gpus_of_their_own(tmp_p
 
 
 def test_per_gpu_groups_by_hand():
-    from harness.estimate.estimator import per_gpu
+    from harness.estimate.gpu_figures import per_gpu
     raw = {"phases": {"generate": {"params": 10, "optimizer": 20, "kv_cache": 30, "elsewhere_params": 5,
                                    "elsewhere_optimizer": 7, "total": 72},
                       "values": {"params": 10, "optimizer": 20, "activations": 40, "rollout": 3, "elsewhere_params": 5,

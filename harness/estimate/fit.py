@@ -19,7 +19,8 @@ from harness import UserError
 from harness.config.load import copy_config
 from harness.config.schema import Config
 from harness.estimate.devices import Gpu
-from harness.estimate.estimator import check_world, gpu_groups, group_figures, plan_estimate, run_arms, spread_over_gpus
+from harness.estimate.estimator import check_world, plan_estimate, run_arms, spread_over_gpus
+from harness.estimate.gpu_figures import gpu_groups, group_figures
 
 MAX_CONFIRM = 3  # fake steps that confirm (or step back from) a prediction, per knob
 MAX_GPUS = 1024

@@ -21,7 +21,8 @@ from harness.config.load import copy_config
 from harness.config.choices import DEVICE_MEMORY_GIB
 from harness.config.schema import Config
 from harness.estimate.describe import describe, notes
-from harness.estimate.estimator import arm_figures, plan_estimate, run_arm, spread_over_gpus
+from harness.estimate.estimator import plan_estimate, run_arm, spread_over_gpus
+from harness.estimate.gpu_figures import arm_figures
 from harness.results.headline import arm_pair
 
 AXES = [("kl", ("on", "off")), ("reward_model", ("none", "same")), ("critic_pass", ("separate", "joint")),
