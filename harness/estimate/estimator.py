@@ -25,7 +25,6 @@ import dataclasses
 import functools
 import importlib
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from collections.abc import Callable
@@ -36,9 +35,9 @@ from harness.config.load import copy_config
 from harness.config.choices import DEVICE_MEMORY_GIB
 from harness.config.schema import Config, validate
 from harness.config.schema import config_hash
-from harness.estimate.model_specs import ModelSpec, resolve_model
+from harness.estimate.model_specs import resolve_model
 from harness.train.distributed import model_sharding
-from harness.estimate.gpu_figures import arm_figures, elsewhere_models
+from harness.estimate.gpu_figures import Plan, arm_figures, elsewhere_models
 from harness.results.headline import arm_pair
 from harness.results.io import read_json, write_json
 from harness.results.units import GIB
@@ -62,25 +61,6 @@ ENGINE_MODULES = ("harness.estimate.fake_step", "harness.estimate.fake_repeats",
                   "harness.algorithms.batch", "harness.algorithms.ops", "harness.algorithms.logprobs",
                   "harness.algorithms.adapters", "harness.train.lora")
 
-
-@dataclass
-class Plan:
-    """What an estimate runs: the model, one GPU's workload, and how its figures are read."""
-
-    model: ModelSpec
-    reward_model: ModelSpec | None
-    world_size: int
-    batch_rows: int  # completions per step, all GPUs together
-    workload: Any  # fake_generation.Workload of one GPU
-    reserve: float  # the rollout engine's share of device memory (0: none)
-    engine: str  # resident | asleep
-    device: str  # a key of DEVICE_MEMORY_GIB
-    cuda_optimizer: bool = True  # AdamW's foreach path, which torch takes for CUDA tensors
-    critic_gpus: int = 0  # GPUs of the critic and the reward model's own (0: the policy's)
-    engine_gpus: int = 0  # GPUs of the rollout engine's own (0: colocated)
-
-
-# ---------------------------------------------------------------- the plan, checked before anything runs
 
 def task_prompt_length(config: Config) -> int:
     """The task's longest held-out prompt, one token per character (the tiny model's tokenizer)."""

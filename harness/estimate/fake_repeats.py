@@ -5,15 +5,11 @@ leaves the peak of live tensors what the whole step would reach."""
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
 
 import torch
 from torch.distributed._tools.mem_tracker import _TOTAL_KEY
 
-from harness.measure.live_tensors import _Category
-
-if TYPE_CHECKING:
-    from harness.estimate.fake_step import _WeightedTracker
+from harness.measure.live_tensors import _Category, _LeanTracker
 
 
 def _diff(a: dict, b: dict) -> dict:
@@ -32,7 +28,7 @@ class RepeatedCalls:
     once with the second's shapes and dtypes. A call whose end is not its start plus its output (it left
     something else alive) is never replayed: every call of that kind then runs."""
 
-    def __init__(self, tracker: _WeightedTracker):
+    def __init__(self, tracker: _LeanTracker):
         self.tracker = tracker
         self.seen: dict[tuple, int] = {}
         self.learned: dict[tuple, tuple] = {}  # signature -> (rise at the peak, output leaves' shapes/dtypes, tree)

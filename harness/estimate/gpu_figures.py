@@ -5,17 +5,38 @@ the estimate's code fingerprint."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from harness.config.choices import DEVICE_MEMORY_GIB
+from harness.estimate.model_specs import ModelSpec
 from harness.results.headline import PHASES
 from harness.results.units import GIB
 
 if TYPE_CHECKING:
     from harness.config.schema import Config
-    from harness.estimate.estimator import Plan
 
 MODEL_STATE = ("params", "grads", "optimizer")
+
+
+@dataclass
+class Plan:
+    """What an estimate runs: the model, one GPU's workload, and how its figures are read."""
+
+    model: ModelSpec
+    reward_model: ModelSpec | None
+    world_size: int
+    batch_rows: int  # completions per step, all GPUs together
+    workload: Any  # fake_generation.Workload of one GPU
+    reserve: float  # the rollout engine's share of device memory (0: none)
+    engine: str  # resident | asleep
+    device: str  # a key of DEVICE_MEMORY_GIB
+    cuda_optimizer: bool = True  # AdamW's foreach path, which torch takes for CUDA tensors
+    critic_gpus: int = 0  # GPUs of the critic and the reward model's own (0: the policy's)
+    engine_gpus: int = 0  # GPUs of the rollout engine's own (0: colocated)
+
+
+# ---------------------------------------------------------------- the plan, checked before anything runs
 
 
 def elsewhere_models(plan: Plan) -> tuple[str, ...]:
