@@ -162,6 +162,19 @@ def test_a_warm_start_with_a_target_records_what_it_reached_under_its_own_key(mo
     assert notes["validation_accuracy"] == validation_accuracy(policy, tokenizer, task)()  # the saved model's
 
 
+def test_the_warm_start_runs_on_the_threads_the_arms_are_given(monkeypatch, tmp_path):
+    """run.threads holds for the warm start too (built in the comparison's own process), and is undone after."""
+    import torch
+
+    import harness.train.models as models
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
+    seen = []
+    monkeypatch.setattr(models, "build_or_load_tiny", lambda *args, **kwargs: seen.append(torch.get_num_threads()))
+    before = torch.get_num_threads()
+    models.prepare_model(load_config("smoke", overrides=["run.threads=1"]))
+    assert seen == [1] and torch.get_num_threads() == before
+
+
 def test_a_warm_start_target_needs_room_and_is_off_without_a_validation_split(monkeypatch, tmp_path):
     with pytest.raises(UserError, match="warm_start_max_steps=10 is below model.warm_start_steps=20"):
         load_config("smoke", overrides=["model.warm_start_until=0.2", "model.warm_start_max_steps=10"])

@@ -236,9 +236,22 @@ def prepare_model(config, open_progress=None) -> None:
     task = make_task(config)
     if (tiny_folder(config.model, task, config.run.seed) / "config.json").exists():
         return
-    with (open_progress or contextlib.nullcontext)() as progress:
+    with (open_progress or contextlib.nullcontext)() as progress, torch_threads(config.run.threads):
         report = progress and (lambda step, steps, loss: progress("warm start", step, steps, {"loss": loss}))
         build_or_load_tiny(config.model, task, progress=report, seed=config.run.seed)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None):
+    """torch's intra-op threads set to `threads` (run.threads) for the block, as the arms set them: two jobs of one
+    thread each side by side on two cores would otherwise run four threads there, each several times slower."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def check_device(device: str) -> None:
