@@ -46,7 +46,6 @@ def elsewhere_models(plan: Plan) -> tuple[str, ...]:
 
 # Phases whose compute runs on the critic's GPUs when it has its own (the score phase: the reward model's).
 CRITIC_PHASES = ("score", "values", "critic_update")
-STATE_KEYS = ("params", "grads", "optimizer")
 
 
 def _cells(row: dict[str, int], keep=None, drop=()) -> dict[str, int]:
@@ -73,13 +72,13 @@ def per_gpu(raw: dict[str, Any], group: str = "policy", separate_engine: bool = 
             if critic_phase and any(row.get(k) for k in elsewhere):
                 cells = _cells(row, keep=("params", "optimizer", "rollout"))
             elif phase == "generate" and separate_engine:
-                cells = _cells(row, keep=STATE_KEYS)
+                cells = _cells(row, keep=MODEL_STATE)
             else:
                 cells = _cells(row, drop=elsewhere)
         else:  # the critic's GPUs
             own = {"params": row.get("elsewhere_params", 0), "optimizer": row.get("elsewhere_optimizer", 0)}
             if critic_phase or phase == "advantages":
-                cells = {**_cells(row, drop=(*STATE_KEYS, *elsewhere)), **own}
+                cells = {**_cells(row, drop=(*MODEL_STATE, *elsewhere)), **own}
             else:
                 cells = {**own, "rollout": row.get("rollout", 0)}
             cells = {k: v for k, v in cells.items() if v}
