@@ -62,6 +62,8 @@ ENGINE_MODULES = ("harness.estimate.fake_step", "harness.estimate.fake_repeats",
                   "harness.algorithms.adapters", "harness.train.lora")
 
 
+# ---------------------------------------------------------------- the plan, checked before anything runs
+
 def task_prompt_length(config: Config) -> int:
     """The task's longest held-out prompt, one token per character (the tiny model's tokenizer)."""
     return max(len(example.prompt) for example in make_task(config).eval_examples())

@@ -36,8 +36,7 @@ class Plan:
     engine_gpus: int = 0  # GPUs of the rollout engine's own (0: colocated)
 
 
-# ---------------------------------------------------------------- the plan, checked before anything runs
-
+# ---------------------------------------------------------------- per-GPU figures (pure)
 
 def elsewhere_models(plan: Plan) -> tuple[str, ...]:
     """The models on GPUs of their own: the critic and the reward model, with estimate.critic_gpus."""
